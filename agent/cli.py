@@ -1,0 +1,247 @@
+"""The `logmend` command: run, check, test, status, spool, receiver, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from agent import __version__
+from agent.config import Config, load_config
+from agent.errors import ConfigErrors, LogmendError
+from agent.packs import Pack, find_pack_dirs, load_packs
+
+log = logging.getLogger("logmend")
+
+
+def _setup_logging(fmt: str = "text", level: str = "INFO") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        return json.dumps(
+            {
+                "time": record.created,
+                "level": record.levelname.lower(),
+                "logger": record.name,
+                "message": record.getMessage(),
+            }
+        )
+
+
+def _load(config_path: Path) -> tuple[Config, list[Pack]]:
+    config = load_config(config_path)
+    return config, load_packs(config.packs)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from agent.daemon import Agent
+
+    _setup_logging(args.log_format, args.log_level)
+    config, packs = _load(args.config)
+    return Agent(config, packs).run()
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    config, packs = _load(args.config)
+    patterns = sum(len(p.patterns) for p in packs)
+    print(
+        f"{args.config}: ok: {len(config.sources)} source(s), {len(packs)} pack(s), "
+        f"{patterns} pattern(s); state in {config.state_db}"
+    )
+    for pack in packs:
+        print(
+            f"  pack {pack.name} {pack.version} (owner {pack.owner}): "
+            f"{len(pack.patterns)} pattern(s) from {pack.dir}"
+        )
+    print(
+        f"  matcher: regex (every pattern in turn, with timeout {config.limits.regex_timeout:g}s)"
+    )
+    return 0
+
+
+def cmd_test(args: argparse.Namespace) -> int:
+    from agent.packtest import check_examples, print_examples, print_scan, scan_logs
+
+    dirs = find_pack_dirs(tuple(args.packs))
+    if not dirs:
+        print(f"no pack.toml found in {', '.join(map(str, args.packs))}", file=sys.stderr)
+        return 1
+    packs = load_packs(tuple(dirs))
+    failed = False
+    human = sys.stderr if args.json else sys.stdout
+    for pack in packs:
+        checked, failures = check_examples(pack)
+        print_examples(pack, checked, failures, human)
+        failed = failed or bool(failures)
+    if args.log:
+        missing = [p for p in args.log if not p.is_file()]
+        if missing:
+            print(f"{missing[0]}: no such file", file=sys.stderr)
+            return 1
+        report = scan_logs(packs, args.log, args.timeout)
+        if args.json:
+            json.dump(report, sys.stdout)
+            sys.stdout.write("\n")
+        else:
+            print_scan(report, sys.stdout)
+    return 1 if failed else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from agent.state import Store
+
+    config = load_config(args.config)
+    if not config.state_db.exists():
+        print(f"no state yet at {config.state_db}")
+        return 0
+    store = Store(config.state_db)
+    spool = store.spool_summary()
+    open_incidents = store.open_incidents()
+    recent = store.recent_incidents(args.limit)
+    cooling = store.cooldowns(time.time())
+    if args.json:
+        json.dump(
+            {
+                "spool": spool,
+                "open": [asdict(i) for i in open_incidents],
+                "recent": [asdict(i) for i in recent],
+                "cooldowns": cooling,
+            },
+            sys.stdout,
+            default=str,
+        )
+        print()
+        return 0
+    print(
+        f"spool: {spool['queued']} queued, {spool['parked']} parked"
+        + (f" (last error: {spool['parked_error']})" if spool["parked"] else "")
+    )
+    print(f"open incidents: {len(open_incidents)}")
+    for i in open_incidents:
+        print(f"  {i.pack}/{i.pattern} key={i.key!r} count={i.count} since {_t(i.first_seen)}")
+    print(f"in cooldown: {len(cooling)}")
+    print("recent incidents:")
+    for i in recent:
+        print(
+            f"  {_t(i.last_seen)} {i.pack}/{i.pattern} key={i.key!r} {i.status}"
+            f" ({i.outcome or '-'}, {len(i.attempts)} attempt(s), {i.count} line(s))"
+        )
+    return 0
+
+
+def _t(value: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+
+
+def cmd_spool_retry(args: argparse.Namespace) -> int:
+    from agent.state import Store
+
+    config = load_config(args.config)
+    count = Store(config.state_db).unpark()
+    print(f"{count} parked event(s) queued again; the running agent sends them next")
+    return 0
+
+
+def cmd_receiver(args: argparse.Namespace) -> int:
+    from agent.receiver.app import serve
+
+    _setup_logging()
+    return serve(args.listen, args.db, args.max_body)
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    from agent.receiver.store import ReceiverStore
+
+    store = ReceiverStore(args.db)
+    print(store.create_token(args.owner))
+    store.close()
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from agent.demo import run_demo
+
+    return run_demo(args.packs, keep=args.keep)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="logmend", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"logmend {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="follow the configured logs, fix and escalate")
+    run.add_argument("-c", "--config", type=Path, required=True)
+    run.add_argument("--log-format", choices=("text", "json"), default="text")
+    run.add_argument("--log-level", default="INFO")
+    run.set_defaults(func=cmd_run)
+
+    check = sub.add_parser("check", help="validate a config and every pack it loads")
+    check.add_argument("-c", "--config", type=Path, required=True)
+    check.set_defaults(func=cmd_check)
+
+    test = sub.add_parser("test", help="prove packs with their examples, try them on logs")
+    test.add_argument("packs", nargs="+", type=Path, metavar="PACK_DIR")
+    test.add_argument("--log", nargs="+", type=Path, metavar="FILE")
+    test.add_argument("--json", action="store_true")
+    test.add_argument("--timeout", type=float, default=1.0, help="regex timeout per match")
+    test.set_defaults(func=cmd_test)
+
+    status = sub.add_parser("status", help="open incidents, recent fixes, the spool")
+    status.add_argument("-c", "--config", type=Path, required=True)
+    status.add_argument("--limit", type=int, default=20)
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(func=cmd_status)
+
+    spool = sub.add_parser("spool", help="manage the outbound spool")
+    spool_sub = spool.add_subparsers(dest="spool_command", required=True)
+    retry = spool_sub.add_parser("retry", help="send parked events again")
+    retry.add_argument("-c", "--config", type=Path, required=True)
+    retry.set_defaults(func=cmd_spool_retry)
+
+    receiver = sub.add_parser("receiver", help="the central escalation endpoint")
+    receiver.add_argument("--listen", default="127.0.0.1:8470")
+    receiver.add_argument("--db", type=Path, default=Path("receiver.db"))
+    receiver.add_argument("--max-body", type=int, default=4 * 1024 * 1024)
+    receiver.set_defaults(func=cmd_receiver)
+    receiver_sub = receiver.add_subparsers(dest="receiver_command")
+    token = receiver_sub.add_parser("token", help="manage ingest tokens")
+    token_sub = token.add_subparsers(dest="token_command", required=True)
+    create = token_sub.add_parser("create", help="create a token; prints it once")
+    create.add_argument("--owner", required=True)
+    create.add_argument("--db", type=Path, default=Path("receiver.db"))
+    create.set_defaults(func=cmd_token_create)
+
+    demo = sub.add_parser("demo", help="a receiver, an agent and a log that breaks, in 30s")
+    demo.add_argument("--packs", type=Path, default=None, help="default: the shipped patterns/")
+    demo.add_argument("--keep", action="store_true", help="keep the temp directory")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigErrors as exc:
+        for error in exc.errors:
+            print(f"error: {error}", file=sys.stderr)
+        return 1
+    except LogmendError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,154 @@
+"""Agent config (TOML) into frozen dataclasses; every error names file, key and line."""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from agent.errors import ConfigError, ConfigErrors
+from agent.tomlsrc import Doc, Section
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    path: str
+    packs: tuple[str, ...] | None = None
+    start: str = "end"
+
+
+@dataclass(frozen=True, slots=True)
+class Escalation:
+    url: str
+    token_file: Path | None = None
+    timeout: float = 10.0
+    batch_size: int = 100
+    backoff_initial: float = 0.5
+    backoff_max: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_line_bytes: int = 64 * 1024
+    regex_timeout: float = 0.1
+    read_chunk_bytes: int = 1024 * 1024
+    max_concurrent_fixes: int = 4
+    sweep_interval: float = 1.0
+    max_samples: int = 10
+    output_tail_bytes: int = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    file: Path
+    host: str
+    state_dir: Path
+    packs: tuple[Path, ...]
+    sources: tuple[Source, ...]
+    escalation: Escalation | None
+    limits: Limits = field(default_factory=Limits)
+
+    @property
+    def state_db(self) -> Path:
+        return self.state_dir / "state.db"
+
+
+def _path(base: Path, value: str) -> Path:
+    path = Path(value).expanduser()
+    return path if path.is_absolute() else (base / path)
+
+
+def _limits(section: Section | None) -> Limits:
+    if section is None:
+        return Limits()
+    d = Limits()
+    limits = Limits(
+        max_line_bytes=section.integer("max_line_bytes", d.max_line_bytes, minimum=64),
+        regex_timeout=section.duration("regex_timeout", d.regex_timeout),
+        read_chunk_bytes=section.integer("read_chunk_bytes", d.read_chunk_bytes, minimum=4096),
+        max_concurrent_fixes=section.integer(
+            "max_concurrent_fixes", d.max_concurrent_fixes, minimum=1
+        ),
+        sweep_interval=section.duration("sweep_interval", d.sweep_interval),
+        max_samples=section.integer("max_samples", d.max_samples, minimum=1),
+        output_tail_bytes=section.integer("output_tail_bytes", d.output_tail_bytes, minimum=256),
+    )
+    section.finish()
+    return limits
+
+
+def _escalation(section: Section | None, base: Path) -> Escalation | None:
+    if section is None:
+        return None
+    url = section.string("url")
+    if isinstance(url, str) and not url.startswith(("http://", "https://")):
+        section.error("url", f"must be an http:// or https:// URL, not {url!r}")
+    token_file = section.string("token_file", None)
+    d = Escalation(url="")
+    esc = Escalation(
+        url=url or "",
+        token_file=_path(base, token_file) if isinstance(token_file, str) else None,
+        timeout=section.duration("timeout", d.timeout),
+        batch_size=section.integer("batch_size", d.batch_size, minimum=1),
+        backoff_initial=section.duration("backoff_initial", d.backoff_initial),
+        backoff_max=section.duration("backoff_max", d.backoff_max),
+    )
+    section.finish()
+    return esc
+
+
+def _source(section: Section) -> Source | None:
+    path = section.string("path")
+    packs = section.strings("packs", None, allow_str=True)
+    start = section.string("start", "end", choices=("end", "beginning"))
+    section.finish()
+    if not isinstance(path, str):
+        return None
+    return Source(path=path, packs=packs, start=start or "end")
+
+
+def parse_config(file: Path, text: str) -> Config:
+    """Parse config text; raises ConfigErrors with every problem found."""
+    try:
+        doc = Doc(file, text)
+    except ConfigError as exc:
+        raise ConfigErrors([exc]) from exc
+    root = doc.root()
+    base = file.parent.resolve()
+    agent = root.table("agent")
+    host = socket.gethostname()
+    state_dir = base / "state"
+    packs: tuple[Path, ...] = ()
+    if agent:
+        host = agent.string("host", host)
+        state_dir = _path(base, agent.string("state_dir", str(state_dir)) or ".")
+        packs = tuple(_path(base, p) for p in agent.strings("packs", (), allow_str=True) or ())
+        agent.finish()
+    sources = tuple(s for s in (_source(sec) for sec in root.tables("source")) if s)
+    if not sources and "source" not in root.data:
+        root.error("source", "at least one [[source]] is needed")
+    escalation = _escalation(root.table("escalation"), base)
+    limits = _limits(root.table("limits"))
+    root.finish()
+    for index, source in enumerate(sources):
+        if source.path and not Path(source.path).is_absolute():
+            doc.error(("source", index, "path"), "must be an absolute path or glob")
+    if doc.errors:
+        raise ConfigErrors(doc.errors)
+    return Config(
+        file=file,
+        host=host,
+        state_dir=state_dir,
+        packs=packs,
+        sources=sources,
+        escalation=escalation,
+        limits=limits,
+    )
+
+
+def load_config(file: Path) -> Config:
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigErrors([ConfigError(file, "", None, f"cannot read: {exc}")]) from exc
+    return parse_config(file, text)

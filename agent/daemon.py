@@ -1,0 +1,420 @@
+"""Wiring: the reader loop, remedy workers, the sender, signals and shutdown.
+
+One thread reads and matches (the only one that touches the tailer and the
+trigger), a few workers run fixes, one thread sends. The reader commits each
+pass's checkpoints together with everything those lines caused.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import httpx
+
+from agent import __version__
+from agent.config import Config
+from agent.escalate import Sender, build_event
+from agent.match import Matcher
+from agent.packs import Pack, Pattern, load_packs
+from agent.remedy import Attempt, ProcessRunner, Runner, run_remedy
+from agent.state import Batch, Incident, Store
+from agent.tail import Followed, Tailer
+from agent.trigger import Trigger
+
+log = logging.getLogger("logmend")
+
+SHUTDOWN_GRACE = 5.0
+
+
+def matchers_for(config: Config, packs: list[Pack]) -> list[Matcher]:
+    """One matcher per source, over the patterns of the packs that source names."""
+    out = []
+    for source in config.sources:
+        chosen = [p for p in packs if source.packs is None or p.name in source.packs]
+        patterns = [pattern for pack in chosen for pattern in pack.patterns]
+        out.append(Matcher(patterns, config.limits.regex_timeout))
+    return out
+
+
+@dataclass
+class Counters:
+    lines: int = 0
+    matches: int = 0
+    incidents: int = 0
+    resolved: int = 0
+    failed: int = 0
+    escalated: int = 0
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+class Agent:
+    def __init__(
+        self,
+        config: Config,
+        packs: list[Pack] | None = None,
+        clock: Callable[[], float] = time.time,
+        runner: Runner | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.config = config
+        self.packs = packs if packs is not None else load_packs(config.packs)
+        self._check_sources()
+        self.clock = clock
+        self.runner = runner or ProcessRunner(config.limits.output_tail_bytes, clock)
+        self.pack_by_name = {p.name: p for p in self.packs}
+        self.pattern_by_id = {(p.pack, p.id): p for pack in self.packs for p in pack.patterns}
+        self.matchers = matchers_for(config, self.packs)
+        self.store = Store(config.state_db, config.limits.max_samples)
+        self.trigger = Trigger(config.limits.max_samples)
+        self.trigger.restore(self.store.open_incidents(), self.store.cooldowns(clock()))
+        self.tailer = Tailer(config.sources, self.store.checkpoints(), config.limits.max_line_bytes)
+        self.counters = Counters()
+        self.stopping = threading.Event()
+        self.wake = threading.Event()
+        self._fixes: queue.Queue[tuple[Incident, Pattern] | None] = queue.Queue()
+        self._done: queue.SimpleQueue[tuple[str, str, float]] = queue.SimpleQueue()
+        self._busy = 0
+        self._busy_lock = threading.Lock()
+        self._workers: list[threading.Thread] = []
+        self.sender: Sender | None = None
+        if config.escalation is not None:
+            self.sender = Sender(
+                self.store,
+                config.escalation,
+                {"host": config.host, "version": __version__},
+                transport=transport,
+                clock=clock,
+            )
+        self._observer: Any = None
+
+    def _check_sources(self) -> None:
+        names = {p.name for p in self.packs}
+        for source in self.config.sources:
+            for name in source.packs or ():
+                if name not in names:
+                    log.warning("source %s names pack %r, which is not loaded", source.path, name)
+
+    # lifecycle -------------------------------------------------------------------
+    def run(self) -> int:
+        self._install_signals()
+        self.start()
+        try:
+            self.loop()
+        finally:
+            self.shutdown()
+        return 0
+
+    def start(self) -> None:
+        for number in range(self.config.limits.max_concurrent_fixes):
+            worker = threading.Thread(target=self._work, name=f"fix-{number}", daemon=True)
+            worker.start()
+            self._workers.append(worker)
+        for incident in self.store.open_incidents():
+            pattern = self.pattern_by_id.get((incident.pack, incident.pattern))
+            if pattern is not None and pattern.remedy is not None:
+                log.info(
+                    "resuming fix for %s/%s key=%r", incident.pack, incident.pattern, incident.key
+                )
+                self._fixes.put((incident, pattern))
+        if self.sender is not None:
+            self.sender.start()
+        self._watch()
+        self.tailer.sweep()
+        self._commit(self._release_idle())
+        log.info(
+            "logmend %s running: %d source(s), %d file(s), %d pack(s), %d pattern(s)",
+            __version__,
+            len(self.config.sources),
+            len(self.tailer.files),
+            len(self.packs),
+            len(self.pattern_by_id),
+        )
+
+    def _install_signals(self) -> None:
+        def stop(signum: int, frame: FrameType | None) -> None:
+            if self.stopping.is_set() and signum == signal.SIGINT:
+                os._exit(130)
+            log.info("received %s, stopping", signal.Signals(signum).name)
+            self.stopping.set()
+            self.wake.set()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+
+    def _watch(self) -> None:
+        """watchdog only wakes the loop early; the periodic sweep stays the truth."""
+        try:
+            from watchdog.events import FileSystemEventHandler
+            from watchdog.observers import Observer
+        except ImportError:
+            return
+        wake = self.wake
+
+        class Wake(FileSystemEventHandler):
+            def on_any_event(self, event: Any) -> None:
+                wake.set()
+
+        directories = set()
+        for source in self.config.sources:
+            directory = Path(source.path)
+            while any(ch in str(directory) for ch in "*?["):
+                directory = directory.parent
+            directories.add(directory if directory != Path(source.path) else directory.parent)
+        observer = Observer()
+        try:
+            for directory in directories:
+                if directory.is_dir():
+                    observer.schedule(Wake(), str(directory), recursive=False)
+            observer.daemon = True
+            observer.start()
+            self._observer = observer
+        except OSError as exc:
+            log.warning(
+                "file events unavailable (%s); polling every %.1fs",
+                exc,
+                self.config.limits.sweep_interval,
+            )
+
+    def shutdown(self) -> None:
+        if self._observer is not None:
+            self._observer.stop()
+        for _ in self._workers:
+            self._fixes.put(None)
+        deadline = time.monotonic() + SHUTDOWN_GRACE
+        for worker in self._workers:
+            worker.join(timeout=max(0.0, deadline - time.monotonic()))
+        if self.sender is not None:
+            self.sender.stop(flush_seconds=max(0.5, deadline - time.monotonic()))
+        self.tailer.close()
+        if not any(w.is_alive() for w in self._workers):
+            self.store.close()
+        log.info("stopped")
+
+    # the reader loop ---------------------------------------------------------------
+    def loop(self) -> None:
+        interval = self.config.limits.sweep_interval
+        last_sweep = time.monotonic()
+        while not self.stopping.is_set():
+            read_any = self.pass_once()
+            if time.monotonic() - last_sweep >= interval or self.wake.is_set():
+                self.wake.clear()
+                self.tailer.sweep()
+                self._commit(self._release_idle())
+                last_sweep = time.monotonic()
+            if not read_any:
+                self.wake.wait(timeout=max(0.0, interval - (time.monotonic() - last_sweep)))
+
+    def pass_once(self) -> bool:
+        """Read one chunk from every file, match, and commit it all in one transaction."""
+        self._apply_finished()
+        batch = Batch()
+        chunk = self.config.limits.read_chunk_bytes
+        read_any = False
+        now = self.clock()
+        for followed in self.tailer:
+            lines = followed.read(chunk)
+            if lines is None:
+                continue
+            read_any = True
+            followed.idle_sweeps = 0
+            self._process(followed, lines, now, batch)
+            if followed.dirty:
+                batch.checkpoints[followed.identity] = followed.checkpoint()
+        self._commit(batch)
+        return read_any
+
+    def _process(self, followed: Followed, lines: list[str], now: float, batch: Batch) -> None:
+        match = self.matchers[followed.source].match
+        feed = self.trigger.feed
+        path = followed.path
+        self.counters.lines += len(lines)
+        for line in lines:
+            hits = match(line)
+            if hits:
+                for pattern, fields in hits:
+                    self.counters.matches += 1
+                    incident = feed(pattern, fields, line, path, now, batch)
+                    if incident is not None:
+                        self._opened(incident, pattern, batch)
+
+    def _opened(self, incident: Incident, pattern: Pattern, batch: Batch) -> None:
+        self.counters.incidents += 1
+        log.info(
+            "matched %s/%s key=%r (%d line(s)) in %s",
+            pattern.pack,
+            pattern.id,
+            incident.key,
+            incident.count,
+            incident.source,
+        )
+        if pattern.remedy is not None:
+            return
+        if pattern.escalate == "never":
+            incident.status = "closed"
+            incident.outcome = "no-remedy"
+            return
+        incident.outcome = "no-remedy"
+        wire = "always" if pattern.escalate == "always" else "no-remedy"
+        pack = self.pack_by_name[pattern.pack]
+        batch.escalations.append(
+            build_event(incident, pattern, pack, self.config.host, wire, "no-remedy")
+        )
+        self.counters.escalated += 1
+        log.info(
+            "escalating %s/%s key=%r: %s (no remedy known)",
+            pattern.pack,
+            pattern.id,
+            incident.key,
+            wire,
+        )
+
+    def _commit(self, batch: Batch) -> None:
+        if not batch:
+            return
+        self.store.commit(batch, self.clock())
+        for incident in batch.incidents:
+            pattern = self.pattern_by_id[(incident.pack, incident.pattern)]
+            if incident.status == "remediating":
+                self._fixes.put((incident, pattern))
+        if batch.escalations and self.sender is not None:
+            self.sender.wake.set()
+
+    def _release_idle(self) -> Batch:
+        """Rotated or deleted files, read to their end and quiet for two sweeps, are let go."""
+        batch = Batch()
+        released = []
+        now = self.clock()
+        for followed in self.tailer:
+            if not followed.rotated:
+                continue
+            followed.idle_sweeps += 1
+            if followed.idle_sweeps < 2 or followed.read(self.config.limits.read_chunk_bytes):
+                continue
+            self._process(followed, followed.splitter.flush(), now, batch)
+            self.tailer.release(followed)
+            released.append(followed.identity)
+        if released:
+            self.store.forget_checkpoints(released)
+        return batch
+
+    def _apply_finished(self) -> None:
+        while True:
+            try:
+                fingerprint, incident_id, until = self._done.get_nowait()
+            except queue.Empty:
+                return
+            self.trigger.finished(fingerprint, incident_id, until)
+
+    # remedy workers --------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            job = self._fixes.get()
+            if job is None:
+                return
+            with self._busy_lock:
+                self._busy += 1
+            try:
+                self._remediate(*job)
+            except Exception:
+                log.exception("fix for %s/%s crashed", job[1].pack, job[1].id)
+            finally:
+                with self._busy_lock:
+                    self._busy -= 1
+
+    def _remediate(self, incident: Incident, pattern: Pattern) -> None:
+        remedy = pattern.remedy
+        assert remedy is not None
+        pack = self.pack_by_name[pattern.pack]
+
+        def report(attempt: Attempt) -> None:
+            how = (
+                "timed out"
+                if attempt.timed_out
+                else (
+                    f"exit {attempt.exit_code}"
+                    if attempt.signal is None
+                    else f"signal {attempt.signal}"
+                )
+            )
+            log.info(
+                "%s %s/%s: %s -> %s",
+                attempt.phase,
+                pattern.pack,
+                pattern.id,
+                " ".join(attempt.argv[1:]) or attempt.argv[0],
+                how,
+            )
+
+        log.info(
+            "fixing %s/%s key=%r with %s",
+            pattern.pack,
+            pattern.id,
+            incident.key,
+            remedy.run[0].text,
+        )
+        outcome = run_remedy(
+            pattern,
+            remedy,
+            incident.fields,
+            pack.dir,
+            self.runner,
+            sleep=self._sleep,
+            on_attempt=report,
+        )
+        if self.stopping.is_set() and not outcome.resolved:
+            return  # interrupted by shutdown: stays open and runs again after restart
+        now = self.clock()
+        attempts = [a.as_dict() for a in outcome.attempts]
+        fresh = self.store.incident(incident.id) or incident
+        fresh.attempts = attempts
+        result = "resolved" if outcome.resolved else "remedy-failed"
+        wire = None
+        if not outcome.resolved and pattern.escalate != "never":
+            wire = "remedy-failed"
+        elif pattern.escalate == "always":
+            wire = "always"
+        escalation = (
+            build_event(fresh, pattern, pack, self.config.host, wire, result) if wire else None
+        )
+        status = "escalated" if wire else ("resolved" if outcome.resolved else "failed")
+        until = now + remedy.cooldown
+        self.store.finish_incident(
+            incident.id, status, result, attempts, until, incident.fingerprint, escalation, now
+        )
+        self._done.put((incident.fingerprint, incident.id, until))
+        if outcome.resolved:
+            self.counters.resolved += 1
+            log.info(
+                "resolved %s/%s key=%r after %d attempt(s)",
+                pattern.pack,
+                pattern.id,
+                incident.key,
+                len(outcome.attempts),
+            )
+        else:
+            self.counters.failed += 1
+            log.warning(
+                "fix for %s/%s key=%r failed after %d attempt(s)",
+                pattern.pack,
+                pattern.id,
+                incident.key,
+                len(outcome.attempts),
+            )
+        if escalation is not None:
+            self.counters.escalated += 1
+            log.info("escalating %s/%s key=%r: %s", pattern.pack, pattern.id, incident.key, wire)
+            if self.sender is not None:
+                self.sender.wake.set()
+
+    def _sleep(self, seconds: float) -> None:
+        self.stopping.wait(seconds)

@@ -1,0 +1,338 @@
+"""Pattern packs: load, validate and compile; the pack schema lives here.
+
+A pack is a folder with `pack.toml`, the fix scripts it runs and the articles
+its patterns cite. Everything that can be checked is checked at load, so the
+per-line path only runs compiled regexes and pre-parsed templates.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import regex
+
+from agent.errors import ConfigError, ConfigErrors
+from agent.tomlsrc import Doc, Section
+
+SEVERITIES = ("debug", "info", "warning", "error", "critical")
+ESCALATE = ("unresolved", "always", "never")
+ARTICLE_MAX_BYTES = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Template:
+    """A string with `{field}` holes, parsed once; expands to exactly one string."""
+
+    text: str
+    parts: tuple[tuple[str, str | None], ...]
+
+    @property
+    def fields(self) -> tuple[str, ...]:
+        return tuple(name for _, name in self.parts if name is not None)
+
+    def expand(self, fields: dict[str, str]) -> str:
+        return "".join(lit + (fields.get(name, "") if name else "") for lit, name in self.parts)
+
+
+def parse_template(text: str) -> Template:
+    """Parse `{name}` holes; `{{` and `}}` are literal braces. Raises ValueError."""
+    parts: list[tuple[str, str | None]] = []
+    for literal, name, spec, conv in string.Formatter().parse(text):
+        if name is not None and (spec or conv or not name.isidentifier()):
+            raise ValueError(f"only plain {{field}} holes are allowed, not {{{name}}}")
+        parts.append((literal, name if name else None))
+        if name == "":
+            raise ValueError("empty {} hole")
+    return Template(text, tuple(parts))
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    initial: float = 1.0
+    maximum: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class Remedy:
+    run: tuple[Template, ...]
+    timeout: float = 30.0
+    attempts: int = 3
+    backoff: Backoff = field(default_factory=Backoff)
+    verify: tuple[Template, ...] | None = None
+    cooldown: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Example:
+    line: str
+    matches: bool = True
+    fields: dict[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pattern:
+    pack: str
+    id: str
+    source: str
+    regex: regex.Pattern[str]
+    severity: str
+    key: Template
+    count: int
+    within: float
+    escalate: str
+    article: str | None
+    article_text: str
+    remedy: Remedy | None
+    examples: tuple[Example, ...]
+    cooldown: float = 600.0
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.pack}/{self.id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Pack:
+    name: str
+    version: str
+    owner: str
+    dir: Path
+    file: Path
+    patterns: tuple[Pattern, ...]
+
+
+def _templates(section: Section, key: str, groups: set[str], required: bool) -> Any:
+    items = section.strings(key) if required else section.strings(key, None)
+    if not items:
+        if items == ():
+            section.error(key, "must name a command")
+        return None
+    out = []
+    for item in items:
+        try:
+            template = parse_template(item)
+        except ValueError as exc:
+            section.error(key, str(exc))
+            return None
+        unknown = [f for f in template.fields if f not in groups]
+        if unknown:
+            section.error(key, f"uses {{{unknown[0]}}}, which the pattern's regex does not capture")
+        out.append(template)
+    return tuple(out)
+
+
+def _script_inside(section: Section, key: str, argv: tuple[Template, ...], pack_dir: Path) -> None:
+    first = argv[0]
+    if first.fields:
+        section.error(key, "the program to run cannot come from a field")
+        return
+    program = (pack_dir / first.text).resolve()
+    try:
+        program.relative_to(pack_dir.resolve())
+    except ValueError:
+        section.error(key, f"{first.text!r} is outside the pack's folder")
+        return
+    if not program.is_file():
+        section.error(key, f"{first.text!r} does not exist in {pack_dir}")
+
+
+def _remedy(section: Section, groups: set[str], pack_dir: Path) -> Remedy | None:
+    run = _templates(section, "run", groups, required=True)
+    verify = _templates(section, "verify", groups, required=False)
+    for key, argv in (("run", run), ("verify", verify)):
+        if argv:
+            _script_inside(section, key, argv, pack_dir)
+    backoff = Backoff()
+    backoff_section = section.table("backoff")
+    if backoff_section:
+        backoff = Backoff(
+            initial=backoff_section.duration("initial", 1.0),
+            maximum=backoff_section.duration("max", 30.0),
+        )
+        backoff_section.finish()
+    remedy = Remedy(
+        run=run or (),
+        timeout=section.duration("timeout", 30.0),
+        attempts=section.integer("attempts", 3, minimum=1),
+        backoff=backoff,
+        verify=verify,
+        cooldown=section.duration("cooldown", 600.0),
+    )
+    section.finish()
+    return remedy if run else None
+
+
+def _compile(section: Section, source: str) -> regex.Pattern[str] | None:
+    try:
+        return regex.compile(source, regex.VERSION0)
+    except regex.error as exc:
+        section.error("match", f"is not a valid regex: {exc}")
+    except (OverflowError, RecursionError, ValueError) as exc:
+        section.error("match", f"cannot be compiled: {exc}")
+    return None
+
+
+def _examples(section: Section) -> tuple[Example, ...]:
+    out = []
+    for ex in section.tables("example"):
+        line = ex.string("line")
+        matches = ex.boolean("matches", True)
+        fields = None
+        if "fields" in ex.data:
+            raw = ex.data["fields"]
+            ex._used.add("fields")
+            if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+                ex.error("fields", "must be a table of strings")
+            else:
+                fields = dict(raw)
+        if fields and not matches:
+            ex.error("fields", "an example that must not match cannot expect fields")
+        ex.finish()
+        if isinstance(line, str):
+            out.append(Example(line=line, matches=matches is not False, fields=fields))
+    return tuple(out)
+
+
+def _article(section: Section, pack_dir: Path) -> tuple[str | None, str]:
+    article = section.string("article", None)
+    if not isinstance(article, str):
+        return None, ""
+    if article.startswith(("http://", "https://")):
+        return article, ""
+    path = (pack_dir / article).resolve()
+    try:
+        path.relative_to(pack_dir.resolve())
+        with path.open("rb") as handle:
+            return article, handle.read(ARTICLE_MAX_BYTES).decode("utf-8", "replace")
+    except ValueError:
+        section.error("article", f"{article!r} is outside the pack's folder")
+    except OSError as exc:
+        section.error("article", f"cannot read {article!r}: {exc.strerror}")
+    return article, ""
+
+
+def _pattern(section: Section, pack: str, pack_dir: Path, seen: set[str]) -> Pattern | None:
+    pid = section.string("id")
+    if isinstance(pid, str):
+        if pid in seen:
+            section.error("id", f"{pid!r} is defined twice in this pack")
+        seen.add(pid)
+    source = section.string("match")
+    compiled = _compile(section, source) if isinstance(source, str) else None
+    groups = set(compiled.groupindex) if compiled else set()
+    severity = section.string("severity", "error", choices=SEVERITIES)
+    key_text = section.string("key", "")
+    key = Template("", ())
+    try:
+        key = parse_template(key_text if isinstance(key_text, str) else "")
+        for name in key.fields:
+            if compiled and name not in groups:
+                section.error("key", f"uses {{{name}}}, which the pattern's regex does not capture")
+    except ValueError as exc:
+        section.error("key", str(exc))
+    count, within = 1, 0.0
+    when = section.table("when")
+    if when:
+        count = when.integer("count", 1, minimum=1)
+        within = when.duration("within", 60.0)
+        when.finish()
+    escalate = section.string("escalate", "unresolved", choices=ESCALATE)
+    article, article_text = _article(section, pack_dir)
+    remedy_section = section.table("remedy")
+    remedy = _remedy(remedy_section, groups, pack_dir) if remedy_section else None
+    default_cooldown = remedy.cooldown if remedy else 600.0
+    cooldown = section.duration("cooldown", default_cooldown)
+    examples = _examples(section)
+    if not examples:
+        section.error("example", "every pattern needs at least one example line that it matches")
+    section.finish()
+    if not (isinstance(pid, str) and compiled):
+        return None
+    return Pattern(
+        pack=pack,
+        id=pid,
+        source=source,
+        regex=compiled,
+        severity=severity or "error",
+        key=key,
+        count=count or 1,
+        within=within or 0.0,
+        escalate=escalate or "unresolved",
+        article=article,
+        article_text=article_text,
+        remedy=remedy,
+        examples=examples,
+        cooldown=cooldown if cooldown is not None else default_cooldown,
+    )
+
+
+def load_pack(pack_dir: Path) -> Pack:
+    """Load one pack folder; raises ConfigErrors listing every problem found."""
+    file = pack_dir / "pack.toml"
+    try:
+        doc = Doc.read(file)
+    except ConfigError as exc:
+        raise ConfigErrors([exc]) from exc
+    root = doc.root()
+    head = root.table("pack", required=True)
+    name = version = owner = None
+    if head:
+        name = head.string("name")
+        version = head.string("version", "0")
+        owner = head.string("owner")
+        head.finish()
+    seen: set[str] = set()
+    patterns = [_pattern(s, name or "?", pack_dir, seen) for s in root.tables("pattern")]
+    if not patterns and not doc.errors:
+        root.error("pattern", "a pack needs at least one [[pattern]]")
+    root.finish()
+    if doc.errors:
+        raise ConfigErrors(doc.errors)
+    assert isinstance(name, str) and isinstance(owner, str)
+    return Pack(
+        name=name,
+        version=str(version),
+        owner=owner,
+        dir=pack_dir,
+        file=file,
+        patterns=tuple(p for p in patterns if p is not None),
+    )
+
+
+def find_pack_dirs(roots: tuple[Path, ...]) -> list[Path]:
+    """Each root is a pack itself (has pack.toml) or a folder of packs, one per subfolder."""
+    found: list[Path] = []
+    for root in roots:
+        if (root / "pack.toml").is_file():
+            found.append(root)
+        elif root.is_dir():
+            found.extend(sorted(p.parent for p in root.glob("*/pack.toml")))
+    return found
+
+
+def load_packs(roots: tuple[Path, ...]) -> list[Pack]:
+    """Load every pack under `roots`; all problems of all packs are raised together."""
+    packs: list[Pack] = []
+    errors: list[ConfigError] = []
+    names: dict[str, Path] = {}
+    for pack_dir in find_pack_dirs(roots):
+        try:
+            pack = load_pack(pack_dir)
+        except ConfigErrors as exc:
+            errors.extend(exc.errors)
+            continue
+        if pack.name in names:
+            errors.append(
+                ConfigError(
+                    pack.file, "pack.name", None, f"{pack.name!r} is also in {names[pack.name]}"
+                )
+            )
+            continue
+        names[pack.name] = pack.file
+        packs.append(pack)
+    if errors:
+        raise ConfigErrors(errors)
+    return packs

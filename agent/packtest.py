@@ -1,0 +1,133 @@
+"""`logmend test`: prove a pack with its examples, and try it on real logs."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from agent.match import Matcher
+from agent.packs import Pack, Pattern
+
+EXAMPLE_TIMEOUT = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class ExampleFailure:
+    pattern: Pattern
+    line: str
+    expected: str
+    actual: str
+
+
+def check_examples(pack: Pack) -> tuple[int, list[ExampleFailure]]:
+    """Every example of every pattern; returns (examples checked, failures)."""
+    checked = 0
+    failures: list[ExampleFailure] = []
+    for pattern in pack.patterns:
+        for example in pattern.examples:
+            checked += 1
+            try:
+                found = pattern.regex.search(example.line, timeout=EXAMPLE_TIMEOUT)
+            except TimeoutError:
+                failures.append(
+                    ExampleFailure(
+                        pattern,
+                        example.line,
+                        "a result",
+                        f"regex timed out after {EXAMPLE_TIMEOUT}s",
+                    )
+                )
+                continue
+            if not example.matches:
+                if found is not None:
+                    failures.append(
+                        ExampleFailure(
+                            pattern, example.line, "no match", f"matched {found.group(0)!r}"
+                        )
+                    )
+                continue
+            if found is None:
+                failures.append(ExampleFailure(pattern, example.line, "a match", "no match"))
+                continue
+            fields = {k: v for k, v in found.groupdict().items() if v is not None}
+            wanted = example.fields or {}
+            wrong = {k: fields.get(k) for k, v in wanted.items() if fields.get(k) != v}
+            if wrong:
+                failures.append(
+                    ExampleFailure(
+                        pattern,
+                        example.line,
+                        json.dumps(wanted, sort_keys=True),
+                        json.dumps(fields, sort_keys=True),
+                    )
+                )
+    return checked, failures
+
+
+def scan_logs(packs: list[Pack], logs: list[Path], timeout: float) -> dict[str, Any]:
+    """Match every line of every log against every pattern; the --json document."""
+    patterns = [p for pack in packs for p in pack.patterns]
+    matcher = Matcher(patterns, timeout, account=True)
+    files = []
+    for log_path in logs:
+        matches = []
+        count = 0
+        with log_path.open("rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                count = number
+                line = raw.rstrip(b"\n").removesuffix(b"\r").decode("utf-8", "replace")
+                for pattern, fields in matcher.match(line):
+                    matches.append(
+                        {
+                            "line": number,
+                            "pack": pattern.pack,
+                            "pattern": pattern.id,
+                            "fields": fields,
+                        }
+                    )
+        files.append({"path": str(log_path), "lines": count, "matches": matches})
+    summary = [
+        {
+            "pack": p.pack,
+            "pattern": p.id,
+            "matches": matcher.stats[p.qualified].matches,
+            "seconds": round(matcher.stats[p.qualified].seconds, 6),
+            "timeouts": matcher.stats[p.qualified].timeouts,
+        }
+        for p in patterns
+    ]
+    return {"files": files, "patterns": summary}
+
+
+def print_examples(pack: Pack, checked: int, failures: list[ExampleFailure], out: TextIO) -> None:
+    status = "ok" if not failures else "FAILED"
+    print(
+        f"{pack.name} {pack.version} ({pack.file}): {checked} example(s), "
+        f"{len(failures)} failed: {status}",
+        file=out,
+    )
+    for f in failures:
+        print(
+            f"  {f.pattern.id}: {f.line!r}\n    expected: {f.expected}\n    actual:   {f.actual}",
+            file=out,
+        )
+
+
+def print_scan(report: dict[str, Any], out: TextIO) -> None:
+    for file in report["files"]:
+        print(
+            f"{file['path']}: {file['lines']} line(s), {len(file['matches'])} match(es)", file=out
+        )
+        for m in file["matches"]:
+            print(
+                f"  line {m['line']}: {m['pack']}/{m['pattern']} {json.dumps(m['fields'])}",
+                file=out,
+            )
+    print("per pattern (matches, seconds, regex timeouts):", file=out)
+    for p in sorted(report["patterns"], key=lambda p: -p["seconds"]):
+        print(
+            f"  {p['pack']}/{p['pattern']}: {p['matches']}  {p['seconds']:.6f}s  {p['timeouts']}",
+            file=out,
+        )

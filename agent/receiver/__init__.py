@@ -1,0 +1,1 @@
+"""The central endpoint: escalation ingest, storage on SQLite, and a first page."""

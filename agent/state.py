@@ -1,0 +1,332 @@
+"""The SQLite store: file checkpoints, incidents, cooldowns and the outbound spool.
+
+One file, WAL, so that "this line's offset advanced" and "what it caused is
+recorded" commit in one transaction. Every method is one short transaction
+under a lock, shared by the reader loop, the remedy workers and the sender.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import msgpack
+
+from agent.errors import StateError
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS checkpoints (
+    dev INTEGER NOT NULL, ino INTEGER NOT NULL, path TEXT NOT NULL,
+    offset INTEGER NOT NULL, marker BLOB NOT NULL, updated REAL NOT NULL,
+    PRIMARY KEY (dev, ino));
+CREATE TABLE IF NOT EXISTS incidents (
+    id TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, pack TEXT NOT NULL,
+    pattern TEXT NOT NULL, key TEXT NOT NULL, source TEXT NOT NULL,
+    status TEXT NOT NULL, count INTEGER NOT NULL,
+    first_seen REAL NOT NULL, last_seen REAL NOT NULL,
+    samples TEXT NOT NULL, fields TEXT NOT NULL, attempts TEXT NOT NULL DEFAULT '[]',
+    outcome TEXT, updated REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS incidents_open ON incidents (status) WHERE status IN ('remediating');
+CREATE INDEX IF NOT EXISTS incidents_fp ON incidents (fingerprint, updated);
+CREATE TABLE IF NOT EXISTS cooldowns (
+    fingerprint TEXT PRIMARY KEY, until REAL NOT NULL, incident TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS spool (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
+    created REAL NOT NULL, body BLOB NOT NULL, tries INTEGER NOT NULL DEFAULT 0,
+    next_try REAL NOT NULL DEFAULT 0, parked INTEGER NOT NULL DEFAULT 0, last_error TEXT);
+"""
+
+OPEN = "remediating"
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    dev: int
+    ino: int
+    path: str
+    offset: int
+    marker: bytes
+
+
+@dataclass(slots=True)
+class Incident:
+    """An incident as stored; mutable only inside the reader loop before commit."""
+
+    id: str
+    fingerprint: str
+    pack: str
+    pattern: str
+    key: str
+    source: str
+    status: str
+    count: int
+    first_seen: float
+    last_seen: float
+    samples: list[str] = field(default_factory=list)
+    fields: dict[str, str] = field(default_factory=dict)
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    outcome: str | None = None
+
+
+@dataclass(slots=True)
+class CountUpdate:
+    added: int = 0
+    last_seen: float = 0.0
+    samples: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolItem:
+    seq: int
+    id: str
+    body: bytes
+    tries: int
+
+
+@dataclass
+class Batch:
+    """Everything one pass of the reader produced, committed atomically."""
+
+    checkpoints: dict[tuple[int, int], Checkpoint] = field(default_factory=dict)
+    incidents: list[Incident] = field(default_factory=list)
+    counts: dict[str, CountUpdate] = field(default_factory=dict)
+    cooldowns: dict[str, tuple[float, str]] = field(default_factory=dict)
+    escalations: list[dict[str, Any]] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.checkpoints or self.incidents or self.counts or self.cooldowns or self.escalations
+        )
+
+
+def _incident(row: sqlite3.Row) -> Incident:
+    return Incident(
+        id=row["id"],
+        fingerprint=row["fingerprint"],
+        pack=row["pack"],
+        pattern=row["pattern"],
+        key=row["key"],
+        source=row["source"],
+        status=row["status"],
+        count=row["count"],
+        first_seen=row["first_seen"],
+        last_seen=row["last_seen"],
+        samples=json.loads(row["samples"]),
+        fields=json.loads(row["fields"]),
+        attempts=json.loads(row["attempts"]),
+        outcome=row["outcome"],
+    )
+
+
+class Store:
+    def __init__(self, path: Path, max_samples: int = 10) -> None:
+        self.path = path
+        self.max_samples = max_samples
+        self._lock = threading.Lock()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=10000")
+            self._db.executescript(SCHEMA)
+        except (OSError, sqlite3.Error) as exc:
+            raise StateError(f"{path}: cannot open the state database: {exc}") from exc
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def _tx(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                raise StateError(f"{self.path}: {exc}") from exc
+
+    def _read(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, tuple(args)).fetchall()
+            except sqlite3.Error as exc:
+                raise StateError(f"{self.path}: {exc}") from exc
+
+    # checkpoints -----------------------------------------------------------
+    def checkpoints(self) -> dict[tuple[int, int], Checkpoint]:
+        rows = self._read("SELECT dev, ino, path, offset, marker FROM checkpoints")
+        return {
+            (r["dev"], r["ino"]): Checkpoint(
+                r["dev"], r["ino"], r["path"], r["offset"], r["marker"]
+            )
+            for r in rows
+        }
+
+    def forget_checkpoints(self, keys: Iterable[tuple[int, int]]) -> None:
+        with self._tx() as db:
+            db.executemany("DELETE FROM checkpoints WHERE dev=? AND ino=?", list(keys))
+
+    # the reader's batch ------------------------------------------------------
+    def commit(self, batch: Batch, now: float) -> None:
+        with self._tx() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO checkpoints VALUES (?,?,?,?,?,?)",
+                [
+                    (c.dev, c.ino, c.path, c.offset, c.marker, now)
+                    for c in batch.checkpoints.values()
+                ],
+            )
+            db.executemany(
+                "INSERT INTO incidents (id, fingerprint, pack, pattern, key, source, status, count,"
+                " first_seen, last_seen, samples, fields, attempts, outcome, updated)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                [
+                    (
+                        i.id,
+                        i.fingerprint,
+                        i.pack,
+                        i.pattern,
+                        i.key,
+                        i.source,
+                        i.status,
+                        i.count,
+                        i.first_seen,
+                        i.last_seen,
+                        json.dumps(i.samples),
+                        json.dumps(i.fields),
+                        json.dumps(i.attempts),
+                        i.outcome,
+                        now,
+                    )
+                    for i in batch.incidents
+                ],
+            )
+            for incident_id, update in batch.counts.items():
+                row = db.execute(
+                    "SELECT samples FROM incidents WHERE id=?", (incident_id,)
+                ).fetchone()
+                if row is None:
+                    continue
+                samples = json.loads(row[0])
+                samples = (samples + update.samples)[-self.max_samples :]
+                db.execute(
+                    "UPDATE incidents SET count=count+?, last_seen=max(last_seen, ?), samples=?,"
+                    " updated=? WHERE id=?",
+                    (update.added, update.last_seen, json.dumps(samples), now, incident_id),
+                )
+            db.executemany(
+                "INSERT OR REPLACE INTO cooldowns VALUES (?,?,?)",
+                [(fp, until, iid) for fp, (until, iid) in batch.cooldowns.items()],
+            )
+            self._spool(db, batch.escalations, now)
+
+    @staticmethod
+    def _spool(db: sqlite3.Connection, events: list[dict[str, Any]], now: float) -> None:
+        db.executemany(
+            "INSERT OR IGNORE INTO spool (id, created, body, next_try) VALUES (?,?,?,?)",
+            [(e["id"], now, msgpack.packb(e, use_bin_type=True), now) for e in events],
+        )
+
+    # incidents ---------------------------------------------------------------
+    def open_incidents(self) -> list[Incident]:
+        return [_incident(r) for r in self._read("SELECT * FROM incidents WHERE status=?", (OPEN,))]
+
+    def incident(self, incident_id: str) -> Incident | None:
+        rows = self._read("SELECT * FROM incidents WHERE id=?", (incident_id,))
+        return _incident(rows[0]) if rows else None
+
+    def recent_incidents(self, limit: int = 20) -> list[Incident]:
+        rows = self._read("SELECT * FROM incidents ORDER BY updated DESC LIMIT ?", (limit,))
+        return [_incident(r) for r in rows]
+
+    def finish_incident(
+        self,
+        incident_id: str,
+        status: str,
+        outcome: str,
+        attempts: list[dict[str, Any]],
+        cooldown_until: float | None,
+        fingerprint: str,
+        escalation: dict[str, Any] | None,
+        now: float,
+    ) -> None:
+        """Close an incident; its escalation (if any) is spooled in the same transaction."""
+        with self._tx() as db:
+            db.execute(
+                "UPDATE incidents SET status=?, outcome=?, attempts=?, updated=? WHERE id=?",
+                (status, outcome, json.dumps(attempts), now, incident_id),
+            )
+            if cooldown_until is not None:
+                db.execute(
+                    "INSERT OR REPLACE INTO cooldowns VALUES (?,?,?)",
+                    (fingerprint, cooldown_until, incident_id),
+                )
+            if escalation is not None:
+                self._spool(db, [escalation], now)
+
+    def cooldowns(self, now: float) -> dict[str, tuple[float, str]]:
+        rows = self._read("SELECT * FROM cooldowns WHERE until > ?", (now,))
+        return {r["fingerprint"]: (r["until"], r["incident"]) for r in rows}
+
+    # spool -------------------------------------------------------------------
+    def due(self, now: float, limit: int) -> list[SpoolItem]:
+        rows = self._read(
+            "SELECT seq, id, body, tries FROM spool WHERE parked=0 AND next_try<=?"
+            " ORDER BY seq LIMIT ?",
+            (now, limit),
+        )
+        return [SpoolItem(r["seq"], r["id"], r["body"], r["tries"]) for r in rows]
+
+    def next_due(self) -> float | None:
+        rows = self._read("SELECT min(next_try) FROM spool WHERE parked=0")
+        value = rows[0][0]
+        return float(value) if value is not None else None
+
+    def delivered(self, seqs: list[int]) -> None:
+        with self._tx() as db:
+            db.executemany("DELETE FROM spool WHERE seq=?", [(s,) for s in seqs])
+
+    def retry_later(self, seqs: list[int], next_try: float, error: str) -> None:
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE spool SET tries=tries+1, next_try=?, last_error=? WHERE seq=?",
+                [(next_try, error, s) for s in seqs],
+            )
+
+    def park(self, seqs: list[int], error: str) -> None:
+        with self._tx() as db:
+            db.executemany(
+                "UPDATE spool SET parked=1, tries=tries+1, last_error=? WHERE seq=?",
+                [(error, s) for s in seqs],
+            )
+
+    def unpark(self) -> int:
+        with self._tx() as db:
+            return db.execute("UPDATE spool SET parked=0, next_try=0 WHERE parked=1").rowcount
+
+    def spool_summary(self) -> dict[str, Any]:
+        rows = self._read(
+            "SELECT parked, count(*) AS n, min(created) AS oldest, max(last_error) AS err"
+            " FROM spool GROUP BY parked"
+        )
+        out: dict[str, Any] = {"queued": 0, "parked": 0, "oldest": None, "parked_error": None}
+        for r in rows:
+            out["parked" if r["parked"] else "queued"] = r["n"]
+            if r["parked"]:
+                out["parked_error"] = r["err"]
+            else:
+                out["oldest"] = r["oldest"]
+        return out
