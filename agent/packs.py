@@ -42,7 +42,8 @@ def parse_template(text: str) -> Template:
     parts: list[tuple[str, str | None]] = []
     for literal, name, spec, conv in string.Formatter().parse(text):
         if name is not None and (spec or conv or not name.isidentifier()):
-            raise ValueError(f"only plain {{field}} holes are allowed, not {{{name}}}")
+            shown = name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "")
+            raise ValueError(f"only plain {{field}} holes are allowed, not {{{shown}}}")
         parts.append((literal, name if name else None))
         if name == "":
             raise ValueError("empty {} hole")

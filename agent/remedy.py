@@ -194,11 +194,10 @@ def run_remedy(
 
     retrying = tenacity.Retrying(
         stop=tenacity.stop_after_attempt(remedy.attempts),
-        wait=tenacity.wait_exponential_jitter(
-            initial=remedy.backoff.initial,
-            max=remedy.backoff.maximum,
-            jitter=remedy.backoff.initial,
-        ),
+        wait=tenacity.wait_exponential(
+            multiplier=remedy.backoff.initial, max=remedy.backoff.maximum
+        )
+        + tenacity.wait_random(0, remedy.backoff.initial),
         retry=tenacity.retry_if_result(lambda ok: not ok),
         sleep=sleep,
         retry_error_callback=lambda state: False,

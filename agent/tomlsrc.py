@@ -207,8 +207,6 @@ class Section:
     def tables(self, key: str) -> Iterator[Section]:
         self._used.add(key)
         value = self.data.get(key, [])
-        if isinstance(value, dict):
-            value = [value]
         if not isinstance(value, list):
             self.error(key, f"must be an array of tables ([[{key}]]), not {type(value).__name__}")
             return

@@ -9,10 +9,10 @@ if [ ! -r "/proc/$pid/cmdline" ]; then
   echo "no process $pid" >&2
   exit 1
 fi
-cmdline=$(tr '\0' ' ' < "/proc/$pid/cmdline")
-case "$cmdline" in
-  *gunicorn*) ;;
-  *) echo "process $pid is not gunicorn ($cmdline): leaving it" >&2; exit 1 ;;
-esac
+# one argument must be the gunicorn program (".../gunicorn") or its title ("gunicorn: master")
+if ! tr '\0' '\n' < "/proc/$pid/cmdline" | grep -qE '^(.*/)?gunicorn(:.*| .*)?$'; then
+  echo "process $pid is not gunicorn ($(tr '\0' ' ' < "/proc/$pid/cmdline")): leaving it" >&2
+  exit 1
+fi
 kill -HUP "$pid"
 echo "sent SIGHUP to gunicorn master $pid"

@@ -1,0 +1,212 @@
+"""Shared helpers for tests that run the real agent, the real receiver and real files."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from agent.receiver.store import ReceiverStore
+
+PYTHON = sys.executable
+
+
+def wait_for(condition: Callable[[], Any], timeout: float = 15.0, every: float = 0.05) -> Any:
+    """Poll `condition` until it is truthy or the deadline passes; returns its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value or time.monotonic() > deadline:
+            return value
+        time.sleep(every)
+
+
+def wait_len(fetch: Callable[[], list[Any]], count: int, timeout: float = 15.0) -> list[Any]:
+    """Poll `fetch` until it returns at least `count` items; returns the last result."""
+    last: list[Any] = []
+
+    def enough() -> bool:
+        nonlocal last
+        last = fetch()
+        return len(last) >= count
+
+    wait_for(enough, timeout)
+    return last
+
+
+@dataclass
+class Receiver:
+    db: Path
+    token: str
+    url: str = ""
+    proc: subprocess.Popen[str] | None = None
+    port: int = 0
+
+    def start(self) -> Receiver:
+        self.proc = subprocess.Popen(
+            [
+                PYTHON,
+                "-m",
+                "agent",
+                "receiver",
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--db",
+                str(self.db),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        assert "listening on" in line, line
+        self.url = line.strip().rsplit(" ", 1)[1]
+        self.port = int(self.url.rsplit(":", 1)[1])
+        threading.Thread(target=self.proc.stdout.read, daemon=True).start()
+        return self
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+
+    def escalations(self, **filters: str) -> list[dict[str, Any]]:
+        answer = httpx.get(
+            f"{self.url}/v1/escalations",
+            params=filters,
+            headers={"Authorization": f"Bearer {self.token}"},
+            timeout=5,
+        )
+        answer.raise_for_status()
+        return list(answer.json()["escalations"])
+
+
+def make_receiver(tmp: Path) -> Receiver:
+    db = tmp / "receiver.db"
+    store = ReceiverStore(db)
+    token = store.create_token("test-hosts")
+    store.close()
+    return Receiver(db=db, token=token)
+
+
+@dataclass
+class AgentProc:
+    config: Path
+    proc: subprocess.Popen[str] | None = None
+    lines: list[str] = field(default_factory=list)
+
+    def start(self, *extra: str) -> AgentProc:
+        self.lines = []
+        self.proc = subprocess.Popen(
+            [PYTHON, "-m", "agent", "run", "-c", str(self.config), *extra],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        threading.Thread(target=self._pump, daemon=True).start()
+        assert wait_for(
+            lambda: (
+                any(" running: " in line for line in self.lines) or self.proc.poll() is not None
+            ),
+            20,
+        ), self.log()
+        assert self.proc.poll() is None, self.log()
+        return self
+
+    def _pump(self) -> None:
+        assert self.proc is not None and self.proc.stderr is not None
+        for line in self.proc.stderr:
+            self.lines.append(line.rstrip("\n"))
+
+    def log(self) -> str:
+        return "\n".join(self.lines)
+
+    def saw(self, text: str) -> int:
+        return sum(text in line for line in self.lines)
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 20) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        return self.proc.wait(timeout=timeout)
+
+
+RECORD_SCRIPT = """\
+#!/bin/sh
+# records its argv (NUL-separated) and environment, then exits with $EXIT_CODE or 0
+out="$1"
+shift
+n=$(ls "$out".*.argv 2>/dev/null | wc -l)
+for a in "$@"; do printf '%s\\0' "$a"; done > "$out.$n.argv"
+env > "$out.$n.env"
+exit {exit_code}
+"""
+
+
+def write_pack(
+    root: Path,
+    name: str,
+    body: str,
+    scripts: dict[str, str] | None = None,
+    owner: str = "team-test",
+) -> Path:
+    """A pack folder with pack.toml, executable scripts and one article."""
+    pack = root / name
+    (pack / "scripts").mkdir(parents=True, exist_ok=True)
+    (pack / "articles").mkdir(exist_ok=True)
+    (pack / "articles" / "a.md").write_text("# what to do\n")
+    for script, text in (scripts or {}).items():
+        path = pack / "scripts" / script
+        path.write_text(text)
+        path.chmod(0o755)
+    (pack / "pack.toml").write_text(
+        f'[pack]\nname = "{name}"\nversion = "1.2.3"\nowner = "{owner}"\n\n' + textwrap.dedent(body)
+    )
+    return pack
+
+
+def write_config(
+    tmp: Path,
+    sources: list[tuple[str, list[str] | None]],
+    packs: Path,
+    receiver: Receiver | None = None,
+    extra: str = "",
+) -> Path:
+    lines = [f'[agent]\nhost = "test-host"\nstate_dir = "{tmp / "state"}"\npacks = ["{packs}"]\n']
+    for path, names in sources:
+        lines.append(
+            f'[[source]]\npath = "{path}"\n'
+            + (f"packs = {names!r}\n".replace("'", '"') if names else "")
+        )
+    if receiver is not None:
+        token_file = tmp / "token"
+        token_file.write_text(receiver.token)
+        token_file.chmod(0o600)
+        lines.append(
+            f'[escalation]\nurl = "{receiver.url}/v1/escalations"\n'
+            f'token_file = "{token_file}"\nbackoff_initial = "100ms"\n'
+            'backoff_max = "500ms"\n'
+        )
+    lines.append('[limits]\nsweep_interval = "100ms"\n' + extra)
+    config = tmp / "agent.toml"
+    config.write_text("\n".join(lines))
+    return config
+
+
+def append(path: Path, *lines: str) -> None:
+    with path.open("a", encoding="utf-8") as handle:
+        for line in lines:
+            handle.write(line + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())

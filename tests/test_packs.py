@@ -1,0 +1,233 @@
+"""Pack validation for every kind of bad input, and the shipped packs prove themselves."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from agent.errors import ConfigErrors
+from agent.packs import find_pack_dirs, load_pack, load_packs, parse_template
+from agent.packtest import check_examples
+from tests.helpers import write_pack
+
+ROOT = Path(__file__).resolve().parent.parent
+SHIPPED = ROOT / "patterns"
+
+GOOD = """\
+[[pattern]]
+id = "p1"
+match = '''error for (?P<user>\\w+)'''
+key = "{user}"
+article = "articles/a.md"
+
+[pattern.remedy]
+run = ["scripts/fix.sh", "{user}"]
+
+[[pattern.example]]
+line = "error for bob"
+fields = { user = "bob" }
+"""
+
+
+def errors_of(tmp_path: Path, body: str, scripts: dict[str, str] | None = None):
+    pack = write_pack(
+        tmp_path, "bad", body, scripts if scripts is not None else {"fix.sh": "#!/bin/sh\n"}
+    )
+    with pytest.raises(ConfigErrors) as caught:
+        load_pack(pack)
+    for error in caught.value.errors:
+        assert error.file == str(pack / "pack.toml")
+    return [(e.key, e.line, e.message) for e in caught.value.errors]
+
+
+def has(errors, key, line, text):
+    return any(k == key and ln == line and text in m for k, ln, m in errors)
+
+
+def test_good_pack_loads(tmp_path):
+    pack = load_pack(write_pack(tmp_path, "good", GOOD, {"fix.sh": "#!/bin/sh\n"}))
+    [pattern] = pack.patterns
+    assert (pack.name, pack.version, pack.owner) == ("good", "1.2.3", "team-test")
+    assert pattern.remedy is not None and pattern.remedy.attempts == 3
+    assert pattern.key.expand({"user": "x"}) == "x"
+    assert pattern.article_text == "# what to do\n"
+
+
+@pytest.mark.parametrize(
+    ("replace", "by", "key", "line", "text"),
+    [
+        (
+            "error for (?P<user>\\w+)",
+            "error for (?P<user>\\w+",
+            "pattern[0].match",
+            8,
+            "not a valid regex",
+        ),
+        ('key = "{user}"', 'key = "{nobody}"', "pattern[0].key", 9, "does not capture"),
+        ('key = "{user}"', 'key = "{user!r}"', "pattern[0].key", 9, "plain {field}"),
+        ('"{user}"]', '"{who}"]', "pattern[0].remedy.run", 13, "does not capture"),
+        ('"scripts/fix.sh"', '"../../etc/passwd"', "pattern[0].remedy.run", 13, "outside the pack"),
+        ('"scripts/fix.sh"', '"scripts/none.sh"', "pattern[0].remedy.run", 13, "does not exist"),
+        ('"scripts/fix.sh"', '"{user}"', "pattern[0].remedy.run", 13, "cannot come from a field"),
+        (
+            'run = ["scripts/fix.sh", "{user}"]',
+            "run = []",
+            "pattern[0].remedy.run",
+            13,
+            "must name",
+        ),
+        (
+            'run = ["scripts/fix.sh", "{user}"]',
+            "timeout = 3",
+            "pattern[0].remedy.run",
+            12,
+            "required",
+        ),
+        (
+            'article = "articles/a.md"',
+            'article = "articles/none.md"',
+            "pattern[0].article",
+            10,
+            "cannot read",
+        ),
+        ('id = "p1"', "id = 1", "pattern[0].id", 7, "must be a string"),
+        ('id = "p1"', 'id = "p1"\nseverity = "huge"', "pattern[0].severity", 8, "must be one of"),
+        ('id = "p1"', 'id = "p1"\nescalate = "sometimes"', "pattern[0].escalate", 8, "must be one"),
+        ('id = "p1"', 'id = "p1"\nwhen = { count = 0 }', "pattern[0].when.count", 8, "at least 1"),
+        (
+            'id = "p1"',
+            'id = "p1"\nwhen = { within = "x" }',
+            "pattern[0].when.within",
+            8,
+            "duration",
+        ),
+        ('id = "p1"', 'id = "p1"\ncolour = "red"', "pattern[0].colour", 8, "unknown key"),
+        (
+            'fields = { user = "bob" }',
+            'fields = { user = "bob" }\nmatches = false',
+            "pattern[0].example[0].fields",
+            17,
+            "cannot expect fields",
+        ),
+        (
+            'fields = { user = "bob" }',
+            "fields = { user = 1 }",
+            "pattern[0].example[0].fields",
+            17,
+            "table of strings",
+        ),
+    ],
+)
+def test_bad_pattern_names_key_and_line(tmp_path, replace, by, key, line, text):
+    assert replace in GOOD
+    errors = errors_of(tmp_path, GOOD.replace(replace, by))
+    assert has(errors, key, line, text), errors
+
+
+def test_pattern_without_examples_is_refused(tmp_path):
+    errors = errors_of(tmp_path, GOOD[: GOOD.index("[[pattern.example]]")])
+    assert has(errors, "pattern[0].example", 6, "at least one example"), errors
+
+
+def test_duplicate_pattern_ids(tmp_path):
+    errors = errors_of(tmp_path, GOOD + "\n" + GOOD)
+    assert has(errors, "pattern[1].id", 20, "defined twice"), errors
+
+
+def test_pack_header_problems(tmp_path):
+    pack = tmp_path / "p"
+    pack.mkdir()
+    (pack / "pack.toml").write_text('[pack]\nname = "p"\n\n[[pattern]]\nid = "x"\n')
+    with pytest.raises(ConfigErrors) as caught:
+        load_pack(pack)
+    found = [(e.key, e.line) for e in caught.value.errors]
+    assert ("pack.owner", 1) in found and ("pattern[0].match", 4) in found
+
+
+def test_duplicate_pack_names(tmp_path):
+    write_pack(tmp_path / "a", "same", GOOD, {"fix.sh": "#!/bin/sh\n"})
+    write_pack(tmp_path / "b", "same", GOOD, {"fix.sh": "#!/bin/sh\n"})
+    with pytest.raises(ConfigErrors, match="is also in"):
+        load_packs((tmp_path / "a", tmp_path / "b"))
+
+
+def test_template_parsing():
+    template = parse_template("a{x}b{{c}}{y}")
+    assert template.fields == ("x", "y")
+    assert template.expand({"x": "1", "y": "{z}"}) == "a1b{c}{z}"
+    for bad in ("{x:>4}", "{0}", "{}", "{x.y}"):
+        with pytest.raises(ValueError):
+            parse_template(bad)
+
+
+def test_shipped_packs_load_and_prove_themselves():
+    dirs = find_pack_dirs((SHIPPED,))
+    assert len(dirs) >= 3
+    packs = load_packs((SHIPPED,))
+    for pack in packs:
+        checked, failures = check_examples(pack)
+        assert failures == [] and checked >= 2 * len(pack.patterns), pack.name
+        for pattern in pack.patterns:
+            assert pattern.article and pattern.article_text, pattern.qualified
+            assert any(not e.matches for e in pattern.examples), pattern.qualified
+    assert sum(p.remedy is not None for pack in packs for p in pack.patterns) >= 4
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_logmend_test_reports_expected_against_actual(tmp_path):
+    body = GOOD.replace('fields = { user = "bob" }', 'fields = { user = "alice" }')
+    pack = write_pack(tmp_path, "wrong", body, {"fix.sh": "#!/bin/sh\n"})
+    result = run_cli("test", str(pack))
+    assert result.returncode == 1
+    assert '"user": "alice"' in result.stdout and '"user": "bob"' in result.stdout
+    assert "expected" in result.stdout and "actual" in result.stdout
+
+
+def test_logmend_test_log_json(tmp_path):
+    log = tmp_path / "app.log"
+    log.write_text("hello\nerror for bob\nnothing\nerror for carol\n")
+    pack = write_pack(tmp_path, "good", GOOD, {"fix.sh": "#!/bin/sh\n"})
+    result = run_cli("test", str(pack), "--log", str(log), "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["files"] == [
+        {
+            "path": str(log),
+            "lines": 4,
+            "matches": [
+                {"line": 2, "pack": "good", "pattern": "p1", "fields": {"user": "bob"}},
+                {"line": 4, "pack": "good", "pattern": "p1", "fields": {"user": "carol"}},
+            ],
+        }
+    ]
+    [summary] = doc["patterns"]
+    assert summary["pack"] == "good" and summary["matches"] == 2 and summary["seconds"] >= 0
+
+
+def test_logmend_test_on_shipped_packs_and_a_real_looking_log(tmp_path):
+    log = tmp_path / "mixed.log"
+    lines = [
+        e.line
+        for pack in load_packs((SHIPPED,))
+        for p in pack.patterns
+        for e in p.examples
+        if e.matches
+    ]
+    log.write_text("\n".join(lines) + "\n")
+    result = run_cli("test", str(SHIPPED), "--log", str(log), "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert len(doc["files"][0]["matches"]) >= len(lines)

@@ -1,0 +1,110 @@
+"""The receiver on loopback: idempotent ingest, bounds, malformed bodies, the page."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import msgpack
+
+from agent.cli import main
+
+
+def event(n: int, **over: object) -> dict[str, object]:
+    return {
+        "id": f"ev-{n}",
+        "fingerprint": f"fp{n}",
+        "host": "h1",
+        "owner": "team-a",
+        "pack": "nginx",
+        "pattern": "upstream-timeout",
+        "severity": "error",
+        "status": "no-remedy",
+        "count": 3,
+        "first_seen": 1.0,
+        "last_seen": 2.0,
+        "lines": ["x"],
+        **over,
+    }
+
+
+def post(receiver, body: bytes, content_type: str = "application/msgpack") -> httpx.Response:
+    return httpx.post(
+        f"{receiver.url}/v1/escalations",
+        content=body,
+        timeout=10,
+        headers={"Authorization": f"Bearer {receiver.token}", "Content-Type": content_type},
+    )
+
+
+def stored_rows(receiver) -> int:
+    with sqlite3.connect(receiver.db) as db:
+        return int(db.execute("SELECT count(*) FROM escalations").fetchone()[0])
+
+
+def test_idempotent_under_concurrent_duplicate_posts(receiver):
+    body = msgpack.packb({"agent": {"host": "h1"}, "events": [event(n) for n in range(20)]})
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(lambda _: post(receiver, body), range(16)))
+    assert all(a.status_code == 200 for a in answers)
+    accepted = [i for a in answers for i in a.json()["accepted"]]
+    assert sorted(accepted) == sorted(f"ev-{n}" for n in range(20))
+    assert stored_rows(receiver) == 20
+
+
+def test_json_is_accepted_too(receiver):
+    answer = post(receiver, json.dumps({"events": [event(1)]}).encode(), "application/json")
+    assert answer.status_code == 200 and answer.json()["accepted"] == ["ev-1"]
+
+
+def test_malformed_bodies_are_400_or_422_and_store_nothing(receiver):
+    cases = [
+        (b"\xc1\xc1 not msgpack", "application/msgpack", 400),
+        (b"{not json", "application/json", 400),
+        (msgpack.packb([1, 2]), "application/msgpack", 400),
+        (msgpack.packb({"events": "nope"}), "application/msgpack", 400),
+        (msgpack.packb({"events": [event(1), {"id": 5}]}), "application/msgpack", 422),
+        (msgpack.packb({"events": [event(2, count="many")]}), "application/msgpack", 422),
+    ]
+    for body, content_type, code in cases:
+        answer = post(receiver, body, content_type)
+        assert answer.status_code == code, (body, answer.text)
+        assert "error" in answer.json()
+    assert stored_rows(receiver) == 0
+
+
+def test_body_size_is_bounded(receiver):
+    big = msgpack.packb({"events": [event(1, lines=["x" * (5 * 1024 * 1024)])]})
+    assert post(receiver, big).status_code == 413
+    assert stored_rows(receiver) == 0
+
+
+def test_filters_and_page(receiver):
+    post(
+        receiver,
+        msgpack.packb(
+            {
+                "events": [
+                    event(1),
+                    event(2, owner="team-b", pattern="other", host="h2"),
+                ]
+            }
+        ),
+    )
+    assert [e["id"] for e in receiver.escalations(owner="team-b")] == ["ev-2"]
+    assert [e["id"] for e in receiver.escalations(pattern="upstream-timeout")] == ["ev-1"]
+    assert [e["id"] for e in receiver.escalations(host="h2")] == ["ev-2"]
+    page = httpx.get(f"{receiver.url}/").text
+    assert "<h2>team-a</h2>" in page and "<h2>team-b</h2>" in page and "upstream-timeout" in page
+
+
+def test_tokens_are_stored_hashed(tmp_path, capsys):
+    db = tmp_path / "r.db"
+    assert main(["receiver", "token", "create", "--owner", "ops", "--db", str(db)]) == 0
+    token = capsys.readouterr().out.strip()
+    assert token.startswith("lm_") and len(token) > 30
+    assert token.encode() not in db.read_bytes()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT owner FROM tokens").fetchall() == [("ops",)]
