@@ -71,9 +71,11 @@ class LineSplitter:
         if self.skipping or not data:
             return []
         self.pending += data
-        if len(self.pending) <= self.max_line:
+        # one byte of slack: a line of exactly max_line bytes may still end in "\r\n"
+        if len(self.pending) <= self.max_line + 1:
             return []
-        line = self._cut(self.pending)
+        self.truncated += 1
+        line = self.pending[: self.max_line].decode("utf-8", "replace")
         self.pending = b""
         self.skipping = True
         return [line]
