@@ -399,7 +399,7 @@ class Agent:
                 pattern.pack,
                 pattern.id,
                 incident.key,
-                len(outcome.attempts),
+                outcome.tries,
             )
         else:
             self.counters.failed += 1
@@ -408,7 +408,7 @@ class Agent:
                 pattern.pack,
                 pattern.id,
                 incident.key,
-                len(outcome.attempts),
+                outcome.tries,
             )
         if escalation is not None:
             self.counters.escalated += 1

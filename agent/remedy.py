@@ -161,6 +161,11 @@ class Outcome:
     resolved: bool
     attempts: tuple[Attempt, ...]
 
+    @property
+    def tries(self) -> int:
+        """Runs of the fix itself, not counting verify runs."""
+        return sum(a.phase == "fix" for a in self.attempts)
+
 
 def run_remedy(
     pattern: Pattern,

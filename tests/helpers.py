@@ -84,7 +84,7 @@ class Receiver:
     def escalations(self, **filters: str) -> list[dict[str, Any]]:
         answer = httpx.get(
             f"{self.url}/v1/escalations",
-            params=filters,
+            params={"limit": "10000", **filters},
             headers={"Authorization": f"Bearer {self.token}"},
             timeout=5,
         )

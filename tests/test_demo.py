@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import time
@@ -21,6 +22,8 @@ def test_demo_runs_end_to_end_in_under_30_seconds():
     assert elapsed < 30
     out = result.stdout
     assert "fixed on the host (tier 1): 2" in out
+    # resolved on the first try: the verify run is not counted as an attempt
+    assert re.findall(r"INFO resolved \S+ key=.* after (\d+) attempt", out) == ["1", "1"]
     assert "nginx/temp-dir-missing" in out and "postgresql/stale-postmaster-pid" in out
     assert "as the receiver holds them: 3" in out
     assert "postgresql/stale-postmaster-pid remedy-failed" in out

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import signal
+import threading
+import time
 from pathlib import Path
 
 import httpx
@@ -180,13 +182,27 @@ def test_receiver_refuses_requests_without_a_valid_token(receiver):
 def test_sigkill_mid_stream_loses_nothing_and_duplicates_nothing(setup, receiver):
     agent, log, _ = setup
     agent.start()
-    total = 400
-    append(log, *(f"FATAL unknown: problem {n}" for n in range(total // 2)))
-    wait_for(lambda: len(receiver.escalations()) > 0)
-    append(log, *(f"FATAL unknown: problem {n}" for n in range(total // 2, total)))
-    agent.stop(signal.SIGKILL)
-    agent.start()
-    got = wait_len(receiver.escalations, total, 30)
+    total = 3000
+    written = threading.Event()
+
+    def writer() -> None:
+        for start in range(0, total, 50):
+            append(log, *(f"FATAL unknown: problem {n}" for n in range(start, start + 50)))
+            time.sleep(0.02)  # a steady stream for over a second, so the kills land mid-stream
+        written.set()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    killed_mid_stream = []
+    for _ in range(2):
+        seen = len(receiver.escalations())
+        wait_for(lambda s=seen: len(receiver.escalations()) > s or written.is_set())
+        killed_mid_stream.append(not written.is_set())
+        agent.stop(signal.SIGKILL)
+        agent.start()
+    thread.join()
+    assert killed_mid_stream[0]
+    got = wait_len(receiver.escalations, total, 60)
     assert len(got) >= total, f"only {len(got)} of {total} arrived\n{agent.log()}"
     keys = sorted(e["key"] for e in got)
     assert keys == sorted(f"problem {n}" for n in range(total))  # each exactly once

@@ -19,6 +19,7 @@ from agent.receiver.store import InvalidEvent, ReceiverStore, validate
 
 MAX_BODY = 4 * 1024 * 1024
 MAX_EVENTS = 5000
+MAX_PAGE = 10000
 FILTERS = ("owner", "pattern", "host", "pack", "status", "fingerprint")
 
 
@@ -83,7 +84,12 @@ def create_app(store: ReceiverStore, max_body: int = MAX_BODY) -> Starlette:
         if auth(request) is None:
             return _error(401, "a valid bearer token is required")
         filters = {k: v for k, v in request.query_params.items() if k in FILTERS}
-        return JSONResponse({"escalations": store.query(filters)})
+        try:
+            limit = min(MAX_PAGE, max(1, int(request.query_params.get("limit", "500"))))
+            offset = max(0, int(request.query_params.get("offset", "0")))
+        except ValueError:
+            return _error(400, "limit and offset must be integers")
+        return JSONResponse({"escalations": store.query(filters, limit, offset)})
 
     async def page(request: Request) -> Response:
         rows = store.summary()

@@ -129,14 +129,16 @@ class ReceiverStore:
                 raise
         return accepted, duplicates
 
-    def query(self, filters: dict[str, str], limit: int = 500) -> list[dict[str, Any]]:
+    def query(
+        self, filters: dict[str, str], limit: int = 500, offset: int = 0
+    ) -> list[dict[str, Any]]:
         clauses = [f"{k}=?" for k in filters]
         where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
         with self._lock:
             rows = self._db.execute(
                 f"SELECT body, received, submitted_by FROM escalations {where}"  # noqa: S608
-                " ORDER BY received DESC, id LIMIT ?",
-                (*filters.values(), limit),
+                " ORDER BY received DESC, id LIMIT ? OFFSET ?",
+                (*filters.values(), limit, offset),
             ).fetchall()
         out = []
         for row in rows:
