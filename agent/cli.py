@@ -56,7 +56,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    from agent.escalate import read_token
+
     config, packs = _load(args.config)
+    if config.escalation is not None:
+        read_token(config.escalation)
     patterns = sum(len(p.patterns) for p in packs)
     print(
         f"{args.config}: ok: {len(config.sources)} source(s), {len(packs)} pack(s), "

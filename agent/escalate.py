@@ -23,6 +23,7 @@ import msgpack
 
 from agent import __version__
 from agent.config import Escalation
+from agent.errors import ConfigError, ConfigErrors
 from agent.packs import Pack, Pattern
 from agent.state import Incident, SpoolItem, Store
 
@@ -74,6 +75,23 @@ def retry_after(response: httpx.Response, now: float) -> float | None:
         return None
 
 
+def read_token(config: Escalation) -> str:
+    """The bearer token from its file; an unreadable or empty file is a config error."""
+    if config.token_file is None:
+        return ""
+    try:
+        token = config.token_file.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigErrors(
+            [ConfigError(config.token_file, "escalation.token_file", None, f"cannot read: {exc}")]
+        ) from exc
+    if not token:
+        raise ConfigErrors(
+            [ConfigError(config.token_file, "escalation.token_file", None, "the file is empty")]
+        )
+    return token
+
+
 @dataclass
 class SenderStats:
     sent: int = 0
@@ -101,9 +119,7 @@ class Sender:
         self.wake = threading.Event()
         self._stop = threading.Event()
         self._failures = 0
-        token = ""
-        if config.token_file is not None:
-            token = config.token_file.read_text(encoding="utf-8").strip()
+        token = read_token(config)
         headers = {
             "Content-Type": "application/msgpack",
             "Accept": "application/json",

@@ -306,6 +306,9 @@ def load_pack(pack_dir: Path) -> Pack:
 def find_pack_dirs(roots: tuple[Path, ...]) -> list[Path]:
     """Each root is a pack itself (has pack.toml) or a folder of packs, one per subfolder."""
     found: list[Path] = []
+    missing = [root for root in roots if not root.is_dir()]
+    if missing:
+        raise ConfigErrors([ConfigError(root, "", None, "no such pack folder") for root in missing])
     for root in roots:
         if (root / "pack.toml").is_file():
             found.append(root)

@@ -111,3 +111,23 @@ def test_cli_check_exits_1_and_prints_file_key_line(tmp_path, capsys):
     assert main(["check", "-c", str(file)]) == 1
     err = capsys.readouterr().err
     assert f"{file}:9: source[0].start: must be one of end, beginning" in err
+
+
+def test_check_names_a_missing_pack_folder_and_an_unreadable_token(tmp_path, capsys):
+    from agent.cli import main
+
+    file = tmp_path / "agent.toml"
+    file.write_text('[agent]\npacks = ["nope"]\n[[source]]\npath = "/x.log"\n')
+    assert main(["check", "-c", str(file)]) == 1
+    assert f"{tmp_path / 'nope'}: no such pack folder" in capsys.readouterr().err
+    file.write_text(
+        '[[source]]\npath = "/x.log"\n[escalation]\nurl = "http://127.0.0.1:9/"\n'
+        'token_file = "token"\n'
+    )
+    assert main(["check", "-c", str(file)]) == 1
+    assert "escalation.token_file: cannot read" in capsys.readouterr().err
+    (tmp_path / "token").write_text("\n")
+    assert main(["check", "-c", str(file)]) == 1
+    assert "escalation.token_file: the file is empty" in capsys.readouterr().err
+    (tmp_path / "token").write_text("secret\n")
+    assert main(["check", "-c", str(file)]) == 0
