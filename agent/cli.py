@@ -72,9 +72,27 @@ def cmd_check(args: argparse.Namespace) -> int:
             f"{len(pack.patterns)} pattern(s) from {pack.dir}"
         )
     print(
-        f"  matcher: regex (every pattern in turn, with timeout {config.limits.regex_timeout:g}s)"
+        f"  matcher: {describe_engine(config.limits.matcher, packs)}; regex timeout "
+        f"{config.limits.regex_timeout:g}s"
     )
     return 0
+
+
+def describe_engine(choice: str, packs: list[Pack]) -> str:
+    from agent.literals import requirement
+    from agent.match import available_engines
+
+    engine = available_engines()[0] if choice == "auto" else choice
+    if engine not in available_engines():
+        raise LogmendError(f"matcher {engine!r} is configured but not installed here")
+    patterns = [p for pack in packs for p in pack.patterns]
+    unfiltered = [p.qualified for p in patterns if requirement(p.source).always]
+    how = {"hyperscan": "Hyperscan literal prefilter", "python": "pure-Python literal prefilter"}
+    text = f"{how[engine]} + regex confirm"
+    if unfiltered:
+        text += f" ({len(unfiltered)} pattern(s) with no required literal, tried on every line: "
+        text += ", ".join(unfiltered[:5]) + (", ..." if len(unfiltered) > 5 else "") + ")"
+    return text
 
 
 def cmd_test(args: argparse.Namespace) -> int:
@@ -96,7 +114,7 @@ def cmd_test(args: argparse.Namespace) -> int:
         if missing:
             print(f"{missing[0]}: no such file", file=sys.stderr)
             return 1
-        report = scan_logs(packs, args.log, args.timeout)
+        report = scan_logs(packs, args.log, args.timeout, args.engine)
         if args.json:
             json.dump(report, sys.stdout)
             sys.stdout.write("\n")
@@ -202,6 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("--log", nargs="+", type=Path, metavar="FILE")
     test.add_argument("--json", action="store_true")
     test.add_argument("--timeout", type=float, default=1.0, help="regex timeout per match")
+    test.add_argument(
+        "--engine",
+        choices=("auto", "hyperscan", "python"),
+        default="auto",
+        help="prefilter engine (default: the fastest installed)",
+    )
     test.set_defaults(func=cmd_test)
 
     status = sub.add_parser("status", help="open incidents, recent fixes, the spool")

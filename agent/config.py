@@ -36,6 +36,8 @@ class Limits:
     sweep_interval: float = 1.0
     max_samples: int = 10
     output_tail_bytes: int = 4096
+    matcher: str = "auto"
+    max_regex_timeouts: int = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,8 @@ def _limits(section: Section | None) -> Limits:
         sweep_interval=section.duration("sweep_interval", d.sweep_interval),
         max_samples=section.integer("max_samples", d.max_samples, minimum=1),
         output_tail_bytes=section.integer("output_tail_bytes", d.output_tail_bytes, minimum=256),
+        matcher=section.string("matcher", d.matcher, choices=("auto", "hyperscan", "python")),
+        max_regex_timeouts=section.integer("max_regex_timeouts", d.max_regex_timeouts),
     )
     section.finish()
     return limits

@@ -39,10 +39,18 @@ SHUTDOWN_GRACE = 5.0
 def matchers_for(config: Config, packs: list[Pack]) -> list[Matcher]:
     """One matcher per source, over the patterns of the packs that source names."""
     out = []
+    shared: dict[tuple[str, ...], Matcher] = {}
+    limits = config.limits
     for source in config.sources:
-        chosen = [p for p in packs if source.packs is None or p.name in source.packs]
-        patterns = [pattern for pack in chosen for pattern in pack.patterns]
-        out.append(Matcher(patterns, config.limits.regex_timeout))
+        chosen = tuple(p.name for p in packs if source.packs is None or p.name in source.packs)
+        if chosen not in shared:
+            patterns = [
+                pattern for pack in packs if pack.name in chosen for pattern in pack.patterns
+            ]
+            shared[chosen] = Matcher(
+                patterns, limits.regex_timeout, limits.matcher, limits.max_regex_timeouts
+            )
+        out.append(shared[chosen])
     return out
 
 
@@ -74,6 +82,7 @@ class Agent:
         self.pack_by_name = {p.name: p for p in self.packs}
         self.pattern_by_id = {(p.pack, p.id): p for pack in self.packs for p in pack.patterns}
         self.matchers = matchers_for(config, self.packs)
+        self.max_line = config.limits.max_line_bytes
         self.store = Store(config.state_db, config.limits.max_samples)
         self.trigger = Trigger(config.limits.max_samples)
         self.trigger.restore(self.store.open_incidents(), self.store.cooldowns(clock()))
@@ -222,30 +231,29 @@ class Agent:
         read_any = False
         now = self.clock()
         for followed in self.tailer:
-            lines = followed.read(chunk)
-            if lines is None:
+            block = followed.read(chunk)
+            if block is None:
                 continue
             read_any = True
             followed.idle_sweeps = 0
-            self._process(followed, lines, now, batch)
+            self._process(followed, block, now, batch)
             if followed.dirty:
                 batch.checkpoints[followed.identity] = followed.checkpoint()
         self._commit(batch)
         return read_any
 
-    def _process(self, followed: Followed, lines: list[str], now: float, batch: Batch) -> None:
-        match = self.matchers[followed.source].match
+    def _process(self, followed: Followed, block: bytes, now: float, batch: Batch) -> None:
+        if not block:
+            return
+        self.counters.lines += block.count(b"\n")
         feed = self.trigger.feed
         path = followed.path
-        self.counters.lines += len(lines)
-        for line in lines:
-            hits = match(line)
-            if hits:
-                for pattern, fields in hits:
-                    self.counters.matches += 1
-                    incident = feed(pattern, fields, line, path, now, batch)
-                    if incident is not None:
-                        self._opened(incident, pattern, batch)
+        for _, line, hits in self.matchers[followed.source].scan(block, self.max_line):
+            for pattern, fields in hits:
+                self.counters.matches += 1
+                incident = feed(pattern, fields, line, path, now, batch)
+                if incident is not None:
+                    self._opened(incident, pattern, batch)
 
     def _opened(self, incident: Incident, pattern: Pattern, batch: Batch) -> None:
         self.counters.incidents += 1

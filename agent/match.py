@@ -1,57 +1,273 @@
-"""The matcher: which patterns a line matches, and the fields they yield.
+"""The multi-pattern matcher: a literal prefilter in bulk, `regex` to confirm.
 
-Every search runs under the `regex` module's timeout; a pattern that times out
-is counted against, and the line goes on to the other patterns.
+Each pattern's required literals (agent.literals) are searched for in a whole
+block of lines at once: with Hyperscan where it is installed (gigabytes per
+second, cost nearly flat in the number of literals), else with `bytes.find`
+per literal. Only lines holding every clause of a pattern's requirement are
+decoded and confirmed with the pattern's `regex`, under its timeout. Lines
+that hold no literal cost nothing in Python: no split, no decode, no object.
+
+The answers are exactly those of trying every pattern in turn with
+`regex.search` on every line; the prefilter only skips lines that cannot match.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
+from agent.literals import ALWAYS, Literal, requirement
 from agent.packs import Pattern
+from agent.records import decode_line, split_block
 
 Hit = tuple[Pattern, dict[str, str]]
+LineHits = tuple[int, str, list[Hit]]  # (offset of the line in the block, its text, hits)
 _NO_HITS: tuple[Hit, ...] = ()
+_NL = b"\n"
+
+_hs: Any
+try:
+    import hyperscan as _hs
+except ImportError:  # pragma: no cover - exercised where the wheel is missing
+    _hs = None
+
+ENGINES = ("hyperscan", "python")
+
+
+def available_engines() -> tuple[str, ...]:
+    return ENGINES if _hs is not None else ("python",)
 
 
 @dataclass
 class PatternStats:
     matches: int = 0
+    confirms: int = 0
     timeouts: int = 0
     seconds: float = 0.0
+    quarantined: bool = False
+
+
+class _Scanner:
+    """Finds every occurrence of a set of literals in a block: (literal id, end offset)."""
+
+    def __init__(self, literals: list[Literal]) -> None:
+        self.literals = literals
+
+    def find(self, block: bytes) -> list[tuple[int, int]]:
+        raise NotImplementedError
+
+
+class _PythonScanner(_Scanner):
+    def __init__(self, literals: list[Literal]) -> None:
+        super().__init__(literals)
+        self._needles = [(i, text.encode(), icase) for i, (text, icase) in enumerate(literals)]
+        self._any_icase = any(icase for _, _, icase in self._needles)
+
+    def find(self, block: bytes) -> list[tuple[int, int]]:
+        found: list[tuple[int, int]] = []
+        lowered = block.lower() if self._any_icase else block
+        for index, needle, icase in self._needles:
+            hay = lowered if icase else block
+            at = hay.find(needle)
+            size = len(needle)
+            while at >= 0:
+                found.append((index, at + size))
+                at = hay.find(needle, at + 1)
+        return found
+
+
+class _HyperscanScanner(_Scanner):
+    def __init__(self, literals: list[Literal]) -> None:
+        super().__init__(literals)
+        assert _hs is not None
+        self._db = _hs.Database(mode=_hs.HS_MODE_BLOCK)
+        self._db.compile(
+            expressions=[text.encode() for text, _ in literals],
+            ids=list(range(len(literals))),
+            elements=len(literals),
+            flags=[_hs.HS_FLAG_CASELESS if icase else 0 for _, icase in literals],
+            literal=True,
+        )
+
+    def find(self, block: bytes) -> list[tuple[int, int]]:
+        found: list[tuple[int, int]] = []
+        append = found.append
+
+        def on_match(index: int, start: int, end: int, flags: int, context: object) -> None:
+            append((index, end))
+
+        self._db.scan(block, match_event_handler=on_match)
+        return found
+
+
+class _NoScanner(_Scanner):
+    def find(self, block: bytes) -> list[tuple[int, int]]:
+        return []
 
 
 class Matcher:
-    """Tries every pattern of a source on a line; cost accounted per pattern."""
+    """Matches blocks of lines (or single records) against a set of patterns."""
 
-    def __init__(self, patterns: Sequence[Pattern], timeout: float, account: bool = False) -> None:
+    def __init__(
+        self,
+        patterns: Sequence[Pattern],
+        timeout: float,
+        engine: str = "auto",
+        max_timeouts: int = 0,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
         self.patterns = tuple(patterns)
         self.timeout = timeout
-        self.account = account
-        self.stats = {p.qualified: PatternStats() for p in self.patterns}
-        self._searches = tuple((p, p.regex.search, self.stats[p.qualified]) for p in self.patterns)
+        self.max_timeouts = max_timeouts
+        self.clock = clock
+        self.stats = [PatternStats() for _ in self.patterns]
+        self.quarantined: list[Pattern] = []
+        literals: dict[Literal, int] = {}
+        clauses: list[tuple[frozenset[int], ...]] = []
+        always: list[int] = []
+        for index, pattern in enumerate(self.patterns):
+            need = requirement(pattern.source)
+            if need is ALWAYS or need.always:
+                always.append(index)
+            ids = tuple(
+                frozenset(literals.setdefault(lit, len(literals)) for lit in clause)
+                for clause in need.clauses
+            )
+            clauses.append(ids)
+        self._clauses = clauses
+        self._always = tuple(always)
+        by_literal: list[list[int]] = [[] for _ in literals]
+        for index, ids in enumerate(clauses):
+            for lit in set().union(*ids) if ids else ():
+                by_literal[lit].append(index)
+        self._by_literal = [tuple(p) for p in by_literal]
+        ordered = list(literals)  # insertion order is id order
+        self._lengths = [len(text.encode()) for text, _ in ordered]
+        if engine == "auto":
+            engine = available_engines()[0]
+        if engine not in available_engines():
+            raise ValueError(f"matcher engine {engine!r} is not available here")
+        self.engine = engine
+        scanner: _Scanner
+        if not ordered:
+            scanner = _NoScanner([])
+        elif engine == "hyperscan":
+            scanner = _HyperscanScanner(ordered)
+        else:
+            scanner = _PythonScanner(ordered)
+        self._find = scanner.find
 
-    def match(self, line: str) -> Sequence[Hit]:
-        hits: list[Hit] | None = None
+    # -- the hot path ---------------------------------------------------------------
+    def scan(self, block: bytes, max_line: int = 1 << 30) -> list[LineHits]:
+        """Lines of `block` (each ending in a newline) that match, in order, with their hits."""
+        found = self._find(block) if self._by_literal else []
+        out: list[LineHits] = []
+        if self._always:
+            return self._scan_all(block, found, max_line)
+        if not found:
+            return out
+        per_line = self._group(block, found)
+        for start in sorted(per_line):
+            candidates = self._candidates(per_line[start])
+            if candidates:
+                end = block.find(_NL, start)
+                text = decode_line(block, start, end if end >= 0 else len(block), max_line)
+                hits = self._confirm(text, candidates)
+                if hits:
+                    out.append((start, text, hits))
+        return out
+
+    def match(self, text: str) -> Sequence[Hit]:
+        """The hits of one record (a line or a multiline event)."""
+        candidates: Sequence[int]
+        if self._by_literal:
+            found = self._find(text.encode("utf-8", "surrogatepass"))
+            candidates = self._candidates({lit for lit, _ in found}) if found else ()
+        else:
+            candidates = ()
+        if self._always:
+            candidates = sorted(set(candidates).union(self._always))
+        if not candidates:
+            return _NO_HITS
+        return self._confirm(text, candidates) or _NO_HITS
+
+    # -- helpers ----------------------------------------------------------------------
+    def _group(self, block: bytes, found: list[tuple[int, int]]) -> dict[int, set[int]]:
+        per_line: dict[int, set[int]] = {}
+        lengths = self._lengths
+        line_start = line_end = -1
+        for lit, end in found:
+            begin = end - lengths[lit]
+            if not line_start <= begin < line_end:
+                line_start = block.rfind(_NL, 0, begin) + 1
+                line_end = block.find(_NL, begin)
+                if line_end < 0:
+                    line_end = len(block)
+            if end > line_end:
+                continue  # a literal that crosses a line break is in no line
+            seen = per_line.get(line_start)
+            if seen is None:
+                per_line[line_start] = {lit}
+            else:
+                seen.add(lit)
+        return per_line
+
+    def _candidates(self, present: set[int]) -> list[int]:
+        by_literal = self._by_literal
+        clauses = self._clauses
+        chosen: set[int] = set()
+        for lit in present:
+            chosen.update(by_literal[lit])
+        return sorted(
+            p for p in chosen if all(not clause.isdisjoint(present) for clause in clauses[p])
+        )
+
+    def _confirm(self, text: str, candidates: Sequence[int]) -> list[Hit]:
+        hits: list[Hit] = []
         timeout = self.timeout
-        account = self.account
-        for pattern, search, stats in self._searches:
-            if account:
-                started = time.perf_counter()
+        clock = self.clock
+        for index in candidates:
+            stats = self.stats[index]
+            if stats.quarantined:
+                continue
+            pattern = self.patterns[index]
+            started = clock()
             try:
-                found = search(line, timeout=timeout)
+                found = pattern.regex.search(text, timeout=timeout)
             except TimeoutError:
-                stats.timeouts += 1
                 found = None
-            if account:
-                stats.seconds += time.perf_counter() - started
+                stats.timeouts += 1
+                if self.max_timeouts and stats.timeouts >= self.max_timeouts:
+                    stats.quarantined = True
+                    self.quarantined.append(pattern)
+            stats.seconds += clock() - started
+            stats.confirms += 1
             if found is not None:
                 stats.matches += 1
-                fields = {k: v for k, v in found.groupdict().items() if v is not None}
-                if hits is None:
-                    hits = [(pattern, fields)]
-                else:
-                    hits.append((pattern, fields))
-        return hits if hits is not None else _NO_HITS
+                hits.append(
+                    (pattern, {k: v for k, v in found.groupdict().items() if v is not None})
+                )
+        return hits
+
+    def _scan_all(
+        self, block: bytes, found: list[tuple[int, int]], max_line: int
+    ) -> list[LineHits]:
+        """Some pattern has no usable literal: every line is confirmed for it."""
+        per_line = self._group(block, found) if found else {}
+        out: list[LineHits] = []
+        always = set(self._always)
+        start = 0
+        for raw in split_block(block):
+            present = per_line.get(start)
+            candidates = sorted(always.union(self._candidates(present) if present else ()))
+            text = decode_line(raw, 0, len(raw), max_line)
+            hits = self._confirm(text, candidates)
+            if hits:
+                out.append((start, text, hits))
+            start += len(raw) + 1
+        return out
+
+    def pattern_stats(self) -> Iterator[tuple[Pattern, PatternStats]]:
+        return zip(self.patterns, self.stats, strict=True)

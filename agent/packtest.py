@@ -9,6 +9,10 @@ from typing import Any, TextIO
 
 from agent.match import Matcher
 from agent.packs import Pack, Pattern
+from agent.records import LineSplitter
+
+CHUNK = 1 << 20
+MAX_LINE = 64 * 1024
 
 EXAMPLE_TIMEOUT = 1.0
 
@@ -66,39 +70,47 @@ def check_examples(pack: Pack) -> tuple[int, list[ExampleFailure]]:
     return checked, failures
 
 
-def scan_logs(packs: list[Pack], logs: list[Path], timeout: float) -> dict[str, Any]:
+def scan_logs(
+    packs: list[Pack], logs: list[Path], timeout: float, engine: str = "auto"
+) -> dict[str, Any]:
     """Match every line of every log against every pattern; the --json document."""
     patterns = [p for pack in packs for p in pack.patterns]
-    matcher = Matcher(patterns, timeout, account=True)
+    matcher = Matcher(patterns, timeout, engine)
     files = []
     for log_path in logs:
-        matches = []
-        count = 0
+        matches: list[dict[str, Any]] = []
+        splitter = LineSplitter(MAX_LINE)
+        lines = 0
         with log_path.open("rb") as handle:
-            for number, raw in enumerate(handle, start=1):
-                count = number
-                line = raw.rstrip(b"\n").removesuffix(b"\r").decode("utf-8", "replace")
-                for pattern, fields in matcher.match(line):
-                    matches.append(
-                        {
-                            "line": number,
-                            "pack": pattern.pack,
-                            "pattern": pattern.id,
-                            "fields": fields,
-                        }
-                    )
-        files.append({"path": str(log_path), "lines": count, "matches": matches})
+            for chunk in iter(lambda: handle.read(CHUNK), b""):
+                block = splitter.feed(chunk)
+                lines = _scan_block(matcher, block, lines, matches)
+            lines = _scan_block(matcher, splitter.flush(), lines, matches)
+        files.append({"path": str(log_path), "lines": lines, "matches": matches})
     summary = [
         {
             "pack": p.pack,
             "pattern": p.id,
-            "matches": matcher.stats[p.qualified].matches,
-            "seconds": round(matcher.stats[p.qualified].seconds, 6),
-            "timeouts": matcher.stats[p.qualified].timeouts,
+            "matches": s.matches,
+            "seconds": round(s.seconds, 6),
+            "timeouts": s.timeouts,
         }
-        for p in patterns
+        for p, s in matcher.pattern_stats()
     ]
-    return {"files": files, "patterns": summary}
+    return {"files": files, "patterns": summary, "engine": matcher.engine}
+
+
+def _scan_block(matcher: Matcher, block: bytes, lines: int, out: list[dict[str, Any]]) -> int:
+    """Append the block's matches with their line numbers; returns the lines counted so far."""
+    counted_to = 0
+    for start, _, hits in matcher.scan(block, MAX_LINE):
+        lines += block.count(b"\n", counted_to, start)
+        counted_to = start
+        for pattern, fields in hits:
+            out.append(
+                {"line": lines + 1, "pack": pattern.pack, "pattern": pattern.id, "fields": fields}
+            )
+    return lines + block.count(b"\n", counted_to)
 
 
 def print_examples(pack: Pack, checked: int, failures: list[ExampleFailure], out: TextIO) -> None:

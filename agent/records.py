@@ -1,16 +1,21 @@
-"""Bytes into lines: splitting, CRLF, bounded length, decoding with replacement.
+"""Bytes into lines: blocks of complete lines, CRLF, bounded length, decoding.
 
-The splitter keeps at most `max_line` bytes of an unfinished line, so a
-"line" of a gigabyte with no newline costs no more memory than a short one.
+The splitter hands out *blocks*: runs of complete lines, each ending in a
+newline, exactly as they were read, so the matcher can scan many lines at once
+and decode only the few that matter. It keeps at most `max_line` bytes of an
+unfinished line, so a "line" of a gigabyte with no newline costs no more
+memory than a short one: the first `max_line` bytes become a record, the rest
+is skipped up to the next newline.
 """
 
 from __future__ import annotations
 
 _NL = b"\n"
+_CR = 13
 
 
 class LineSplitter:
-    """Feeds raw bytes, returns complete lines; holds the partial last line."""
+    """Feeds raw bytes, returns blocks of complete lines; holds the partial last line."""
 
     __slots__ = ("max_line", "pending", "skipping", "truncated")
 
@@ -24,58 +29,60 @@ class LineSplitter:
         self.pending = b""
         self.skipping = False
 
-    def feed(self, data: bytes) -> list[str]:
-        """Lines completed by `data`, decoded; over-long ones cut to `max_line` bytes."""
+    def feed(self, data: bytes) -> bytes:
+        """The lines `data` completes, as one block (b"" when none)."""
         last = data.rfind(_NL)
         if last < 0:
             return self._hold(data)
-        head = data[:last]
+        head = data[: last + 1]
         rest = data[last + 1 :]
         if self.skipping:
-            first = head.find(_NL)
-            head = head[first + 1 :] if first >= 0 else None  # type: ignore[assignment]
+            head = head[head.find(_NL) + 1 :]
             self.skipping = False
-        if head is None:
-            lines: list[str] = []
-        else:
-            if self.pending:
-                head = self.pending + head
-            if len(head) > self.max_line:
-                lines = [self._cut(raw) for raw in head.split(_NL)]
-            else:
-                text = head.decode("utf-8", "replace")
-                lines = text.split("\n")
-                if "\r" in text:
-                    lines = [line.removesuffix("\r") for line in lines]
+        elif self.pending:
+            head = self.pending + head
         self.pending = b""
-        lines.extend(self._hold(rest))
-        return lines
+        cut = self._hold(rest)
+        return head + cut if cut else head
 
-    def flush(self) -> list[str]:
-        """The held partial line as a record (used when a file is let go)."""
+    def flush(self) -> bytes:
+        """The held partial line as a block of one record (when a file is let go)."""
         if not self.pending:
-            return []
-        line = self._cut(self.pending)
+            return b""
+        line = self.pending[: self.max_line]
         self.pending = b""
-        return [line]
+        return line + _NL
 
-    def _cut(self, raw: bytes) -> str:
-        if raw.endswith(b"\r"):
-            raw = raw[:-1]
-        if len(raw) > self.max_line:
-            self.truncated += 1
-            raw = raw[: self.max_line]
-        return raw.decode("utf-8", "replace")
-
-    def _hold(self, data: bytes) -> list[str]:
+    def _hold(self, data: bytes) -> bytes:
         if self.skipping or not data:
-            return []
+            return b""
         self.pending += data
         # one byte of slack: a line of exactly max_line bytes may still end in "\r\n"
         if len(self.pending) <= self.max_line + 1:
-            return []
+            return b""
         self.truncated += 1
-        line = self.pending[: self.max_line].decode("utf-8", "replace")
+        line = self.pending[: self.max_line]
         self.pending = b""
         self.skipping = True
-        return [line]
+        return line + _NL
+
+
+def split_block(block: bytes) -> list[bytes]:
+    parts = block.split(_NL)
+    if parts and parts[-1] == b"":
+        parts.pop()
+    return parts
+
+
+def decode_line(block: bytes, start: int, end: int, max_line: int) -> str:
+    """The text of block[start:end] without its CR, cut to max_line bytes."""
+    if end > start and block[end - 1] == _CR:
+        end -= 1
+    if end - start > max_line:
+        end = start + max_line
+    return block[start:end].decode("utf-8", "replace")
+
+
+def decode_lines(block: bytes, max_line: int = 1 << 30) -> list[str]:
+    """Every line of a block as text (for per-record paths and tests)."""
+    return [decode_line(raw, 0, len(raw), max_line) for raw in split_block(block)]

@@ -13,7 +13,7 @@ import glob
 import hashlib
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from agent.config import Source
 from agent.records import LineSplitter
@@ -43,14 +43,13 @@ class Followed:
     rotated: bool = False
     dirty: bool = False
     idle_sweeps: int = 0
-    lines_read: int = field(default=0)
 
     @property
     def identity(self) -> tuple[int, int]:
         return (self.dev, self.ino)
 
-    def read(self, limit: int) -> list[str] | None:
-        """Lines from the next chunk; None at end of file."""
+    def read(self, limit: int) -> bytes | None:
+        """A block of the complete lines in the next chunk (maybe b""); None at end of file."""
         try:
             size = os.fstat(self.fd).st_size
         except OSError:
@@ -69,9 +68,7 @@ class Followed:
         if last >= 0:
             self.committed = start + last + 1
             self.dirty = True
-        lines = self.splitter.feed(data)
-        self.lines_read += len(lines)
-        return lines
+        return self.splitter.feed(data)
 
     def checkpoint(self) -> Checkpoint:
         self.dirty = False

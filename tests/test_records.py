@@ -7,7 +7,7 @@ import tracemalloc
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.records import LineSplitter
+from agent.records import LineSplitter, decode_lines
 
 
 def model(data: bytes, max_line: int) -> tuple[list[str], bytes]:
@@ -40,7 +40,7 @@ def test_any_chunking_gives_the_model_lines(data, cuts, max_line):
     points = sorted({c % (len(data) + 1) for c in cuts})
     start = 0
     for point in [*points, len(data)]:
-        got.extend(splitter.feed(data[start:point]))
+        got.extend(decode_lines(splitter.feed(data[start:point]), max_line))
         start = point
     lines, tail = model(data, max_line)
     if len(tail) > max_line + 1:
@@ -54,15 +54,16 @@ def test_any_chunking_gives_the_model_lines(data, cuts, max_line):
 
 def test_crlf_nul_and_invalid_utf8():
     splitter = LineSplitter(1000)
-    assert splitter.feed(b"a\r\nb\x00c\r\n\xff\xfe ok\n") == ["a", "b\x00c", "\ufffd\ufffd ok"]
+    block = splitter.feed(b"a\r\nb\x00c\r\n\xff\xfe ok\n")
+    assert decode_lines(block) == ["a", "b\x00c", "\ufffd\ufffd ok"]
 
 
 def test_partial_line_is_held_until_its_newline():
     splitter = LineSplitter(1000)
-    assert splitter.feed(b"first\nsec") == ["first"]
-    assert splitter.feed(b"ond") == []
-    assert splitter.feed(b"\n") == ["second"]
-    assert splitter.flush() == []
+    assert splitter.feed(b"first\nsec") == b"first\n"
+    assert splitter.feed(b"ond") == b""
+    assert splitter.feed(b"\n") == b"second\n"
+    assert splitter.flush() == b""
 
 
 def test_a_huge_line_without_newline_costs_bounded_memory():
@@ -71,10 +72,10 @@ def test_a_huge_line_without_newline_costs_bounded_memory():
     tracemalloc.start()
     out = []
     for _ in range(256):  # 256 MB with no newline
-        out.extend(splitter.feed(chunk))
+        out.extend(decode_lines(splitter.feed(chunk)))
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert out == ["A" * 64 * 1024]
     assert splitter.truncated == 1
     assert peak < 8 * 1024 * 1024
-    assert splitter.feed(b"tail of the monster\nnext line\n") == ["next line"]
+    assert splitter.feed(b"tail of the monster\nnext line\n") == b"next line\n"

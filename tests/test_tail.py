@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 from agent.config import Source
+from agent.records import decode_lines
 from agent.tail import Tailer, marker_of
 from tests.helpers import append
 
@@ -13,8 +14,8 @@ from tests.helpers import append
 def drain(tailer: Tailer) -> list[str]:
     out: list[str] = []
     for followed in tailer:
-        while (lines := followed.read(7)) is not None:  # tiny chunks on purpose
-            out.extend(lines)
+        while (block := followed.read(7)) is not None:  # tiny chunks on purpose
+            out.extend(decode_lines(block))
     return out
 
 
