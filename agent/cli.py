@@ -141,6 +141,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 "spool": spool,
                 "open": [asdict(i) for i in open_incidents],
                 "recent": [asdict(i) for i in recent],
+                "patterns": store.pattern_stats(),
                 "cooldowns": cooling,
             },
             sys.stdout,
@@ -156,6 +157,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     for i in open_incidents:
         print(f"  {i.pack}/{i.pattern} key={i.key!r} count={i.count} since {_t(i.first_seen)}")
     print(f"in cooldown: {len(cooling)}")
+    stats = store.pattern_stats()
+    if stats:
+        print("patterns by regex time (matches, lines confirmed, timeouts, seconds):")
+        for row in stats[:10]:
+            flag = "  QUARANTINED" if row["quarantined"] else ""
+            print(
+                f"  {row['pack']}/{row['pattern']}: {row['matches']}  {row['confirms']}  "
+                f"{row['timeouts']}  {row['seconds']:.6f}s{flag}"
+            )
     print("recent incidents:")
     for i in recent:
         print(

@@ -23,7 +23,7 @@ import httpx
 
 from agent import __version__
 from agent.config import Config
-from agent.escalate import Sender, build_event
+from agent.escalate import Sender, build_event, quarantine_event
 from agent.match import Matcher
 from agent.packs import Pack, Pattern, load_packs
 from agent.remedy import Attempt, ProcessRunner, Runner, run_remedy
@@ -34,6 +34,7 @@ from agent.trigger import Trigger
 log = logging.getLogger("logmend")
 
 SHUTDOWN_GRACE = 5.0
+STATS_INTERVAL = 10.0
 
 
 def matchers_for(config: Config, packs: list[Pack]) -> list[Matcher]:
@@ -105,6 +106,9 @@ class Agent:
                 clock=clock,
             )
         self._observer: Any = None
+        self._flushed: dict[tuple[str, str], tuple[int, int, int, float]] = {}
+        self._last_stats = time.monotonic()
+        self._quarantined: set[tuple[str, str]] = set()
 
     def _check_sources(self) -> None:
         names = {p.name for p in self.packs}
@@ -205,9 +209,35 @@ class Agent:
         if self.sender is not None:
             self.sender.stop(flush_seconds=max(0.5, deadline - time.monotonic()))
         self.tailer.close()
+        self.flush_stats()
         if not any(w.is_alive() for w in self._workers):
             self.store.close()
         log.info("stopped")
+
+    def flush_stats(self) -> None:
+        """Persist what each pattern cost since the last flush (for `logmend status`)."""
+        rows = []
+        for matcher in {id(m): m for m in self.matchers}.values():
+            for pattern, stats in matcher.pattern_stats():
+                key = (pattern.pack, pattern.id)
+                last = self._flushed.get(key, (0, 0, 0, 0.0))
+                now = (stats.matches, stats.confirms, stats.timeouts, stats.seconds)
+                if now != last:
+                    rows.append(
+                        (
+                            pattern.pack,
+                            pattern.id,
+                            now[0] - last[0],
+                            now[1] - last[1],
+                            now[2] - last[2],
+                            now[3] - last[3],
+                            stats.quarantined,
+                        )
+                    )
+                    self._flushed[key] = now
+        if rows:
+            self.store.add_pattern_stats(rows, self.clock())
+        self._last_stats = time.monotonic()
 
     # the reader loop ---------------------------------------------------------------
     def loop(self) -> None:
@@ -220,6 +250,8 @@ class Agent:
                 self.tailer.sweep()
                 self._commit(self._release_idle())
                 last_sweep = time.monotonic()
+            if time.monotonic() - self._last_stats >= STATS_INTERVAL:
+                self.flush_stats()
             if not read_any:
                 self.wake.wait(timeout=max(0.0, interval - (time.monotonic() - last_sweep)))
 
@@ -248,12 +280,35 @@ class Agent:
         self.counters.lines += block.count(b"\n")
         feed = self.trigger.feed
         path = followed.path
-        for _, line, hits in self.matchers[followed.source].scan(block, self.max_line):
+        matcher = self.matchers[followed.source]
+        for _, line, hits in matcher.scan(block, self.max_line):
             for pattern, fields in hits:
                 self.counters.matches += 1
                 incident = feed(pattern, fields, line, path, now, batch)
                 if incident is not None:
                     self._opened(incident, pattern, batch)
+        if matcher.quarantined:
+            self._quarantine(matcher, now, batch)
+
+    def _quarantine(self, matcher: Matcher, now: float, batch: Batch) -> None:
+        """Patterns that kept timing out stop matching; their owner hears of it once."""
+        for pattern in matcher.quarantined:
+            key = (pattern.pack, pattern.id)
+            if key in self._quarantined:
+                continue
+            self._quarantined.add(key)
+            pack = self.pack_by_name[pattern.pack]
+            stats = matcher.stats[matcher.patterns.index(pattern)]
+            log.error(
+                "quarantined %s/%s: %d regex timeouts (limit %gs each); it no longer matches",
+                pattern.pack,
+                pattern.id,
+                stats.timeouts,
+                self.config.limits.regex_timeout,
+            )
+            event = quarantine_event(pattern, pack, self.config.host, stats.timeouts, now)
+            batch.escalations.append(event)
+        matcher.quarantined.clear()
 
     def _opened(self, incident: Incident, pattern: Pattern, batch: Batch) -> None:
         self.counters.incidents += 1

@@ -61,6 +61,37 @@ def build_event(
     }
 
 
+def quarantine_event(
+    pattern: Pattern, pack: Pack, host: str, timeouts: int, now: float
+) -> dict[str, Any]:
+    """A pattern too slow to run: its id is stable, so each host reports it once per version."""
+    fingerprint = f"quarantine:{pack.name}:{pattern.id}"
+    return {
+        "id": f"{fingerprint}:{pack.version}:{host}",
+        "fingerprint": fingerprint,
+        "host": host,
+        "pack": pack.name,
+        "pack_version": pack.version,
+        "owner": pack.owner,
+        "pattern": pattern.id,
+        "severity": "warning",
+        "status": "quarantined",
+        "outcome": "quarantined",
+        "key": "",
+        "first_seen": now,
+        "last_seen": now,
+        "count": timeouts,
+        "source": "",
+        "lines": [],
+        "fields": {},
+        "attempts": [],
+        "article": pattern.article or "",
+        "article_text": f"The pattern's regex ran past its timeout {timeouts} times and was "
+        "quarantined on this host: it no longer matches until the agent restarts. "
+        "`logmend test PACK --log FILE` shows the time each pattern takes.",
+    }
+
+
 def retry_after(response: httpx.Response, now: float) -> float | None:
     value = response.headers.get("retry-after")
     if not value:

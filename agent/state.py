@@ -36,6 +36,11 @@ CREATE INDEX IF NOT EXISTS incidents_open ON incidents (status) WHERE status IN 
 CREATE INDEX IF NOT EXISTS incidents_fp ON incidents (fingerprint, updated);
 CREATE TABLE IF NOT EXISTS cooldowns (
     fingerprint TEXT PRIMARY KEY, until REAL NOT NULL, incident TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS pattern_stats (
+    pack TEXT NOT NULL, pattern TEXT NOT NULL, matches INTEGER NOT NULL DEFAULT 0,
+    confirms INTEGER NOT NULL DEFAULT 0, timeouts INTEGER NOT NULL DEFAULT 0,
+    seconds REAL NOT NULL DEFAULT 0, quarantined INTEGER NOT NULL DEFAULT 0,
+    updated REAL NOT NULL, PRIMARY KEY (pack, pattern));
 CREATE TABLE IF NOT EXISTS spool (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
     created REAL NOT NULL, body BLOB NOT NULL, tries INTEGER NOT NULL DEFAULT 0,
@@ -280,6 +285,25 @@ class Store:
     def cooldowns(self, now: float) -> dict[str, tuple[float, str]]:
         rows = self._read("SELECT * FROM cooldowns WHERE until > ?", (now,))
         return {r["fingerprint"]: (r["until"], r["incident"]) for r in rows}
+
+    # per-pattern cost ----------------------------------------------------------
+    def add_pattern_stats(
+        self, rows: list[tuple[str, str, int, int, int, float, bool]], now: float
+    ) -> None:
+        """Add (pack, pattern, matches, confirms, timeouts, seconds, quarantined) deltas."""
+        with self._tx() as db:
+            db.executemany(
+                "INSERT INTO pattern_stats VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (pack, pattern)"
+                " DO UPDATE SET matches=matches+excluded.matches,"
+                " confirms=confirms+excluded.confirms, timeouts=timeouts+excluded.timeouts,"
+                " seconds=seconds+excluded.seconds,"
+                " quarantined=max(quarantined, excluded.quarantined), updated=excluded.updated",
+                [(*row, now) for row in rows],
+            )
+
+    def pattern_stats(self) -> list[dict[str, Any]]:
+        rows = self._read("SELECT * FROM pattern_stats ORDER BY seconds DESC")
+        return [dict(r) for r in rows]
 
     # spool -------------------------------------------------------------------
     def due(self, now: float, limit: int) -> list[SpoolItem]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -258,3 +261,57 @@ def test_file_present_at_start_is_read_from_end_new_file_from_start(setup, recei
     got = wait_len(receiver.escalations, 2)
     assert sorted(e["key"] for e in got) == ["fresh", "in a new file"]
     assert agent.stop() == 0
+
+
+SLOW_PACK = """\
+[[pattern]]
+id = "slow"
+match = '''slow: (a|aa)+b'''
+article = "articles/a.md"
+
+[[pattern.example]]
+line = "slow: aab"
+
+[[pattern]]
+id = "fine"
+match = '''fine: (?P<n>\\d+)'''
+key = "{n}"
+article = "articles/a.md"
+
+[[pattern.example]]
+line = "fine: 1"
+"""
+
+
+def test_a_pattern_that_keeps_timing_out_is_quarantined_and_escalated_once(tmp_path, receiver):
+    packs = tmp_path / "packs"
+    write_pack(packs, "slowpack", SLOW_PACK)
+    log = tmp_path / "app.log"
+    log.touch()
+    config = write_config(
+        tmp_path,
+        [(str(log), None)],
+        packs,
+        receiver,
+        extra='regex_timeout = "20ms"\nmax_regex_timeouts = 3\n',
+    )
+    agent = AgentProc(config).start()
+    append(log, *(["slow: " + "a" * 40] * 5), "fine: 1")
+    got = wait_len(lambda: receiver.escalations(pattern="slow"), 1)
+    assert [e["status"] for e in got] == ["quarantined"]
+    assert got[0]["owner"] == "team-test" and got[0]["count"] == 3
+    assert wait_len(lambda: receiver.escalations(pattern="fine"), 1)  # the others keep working
+    append(log, *(["slow: " + "a" * 40] * 3))
+    assert agent.stop() == 0
+    assert len(receiver.escalations(pattern="slow")) == 1
+    assert (
+        agent.saw("quarantined testpack/slow") == 0 and agent.saw("quarantined slowpack/slow") == 1
+    )
+    status = subprocess.run(
+        [sys.executable, "-m", "agent", "status", "-c", str(config), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    [slow] = [p for p in json.loads(status.stdout)["patterns"] if p["pattern"] == "slow"]
+    assert slow["timeouts"] == 3 and slow["quarantined"] == 1 and slow["seconds"] >= 0.06
