@@ -75,11 +75,17 @@ def split_block(block: bytes) -> list[bytes]:
 
 
 def decode_line(block: bytes, start: int, end: int, max_line: int) -> str:
-    """The text of block[start:end] without its CR, cut to max_line bytes."""
+    """The text of block[start:end] without its CR, cut to max_line bytes.
+
+    A cut record also drops a final CR, so a record is the same whether the
+    line was cut while held (no newline yet) or found whole in a block.
+    """
     if end > start and block[end - 1] == _CR:
         end -= 1
     if end - start > max_line:
         end = start + max_line
+        if block[end - 1] == _CR:
+            end -= 1
     return block[start:end].decode("utf-8", "replace")
 
 
