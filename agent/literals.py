@@ -15,6 +15,7 @@ folding, "i", "k" and "s" also match U+0130, U+212A and U+017F).
 
 from __future__ import annotations
 
+import functools
 import importlib
 import re
 import warnings
@@ -71,6 +72,7 @@ def _unescaped_braces_are_quantifiers(source: str) -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=65536)
 def requirement(source: str) -> Requirement:
     """The literals any match of `source` must contain, or ALWAYS when unsure."""
     if _REGEX_ONLY.search(source) or not _unescaped_braces_are_quantifiers(source):

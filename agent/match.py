@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agent.literals import ALWAYS, Literal, requirement
+from agent.literals import Literal, requirement
 from agent.packs import Pattern
 from agent.records import decode_line, split_block
 
@@ -124,24 +124,40 @@ class Matcher:
         self.clock = clock
         self.stats = [PatternStats() for _ in self.patterns]
         self.quarantined: list[Pattern] = []
+        needs = [requirement(p.source) for p in self.patterns]
+        usage: dict[Literal, int] = {}
+        for need in needs:
+            for lit in {lit for clause in need.clauses for lit in clause}:
+                usage[lit] = usage.get(lit, 0) + 1
         literals: dict[Literal, int] = {}
-        clauses: list[tuple[frozenset[int], ...]] = []
+        by_literal: list[list[int]] = []
+        checks: list[tuple[tuple[tuple[bytes, bool], ...], ...]] = []
         always: list[int] = []
-        for index, pattern in enumerate(self.patterns):
-            need = requirement(pattern.source)
-            if need is ALWAYS or need.always:
+        for index, need in enumerate(needs):
+            if need.always:
                 always.append(index)
-            ids = tuple(
-                frozenset(literals.setdefault(lit, len(literals)) for lit in clause)
-                for clause in need.clauses
+                checks.append(())
+                continue
+            # the scanner looks for the clause fewest patterns share; the others are checked
+            # on the few lines it finds
+            anchor = min(
+                need.clauses,
+                key=lambda c: (max(usage[lit] for lit in c), -min(len(t) for t, _ in c)),
             )
-            clauses.append(ids)
-        self._clauses = clauses
+            for lit in anchor:
+                if lit not in literals:
+                    literals[lit] = len(literals)
+                    by_literal.append([])
+                by_literal[literals[lit]].append(index)
+            checks.append(
+                tuple(
+                    tuple((text.encode(), icase) for text, icase in clause)
+                    for clause in need.clauses
+                    if clause is not anchor
+                )
+            )
+        self._checks = checks
         self._always = tuple(always)
-        by_literal: list[list[int]] = [[] for _ in literals]
-        for index, ids in enumerate(clauses):
-            for lit in set().union(*ids) if ids else ():
-                by_literal[lit].append(index)
         self._by_literal = [tuple(p) for p in by_literal]
         ordered = list(literals)  # insertion order is id order
         self._lengths = [len(text.encode()) for text, _ in ordered]
@@ -170,10 +186,12 @@ class Matcher:
             return out
         per_line = self._group(block, found)
         for start in sorted(per_line):
-            candidates = self._candidates(per_line[start])
+            end = block.find(_NL, start)
+            if end < 0:
+                end = len(block)
+            candidates = self._candidates(per_line[start], block[start:end])
             if candidates:
-                end = block.find(_NL, start)
-                text = decode_line(block, start, end if end >= 0 else len(block), max_line)
+                text = decode_line(block, start, end, max_line)
                 hits = self._confirm(text, candidates)
                 if hits:
                     out.append((start, text, hits))
@@ -183,8 +201,9 @@ class Matcher:
         """The hits of one record (a line or a multiline event)."""
         candidates: Sequence[int]
         if self._by_literal:
-            found = self._find(text.encode("utf-8", "surrogatepass"))
-            candidates = self._candidates({lit for lit, _ in found}) if found else ()
+            raw = text.encode("utf-8", "surrogatepass")
+            found = self._find(raw)
+            candidates = self._candidates({lit for lit, _ in found}, raw) if found else ()
         else:
             candidates = ()
         if self._always:
@@ -214,15 +233,30 @@ class Matcher:
                 seen.add(lit)
         return per_line
 
-    def _candidates(self, present: set[int]) -> list[int]:
+    def _candidates(self, present: set[int], raw: bytes) -> list[int]:
+        """Patterns whose anchor literal is in the line and whose other clauses hold too."""
         by_literal = self._by_literal
-        clauses = self._clauses
         chosen: set[int] = set()
         for lit in present:
             chosen.update(by_literal[lit])
-        return sorted(
-            p for p in chosen if all(not clause.isdisjoint(present) for clause in clauses[p])
-        )
+        checks = self._checks
+        lowered: bytes | None = None
+        out = []
+        for index in sorted(chosen):
+            for clause in checks[index]:
+                for needle, icase in clause:
+                    if icase:
+                        if lowered is None:
+                            lowered = raw.lower()
+                        if needle in lowered:
+                            break
+                    elif needle in raw:
+                        break
+                else:
+                    break  # no literal of this clause is in the line
+            else:
+                out.append(index)
+        return out
 
     def _confirm(self, text: str, candidates: Sequence[int]) -> list[Hit]:
         hits: list[Hit] = []
@@ -261,7 +295,7 @@ class Matcher:
         start = 0
         for raw in split_block(block):
             present = per_line.get(start)
-            candidates = sorted(always.union(self._candidates(present) if present else ()))
+            candidates = sorted(always.union(self._candidates(present, raw) if present else ()))
             text = decode_line(raw, 0, len(raw), max_line)
             hits = self._confirm(text, candidates)
             if hits:
