@@ -6,8 +6,18 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import regex
+
 from agent.errors import ConfigError, ConfigErrors
 from agent.tomlsrc import Doc, Section
+
+
+@dataclass(frozen=True, slots=True)
+class Multiline:
+    start: str | None = None
+    continuation: str | None = None
+    max_lines: int = 500
+    max_bytes: int = 64 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -15,6 +25,8 @@ class Source:
     path: str
     packs: tuple[str, ...] | None = None
     start: str = "end"
+    multiline: Multiline | None = None
+    flush_after: float = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +50,8 @@ class Limits:
     output_tail_bytes: int = 4096
     matcher: str = "auto"
     max_regex_timeouts: int = 10
+    file_events: bool = True
+    max_queued_fixes: int = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +90,8 @@ def _limits(section: Section | None) -> Limits:
         output_tail_bytes=section.integer("output_tail_bytes", d.output_tail_bytes, minimum=256),
         matcher=section.string("matcher", d.matcher, choices=("auto", "hyperscan", "python")),
         max_regex_timeouts=section.integer("max_regex_timeouts", d.max_regex_timeouts),
+        file_events=section.boolean("file_events", d.file_events),
+        max_queued_fixes=section.integer("max_queued_fixes", d.max_queued_fixes, minimum=1),
     )
     section.finish()
     return limits
@@ -101,14 +117,50 @@ def _escalation(section: Section | None, base: Path) -> Escalation | None:
     return esc
 
 
+def _regex(section: Section, key: str) -> str | None:
+    source = section.string(key, None)
+    if not isinstance(source, str):
+        return None
+    try:
+        regex.compile(source, regex.VERSION0)
+    except regex.error as exc:
+        section.error(key, f"is not a valid regex: {exc}")
+        return None
+    return source
+
+
+def _multiline(section: Section | None) -> Multiline | None:
+    if section is None:
+        return None
+    d = Multiline()
+    multiline = Multiline(
+        start=_regex(section, "start"),
+        continuation=_regex(section, "continuation"),
+        max_lines=section.integer("max_lines", d.max_lines, minimum=1),
+        max_bytes=section.integer("max_bytes", d.max_bytes, minimum=64),
+    )
+    if ("start" in section.data) == ("continuation" in section.data):
+        section.error(None, "needs exactly one of start or continuation")
+    section.finish()
+    return multiline
+
+
 def _source(section: Section) -> Source | None:
     path = section.string("path")
     packs = section.strings("packs", None, allow_str=True)
     start = section.string("start", "end", choices=("end", "beginning"))
+    multiline = _multiline(section.table("multiline"))
+    flush_after = section.duration("flush_after", 5.0)
     section.finish()
     if not isinstance(path, str):
         return None
-    return Source(path=path, packs=packs, start=start or "end")
+    return Source(
+        path=path,
+        packs=packs,
+        start=start or "end",
+        multiline=multiline,
+        flush_after=flush_after if flush_after is not None else 5.0,
+    )
 
 
 def parse_config(file: Path, text: str) -> Config:

@@ -13,22 +13,24 @@ import queue
 import signal
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
+import regex
 
 from agent import __version__
 from agent.config import Config
 from agent.escalate import Sender, build_event, quarantine_event
-from agent.match import Matcher
+from agent.match import Hit, Matcher
 from agent.packs import Pack, Pattern, load_packs
+from agent.records import EventJoiner
 from agent.remedy import Attempt, ProcessRunner, Runner, run_remedy
 from agent.state import Batch, Incident, Store
-from agent.tail import Followed, Tailer
+from agent.tail import Tailer, marker_of
 from agent.trigger import Trigger
 
 log = logging.getLogger("logmend")
@@ -53,6 +55,28 @@ def matchers_for(config: Config, packs: list[Pack]) -> list[Matcher]:
             )
         out.append(shared[chosen])
     return out
+
+
+class _Reading(Protocol):
+    path: str
+    source: int
+
+    @property
+    def identity(self) -> tuple[int, int]: ...
+
+    def hold_from(self, offset: int) -> None: ...
+
+
+@dataclass
+class _Recovered:
+    """Stands in for a file that is gone: what was left of it came from a rotated copy."""
+
+    path: str
+    source: int
+    identity: tuple[int, int] = (-1, -1)
+
+    def hold_from(self, offset: int) -> None:
+        """Nothing to hold: the copy is read whole, once."""
 
 
 @dataclass
@@ -109,6 +133,7 @@ class Agent:
         self._flushed: dict[tuple[str, str], tuple[int, int, int, float]] = {}
         self._last_stats = time.monotonic()
         self._quarantined: set[tuple[str, str]] = set()
+        self._joiners: dict[tuple[int, int], EventJoiner] = {}
 
     def _check_sources(self) -> None:
         names = {p.name for p in self.packs}
@@ -141,9 +166,16 @@ class Agent:
                 self._fixes.put((incident, pattern))
         if self.sender is not None:
             self.sender.start()
-        self._watch()
+        if self.config.limits.file_events:
+            self._watch()
         self.tailer.sweep()
-        self._commit(self._release_idle())
+        batch = self._release_idle()
+        for source, path, block in self.tailer.recovered:
+            log.info("read the rest of %s from its rotated copy", path)
+            self._process(_Recovered(path, source), block, self.clock(), batch, 0)
+        self.tailer.recovered.clear()
+        self.store.forget_checkpoints(self.tailer.released)
+        self._commit(batch)
         log.info(
             "logmend %s running: %d source(s), %d file(s), %d pack(s), %d pattern(s)",
             __version__,
@@ -248,7 +280,9 @@ class Agent:
             if time.monotonic() - last_sweep >= interval or self.wake.is_set():
                 self.wake.clear()
                 self.tailer.sweep()
-                self._commit(self._release_idle())
+                batch = self._release_idle()
+                self._flush_quiet(batch)
+                self._commit(batch)
                 last_sweep = time.monotonic()
             if time.monotonic() - self._last_stats >= STATS_INTERVAL:
                 self.flush_stats()
@@ -258,37 +292,90 @@ class Agent:
     def pass_once(self) -> bool:
         """Read one chunk from every file, match, and commit it all in one transaction."""
         self._apply_finished()
+        if self._fixes.qsize() >= self.config.limits.max_queued_fixes:
+            return False  # backpressure: fixes are behind, so reading waits; nothing is dropped
         batch = Batch()
         chunk = self.config.limits.read_chunk_bytes
         read_any = False
         now = self.clock()
         for followed in self.tailer:
+            base = followed.line_end
             block = followed.read(chunk)
             if block is None:
                 continue
             read_any = True
             followed.idle_sweeps = 0
-            self._process(followed, block, now, batch)
+            self._process(followed, block, now, batch, base)
             if followed.dirty:
                 batch.checkpoints[followed.identity] = followed.checkpoint()
         self._commit(batch)
         return read_any
 
-    def _process(self, followed: Followed, block: bytes, now: float, batch: Batch) -> None:
+    def _flush_quiet(self, batch: Batch) -> None:
+        """A partial last line or a pending multiline event, once its file has gone quiet."""
+        quiet = time.monotonic()
+        now = self.clock()
+        for followed in self.tailer:
+            source = self.config.sources[followed.source]
+            if quiet - followed.last_data < source.flush_after:
+                continue
+            joiner = self._joiners.get(followed.identity)
+            if followed.splitter.pending:
+                self._process(followed, followed.flush_partial(), now, batch, followed.line_end)
+            if joiner is not None and joiner.lines:
+                self._match_records(followed, joiner.flush(), now, batch)
+                followed.committed = followed.line_end
+                followed.marker = marker_of(followed.fd, followed.committed)
+                followed.dirty = True
+            if followed.dirty:
+                batch.checkpoints[followed.identity] = followed.checkpoint()
+
+    def _process(
+        self, followed: _Reading, block: bytes, now: float, batch: Batch, base: int
+    ) -> None:
         if not block:
             return
         self.counters.lines += block.count(b"\n")
-        feed = self.trigger.feed
-        path = followed.path
+        multiline = self.config.sources[followed.source].multiline
+        if multiline is not None:
+            joiner = self._joiners.get(followed.identity)
+            if joiner is None:
+                joiner = self._joiners[followed.identity] = EventJoiner(
+                    regex.compile(multiline.start) if multiline.start else None,
+                    regex.compile(multiline.continuation) if multiline.continuation else None,
+                    multiline.max_lines,
+                    multiline.max_bytes,
+                    self.config.limits.regex_timeout,
+                )
+            self._match_records(followed, joiner.feed(block, base, self.max_line), now, batch)
+            if joiner.pending_start is not None:
+                followed.hold_from(joiner.pending_start)
+            return
         matcher = self.matchers[followed.source]
         for _, line, hits in matcher.scan(block, self.max_line):
-            for pattern, fields in hits:
-                self.counters.matches += 1
-                incident = feed(pattern, fields, line, path, now, batch)
-                if incident is not None:
-                    self._opened(incident, pattern, batch)
+            self._hits(followed, line, hits, now, batch)
         if matcher.quarantined:
             self._quarantine(matcher, now, batch)
+
+    def _match_records(
+        self, followed: _Reading, records: list[str], now: float, batch: Batch
+    ) -> None:
+        matcher = self.matchers[followed.source]
+        for record in records:
+            hits = matcher.match(record)
+            if hits:
+                self._hits(followed, record, hits, now, batch)
+        if matcher.quarantined:
+            self._quarantine(matcher, now, batch)
+
+    def _hits(
+        self, followed: _Reading, record: str, hits: Sequence[Hit], now: float, batch: Batch
+    ) -> None:
+        for pattern, fields in hits:
+            self.counters.matches += 1
+            incident = self.trigger.feed(pattern, fields, record, followed.path, now, batch)
+            if incident is not None:
+                self._opened(incident, pattern, batch)
 
     def _quarantine(self, matcher: Matcher, now: float, batch: Batch) -> None:
         """Patterns that kept timing out stop matching; their owner hears of it once."""
@@ -363,7 +450,10 @@ class Agent:
             followed.idle_sweeps += 1
             if followed.idle_sweeps < 2 or followed.read(self.config.limits.read_chunk_bytes):
                 continue
-            self._process(followed, followed.splitter.flush(), now, batch)
+            self._process(followed, followed.flush_partial(), now, batch, followed.line_end)
+            joiner = self._joiners.pop(followed.identity, None)
+            if joiner is not None:
+                self._match_records(followed, joiner.flush(), now, batch)
             self.tailer.release(followed)
             released.append(followed.identity)
         if released:

@@ -10,6 +10,8 @@ is skipped up to the next newline.
 
 from __future__ import annotations
 
+from typing import Any
+
 _NL = b"\n"
 _CR = 13
 
@@ -92,3 +94,84 @@ def decode_line(block: bytes, start: int, end: int, max_line: int) -> str:
 def decode_lines(block: bytes, max_line: int = 1 << 30) -> list[str]:
     """Every line of a block as text (for per-record paths and tests)."""
     return [decode_line(raw, 0, len(raw), max_line) for raw in split_block(block)]
+
+
+class EventJoiner:
+    """Joins lines into multiline events (tracebacks, stack traces, panics).
+
+    With `start`, a line matching it begins an event and other lines continue
+    it; with `continuation`, a line matching it continues the event and other
+    lines begin one. An event longer than `max_lines` or `max_bytes` is cut and
+    the rest of its continuation lines are dropped (counted in `dropped`).
+    """
+
+    def __init__(
+        self,
+        start: Any,
+        continuation: Any,
+        max_lines: int,
+        max_bytes: int,
+        timeout: float = 0.1,
+    ) -> None:
+        self.start = start
+        self.continuation = continuation
+        self.max_lines = max_lines
+        self.max_bytes = max_bytes
+        self.timeout = timeout
+        self.lines: list[str] = []
+        self.size = 0
+        self.pending_start: int | None = None
+        self.overflow = False
+        self.dropped = 0
+
+    def _begins(self, line: str) -> bool:
+        try:
+            if self.start is not None:
+                return self.start.search(line, timeout=self.timeout) is not None
+            return self.continuation.search(line, timeout=self.timeout) is None
+        except TimeoutError:
+            return True
+
+    def feed(self, block: bytes, base: int, max_line: int) -> list[str]:
+        """Events completed by the lines of `block`, whose first byte is at file offset `base`."""
+        events: list[str] = []
+        position = 0
+        for raw in split_block(block):
+            line = decode_line(raw, 0, len(raw), max_line)
+            offset = base + position
+            position += len(raw) + 1
+            if not self.lines and not self.overflow:
+                self._begin(line, offset)
+            elif self._begins(line):
+                if self.lines:
+                    events.append(self._emit())
+                self.overflow = False
+                self._begin(line, offset)
+            elif self.overflow:
+                self.dropped += 1
+            else:
+                self.lines.append(line)
+                self.size += len(line) + 1
+                if len(self.lines) >= self.max_lines or self.size >= self.max_bytes:
+                    events.append(self._emit())
+                    self.overflow = True
+        return events
+
+    def _begin(self, line: str, offset: int) -> None:
+        self.lines = [line]
+        self.size = len(line)
+        self.pending_start = offset
+
+    def _emit(self) -> str:
+        text = "\n".join(self.lines)
+        if len(text) > self.max_bytes:
+            text = text[: self.max_bytes]
+        self.lines = []
+        self.size = 0
+        self.pending_start = None
+        return text
+
+    def flush(self) -> list[str]:
+        """The event held so far, once the file has gone quiet."""
+        self.overflow = False
+        return [self._emit()] if self.lines else []

@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import glob
+import gzip
 import hashlib
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -20,12 +22,14 @@ from agent.records import LineSplitter
 from agent.state import Checkpoint
 
 MARKER_BYTES = 64
+MAX_COPIES = 5
+MAX_RECOVERED = 256 * 1024 * 1024
 
 
 def marker_of(fd: int, offset: int) -> bytes:
+    """A hash of the bytes just before `offset` (never the bytes: they may hold secrets)."""
     start = max(0, offset - MARKER_BYTES)
-    data = os.pread(fd, offset - start, start) if offset else b""
-    return hashlib.blake2b(data, digest_size=16).digest()
+    return _hash(os.pread(fd, offset - start, start) if offset else b"")
 
 
 @dataclass(eq=False)
@@ -40,9 +44,13 @@ class Followed:
     offset: int
     splitter: LineSplitter
     committed: int = 0
+    line_end: int = 0
+    marker: bytes = b""
     rotated: bool = False
     dirty: bool = False
     idle_sweeps: int = 0
+    last_data: float = 0.0
+    truncations: int = 0
 
     @property
     def identity(self) -> tuple[int, int]:
@@ -55,8 +63,7 @@ class Followed:
         except OSError:
             return None
         if size < self.offset:
-            self.offset = self.committed = 0
-            self.splitter.reset()
+            return self._truncated()
         if size == self.offset:
             return None
         data = os.pread(self.fd, min(limit, size - self.offset), self.offset)
@@ -64,21 +71,112 @@ class Followed:
             return None
         start = self.offset
         self.offset += len(data)
+        self.last_data = time.monotonic()
         last = data.rfind(b"\n")
         if last >= 0:
-            self.committed = start + last + 1
+            self.committed = self.line_end = start + last + 1
+            self.marker = marker_of(self.fd, self.committed)
             self.dirty = True
         return self.splitter.feed(data)
 
+    def flush_partial(self) -> bytes:
+        """The held partial line as a record of its own, once the writer has gone quiet."""
+        block = self.splitter.flush()
+        if block or self.splitter.skipping:
+            self.splitter.reset()
+            self.committed = self.line_end = self.offset
+            self.marker = marker_of(self.fd, self.committed)
+            self.dirty = True
+        return block
+
+    def _truncated(self) -> bytes:
+        """The file shrank under us (copytruncate): finish from the copy, then start over."""
+        self.truncations += 1
+        rest = b""
+        copy = find_copy(self.path, self.committed, self.marker, exclude=self.identity)
+        if copy is not None:
+            self.splitter.reset()
+            rest = self.splitter.feed(copy) + self.splitter.flush()
+        self.splitter.reset()
+        self.offset = self.committed = self.line_end = 0
+        self.marker = marker_of(self.fd, 0)
+        self.dirty = True
+        return rest
+
+    def hold_from(self, offset: int) -> None:
+        """Keep the checkpoint at `offset`: bytes after it (a pending event) are not done yet."""
+        if offset < self.committed:
+            self.committed = offset
+            self.marker = marker_of(self.fd, offset)
+
     def checkpoint(self) -> Checkpoint:
         self.dirty = False
-        return Checkpoint(
-            self.dev, self.ino, self.path, self.committed, marker_of(self.fd, self.committed)
-        )
+        return Checkpoint(self.dev, self.ino, self.path, self.committed, self.marker)
 
     def close(self) -> None:
         with contextlib.suppress(OSError):
             os.close(self.fd)
+
+
+def find_copy(
+    path: str, offset: int, marker: bytes, exclude: tuple[int, int] | None = None
+) -> bytes | None:
+    """The bytes after `offset` of a rotated copy of `path` whose prefix is what we read.
+
+    Looks at the newest few siblings named like rotations of `path` (app.log.1,
+    app.log-20240301, app.log.1.gz, ...); a copy qualifies only if the bytes
+    before `offset` hash to `marker`, so a copy of other content is never used.
+    """
+    directory, base = os.path.split(path)
+    try:
+        entries = [
+            e
+            for e in os.scandir(directory or ".")
+            if e.name.startswith(base) and e.name != base and e.is_file()
+        ]
+    except OSError:
+        return None
+    entries.sort(key=lambda e: e.stat().st_mtime, reverse=True)
+    for entry in entries[:MAX_COPIES]:
+        try:
+            st = entry.stat()
+            if exclude is not None and (st.st_dev, st.st_ino) == exclude:
+                continue
+            if entry.name.endswith(".gz"):
+                with gzip.open(entry.path, "rb") as handle:
+                    data = handle.read(offset + MAX_RECOVERED)
+            elif st.st_size >= offset:
+                with open(entry.path, "rb") as handle:
+                    data = handle.read(offset + MAX_RECOVERED)
+            else:
+                continue
+        except (OSError, EOFError, gzip.BadGzipFile):
+            continue
+        if len(data) >= offset and _hash(data[max(0, offset - MARKER_BYTES) : offset]) == marker:
+            return data[offset:]
+    return None
+
+
+def _find_inode(directory: str, identity: tuple[int, int]) -> str | None:
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return None
+    for entry in entries:
+        try:
+            if (
+                entry.inode() == identity[1]
+                and entry.is_file()
+                and entry.stat().st_dev == identity[0]
+            ):
+                return entry.path
+        except OSError:
+            continue
+    return None
+
+
+def _hash(data: bytes) -> bytes:
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 class Tailer:
@@ -97,6 +195,7 @@ class Tailer:
         self.files: dict[tuple[int, int], Followed] = {}
         self.by_path: dict[str, Followed] = {}
         self.released: list[tuple[int, int]] = []
+        self.recovered: list[tuple[int, str, bytes]] = []
         self._started = False
 
     def __iter__(self) -> Iterator[Followed]:
@@ -171,37 +270,40 @@ class Tailer:
             ino=identity[1],
             offset=offset,
             committed=offset,
+            line_end=offset,
+            marker=marker_of(fd, offset),
             splitter=LineSplitter(self.max_line),
             dirty=saved is None or offset != saved.offset,
+            last_data=time.monotonic(),
         )
         self.files[identity] = followed
         self.by_path[path] = followed
         return followed
 
     def _recover_rotated(self) -> None:
-        """Files renamed while the agent was down: find their inode beside the old path."""
+        """Files rotated while the agent was down: read what was left of them.
+
+        A renamed file is found by its inode beside its old path; a file already
+        compressed or copied away is found by the hash of the bytes we had read.
+        """
         for identity, saved in list(self.saved.items()):
             if identity in self.files:
                 continue
-            directory = os.path.dirname(saved.path) or "."
-            try:
-                entries = list(os.scandir(directory))
-            except OSError:
-                continue
-            for entry in entries:
-                try:
-                    if entry.inode() == identity[1] and entry.is_file():
-                        st = entry.stat()
-                        if st.st_dev != identity[0]:
-                            continue
-                except OSError:
-                    continue
-                source = self._source_of(saved.path)
-                followed = self._open(entry.path, source, identity, None)
+            source = self._source_of(saved.path)
+            entry = _find_inode(os.path.dirname(saved.path) or ".", identity)
+            if entry is not None:
+                followed = self._open(entry, source, identity, None)
                 if followed is not None:
                     followed.rotated = True
-                    self.by_path.pop(entry.path, None)
-                break
+                    if self.by_path.get(entry) is followed:
+                        del self.by_path[entry]
+                    continue
+            rest = find_copy(saved.path, saved.offset, saved.marker)
+            if rest:
+                splitter = LineSplitter(self.max_line)
+                self.recovered.append((source, saved.path, splitter.feed(rest) + splitter.flush()))
+            self.saved.pop(identity, None)
+            self.released.append(identity)
 
     def _source_of(self, path: str) -> int:
         for index, source in enumerate(self.sources):
