@@ -170,11 +170,7 @@ class Agent:
             self._watch()
         self.tailer.sweep()
         batch = self._release_idle()
-        for source, path, block in self.tailer.recovered:
-            log.info("read the rest of %s from its rotated copy", path)
-            self._process(_Recovered(path, source), block, self.clock(), batch, 0)
-        self.tailer.recovered.clear()
-        self.store.forget_checkpoints(self.tailer.released)
+        self._take_recovered(batch)
         self._commit(batch)
         log.info(
             "logmend %s running: %d source(s), %d file(s), %d pack(s), %d pattern(s)",
@@ -281,6 +277,7 @@ class Agent:
                 self.wake.clear()
                 self.tailer.sweep()
                 batch = self._release_idle()
+                self._take_recovered(batch)
                 self._flush_quiet(batch)
                 self._commit(batch)
                 last_sweep = time.monotonic()
@@ -310,6 +307,15 @@ class Agent:
                 batch.checkpoints[followed.identity] = followed.checkpoint()
         self._commit(batch)
         return read_any
+
+    def _take_recovered(self, batch: Batch) -> None:
+        """What was left of files rotated away while we were not reading them."""
+        for source, path, block in self.tailer.recovered:
+            log.info("read the rest of %s from its rotated copy", path)
+            self._process(_Recovered(path, source), block, self.clock(), batch, 0)
+        self.tailer.recovered.clear()
+        batch.forget.extend(self.tailer.released)  # in the same transaction as their last lines
+        self.tailer.released.clear()
 
     def _flush_quiet(self, batch: Batch) -> None:
         """A partial last line or a pending multiline event, once its file has gone quiet."""
@@ -442,22 +448,26 @@ class Agent:
     def _release_idle(self) -> Batch:
         """Rotated or deleted files, read to their end and quiet for two sweeps, are let go."""
         batch = Batch()
-        released = []
         now = self.clock()
         for followed in self.tailer:
             if not followed.rotated:
                 continue
             followed.idle_sweeps += 1
-            if followed.idle_sweeps < 2 or followed.read(self.config.limits.read_chunk_bytes):
+            if followed.idle_sweeps < 2:
+                continue
+            base = followed.line_end
+            block = followed.read(self.config.limits.read_chunk_bytes)
+            if block is not None:  # still being written to: not yet
+                self._process(followed, block, now, batch, base)
+                batch.checkpoints[followed.identity] = followed.checkpoint()
+                followed.idle_sweeps = 0
                 continue
             self._process(followed, followed.flush_partial(), now, batch, followed.line_end)
             joiner = self._joiners.pop(followed.identity, None)
             if joiner is not None:
                 self._match_records(followed, joiner.flush(), now, batch)
+            batch.checkpoints.pop(followed.identity, None)
             self.tailer.release(followed)
-            released.append(followed.identity)
-        if released:
-            self.store.forget_checkpoints(released)
         return batch
 
     def _apply_finished(self) -> None:

@@ -103,10 +103,16 @@ class Batch:
     counts: dict[str, CountUpdate] = field(default_factory=dict)
     cooldowns: dict[str, tuple[float, str]] = field(default_factory=dict)
     escalations: list[dict[str, Any]] = field(default_factory=list)
+    forget: list[tuple[int, int]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
-            self.checkpoints or self.incidents or self.counts or self.cooldowns or self.escalations
+            self.checkpoints
+            or self.incidents
+            or self.counts
+            or self.cooldowns
+            or self.escalations
+            or self.forget
         )
 
 
@@ -180,10 +186,6 @@ class Store:
             for r in rows
         }
 
-    def forget_checkpoints(self, keys: Iterable[tuple[int, int]]) -> None:
-        with self._tx() as db:
-            db.executemany("DELETE FROM checkpoints WHERE dev=? AND ino=?", list(keys))
-
     # the reader's batch ------------------------------------------------------
     def commit(self, batch: Batch, now: float) -> None:
         with self._tx() as db:
@@ -237,6 +239,7 @@ class Store:
                 [(fp, until, iid) for fp, (until, iid) in batch.cooldowns.items()],
             )
             self._spool(db, batch.escalations, now)
+            db.executemany("DELETE FROM checkpoints WHERE dev=? AND ino=?", batch.forget)
 
     @staticmethod
     def _spool(db: sqlite3.Connection, events: list[dict[str, Any]], now: float) -> None:

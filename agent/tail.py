@@ -51,6 +51,7 @@ class Followed:
     idle_sweeps: int = 0
     last_data: float = 0.0
     truncations: int = 0
+    mtime: int = 0
 
     @property
     def identity(self) -> tuple[int, int]:
@@ -59,11 +60,18 @@ class Followed:
     def read(self, limit: int) -> bytes | None:
         """A block of the complete lines in the next chunk (maybe b""); None at end of file."""
         try:
-            size = os.fstat(self.fd).st_size
+            st = os.fstat(self.fd)
         except OSError:
             return None
+        size = st.st_size
         if size < self.offset:
             return self._truncated()
+        if st.st_mtime_ns != self.mtime:
+            # written since we last looked: check it is still the file we were reading
+            # (a copytruncate followed by new lines can grow it past our offset again)
+            self.mtime = st.st_mtime_ns
+            if self.committed and marker_of(self.fd, self.committed) != self.marker:
+                return self._truncated()
         if size == self.offset:
             return None
         data = os.pread(self.fd, min(limit, size - self.offset), self.offset)
@@ -252,10 +260,14 @@ class Tailer:
             return None
         offset = 0
         saved = self.saved.pop(identity, None)
-        if saved is not None and saved.offset <= st.st_size:
-            if marker_of(fd, saved.offset) == saved.marker:
+        if saved is not None:
+            if saved.offset <= st.st_size and marker_of(fd, saved.offset) == saved.marker:
                 offset = saved.offset
-        elif saved is None and at_end is not None:
+            else:
+                # another file on a reused inode (or the same one truncated): what we had
+                # not read may survive in a rotated copy of the file we were reading
+                self._recover_copy(saved, index, exclude=identity)
+        elif at_end is not None:
             offset = at_end
             # start after the last complete line so a partial tail is not cut
             if offset:
@@ -298,12 +310,17 @@ class Tailer:
                     if self.by_path.get(entry) is followed:
                         del self.by_path[entry]
                     continue
-            rest = find_copy(saved.path, saved.offset, saved.marker)
-            if rest:
-                splitter = LineSplitter(self.max_line)
-                self.recovered.append((source, saved.path, splitter.feed(rest) + splitter.flush()))
+            self._recover_copy(saved, source)
             self.saved.pop(identity, None)
             self.released.append(identity)
+
+    def _recover_copy(
+        self, saved: Checkpoint, source: int, exclude: tuple[int, int] | None = None
+    ) -> None:
+        rest = find_copy(saved.path, saved.offset, saved.marker, exclude)
+        if rest:
+            splitter = LineSplitter(self.max_line)
+            self.recovered.append((source, saved.path, splitter.feed(rest) + splitter.flush()))
 
     def _source_of(self, path: str) -> int:
         for index, source in enumerate(self.sources):
