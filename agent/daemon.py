@@ -30,7 +30,7 @@ from agent.packs import Pack, Pattern, load_packs
 from agent.records import EventJoiner
 from agent.remedy import Attempt, ProcessRunner, Runner, run_remedy
 from agent.state import Batch, Incident, Store
-from agent.tail import Tailer, marker_of
+from agent.tail import Followed, Sink, Tailer, marker_of
 from agent.trigger import Trigger
 
 log = logging.getLogger("logmend")
@@ -169,9 +169,7 @@ class Agent:
         if self.config.limits.file_events:
             self._watch()
         self.tailer.sweep()
-        batch = self._release_idle()
-        self._take_recovered(batch)
-        self._commit(batch)
+        self._housekeeping()
         log.info(
             "logmend %s running: %d source(s), %d file(s), %d pack(s), %d pattern(s)",
             __version__,
@@ -276,10 +274,7 @@ class Agent:
             if time.monotonic() - last_sweep >= interval or self.wake.is_set():
                 self.wake.clear()
                 self.tailer.sweep()
-                batch = self._release_idle()
-                self._take_recovered(batch)
-                self._flush_quiet(batch)
-                self._commit(batch)
+                self._housekeeping()
                 last_sweep = time.monotonic()
             if time.monotonic() - self._last_stats >= STATS_INTERVAL:
                 self.flush_stats()
@@ -292,42 +287,41 @@ class Agent:
         if self._fixes.qsize() >= self.config.limits.max_queued_fixes:
             return False  # backpressure: fixes are behind, so reading waits; nothing is dropped
         batch = Batch()
-        chunk = self.config.limits.read_chunk_bytes
-        read_any = False
-        now = self.clock()
-        for followed in self.tailer:
-            base = followed.line_end
-            block = followed.read(chunk)
-            if block is None:
-                continue
-            read_any = True
-            followed.idle_sweeps = 0
-            self._process(followed, block, now, batch, base)
-            if followed.dirty:
-                batch.checkpoints[followed.identity] = followed.checkpoint()
+        read_any = self.tailer.read_all(self.config.limits.read_chunk_bytes, self._sink(batch))
         self._commit(batch)
         return read_any
 
-    def _take_recovered(self, batch: Batch) -> None:
-        """What was left of files rotated away while we were not reading them."""
-        for source, path, block in self.tailer.recovered:
-            log.info("read the rest of %s from its rotated copy", path)
-            self._process(_Recovered(path, source), block, self.clock(), batch, 0)
-        self.tailer.recovered.clear()
-        batch.forget.extend(self.tailer.released)  # in the same transaction as their last lines
-        self.tailer.released.clear()
-
-    def _flush_quiet(self, batch: Batch) -> None:
-        """A partial last line or a pending multiline event, once its file has gone quiet."""
-        quiet = time.monotonic()
+    def _sink(self, batch: Batch) -> Sink:
         now = self.clock()
-        for followed in self.tailer:
-            source = self.config.sources[followed.source]
-            if quiet - followed.last_data < source.flush_after:
-                continue
+
+        def sink(followed: Followed, block: bytes, base: int) -> None:
+            self._process(followed, block, now, batch, base)
+            if followed.dirty:
+                batch.checkpoints[followed.identity] = followed.checkpoint()
+
+        return sink
+
+    def _housekeeping(self) -> None:
+        """After a sweep: let go of rotated files, take what was recovered, flush quiet ones."""
+        batch = Batch()
+        now = self.clock()
+        sink = self._sink(batch)
+
+        def before_release(followed: Followed) -> None:
+            joiner = self._joiners.pop(followed.identity, None)
+            if joiner is not None:
+                self._match_records(followed, joiner.flush(), now, batch)
+            batch.checkpoints.pop(followed.identity, None)
+
+        self.tailer.release_idle(self.config.limits.read_chunk_bytes, sink, before_release)
+        recovered, released = self.tailer.take_recovered()
+        for source, path, block in recovered:
+            log.info("read the rest of %s from its rotated copy", path)
+            self._process(_Recovered(path, source), block, now, batch, 0)
+        batch.forget.extend(released)  # in the same transaction as their last lines
+        sources = self.config.sources
+        for followed in self.tailer.flush_quiet(lambda f: sources[f.source].flush_after, sink):
             joiner = self._joiners.get(followed.identity)
-            if followed.splitter.pending:
-                self._process(followed, followed.flush_partial(), now, batch, followed.line_end)
             if joiner is not None and joiner.lines:
                 self._match_records(followed, joiner.flush(), now, batch)
                 followed.committed = followed.line_end
@@ -335,6 +329,9 @@ class Agent:
                 followed.dirty = True
             if followed.dirty:
                 batch.checkpoints[followed.identity] = followed.checkpoint()
+        for checkpoint in self.tailer.new_checkpoints():
+            batch.checkpoints[(checkpoint.dev, checkpoint.ino)] = checkpoint
+        self._commit(batch)
 
     def _process(
         self, followed: _Reading, block: bytes, now: float, batch: Batch, base: int
@@ -444,31 +441,6 @@ class Agent:
                 self._fixes.put((incident, pattern))
         if batch.escalations and self.sender is not None:
             self.sender.wake.set()
-
-    def _release_idle(self) -> Batch:
-        """Rotated or deleted files, read to their end and quiet for two sweeps, are let go."""
-        batch = Batch()
-        now = self.clock()
-        for followed in self.tailer:
-            if not followed.rotated:
-                continue
-            followed.idle_sweeps += 1
-            if followed.idle_sweeps < 2:
-                continue
-            base = followed.line_end
-            block = followed.read(self.config.limits.read_chunk_bytes)
-            if block is not None:  # still being written to: not yet
-                self._process(followed, block, now, batch, base)
-                batch.checkpoints[followed.identity] = followed.checkpoint()
-                followed.idle_sweeps = 0
-                continue
-            self._process(followed, followed.flush_partial(), now, batch, followed.line_end)
-            joiner = self._joiners.pop(followed.identity, None)
-            if joiner is not None:
-                self._match_records(followed, joiner.flush(), now, batch)
-            batch.checkpoints.pop(followed.identity, None)
-            self.tailer.release(followed)
-        return batch
 
     def _apply_finished(self) -> None:
         while True:

@@ -24,7 +24,7 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS checkpoints (
     dev INTEGER NOT NULL, ino INTEGER NOT NULL, path TEXT NOT NULL,
     offset INTEGER NOT NULL, marker BLOB NOT NULL, updated REAL NOT NULL,
-    PRIMARY KEY (dev, ino));
+    head_len INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (dev, ino));
 CREATE TABLE IF NOT EXISTS incidents (
     id TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, pack TEXT NOT NULL,
     pattern TEXT NOT NULL, key TEXT NOT NULL, source TEXT NOT NULL,
@@ -52,11 +52,15 @@ OPEN = "remediating"
 
 @dataclass(frozen=True, slots=True)
 class Checkpoint:
+    """Where a file was read to; `marker` hashes the bytes before `offset`, or, while
+    nothing is committed yet (offset 0), the file's first `head_len` bytes."""
+
     dev: int
     ino: int
     path: str
     offset: int
     marker: bytes
+    head_len: int = 0
 
 
 @dataclass(slots=True)
@@ -178,10 +182,10 @@ class Store:
 
     # checkpoints -----------------------------------------------------------
     def checkpoints(self) -> dict[tuple[int, int], Checkpoint]:
-        rows = self._read("SELECT dev, ino, path, offset, marker FROM checkpoints")
+        rows = self._read("SELECT dev, ino, path, offset, marker, head_len FROM checkpoints")
         return {
             (r["dev"], r["ino"]): Checkpoint(
-                r["dev"], r["ino"], r["path"], r["offset"], r["marker"]
+                r["dev"], r["ino"], r["path"], r["offset"], r["marker"], r["head_len"]
             )
             for r in rows
         }
@@ -190,9 +194,9 @@ class Store:
     def commit(self, batch: Batch, now: float) -> None:
         with self._tx() as db:
             db.executemany(
-                "INSERT OR REPLACE INTO checkpoints VALUES (?,?,?,?,?,?)",
+                "INSERT OR REPLACE INTO checkpoints VALUES (?,?,?,?,?,?,?)",
                 [
-                    (c.dev, c.ino, c.path, c.offset, c.marker, now)
+                    (c.dev, c.ino, c.path, c.offset, c.marker, now, c.head_len)
                     for c in batch.checkpoints.values()
                 ],
             )

@@ -14,13 +14,14 @@ import gzip
 import hashlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from agent.config import Source
 from agent.records import LineSplitter
 from agent.state import Checkpoint
 
+Sink = Callable[["Followed", bytes, int], None]  # (file, block of lines, offset of its 1st byte)
 MARKER_BYTES = 64
 MAX_COPIES = 5
 MAX_RECOVERED = 256 * 1024 * 1024
@@ -52,6 +53,8 @@ class Followed:
     last_data: float = 0.0
     truncations: int = 0
     mtime: int = 0
+    head: bytes = b""
+    head_len: int = 0
 
     @property
     def identity(self) -> tuple[int, int]:
@@ -70,7 +73,10 @@ class Followed:
             # written since we last looked: check it is still the file we were reading
             # (a copytruncate followed by new lines can grow it past our offset again)
             self.mtime = st.st_mtime_ns
-            if self.committed and marker_of(self.fd, self.committed) != self.marker:
+            if self.committed:
+                if marker_of(self.fd, self.committed) != self.marker:
+                    return self._truncated()
+            elif self._head_changed(size):
                 return self._truncated()
         if size == self.offset:
             return None
@@ -97,18 +103,35 @@ class Followed:
             self.dirty = True
         return block
 
+    def _head_changed(self, size: int) -> bool:
+        """Before a first complete line, the file is known by its first bytes."""
+        if self.head_len and (
+            size < self.head_len or _hash(os.pread(self.fd, self.head_len, 0)) != self.head
+        ):
+            return True
+        if size > self.head_len and self.head_len < MARKER_BYTES:
+            self.head_len = min(size, MARKER_BYTES)
+            self.head = _hash(os.pread(self.fd, self.head_len, 0))
+            self.dirty = True  # worth a checkpoint: the file can now be told apart
+        return False
+
     def _truncated(self) -> bytes:
         """The file shrank under us (copytruncate): finish from the copy, then start over."""
         self.truncations += 1
         rest = b""
-        copy = find_copy(self.path, self.committed, self.marker, exclude=self.identity)
+        if self.committed:
+            copy = find_copy(self.path, self.committed, self.marker, exclude=self.identity)
+        else:
+            copy = find_copy(self.path, 0, self.head, exclude=self.identity, head_len=self.head_len)
         if copy is not None:
             self.splitter.reset()
             rest = self.splitter.feed(copy) + self.splitter.flush()
         self.splitter.reset()
-        self.offset = self.committed = self.line_end = 0
+        self.offset = self.committed = self.line_end = self.head_len = 0
         self.marker = marker_of(self.fd, 0)
         self.dirty = True
+        with contextlib.suppress(OSError):
+            self._head_changed(os.fstat(self.fd).st_size)  # know the new content from now
         return rest
 
     def hold_from(self, offset: int) -> None:
@@ -119,6 +142,8 @@ class Followed:
 
     def checkpoint(self) -> Checkpoint:
         self.dirty = False
+        if self.committed == 0 and self.head_len:
+            return Checkpoint(self.dev, self.ino, self.path, 0, self.head, self.head_len)
         return Checkpoint(self.dev, self.ino, self.path, self.committed, self.marker)
 
     def close(self) -> None:
@@ -127,7 +152,11 @@ class Followed:
 
 
 def find_copy(
-    path: str, offset: int, marker: bytes, exclude: tuple[int, int] | None = None
+    path: str,
+    offset: int,
+    marker: bytes,
+    exclude: tuple[int, int] | None = None,
+    head_len: int = 0,
 ) -> bytes | None:
     """The bytes after `offset` of a rotated copy of `path` whose prefix is what we read.
 
@@ -135,6 +164,8 @@ def find_copy(
     app.log-20240301, app.log.1.gz, ...); a copy qualifies only if the bytes
     before `offset` hash to `marker`, so a copy of other content is never used.
     """
+    if offset <= 0 and head_len <= 0:
+        return None  # nothing seen yet: no bytes to know our file by
     directory, base = os.path.split(path)
     try:
         entries = [
@@ -160,7 +191,8 @@ def find_copy(
                 continue
         except (OSError, EOFError, gzip.BadGzipFile):
             continue
-        if len(data) >= offset and _hash(data[max(0, offset - MARKER_BYTES) : offset]) == marker:
+        known = data[:head_len] if offset == 0 else data[max(0, offset - MARKER_BYTES) : offset]
+        if len(data) >= max(offset, head_len) and _hash(known) == marker:
             return data[offset:]
     return None
 
@@ -260,10 +292,17 @@ class Tailer:
             return None
         offset = 0
         saved = self.saved.pop(identity, None)
+        resumed = False
         if saved is not None:
-            if saved.offset <= st.st_size and marker_of(fd, saved.offset) == saved.marker:
+            if saved.head_len:
+                resumed = (
+                    st.st_size >= saved.head_len
+                    and _hash(os.pread(fd, saved.head_len, 0)) == saved.marker
+                )
+            elif saved.offset <= st.st_size and marker_of(fd, saved.offset) == saved.marker:
                 offset = saved.offset
-            else:
+                resumed = True
+            if not resumed:
                 # another file on a reused inode (or the same one truncated): what we had
                 # not read may survive in a rotated copy of the file we were reading
                 self._recover_copy(saved, index, exclude=identity)
@@ -285,9 +324,11 @@ class Tailer:
             line_end=offset,
             marker=marker_of(fd, offset),
             splitter=LineSplitter(self.max_line),
-            dirty=saved is None or offset != saved.offset,
+            dirty=not resumed,
             last_data=time.monotonic(),
         )
+        if offset == 0:
+            followed._head_changed(st.st_size)  # know it by its first bytes from the start
         self.files[identity] = followed
         self.by_path[path] = followed
         return followed
@@ -317,7 +358,7 @@ class Tailer:
     def _recover_copy(
         self, saved: Checkpoint, source: int, exclude: tuple[int, int] | None = None
     ) -> None:
-        rest = find_copy(saved.path, saved.offset, saved.marker, exclude)
+        rest = find_copy(saved.path, saved.offset, saved.marker, exclude, saved.head_len)
         if rest:
             splitter = LineSplitter(self.max_line)
             self.recovered.append((source, saved.path, splitter.feed(rest) + splitter.flush()))
@@ -327,6 +368,60 @@ class Tailer:
             if fnmatch.fnmatch(path, source.path):
                 return index
         return 0
+
+    # the reading cycle, shared by the agent and the tests -----------------------------
+    def read_all(self, chunk: int, sink: Sink) -> bool:
+        """One chunk from every file into `sink`; True if any file had new bytes."""
+        read_any = False
+        for followed in self:
+            base = followed.line_end
+            block = followed.read(chunk)
+            if block is None:
+                continue
+            read_any = True
+            followed.idle_sweeps = 0
+            sink(followed, block, base)
+        return read_any
+
+    def release_idle(
+        self, chunk: int, sink: Sink, before_release: Callable[[Followed], None]
+    ) -> None:
+        """Rotated or deleted files, read to their end and quiet for two sweeps, are let go."""
+        for followed in self:
+            if not followed.rotated:
+                continue
+            followed.idle_sweeps += 1
+            if followed.idle_sweeps < 2:
+                continue
+            base = followed.line_end
+            block = followed.read(chunk)
+            if block is not None:  # still being written to: not yet
+                followed.idle_sweeps = 0
+                sink(followed, block, base)
+                continue
+            sink(followed, followed.flush_partial(), followed.line_end)
+            before_release(followed)
+            self.release(followed)
+
+    def flush_quiet(self, quiet_for: Callable[[Followed], float], sink: Sink) -> list[Followed]:
+        """Partial last lines of files quiet for long enough become records; returns those files."""
+        now = time.monotonic()
+        quiet = [f for f in self if now - f.last_data >= quiet_for(f)]
+        for followed in quiet:
+            if followed.splitter.pending or followed.splitter.skipping:
+                sink(followed, followed.flush_partial(), followed.line_end)
+        return quiet
+
+    def new_checkpoints(self) -> list[Checkpoint]:
+        """Checkpoints of files whose position changed outside a read (newly opened ones),
+        so a file is known by its inode from the moment it is followed."""
+        return [f.checkpoint() for f in self if f.dirty]
+
+    def take_recovered(self) -> tuple[list[tuple[int, str, bytes]], list[tuple[int, int]]]:
+        """Rests of files rotated away unread, and identities whose checkpoints may go."""
+        recovered, released = self.recovered, self.released
+        self.recovered, self.released = [], []
+        return recovered, released
 
     def release(self, followed: Followed) -> None:
         """Let go of a rotated file that has been read to its end."""

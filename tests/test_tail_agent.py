@@ -6,7 +6,6 @@ import gzip
 import os
 import shutil
 import signal
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,6 @@ from tests.helpers import (
     AgentProc,
     Receiver,
     append,
-    wait_for,
     wait_len,
     write_config,
     write_pack,
@@ -24,7 +22,7 @@ from tests.helpers import (
 PACK = """\
 [[pattern]]
 id = "event"
-match = '''(?s)^(?P<head>[^\\n]*(?:Traceback|Exception in thread|panic:)[^\\n]*)\\n.*?(?P<last>[^\\n]+)$'''
+match = '''(?s)^(?P<head>[^\\n]*(?:Traceback|Exception in thread|panic:)[^\\n]*)\\n.*?(?P<last>[^\\n]+)$'''  # noqa: E501
 key = "{head}"
 article = "articles/a.md"
 
@@ -69,25 +67,33 @@ def packs(tmp_path: Path) -> Path:
     return root
 
 
-def start_agent(tmp_path: Path, packs: Path, receiver: Receiver, source_extra: str = "",
-                extra: str = "") -> tuple[AgentProc, Path]:
+def start_agent(
+    tmp_path: Path, packs: Path, receiver: Receiver, source_extra: str = "", extra: str = ""
+) -> tuple[AgentProc, Path]:
     logs = tmp_path / "logs"
     logs.mkdir(exist_ok=True)
     config = write_config(tmp_path, [(f"{logs}/app.log", None)], packs, receiver, extra=extra)
     if source_extra:
         text = config.read_text()
-        config.write_text(text.replace(f'path = "{logs}/app.log"\n',
-                                       f'path = "{logs}/app.log"\n{source_extra}', 1))
+        config.write_text(
+            text.replace(
+                f'path = "{logs}/app.log"\n', f'path = "{logs}/app.log"\n{source_extra}', 1
+            )
+        )
     return AgentProc(config), logs / "app.log"
 
 
-@pytest.mark.parametrize("rule", [
-    "start = '''^(?:Traceback|Exception in thread|panic:|LINE |---)'''",
-    "continuation = '''^(?:$|\\s|Caused by|KeyError|goroutine|main\\.|exit status)'''",
-])
+@pytest.mark.parametrize(
+    "rule",
+    [
+        "start = '''^(?:Traceback|Exception in thread|panic:|LINE |---)'''",
+        "continuation = '''^(?:$|\\s|Caused by|KeyError|goroutine|main\\.|exit status)'''",
+    ],
+)
 def test_multiline_events_match_as_one_record(tmp_path, packs, receiver, rule):
-    agent, log = start_agent(tmp_path, packs, receiver,
-                             f'flush_after = "300ms"\n[source.multiline]\n{rule}\n')
+    agent, log = start_agent(
+        tmp_path, packs, receiver, f'flush_after = "300ms"\n[source.multiline]\n{rule}\n'
+    )
     log.touch()
     agent.start()
     append(log, PYTHON_TRACEBACK, "--- next", JAVA_TRACE, "--- next", GO_PANIC)
@@ -104,8 +110,11 @@ def test_multiline_events_match_as_one_record(tmp_path, packs, receiver, rule):
 
 def test_multiline_event_held_across_a_crash_is_read_again_not_lost(tmp_path, packs, receiver):
     agent, log = start_agent(
-        tmp_path, packs, receiver,
-        "flush_after = \"1h\"\n[source.multiline]\nstart = '''^(?:Traceback|LINE )'''\n")
+        tmp_path,
+        packs,
+        receiver,
+        "flush_after = \"1h\"\n[source.multiline]\nstart = '''^(?:Traceback|LINE )'''\n",
+    )
     log.touch()
     agent.start()
     append(log, "LINE 1", *PYTHON_TRACEBACK.splitlines()[:3])  # the event is still open
@@ -172,7 +181,10 @@ def test_rotated_and_compressed_while_the_agent_was_down(tmp_path, packs, receiv
 
 def test_backpressure_pauses_reading_and_drops_nothing(tmp_path, receiver):
     packs = tmp_path / "packs"
-    write_pack(packs, "slowfix", """\
+    write_pack(
+        packs,
+        "slowfix",
+        """\
 [[pattern]]
 id = "work"
 match = '''WORK (?P<n>\\d+)'''
@@ -186,9 +198,12 @@ attempts = 1
 
 [[pattern.example]]
 line = "WORK 1"
-""", scripts={"slow.sh": "#!/bin/sh\nsleep 0.2\n"})
-    agent, log = start_agent(tmp_path, packs, receiver,
-                             extra="max_concurrent_fixes = 1\nmax_queued_fixes = 2\n")
+""",
+        scripts={"slow.sh": "#!/bin/sh\nsleep 0.2\n"},
+    )
+    agent, log = start_agent(
+        tmp_path, packs, receiver, extra="max_concurrent_fixes = 1\nmax_queued_fixes = 2\n"
+    )
     log.touch()
     agent.start()
     append(log, *(f"WORK {n}" for n in range(12)))
