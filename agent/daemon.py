@@ -111,7 +111,12 @@ class Agent:
         self.store = Store(config.state_db, config.limits.max_samples)
         self.trigger = Trigger(config.limits.max_samples)
         self.trigger.restore(self.store.open_incidents(), self.store.cooldowns(clock()))
-        self.tailer = Tailer(config.sources, self.store.checkpoints(), config.limits.max_line_bytes)
+        self.tailer = Tailer(
+            config.sources,
+            self.store.checkpoints(),
+            config.limits.max_line_bytes,
+            self.store.done_files(),
+        )
         self.counters = Counters()
         self.stopping = threading.Event()
         self.wake = threading.Event()
@@ -134,6 +139,9 @@ class Agent:
         self._last_stats = time.monotonic()
         self._quarantined: set[tuple[str, str]] = set()
         self._joiners: dict[tuple[int, int], EventJoiner] = {}
+        # test hook: every record read is appended here before its checkpoint commits
+        tee = os.environ.get("LOGMEND_TEST_TEE")
+        self._tee = os.open(tee, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600) if tee else None
 
     def _check_sources(self) -> None:
         names = {p.name for p in self.packs}
@@ -288,6 +296,7 @@ class Agent:
             return False  # backpressure: fixes are behind, so reading waits; nothing is dropped
         batch = Batch()
         read_any = self.tailer.read_all(self.config.limits.read_chunk_bytes, self._sink(batch))
+        batch.done.extend(self.tailer.take_finished())
         self._commit(batch)
         return read_any
 
@@ -314,7 +323,8 @@ class Agent:
             batch.checkpoints.pop(followed.identity, None)
 
         self.tailer.release_idle(self.config.limits.read_chunk_bytes, sink, before_release)
-        recovered, released = self.tailer.take_recovered()
+        recovered, released, finished = self.tailer.take_recovered()
+        batch.done.extend(finished)
         for source, path, block in recovered:
             log.info("read the rest of %s from its rotated copy", path)
             self._process(_Recovered(path, source), block, now, batch, 0)
@@ -339,6 +349,8 @@ class Agent:
         if not block:
             return
         self.counters.lines += block.count(b"\n")
+        if self._tee is not None:
+            os.write(self._tee, block)
         multiline = self.config.sources[followed.source].multiline
         if multiline is not None:
             joiner = self._joiners.get(followed.identity)

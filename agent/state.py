@@ -25,6 +25,9 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     dev INTEGER NOT NULL, ino INTEGER NOT NULL, path TEXT NOT NULL,
     offset INTEGER NOT NULL, marker BLOB NOT NULL, updated REAL NOT NULL,
     head_len INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (dev, ino));
+CREATE TABLE IF NOT EXISTS done_files (
+    dev INTEGER NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL, path TEXT NOT NULL,
+    UNIQUE (dev, ino, size));
 CREATE TABLE IF NOT EXISTS incidents (
     id TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, pack TEXT NOT NULL,
     pattern TEXT NOT NULL, key TEXT NOT NULL, source TEXT NOT NULL,
@@ -48,6 +51,7 @@ CREATE TABLE IF NOT EXISTS spool (
 """
 
 OPEN = "remediating"
+MAX_DONE_FILES = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +65,7 @@ class Checkpoint:
     offset: int
     marker: bytes
     head_len: int = 0
+    updated: float = 0.0
 
 
 @dataclass(slots=True)
@@ -108,6 +113,7 @@ class Batch:
     cooldowns: dict[str, tuple[float, str]] = field(default_factory=dict)
     escalations: list[dict[str, Any]] = field(default_factory=list)
     forget: list[tuple[int, int]] = field(default_factory=list)
+    done: list[tuple[int, int, int, str]] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
@@ -117,6 +123,7 @@ class Batch:
             or self.cooldowns
             or self.escalations
             or self.forget
+            or self.done
         )
 
 
@@ -182,13 +189,32 @@ class Store:
 
     # checkpoints -----------------------------------------------------------
     def checkpoints(self) -> dict[tuple[int, int], Checkpoint]:
-        rows = self._read("SELECT dev, ino, path, offset, marker, head_len FROM checkpoints")
+        rows = self._read(
+            "SELECT dev, ino, path, offset, marker, head_len, updated FROM checkpoints"
+        )
         return {
             (r["dev"], r["ino"]): Checkpoint(
-                r["dev"], r["ino"], r["path"], r["offset"], r["marker"], r["head_len"]
+                r["dev"],
+                r["ino"],
+                r["path"],
+                r["offset"],
+                r["marker"],
+                r["head_len"],
+                r["updated"],
             )
             for r in rows
         }
+
+    def done_files(self) -> set[tuple[int, int, int]]:
+        """Rotated files read to their end, as (device, inode, size); the newest are kept."""
+        with self._tx() as db:
+            db.execute(
+                "DELETE FROM done_files WHERE rowid NOT IN"
+                " (SELECT rowid FROM done_files ORDER BY rowid DESC LIMIT ?)",
+                (MAX_DONE_FILES,),
+            )
+        rows = self._read("SELECT dev, ino, size FROM done_files")
+        return {(r["dev"], r["ino"], r["size"]) for r in rows}
 
     # the reader's batch ------------------------------------------------------
     def commit(self, batch: Batch, now: float) -> None:
@@ -244,6 +270,7 @@ class Store:
             )
             self._spool(db, batch.escalations, now)
             db.executemany("DELETE FROM checkpoints WHERE dev=? AND ino=?", batch.forget)
+            db.executemany("INSERT OR IGNORE INTO done_files VALUES (?,?,?,?)", batch.done)
 
     @staticmethod
     def _spool(db: sqlite3.Connection, events: list[dict[str, Any]], now: float) -> None:

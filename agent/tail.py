@@ -15,7 +15,7 @@ import hashlib
 import os
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from agent.config import Source
 from agent.records import LineSplitter
@@ -23,6 +23,7 @@ from agent.state import Checkpoint
 
 Sink = Callable[["Followed", bytes, int], None]  # (file, block of lines, offset of its 1st byte)
 MARKER_BYTES = 64
+CLOCK_SLACK = 2.0  # file times come from a coarse kernel clock; err towards reading again
 MAX_COPIES = 5
 MAX_RECOVERED = 256 * 1024 * 1024
 
@@ -55,6 +56,7 @@ class Followed:
     mtime: int = 0
     head: bytes = b""
     head_len: int = 0
+    used_copies: list[tuple[int, int, int, str]] = field(default_factory=list)
 
     @property
     def identity(self) -> tuple[int, int]:
@@ -125,7 +127,10 @@ class Followed:
             copy = find_copy(self.path, 0, self.head, exclude=self.identity, head_len=self.head_len)
         if copy is not None:
             self.splitter.reset()
-            rest = self.splitter.feed(copy) + self.splitter.flush()
+            rest = self.splitter.feed(copy[1]) + self.splitter.flush()
+            with contextlib.suppress(OSError):
+                st = os.stat(copy[0])
+                self.used_copies.append((st.st_dev, st.st_ino, st.st_size, copy[0]))
         self.splitter.reset()
         self.offset = self.committed = self.line_end = self.head_len = 0
         self.marker = marker_of(self.fd, 0)
@@ -157,7 +162,7 @@ def find_copy(
     marker: bytes,
     exclude: tuple[int, int] | None = None,
     head_len: int = 0,
-) -> bytes | None:
+) -> tuple[str, bytes] | None:
     """The bytes after `offset` of a rotated copy of `path` whose prefix is what we read.
 
     Looks at the newest few siblings named like rotations of `path` (app.log.1,
@@ -166,19 +171,9 @@ def find_copy(
     """
     if offset <= 0 and head_len <= 0:
         return None  # nothing seen yet: no bytes to know our file by
-    directory, base = os.path.split(path)
-    try:
-        entries = [
-            e
-            for e in os.scandir(directory or ".")
-            if e.name.startswith(base) and e.name != base and e.is_file()
-        ]
-    except OSError:
-        return None
-    entries.sort(key=lambda e: e.stat().st_mtime, reverse=True)
-    for entry in entries[:MAX_COPIES]:
+    candidates = sorted(_siblings(path), key=lambda pair: pair[1].st_mtime, reverse=True)
+    for entry, st in candidates[:MAX_COPIES]:
         try:
-            st = entry.stat()
             if exclude is not None and (st.st_dev, st.st_ino) == exclude:
                 continue
             if entry.name.endswith(".gz"):
@@ -193,8 +188,37 @@ def find_copy(
             continue
         known = data[:head_len] if offset == 0 else data[max(0, offset - MARKER_BYTES) : offset]
         if len(data) >= max(offset, head_len) and _hash(known) == marker:
-            return data[offset:]
+            return entry.path, data[offset:]
     return None
+
+
+def _siblings(path: str) -> list[tuple[os.DirEntry[str], os.stat_result]]:
+    """Files named like rotations of `path`, with their stat; ones that vanish are skipped."""
+    directory, base = os.path.split(path)
+    out: list[tuple[os.DirEntry[str], os.stat_result]] = []
+    try:
+        entries = list(os.scandir(directory or "."))
+    except OSError:
+        return out
+    for entry in entries:
+        if entry.name.startswith(base) and entry.name != base:
+            try:
+                if entry.is_file():
+                    out.append((entry, entry.stat()))
+            except OSError:
+                continue
+    return out
+
+
+def _read_whole(path: str) -> bytes:
+    try:
+        if path.endswith(".gz"):
+            with gzip.open(path, "rb") as handle:
+                return handle.read(MAX_RECOVERED)
+        with open(path, "rb") as handle:
+            return handle.read(MAX_RECOVERED)
+    except (OSError, EOFError, gzip.BadGzipFile):
+        return b""
 
 
 def _find_inode(directory: str, identity: tuple[int, int]) -> str | None:
@@ -227,6 +251,7 @@ class Tailer:
         sources: tuple[Source, ...],
         checkpoints: dict[tuple[int, int], Checkpoint],
         max_line: int,
+        done: set[tuple[int, int, int]] | None = None,
     ) -> None:
         self.sources = sources
         self.max_line = max_line
@@ -236,6 +261,9 @@ class Tailer:
         self.by_path: dict[str, Followed] = {}
         self.released: list[tuple[int, int]] = []
         self.recovered: list[tuple[int, str, bytes]] = []
+        self.consumed: set[str] = set()  # rotated copies already read at start
+        self.done = done or set()  # (dev, ino, size) of rotated files read to their end
+        self.finished: list[tuple[int, int, int, str]] = []  # newly done, to persist
         self._started = False
 
     def __iter__(self) -> Iterator[Followed]:
@@ -339,6 +367,8 @@ class Tailer:
         A renamed file is found by its inode beside its old path; a file already
         compressed or copied away is found by the hash of the bytes we had read.
         """
+        checkpoints = list(self.saved.values())
+        self._read_rotated_while_down(checkpoints)
         for identity, saved in list(self.saved.items()):
             if identity in self.files:
                 continue
@@ -355,11 +385,63 @@ class Tailer:
             self.saved.pop(identity, None)
             self.released.append(identity)
 
+    def _read_rotated_while_down(self, checkpoints: list[Checkpoint]) -> None:
+        """Files that were created and rotated away while the agent was down.
+
+        Rotation siblings of a followed path (app.log.3, app.log-2024..., .gz too)
+        changed after our last checkpoint of that path and unknown by inode were
+        written while we were not looking: read them whole, oldest first, or from
+        our offset when one is a copy of the file we were reading.
+        """
+        known = {(c.dev, c.ino) for c in checkpoints}
+        by_path: dict[str, list[Checkpoint]] = {}
+        for checkpoint in checkpoints:
+            by_path.setdefault(checkpoint.path, []).append(checkpoint)
+        for path, saved in by_path.items():
+            since = max(c.updated for c in saved)
+            stats = _siblings(path)
+            fresh = sorted(
+                (
+                    (e, st)
+                    for e, st in stats
+                    if st.st_mtime >= since - CLOCK_SLACK
+                    and (st.st_dev, st.st_ino) not in known
+                    and (st.st_dev, st.st_ino, st.st_size) not in self.done
+                ),
+                key=lambda p: p[1].st_mtime,
+            )
+            source = self._source_of(path)
+            for entry, st in fresh:
+                if entry.path in self.consumed:
+                    continue
+                self.consumed.add(entry.path)
+                self.finished.append((st.st_dev, st.st_ino, st.st_size, entry.path))
+                data = _read_whole(entry.path)
+                if not data:
+                    continue
+                start = 0
+                for checkpoint in saved:
+                    end = checkpoint.offset
+                    if (
+                        0 < end <= len(data)
+                        and _hash(data[max(0, end - MARKER_BYTES) : end]) == checkpoint.marker
+                    ):
+                        start = max(start, end)
+                splitter = LineSplitter(self.max_line)
+                block = splitter.feed(data[start:]) + splitter.flush()
+                if block:
+                    self.recovered.append((source, entry.path, block))
+
     def _recover_copy(
         self, saved: Checkpoint, source: int, exclude: tuple[int, int] | None = None
     ) -> None:
-        rest = find_copy(saved.path, saved.offset, saved.marker, exclude, saved.head_len)
-        if rest:
+        found = find_copy(saved.path, saved.offset, saved.marker, exclude, saved.head_len)
+        if found is not None:
+            self.consumed.add(found[0])
+            with contextlib.suppress(OSError):
+                st = os.stat(found[0])
+                self.finished.append((st.st_dev, st.st_ino, st.st_size, found[0]))
+            rest = found[1]
             splitter = LineSplitter(self.max_line)
             self.recovered.append((source, saved.path, splitter.feed(rest) + splitter.flush()))
 
@@ -375,13 +457,20 @@ class Tailer:
         read_any = False
         for followed in self:
             base = followed.line_end
-            block = followed.read(chunk)
+            block = self._read(followed, chunk)
             if block is None:
                 continue
             read_any = True
             followed.idle_sweeps = 0
             sink(followed, block, base)
         return read_any
+
+    def _read(self, followed: Followed, chunk: int) -> bytes | None:
+        block = followed.read(chunk)
+        if followed.used_copies:  # copies it finished from are done: not read again at start
+            self.finished.extend(followed.used_copies)
+            followed.used_copies.clear()
+        return block
 
     def release_idle(
         self, chunk: int, sink: Sink, before_release: Callable[[Followed], None]
@@ -394,7 +483,7 @@ class Tailer:
             if followed.idle_sweeps < 2:
                 continue
             base = followed.line_end
-            block = followed.read(chunk)
+            block = self._read(followed, chunk)
             if block is not None:  # still being written to: not yet
                 followed.idle_sweeps = 0
                 sink(followed, block, base)
@@ -417,14 +506,26 @@ class Tailer:
         so a file is known by its inode from the moment it is followed."""
         return [f.checkpoint() for f in self if f.dirty]
 
-    def take_recovered(self) -> tuple[list[tuple[int, str, bytes]], list[tuple[int, int]]]:
-        """Rests of files rotated away unread, and identities whose checkpoints may go."""
-        recovered, released = self.recovered, self.released
-        self.recovered, self.released = [], []
-        return recovered, released
+    def take_finished(self) -> list[tuple[int, int, int, str]]:
+        finished, self.finished = self.finished, []
+        return finished
+
+    def take_recovered(
+        self,
+    ) -> tuple[
+        list[tuple[int, str, bytes]], list[tuple[int, int]], list[tuple[int, int, int, str]]
+    ]:
+        """Rests of files rotated away unread, identities whose checkpoints may go, and
+        rotated files now read to their end (so a restart does not read them again)."""
+        recovered, released, finished = self.recovered, self.released, self.finished
+        self.recovered, self.released, self.finished = [], [], []
+        return recovered, released, finished
 
     def release(self, followed: Followed) -> None:
         """Let go of a rotated file that has been read to its end."""
+        with contextlib.suppress(OSError):
+            size = os.fstat(followed.fd).st_size
+            self.finished.append((followed.dev, followed.ino, size, followed.path))
         followed.close()
         self.files.pop(followed.identity, None)
         if self.by_path.get(followed.path) is followed:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 from hypothesis import settings
@@ -51,7 +52,10 @@ class TailerModel(RuleBasedStateMachine):
     # -- the agent side -------------------------------------------------------------
     def _new_tailer(self) -> Tailer:
         tailer = Tailer(
-            (Source(path=str(self.path), start="beginning"),), self.store.checkpoints(), 1 << 20
+            (Source(path=str(self.path), start="beginning"),),
+            self.store.checkpoints(),
+            1 << 20,
+            self.store.done_files(),
         )
         self.tailer = tailer
         self._housekeeping()  # as the agent does right after its first sweep
@@ -69,15 +73,17 @@ class TailerModel(RuleBasedStateMachine):
 
         self.tailer.sweep()
         self.tailer.release_idle(CHUNK, self._sink, before_release)
-        recovered, released = self.tailer.take_recovered()
+        recovered, released, finished = self.tailer.take_recovered()
         for _, _, block in recovered:
             self.delivered.extend(decode_lines(block))
         self.batch.forget.extend(released)
+        self.batch.done.extend(finished)
         for checkpoint in self.tailer.new_checkpoints():
             self.batch.checkpoints[(checkpoint.dev, checkpoint.ino)] = checkpoint
 
     def _commit(self) -> None:
-        self.store.commit(self.batch, 0.0)
+        self.batch.done.extend(self.tailer.take_finished())  # as each pass of the agent does
+        self.store.commit(self.batch, time.time())
         self.batch = Batch()
 
     # -- the writer side ------------------------------------------------------------
