@@ -14,6 +14,7 @@ from tests.helpers import (
     AgentProc,
     Receiver,
     append,
+    wait_for,
     wait_len,
     write_config,
     write_pack,
@@ -240,3 +241,48 @@ def test_a_huge_line_without_newline_keeps_memory_bounded(tmp_path, packs, recei
     assert grew < 40, f"the agent grew by {grew:.0f} MB reading a 512 MB line"
     assert agent.stop() == 0
     log.unlink()
+
+
+def open_fds(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def test_two_thousand_files_polling_only_and_no_leaked_descriptors(tmp_path, packs, receiver):
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    for n in range(2000):
+        (logs / f"f{n:04d}.log").touch()
+    config = write_config(
+        tmp_path, [(f"{logs}/*.log", None)], packs, receiver, extra="file_events = false\n"
+    )
+    agent = AgentProc(config).start()
+    assert agent.proc is not None
+    assert agent.saw("2000 file(s)")
+    with_files = open_fds(agent.proc.pid)
+    append(logs / "f0007.log", "LINE 7")
+    append(logs / "f1999.log", "LINE 1999")
+    (logs / "late.log").touch()
+    append(logs / "late.log", "LINE 2001")  # a file that appears later, found by the sweep
+    got = wait_len(lambda: receiver.escalations(pattern="line"), 3)
+    assert sorted(e["key"] for e in got) == ["1999", "2001", "7"]
+    for n in range(1000):
+        (logs / f"f{n:04d}.log").unlink()
+    assert wait_for(lambda: open_fds(agent.proc.pid) <= with_files - 990, timeout=20), (
+        f"{open_fds(agent.proc.pid)} descriptors open, {with_files} before 1000 files went"
+    )
+    assert agent.stop() == 0
+
+
+def test_multiline_limits_cut_an_event_and_drop_the_rest():
+    import regex
+
+    from agent.records import EventJoiner
+
+    joiner = EventJoiner(regex.compile("^START"), None, max_lines=3, max_bytes=1000)
+    block = b"START a\n b\n c\n d\n e\nSTART f\n"
+    events = joiner.feed(block, 0, 1000)
+    assert events == ["START a\n b\n c"]
+    assert joiner.dropped == 2
+    assert joiner.flush() == ["START f"]
+    small = EventJoiner(regex.compile("^START"), None, max_lines=100, max_bytes=10)
+    assert small.feed(b"START 12345\n 678901234\nSTART x\n", 0, 1000) == ["START 1234"]
