@@ -14,7 +14,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
@@ -87,7 +87,6 @@ class Counters:
     resolved: int = 0
     failed: int = 0
     escalated: int = 0
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 class Agent:

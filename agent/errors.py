@@ -31,7 +31,3 @@ class ConfigErrors(LogmendError):
 
 class StateError(LogmendError):
     """The state database cannot be opened or written (full disk, locked, corrupt)."""
-
-
-class DeliveryError(LogmendError):
-    """An escalation batch could not be delivered this time."""

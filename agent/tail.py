@@ -52,7 +52,6 @@ class Followed:
     dirty: bool = False
     idle_sweeps: int = 0
     last_data: float = 0.0
-    truncations: int = 0
     mtime: int = 0
     head: bytes = b""
     head_len: int = 0
@@ -119,7 +118,6 @@ class Followed:
 
     def _truncated(self) -> bytes:
         """The file shrank under us (copytruncate): finish from the copy, then start over."""
-        self.truncations += 1
         rest = b""
         if self.committed:
             copy = find_copy(self.path, self.committed, self.marker, exclude=self.identity)
