@@ -52,7 +52,26 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     _setup_logging(args.log_format, args.log_level)
     config, packs = _load(args.config)
-    return Agent(config, packs).run()
+    if not args.dry_run:
+        return Agent(config, packs).run()
+    import dataclasses
+    import sqlite3
+    import tempfile
+
+    from agent.fixes import DryRunner
+
+    with tempfile.TemporaryDirectory(prefix="logmend-dry-run-") as scratch:
+        if config.state_db.exists():
+            with (
+                sqlite3.connect(config.state_db) as real,
+                sqlite3.connect(Path(scratch) / "state.db") as copy,
+            ):
+                real.backup(copy)
+        config = dataclasses.replace(config, state_dir=Path(scratch), escalation=None)
+        logging.getLogger("logmend").warning(
+            "dry run: fixes are logged, not run; nothing is sent; state is a throwaway copy"
+        )
+        return Agent(config, packs, runner=DryRunner(), dry_run=True).run()
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -102,7 +121,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     if not dirs:
         print(f"no pack.toml found in {', '.join(map(str, args.packs))}", file=sys.stderr)
         return 1
-    packs = load_packs(tuple(dirs))
+    packs = load_packs(tuple(dirs), trust=False)
     failed = False
     human = sys.stderr if args.json else sys.stdout
     for pack in packs:
@@ -134,13 +153,15 @@ def cmd_status(args: argparse.Namespace) -> int:
     spool = store.spool_summary()
     open_incidents = store.open_incidents()
     recent = store.recent_incidents(args.limit)
-    cooling = store.cooldowns(time.time())
+    fixes = store.recent_fixes(args.limit)
+    cooling = store.cooling(time.time())
     if args.json:
         json.dump(
             {
                 "spool": spool,
                 "open": [asdict(i) for i in open_incidents],
                 "recent": [asdict(i) for i in recent],
+                "fixes": [asdict(i) for i in fixes],
                 "patterns": store.pattern_stats(),
                 "cooldowns": cooling,
             },
@@ -155,8 +176,24 @@ def cmd_status(args: argparse.Namespace) -> int:
     )
     print(f"open incidents: {len(open_incidents)}")
     for i in open_incidents:
-        print(f"  {i.pack}/{i.pattern} key={i.key!r} count={i.count} since {_t(i.first_seen)}")
+        print(
+            f"  {i.pack}/{i.pattern} key={i.key!r} {i.status} count={i.count}"
+            f" since {_t(i.first_seen)}"
+        )
     print(f"in cooldown: {len(cooling)}")
+    for row in cooling:
+        why = "OVER BUDGET (flapping)" if row["outcome"] == "flapping" else row["outcome"] or "-"
+        print(
+            f"  {row['pack']}/{row['pattern']} key={row['key']!r} until {_t(row['until'])}:"
+            f" {why}, {row['count']} line(s)"
+        )
+    print("recent fixes:")
+    for i in fixes:
+        tries = sum(a.get("phase") == "fix" for a in i.attempts)
+        print(
+            f"  {_t(i.last_seen)} {i.pack}/{i.pattern} key={i.key!r} {i.outcome or i.status}"
+            f" after {tries} tr{'y' if tries == 1 else 'ies'}"
+        )
     stats = store.pattern_stats()
     if stats:
         print("patterns by regex time (matches, lines confirmed, timeouts, seconds):")
@@ -219,6 +256,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("-c", "--config", type=Path, required=True)
     run.add_argument("--log-format", choices=("text", "json"), default="text")
     run.add_argument("--log-level", default="INFO")
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="log the fixes it would run and run none; send nothing; leave the state alone",
+    )
     run.set_defaults(func=cmd_run)
 
     check = sub.add_parser("check", help="validate a config and every pack it loads")

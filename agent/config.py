@@ -63,6 +63,8 @@ class Config:
     sources: tuple[Source, ...]
     escalation: Escalation | None
     limits: Limits = field(default_factory=Limits)
+    fix_user: str | None = None
+    fix_group: str | None = None
 
     @property
     def state_db(self) -> Path:
@@ -175,10 +177,13 @@ def parse_config(file: Path, text: str) -> Config:
     host = socket.gethostname()
     state_dir = base / "state"
     packs: tuple[Path, ...] = ()
+    fix_user = fix_group = None
     if agent:
         host = agent.string("host", host)
         state_dir = _path(base, agent.string("state_dir", str(state_dir)) or ".")
         packs = tuple(_path(base, p) for p in agent.strings("packs", (), allow_str=True) or ())
+        fix_user = agent.string("fix_user", None)
+        fix_group = agent.string("fix_group", None)
         agent.finish()
     sources = tuple(s for s in (_source(sec) for sec in root.tables("source")) if s)
     if not sources and "source" not in root.data:
@@ -199,6 +204,8 @@ def parse_config(file: Path, text: str) -> Config:
         sources=sources,
         escalation=escalation,
         limits=limits,
+        fix_user=fix_user,
+        fix_group=fix_group,
     )
 
 

@@ -24,12 +24,14 @@ import regex
 
 from agent import __version__
 from agent.config import Config
+from agent.errors import ConfigError, ConfigErrors
 from agent.escalate import Sender, build_event, quarantine_event
+from agent.fixes import FixJob, Remediator
 from agent.match import Hit, Matcher
 from agent.packs import Pack, Pattern, load_packs
 from agent.records import EventJoiner
-from agent.remedy import Attempt, ProcessRunner, Runner, run_remedy
-from agent.state import Batch, Incident, Store
+from agent.remedy import Attempt, Identity, Outcome, ProcessRunner, Runner, resolve_identity
+from agent.state import FIXING, Batch, Incident, Store
 from agent.tail import Followed, Sink, Tailer, marker_of
 from agent.trigger import Trigger
 
@@ -97,10 +99,12 @@ class Agent:
         clock: Callable[[], float] = time.time,
         runner: Runner | None = None,
         transport: httpx.BaseTransport | None = None,
+        dry_run: bool = False,
     ) -> None:
         self.config = config
         self.packs = packs if packs is not None else load_packs(config.packs)
         self._check_sources()
+        identities = self._identities()
         self.clock = clock
         self.runner = runner or ProcessRunner(config.limits.output_tail_bytes, clock)
         self.pack_by_name = {p.name: p for p in self.packs}
@@ -109,7 +113,15 @@ class Agent:
         self.max_line = config.limits.max_line_bytes
         self.store = Store(config.state_db, config.limits.max_samples)
         self.trigger = Trigger(config.limits.max_samples)
-        self.trigger.restore(self.store.open_incidents(), self.store.cooldowns(clock()))
+        budget_window = max(
+            (p.remedy.budget.within for p in self.pattern_by_id.values() if p.remedy), default=0.0
+        )
+        self.trigger.restore(
+            self.store.open_incidents(),
+            self.store.cooldowns(clock()),
+            self.store.fix_runs(clock() - budget_window),
+            {key: p.within for key, p in self.pattern_by_id.items()},
+        )
         self.tailer = Tailer(
             config.sources,
             self.store.checkpoints(),
@@ -119,11 +131,18 @@ class Agent:
         self.counters = Counters()
         self.stopping = threading.Event()
         self.wake = threading.Event()
-        self._fixes: queue.Queue[tuple[Incident, Pattern] | None] = queue.Queue()
         self._done: queue.SimpleQueue[tuple[str, str, float]] = queue.SimpleQueue()
-        self._busy = 0
-        self._busy_lock = threading.Lock()
-        self._workers: list[threading.Thread] = []
+        self.remediator = Remediator(
+            self.runner,
+            config.limits.max_concurrent_fixes,
+            self.packs,
+            identities,
+            finish=self._finish,
+            verifying=self._verifying,
+            report=self._report,
+            dry_run=dry_run,
+        )
+        self._watched = self.remediator.watched
         self.sender: Sender | None = None
         if config.escalation is not None:
             self.sender = Sender(
@@ -141,6 +160,27 @@ class Agent:
         # test hook: every record read is appended here before its checkpoint commits
         tee = os.environ.get("LOGMEND_TEST_TEE")
         self._tee = os.open(tee, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600) if tee else None
+
+    def _identities(self) -> dict[str, Identity | None]:
+        """Who each pack's fixes run as; names are checked now, applied only when root."""
+        out: dict[str, Identity | None] = {}
+        errors = []
+        for pack in self.packs:
+            user = pack.user or self.config.fix_user
+            group = pack.group or self.config.fix_group
+            try:
+                out[pack.name] = resolve_identity(user, group)
+            except ValueError as exc:
+                where = pack.file if (pack.user or pack.group) else self.config.file
+                errors.append(ConfigError(where, "user", None, str(exc)))
+        if errors:
+            raise ConfigErrors(errors)
+        if os.geteuid() == 0 and not all(out.values()):
+            log.warning(
+                "running as root: fixes of packs that name no user run as root (%s)",
+                ", ".join(name for name, who in out.items() if who is None),
+            )
+        return out
 
     def _check_sources(self) -> None:
         names = {p.name for p in self.packs}
@@ -160,17 +200,14 @@ class Agent:
         return 0
 
     def start(self) -> None:
-        for number in range(self.config.limits.max_concurrent_fixes):
-            worker = threading.Thread(target=self._work, name=f"fix-{number}", daemon=True)
-            worker.start()
-            self._workers.append(worker)
+        self.remediator.start()
         for incident in self.store.open_incidents():
             pattern = self.pattern_by_id.get((incident.pack, incident.pattern))
-            if pattern is not None and pattern.remedy is not None:
+            if incident.status in FIXING and pattern is not None and pattern.remedy is not None:
                 log.info(
                     "resuming fix for %s/%s key=%r", incident.pack, incident.pattern, incident.key
                 )
-                self._fixes.put((incident, pattern))
+                self.remediator.submit(FixJob(incident, pattern, self.pack_by_name[pattern.pack]))
         if self.sender is not None:
             self.sender.start()
         if self.config.limits.file_events:
@@ -234,16 +271,13 @@ class Agent:
     def shutdown(self) -> None:
         if self._observer is not None:
             self._observer.stop()
-        for _ in self._workers:
-            self._fixes.put(None)
         deadline = time.monotonic() + SHUTDOWN_GRACE
-        for worker in self._workers:
-            worker.join(timeout=max(0.0, deadline - time.monotonic()))
+        fixes_ended = self.remediator.stop(grace=SHUTDOWN_GRACE / 2)
         if self.sender is not None:
             self.sender.stop(flush_seconds=max(0.5, deadline - time.monotonic()))
         self.tailer.close()
         self.flush_stats()
-        if not any(w.is_alive() for w in self._workers):
+        if fixes_ended:
             self.store.close()
         log.info("stopped")
 
@@ -291,7 +325,7 @@ class Agent:
     def pass_once(self) -> bool:
         """Read one chunk from every file, match, and commit it all in one transaction."""
         self._apply_finished()
-        if self._fixes.qsize() >= self.config.limits.max_queued_fixes:
+        if self.remediator.pending >= self.config.limits.max_queued_fixes:
             return False  # backpressure: fixes are behind, so reading waits; nothing is dropped
         batch = Batch()
         read_any = self.tailer.read_all(self.config.limits.read_chunk_bytes, self._sink(batch))
@@ -314,6 +348,7 @@ class Agent:
         batch = Batch()
         now = self.clock()
         sink = self._sink(batch)
+        self.trigger.expire(now, batch)
 
         def before_release(followed: Followed) -> None:
             joiner = self._joiners.pop(followed.identity, None)
@@ -350,6 +385,8 @@ class Agent:
         self.counters.lines += block.count(b"\n")
         if self._tee is not None:
             os.write(self._tee, block)
+        if followed.path in self._watched:
+            self.remediator.saw(followed.path, block)
         multiline = self.config.sources[followed.source].multiline
         if multiline is not None:
             joiner = self._joiners.get(followed.identity)
@@ -421,35 +458,35 @@ class Agent:
             incident.count,
             incident.source,
         )
-        if pattern.remedy is not None:
+        if incident.status == "remediating":
             return
+        outcome = incident.outcome or "no-remedy"
+        incident.outcome = outcome
         if pattern.escalate == "never":
             incident.status = "closed"
-            incident.outcome = "no-remedy"
             return
-        incident.outcome = "no-remedy"
-        wire = "always" if pattern.escalate == "always" else "no-remedy"
+        if outcome == "flapping":
+            wire, why = "flapping", "over its fix budget"
+        else:
+            wire = "always" if pattern.escalate == "always" else "no-remedy"
+            why = "no remedy known"
         pack = self.pack_by_name[pattern.pack]
         batch.escalations.append(
-            build_event(incident, pattern, pack, self.config.host, wire, "no-remedy")
+            build_event(incident, pattern, pack, self.config.host, wire, outcome)
         )
         self.counters.escalated += 1
         log.info(
-            "escalating %s/%s key=%r: %s (no remedy known)",
-            pattern.pack,
-            pattern.id,
-            incident.key,
-            wire,
+            "escalating %s/%s key=%r: %s (%s)", pattern.pack, pattern.id, incident.key, wire, why
         )
 
     def _commit(self, batch: Batch) -> None:
         if not batch:
             return
         self.store.commit(batch, self.clock())
-        for incident in batch.incidents:
-            pattern = self.pattern_by_id[(incident.pack, incident.pattern)]
+        for incident in batch.incidents.values():
             if incident.status == "remediating":
-                self._fixes.put((incident, pattern))
+                pattern = self.pattern_by_id[(incident.pack, incident.pattern)]
+                self.remediator.submit(FixJob(incident, pattern, self.pack_by_name[pattern.pack]))
         if batch.escalations and self.sender is not None:
             self.sender.wake.set()
 
@@ -461,64 +498,30 @@ class Agent:
                 return
             self.trigger.finished(fingerprint, incident_id, until)
 
-    # remedy workers --------------------------------------------------------------
-    def _work(self) -> None:
-        while True:
-            job = self._fixes.get()
-            if job is None:
-                return
-            with self._busy_lock:
-                self._busy += 1
-            try:
-                self._remediate(*job)
-            except Exception:
-                log.exception("fix for %s/%s crashed", job[1].pack, job[1].id)
-            finally:
-                with self._busy_lock:
-                    self._busy -= 1
+    # fixes (called on the remediator's thread) -------------------------------------
+    def _report(self, job: FixJob, attempt: Attempt) -> None:
+        if attempt.timed_out:
+            how = "timed out"
+        elif attempt.signal is not None:
+            how = f"signal {attempt.signal}"
+        else:
+            how = f"exit {attempt.exit_code}"
+        log.info(
+            "%s %s: %s -> %s",
+            attempt.phase,
+            job.pattern.qualified,
+            " ".join(attempt.argv[1:]) or attempt.argv[0],
+            how,
+        )
 
-    def _remediate(self, incident: Incident, pattern: Pattern) -> None:
+    def _verifying(self, job: FixJob) -> None:
+        self.store.set_status(job.incident.id, "verifying", self.clock())
+
+    def _finish(self, job: FixJob, outcome: Outcome) -> None:
+        """Record how a fix ended; its escalation is spooled in the same transaction."""
+        incident, pattern, pack = job.incident, job.pattern, job.pack
         remedy = pattern.remedy
         assert remedy is not None
-        pack = self.pack_by_name[pattern.pack]
-
-        def report(attempt: Attempt) -> None:
-            how = (
-                "timed out"
-                if attempt.timed_out
-                else (
-                    f"exit {attempt.exit_code}"
-                    if attempt.signal is None
-                    else f"signal {attempt.signal}"
-                )
-            )
-            log.info(
-                "%s %s/%s: %s -> %s",
-                attempt.phase,
-                pattern.pack,
-                pattern.id,
-                " ".join(attempt.argv[1:]) or attempt.argv[0],
-                how,
-            )
-
-        log.info(
-            "fixing %s/%s key=%r with %s",
-            pattern.pack,
-            pattern.id,
-            incident.key,
-            remedy.run[0].text,
-        )
-        outcome = run_remedy(
-            pattern,
-            remedy,
-            incident.fields,
-            pack.dir,
-            self.runner,
-            sleep=self._sleep,
-            on_attempt=report,
-        )
-        if self.stopping.is_set() and not outcome.resolved:
-            return  # interrupted by shutdown: stays open and runs again after restart
         now = self.clock()
         attempts = [a.as_dict() for a in outcome.attempts]
         fresh = self.store.incident(incident.id) or incident
@@ -538,29 +541,25 @@ class Agent:
             incident.id, status, result, attempts, until, incident.fingerprint, escalation, now
         )
         self._done.put((incident.fingerprint, incident.id, until))
+        self.wake.set()
         if outcome.resolved:
             self.counters.resolved += 1
             log.info(
-                "resolved %s/%s key=%r after %d attempt(s)",
-                pattern.pack,
-                pattern.id,
+                "resolved %s key=%r after %d attempt(s)",
+                pattern.qualified,
                 incident.key,
                 outcome.tries,
             )
         else:
             self.counters.failed += 1
             log.warning(
-                "fix for %s/%s key=%r failed after %d attempt(s)",
-                pattern.pack,
-                pattern.id,
+                "fix for %s key=%r failed after %d attempt(s)",
+                pattern.qualified,
                 incident.key,
                 outcome.tries,
             )
         if escalation is not None:
             self.counters.escalated += 1
-            log.info("escalating %s/%s key=%r: %s", pattern.pack, pattern.id, incident.key, wire)
+            log.info("escalating %s key=%r: %s", pattern.qualified, incident.key, wire)
             if self.sender is not None:
                 self.sender.wake.set()
-
-    def _sleep(self, seconds: float) -> None:
-        self.stopping.wait(seconds)

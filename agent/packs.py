@@ -7,6 +7,8 @@ per-line path only runs compiled regexes and pre-parsed templates.
 
 from __future__ import annotations
 
+import os
+import stat
 import string
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +59,23 @@ class Backoff:
 
 
 @dataclass(frozen=True, slots=True)
+class Budget:
+    """At most `runs` fixes per key within `within` seconds; past it the key is flapping."""
+
+    runs: int = 5
+    within: float = 3600.0
+
+
+@dataclass(frozen=True, slots=True)
+class Recovery:
+    """A line that must appear in the incident's source within `within` after a fix."""
+
+    source: str
+    regex: regex.Pattern[str]
+    within: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
 class Remedy:
     run: tuple[Template, ...]
     timeout: float = 30.0
@@ -64,6 +83,9 @@ class Remedy:
     backoff: Backoff = field(default_factory=Backoff)
     verify: tuple[Template, ...] | None = None
     cooldown: float = 600.0
+    deadline: float = 600.0
+    budget: Budget = field(default_factory=Budget)
+    recovery: Recovery | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +125,9 @@ class Pack:
     dir: Path
     file: Path
     patterns: tuple[Pattern, ...]
+    user: str | None = None
+    group: str | None = None
+    max_concurrent_fixes: int | None = None
 
 
 def _templates(section: Section, key: str, groups: set[str], required: bool) -> Any:
@@ -125,27 +150,68 @@ def _templates(section: Section, key: str, groups: set[str], required: bool) -> 
     return tuple(out)
 
 
-def _script_inside(section: Section, key: str, argv: tuple[Template, ...], pack_dir: Path) -> None:
+def untrusted(path: Path) -> str | None:
+    """Why the agent must not run (or trust the folder of) `path`, or None."""
+    try:
+        info = path.stat()
+    except OSError as exc:
+        return f"cannot stat {path}: {exc.strerror}"
+    if info.st_uid not in (0, os.geteuid()):
+        return f"{path} is owned by uid {info.st_uid}, not root or the agent's user"
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        return f"{path} is writable by group or others (mode {stat.S_IMODE(info.st_mode):04o})"
+    return None
+
+
+def _script_inside(
+    section: Section, key: str, argv: tuple[Template, ...], pack_dir: Path, trust: bool
+) -> None:
+    """The program is a file inside the pack (symlinks resolved) that only its owner can change."""
     first = argv[0]
     if first.fields:
         section.error(key, "the program to run cannot come from a field")
         return
+    root = pack_dir.resolve()
     program = (pack_dir / first.text).resolve()
     try:
-        program.relative_to(pack_dir.resolve())
+        inside = program.relative_to(root)
     except ValueError:
         section.error(key, f"{first.text!r} is outside the pack's folder")
         return
     if not program.is_file():
         section.error(key, f"{first.text!r} does not exist in {pack_dir}")
+        return
+    if not trust:
+        return
+    for path in [root, *(root / parent for parent in reversed(inside.parents[:-1])), program]:
+        problem = untrusted(path)
+        if problem:
+            section.error(key, f"refused: {problem}")
+            return
 
 
-def _remedy(section: Section, groups: set[str], pack_dir: Path) -> Remedy | None:
+def _recovery(section: Section | None) -> Recovery | None:
+    if not section:
+        return None
+    source = section.string("match")
+    within = section.duration("within", 60.0)
+    section.finish()
+    if not isinstance(source, str):
+        return None
+    try:
+        compiled = regex.compile(source, regex.VERSION0 | regex.MULTILINE)
+    except (regex.error, OverflowError, RecursionError, ValueError) as exc:
+        section.error("match", f"is not a valid regex: {exc}")
+        return None
+    return Recovery(source, compiled, within if within is not None else 60.0)
+
+
+def _remedy(section: Section, groups: set[str], pack_dir: Path, trust: bool) -> Remedy | None:
     run = _templates(section, "run", groups, required=True)
     verify = _templates(section, "verify", groups, required=False)
     for key, argv in (("run", run), ("verify", verify)):
         if argv:
-            _script_inside(section, key, argv, pack_dir)
+            _script_inside(section, key, argv, pack_dir, trust)
     backoff = Backoff()
     backoff_section = section.table("backoff")
     if backoff_section:
@@ -154,6 +220,15 @@ def _remedy(section: Section, groups: set[str], pack_dir: Path) -> Remedy | None
             maximum=backoff_section.duration("max", 30.0),
         )
         backoff_section.finish()
+    budget = Budget()
+    budget_section = section.table("budget")
+    if budget_section:
+        budget = Budget(
+            runs=budget_section.integer("runs", budget.runs, minimum=1) or budget.runs,
+            within=budget_section.duration("within", budget.within) or budget.within,
+        )
+        budget_section.finish()
+    recovery = _recovery(section.table("recovery"))
     remedy = Remedy(
         run=run or (),
         timeout=section.duration("timeout", 30.0),
@@ -161,6 +236,9 @@ def _remedy(section: Section, groups: set[str], pack_dir: Path) -> Remedy | None
         backoff=backoff,
         verify=verify,
         cooldown=section.duration("cooldown", 600.0),
+        deadline=section.duration("deadline", 600.0),
+        budget=budget,
+        recovery=recovery,
     )
     section.finish()
     return remedy if run else None
@@ -215,7 +293,9 @@ def _article(section: Section, pack_dir: Path) -> tuple[str | None, str]:
     return article, ""
 
 
-def _pattern(section: Section, pack: str, pack_dir: Path, seen: set[str]) -> Pattern | None:
+def _pattern(
+    section: Section, pack: str, pack_dir: Path, seen: set[str], trust: bool
+) -> Pattern | None:
     pid = section.string("id")
     if isinstance(pid, str):
         if pid in seen:
@@ -243,7 +323,7 @@ def _pattern(section: Section, pack: str, pack_dir: Path, seen: set[str]) -> Pat
     escalate = section.string("escalate", "unresolved", choices=ESCALATE)
     article, article_text = _article(section, pack_dir)
     remedy_section = section.table("remedy")
-    remedy = _remedy(remedy_section, groups, pack_dir) if remedy_section else None
+    remedy = _remedy(remedy_section, groups, pack_dir, trust) if remedy_section else None
     default_cooldown = remedy.cooldown if remedy else 600.0
     cooldown = section.duration("cooldown", default_cooldown)
     examples = _examples(section)
@@ -270,8 +350,13 @@ def _pattern(section: Section, pack: str, pack_dir: Path, seen: set[str]) -> Pat
     )
 
 
-def load_pack(pack_dir: Path) -> Pack:
-    """Load one pack folder; raises ConfigErrors listing every problem found."""
+def load_pack(pack_dir: Path, trust: bool = True) -> Pack:
+    """Load one pack folder; raises ConfigErrors listing every problem found.
+
+    `trust` checks that every script it runs, and the folders down to it, are
+    owned by root or the agent's user and writable by nobody else; `logmend
+    test`, which runs no script, skips it.
+    """
     file = pack_dir / "pack.toml"
     try:
         doc = Doc.read(file)
@@ -279,14 +364,17 @@ def load_pack(pack_dir: Path) -> Pack:
         raise ConfigErrors([exc]) from exc
     root = doc.root()
     head = root.table("pack", required=True)
-    name = version = owner = None
+    name = version = owner = user = group = limit = None
     if head:
         name = head.string("name")
         version = head.string("version", "0")
         owner = head.string("owner")
+        user = head.string("user", None)
+        group = head.string("group", None)
+        limit = head.integer("max_concurrent_fixes", None, minimum=1)
         head.finish()
     seen: set[str] = set()
-    patterns = [_pattern(s, name or "?", pack_dir, seen) for s in root.tables("pattern")]
+    patterns = [_pattern(s, name or "?", pack_dir, seen, trust) for s in root.tables("pattern")]
     if not patterns and not doc.errors:
         root.error("pattern", "a pack needs at least one [[pattern]]")
     root.finish()
@@ -300,6 +388,9 @@ def load_pack(pack_dir: Path) -> Pack:
         dir=pack_dir,
         file=file,
         patterns=tuple(p for p in patterns if p is not None),
+        user=user,
+        group=group,
+        max_concurrent_fixes=limit,
     )
 
 
@@ -317,14 +408,14 @@ def find_pack_dirs(roots: tuple[Path, ...]) -> list[Path]:
     return found
 
 
-def load_packs(roots: tuple[Path, ...]) -> list[Pack]:
+def load_packs(roots: tuple[Path, ...], trust: bool = True) -> list[Pack]:
     """Load every pack under `roots`; all problems of all packs are raised together."""
     packs: list[Pack] = []
     errors: list[ConfigError] = []
     names: dict[str, Path] = {}
     for pack_dir in find_pack_dirs(roots):
         try:
-            pack = load_pack(pack_dir)
+            pack = load_pack(pack_dir, trust)
         except ConfigErrors as exc:
             errors.extend(exc.errors)
             continue

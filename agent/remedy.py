@@ -1,26 +1,31 @@
-"""Running fixes: argv from fields (no shell), timeouts, output tails, retries.
+"""Running fixes: argv from fields (no shell), timeouts, output tails, retries, verify.
 
 A fix runs in its own session with a minimal environment; on timeout its whole
 process group is killed. Output is read while it runs and only a bounded tail is
 kept, so a chatty script can neither hang on a full pipe nor fill memory.
+Retries are awaited, not slept, so waiting holds no thread and no fix slot.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import grp
 import os
+import pwd
 import signal
 import subprocess
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import IO, Any, Protocol
 
 import tenacity
 
-from agent.packs import Pattern, Remedy, Template
+from agent.packs import Pattern, Recovery, Remedy, Template
 
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 KILL_GRACE = 2.0
@@ -50,9 +55,40 @@ class Attempt:
         return out
 
 
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """The user and group a fix runs as when the agent is root."""
+
+    user: str
+    uid: int
+    gid: int
+
+
+def resolve_identity(user: str | None, group: str | None) -> Identity | None:
+    """Look the names up once, at start; raises ValueError for an unknown name."""
+    if user is None and group is None:
+        return None
+    try:
+        entry = pwd.getpwnam(user) if user is not None else pwd.getpwuid(os.geteuid())
+    except KeyError:
+        raise ValueError(f"no such user {user!r}") from None
+    gid = entry.pw_gid
+    if group is not None:
+        try:
+            gid = grp.getgrnam(group).gr_gid
+        except KeyError:
+            raise ValueError(f"no such group {group!r}") from None
+    return Identity(entry.pw_name, entry.pw_uid, gid)
+
+
 class Runner(Protocol):
     def __call__(
-        self, argv: list[str], env: Mapping[str, str], cwd: Path, timeout: float
+        self,
+        argv: list[str],
+        env: Mapping[str, str],
+        cwd: Path,
+        timeout: float,
+        identity: Identity | None = None,
     ) -> Attempt: ...
 
 
@@ -85,10 +121,18 @@ class ProcessRunner:
         self.clock = clock
 
     def __call__(
-        self, argv: list[str], env: Mapping[str, str], cwd: Path, timeout: float
+        self,
+        argv: list[str],
+        env: Mapping[str, str],
+        cwd: Path,
+        timeout: float,
+        identity: Identity | None = None,
     ) -> Attempt:
         started = self.clock()
         t0 = time.monotonic()
+        switch: dict[str, Any] = {}
+        if identity is not None and os.geteuid() == 0:
+            switch = {"user": identity.uid, "group": identity.gid, "extra_groups": []}
         try:
             proc = subprocess.Popen(
                 argv,
@@ -99,6 +143,7 @@ class ProcessRunner:
                 stderr=subprocess.PIPE,
                 start_new_session=True,
                 close_fds=True,
+                **switch,
             )
         except OSError as exc:
             return Attempt(tuple(argv), started, 0.0, None, None, False, "", f"cannot start: {exc}")
@@ -167,38 +212,66 @@ class Outcome:
         return sum(a.phase == "fix" for a in self.attempts)
 
 
-def run_remedy(
+Watch = Callable[[], "asyncio.Future[str]"]
+"""Starts listening for the recovery line; the future gets the line when it appears."""
+
+
+async def run_remedy(
     pattern: Pattern,
     remedy: Remedy,
     fields: Mapping[str, str],
     pack_dir: Path,
     runner: Runner,
-    sleep: Callable[[float], None] = time.sleep,
-    env_extra: Mapping[str, str] | None = None,
+    *,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    slot: Callable[[], AbstractAsyncContextManager[Any]] | None = None,
+    watch: Watch | None = None,
+    identity: Identity | None = None,
     on_attempt: Callable[[Attempt], None] | None = None,
+    on_verifying: Callable[[], None] | None = None,
 ) -> Outcome:
-    """Run the fix (and its verify) until it succeeds or the attempts are spent."""
-    env = fix_env(
-        fields, {"LOGMEND_PACK": pattern.pack, "LOGMEND_PATTERN": pattern.id, **(env_extra or {})}
-    )
+    """Run the fix, then its verify command and recovery line, until verified or spent.
+
+    `slot` bounds how many fixes run at once and is held only while a process
+    runs; the waits between tries and for the recovery line hold nothing.
+    """
+    if remedy.recovery is not None and watch is None:
+        raise ValueError(f"{pattern.qualified}: a recovery line needs a watch on the source")
+    env = fix_env(fields, {"LOGMEND_PACK": pattern.pack, "LOGMEND_PATTERN": pattern.id})
     attempts: list[Attempt] = []
 
-    def once() -> bool:
-        attempt = runner(expand_argv(remedy.run, fields, pack_dir), env, pack_dir, remedy.timeout)
+    def record(attempt: Attempt) -> bool:
         attempts.append(attempt)
         if on_attempt:
             on_attempt(attempt)
-        if not attempt.ok or remedy.verify is None:
-            return attempt.ok
-        check = runner(expand_argv(remedy.verify, fields, pack_dir), env, pack_dir, remedy.timeout)
-        check = replace(check, phase="verify")
-        attempts.append(check)
-        if on_attempt:
-            on_attempt(check)
-        return check.ok
+        return attempt.ok
 
-    retrying = tenacity.Retrying(
-        stop=tenacity.stop_after_attempt(remedy.attempts),
+    async def run(templates: tuple[Template, ...], phase: str) -> bool:
+        argv = expand_argv(templates, fields, pack_dir)
+        attempt = await asyncio.to_thread(runner, argv, env, pack_dir, remedy.timeout, identity)
+        return record(attempt if phase == "fix" else replace(attempt, phase=phase))
+
+    async def once() -> bool:
+        seen = watch() if watch is not None and remedy.recovery is not None else None
+        try:
+            async with slot() if slot else contextlib.nullcontext():
+                ok = await run(remedy.run, "fix")
+                if ok and remedy.verify is not None:
+                    if on_verifying:
+                        on_verifying()
+                    ok = await run(remedy.verify, "verify")
+            if ok and seen is not None and remedy.recovery is not None:
+                if on_verifying:
+                    on_verifying()
+                ok = record(await _recovered(seen, remedy.recovery))
+            return ok
+        finally:
+            if seen is not None:
+                seen.cancel()
+
+    retrying = tenacity.AsyncRetrying(
+        stop=tenacity.stop_after_attempt(remedy.attempts)
+        | tenacity.stop_after_delay(remedy.deadline),
         wait=tenacity.wait_exponential(
             multiplier=remedy.backoff.initial, max=remedy.backoff.maximum
         )
@@ -207,5 +280,26 @@ def run_remedy(
         sleep=sleep,
         retry_error_callback=lambda state: False,
     )
-    resolved = bool(retrying(once))
+    resolved = bool(await retrying(once))
     return Outcome(resolved=resolved, attempts=tuple(attempts))
+
+
+async def _recovered(seen: asyncio.Future[str], recovery: Recovery) -> Attempt:
+    """Wait for the recovery line; recorded like a run so the escalation shows it."""
+    started = time.time()
+    t0 = time.monotonic()
+    try:
+        line = await asyncio.wait_for(asyncio.shield(seen), recovery.within)
+    except TimeoutError:
+        line = None
+    return Attempt(
+        argv=("recovery", recovery.source),
+        started=started,
+        duration=round(time.monotonic() - t0, 6),
+        exit_code=0 if line is not None else None,
+        signal=None,
+        timed_out=line is None,
+        stdout=line or "",
+        stderr="" if line is not None else f"no recovery line within {recovery.within:g}s",
+        phase="recovery",
+    )

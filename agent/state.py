@@ -35,10 +35,14 @@ CREATE TABLE IF NOT EXISTS incidents (
     first_seen REAL NOT NULL, last_seen REAL NOT NULL,
     samples TEXT NOT NULL, fields TEXT NOT NULL, attempts TEXT NOT NULL DEFAULT '[]',
     outcome TEXT, updated REAL NOT NULL);
-CREATE INDEX IF NOT EXISTS incidents_open ON incidents (status) WHERE status IN ('remediating');
+CREATE INDEX IF NOT EXISTS incidents_active ON incidents (status)
+    WHERE status IN ('waiting', 'remediating', 'verifying');
 CREATE INDEX IF NOT EXISTS incidents_fp ON incidents (fingerprint, updated);
 CREATE TABLE IF NOT EXISTS cooldowns (
     fingerprint TEXT PRIMARY KEY, until REAL NOT NULL, incident TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS fix_runs (
+    fingerprint TEXT NOT NULL, started REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS fix_runs_started ON fix_runs (started);
 CREATE TABLE IF NOT EXISTS pattern_stats (
     pack TEXT NOT NULL, pattern TEXT NOT NULL, matches INTEGER NOT NULL DEFAULT 0,
     confirms INTEGER NOT NULL DEFAULT 0, timeouts INTEGER NOT NULL DEFAULT 0,
@@ -50,7 +54,8 @@ CREATE TABLE IF NOT EXISTS spool (
     next_try REAL NOT NULL DEFAULT 0, parked INTEGER NOT NULL DEFAULT 0, last_error TEXT);
 """
 
-OPEN = "remediating"
+OPEN = ("waiting", "remediating", "verifying")
+FIXING = ("remediating", "verifying")
 MAX_DONE_FILES = 10_000
 
 
@@ -108,7 +113,8 @@ class Batch:
     """Everything one pass of the reader produced, committed atomically."""
 
     checkpoints: dict[tuple[int, int], Checkpoint] = field(default_factory=dict)
-    incidents: list[Incident] = field(default_factory=list)
+    incidents: dict[str, Incident] = field(default_factory=dict)
+    runs: list[tuple[str, float]] = field(default_factory=list)
     counts: dict[str, CountUpdate] = field(default_factory=dict)
     cooldowns: dict[str, tuple[float, str]] = field(default_factory=dict)
     escalations: list[dict[str, Any]] = field(default_factory=list)
@@ -119,6 +125,7 @@ class Batch:
         return bool(
             self.checkpoints
             or self.incidents
+            or self.runs
             or self.counts
             or self.cooldowns
             or self.escalations
@@ -229,7 +236,9 @@ class Store:
             db.executemany(
                 "INSERT INTO incidents (id, fingerprint, pack, pattern, key, source, status, count,"
                 " first_seen, last_seen, samples, fields, attempts, outcome, updated)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (id) DO UPDATE SET"
+                " status=excluded.status, count=excluded.count, last_seen=excluded.last_seen,"
+                " samples=excluded.samples, outcome=excluded.outcome, updated=excluded.updated",
                 [
                     (
                         i.id,
@@ -248,9 +257,10 @@ class Store:
                         i.outcome,
                         now,
                     )
-                    for i in batch.incidents
+                    for i in batch.incidents.values()
                 ],
             )
+            db.executemany("INSERT INTO fix_runs VALUES (?,?)", batch.runs)
             for incident_id, update in batch.counts.items():
                 row = db.execute(
                     "SELECT samples FROM incidents WHERE id=?", (incident_id,)
@@ -281,7 +291,39 @@ class Store:
 
     # incidents ---------------------------------------------------------------
     def open_incidents(self) -> list[Incident]:
-        return [_incident(r) for r in self._read("SELECT * FROM incidents WHERE status=?", (OPEN,))]
+        """Waiting for a threshold, remediating or verifying."""
+        rows = self._read("SELECT * FROM incidents WHERE status IN (?,?,?)", OPEN)
+        return [_incident(r) for r in rows]
+
+    def set_status(self, incident_id: str, status: str, now: float) -> None:
+        with self._tx() as db:
+            db.execute(
+                "UPDATE incidents SET status=?, updated=? WHERE id=?", (status, now, incident_id)
+            )
+
+    def fix_runs(self, since: float) -> list[tuple[str, float]]:
+        """Fix starts newer than `since` (older ones are deleted): the remediation budgets."""
+        with self._tx() as db:
+            db.execute("DELETE FROM fix_runs WHERE started < ?", (since,))
+        rows = self._read("SELECT fingerprint, started FROM fix_runs")
+        return [(r[0], r[1]) for r in rows]
+
+    def cooling(self, now: float) -> list[dict[str, Any]]:
+        """Keys in cooldown, with the incident that put them there (`flapping`: over budget)."""
+        rows = self._read(
+            "SELECT c.until, i.pack, i.pattern, i.key, i.status, i.outcome, i.count"
+            " FROM cooldowns c JOIN incidents i ON i.id = c.incident WHERE c.until > ?"
+            " ORDER BY c.until",
+            (now,),
+        )
+        return [dict(r) for r in rows]
+
+    def recent_fixes(self, limit: int = 20) -> list[Incident]:
+        rows = self._read(
+            "SELECT * FROM incidents WHERE attempts != '[]' ORDER BY updated DESC LIMIT ?",
+            (limit,),
+        )
+        return [_incident(r) for r in rows]
 
     def incident(self, incident_id: str) -> Incident | None:
         rows = self._read("SELECT * FROM incidents WHERE id=?", (incident_id,))

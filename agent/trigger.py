@@ -1,7 +1,8 @@
-"""When a match becomes an incident: keys, thresholds, cooldowns, single-flight.
+"""When a match becomes an incident: keys, thresholds, budgets, cooldowns, single-flight.
 
 Pure logic over an injected clock value: the reader loop feeds hits and gets
-back what to record; the same fingerprint never has two incidents open.
+back what to record. One fingerprint (pack, pattern, key) has at most one
+incident open: waiting for its threshold, remediating, or cooling down.
 """
 
 from __future__ import annotations
@@ -27,20 +28,44 @@ class _Active:
     until: float
 
 
+@dataclass(slots=True)
+class _Waiting:
+    incident: Incident
+    within: float
+    hits: deque[float]
+
+
 class Trigger:
     def __init__(self, max_samples: int) -> None:
         self.max_samples = max_samples
-        self._windows: dict[str, deque[float]] = {}
+        self._waiting: dict[str, _Waiting] = {}
         self._active: dict[str, _Active] = {}
+        self._runs: dict[str, deque[float]] = {}
 
     def restore(
-        self, open_incidents: list[Incident], cooldowns: dict[str, tuple[float, str]]
+        self,
+        open_incidents: list[Incident],
+        cooldowns: dict[str, tuple[float, str]],
+        runs: list[tuple[str, float]],
+        within: dict[tuple[str, str], float],
     ) -> None:
-        """Rebuild from the state database after a restart."""
+        """Rebuild from the state database after a restart.
+
+        A waiting incident's hit times are not stored; its count is taken as
+        hits at its first and last sighting, so a restart never loses progress
+        toward a threshold (it may reach it a little early).
+        """
         for fp, (until, incident_id) in cooldowns.items():
             self._active[fp] = _Active(incident_id, until)
         for incident in open_incidents:
-            self._active[incident.fingerprint] = _Active(incident.id, FOREVER)
+            if incident.status == "waiting":
+                hits = deque([incident.first_seen] + [incident.last_seen] * (incident.count - 1))
+                window = within.get((incident.pack, incident.pattern), 0.0)
+                self._waiting[incident.fingerprint] = _Waiting(incident, window, hits)
+            else:
+                self._active[incident.fingerprint] = _Active(incident.id, FOREVER)
+        for fp, started in sorted(runs, key=lambda run: run[1]):
+            self._runs.setdefault(fp, deque()).append(started)
 
     def finished(self, fingerprint: str, incident_id: str, until: float) -> None:
         """A remedy ended: the key cools down until `until`."""
@@ -57,7 +82,7 @@ class Trigger:
         now: float,
         batch: Batch,
     ) -> Incident | None:
-        """Record one hit into `batch`; returns the new incident if this hit opened one."""
+        """Record one hit into `batch`; returns the incident if this hit opened one."""
         key = pattern.key.expand(fields)
         fp = fingerprint_of(pattern.pack, pattern.id, key)
         active = self._active.get(fp)
@@ -72,37 +97,91 @@ class Trigger:
                     update.samples.append(line)
                 return None
             del self._active[fp]
-        window = self._windows.get(fp)
-        if pattern.count > 1:
-            if window is None:
-                window = self._windows[fp] = deque()
-            window.append(now)
-            while window and window[0] < now - pattern.within:
-                window.popleft()
-            if len(window) < pattern.count:
-                return None
-            first = window[0]
-            count = len(window)
-            del self._windows[fp]
+        if pattern.count == 1:
+            return self._open(
+                self._new(pattern, key, fp, fields, line, source, now), pattern, now, batch
+            )
+        waiting = self._waiting.get(fp)
+        if waiting is not None:
+            hits = waiting.hits
+            while hits and hits[0] < now - pattern.within:
+                hits.popleft()
+            if not hits:
+                waiting.incident.status = "expired"
+                batch.incidents[waiting.incident.id] = waiting.incident
+                waiting = None
+        if waiting is None:
+            incident = self._new(pattern, key, fp, fields, line, source, now)
+            incident.status = "waiting"
+            waiting = self._waiting[fp] = _Waiting(incident, pattern.within, deque([now]))
         else:
-            first, count = now, 1
-        incident = Incident(
+            incident = waiting.incident
+            waiting.hits.append(now)
+            incident.count += 1
+            incident.last_seen = now
+            if len(incident.samples) < self.max_samples:
+                incident.samples.append(line)
+        batch.incidents[incident.id] = incident
+        if len(waiting.hits) < pattern.count:
+            return None
+        del self._waiting[fp]
+        return self._open(incident, pattern, now, batch)
+
+    def expire(self, now: float, batch: Batch) -> None:
+        """Waiting incidents whose window passed without reaching the threshold."""
+        gone = [fp for fp, w in self._waiting.items() if w.incident.last_seen < now - w.within]
+        for fp in gone:
+            incident = self._waiting.pop(fp).incident
+            incident.status = "expired"
+            batch.incidents[incident.id] = incident
+
+    def _new(
+        self,
+        pattern: Pattern,
+        key: str,
+        fp: str,
+        fields: dict[str, str],
+        line: str,
+        source: str,
+        now: float,
+    ) -> Incident:
+        return Incident(
             id=uuid.uuid4().hex,
             fingerprint=fp,
             pack=pattern.pack,
             pattern=pattern.id,
             key=key,
             source=source,
-            status="remediating" if pattern.remedy else "escalated",
-            count=count,
-            first_seen=first,
+            status="matched",
+            count=1,
+            first_seen=now,
             last_seen=now,
             samples=[line],
             fields=fields,
         )
-        until = FOREVER if pattern.remedy else now + pattern.cooldown
+
+    def _open(self, incident: Incident, pattern: Pattern, now: float, batch: Batch) -> Incident:
+        """The threshold is met: remediate within budget, else escalate and cool down."""
+        fp = incident.fingerprint
+        remedy = pattern.remedy
+        until = now + pattern.cooldown
+        if remedy is None:
+            incident.status = "escalated"
+        else:
+            runs = self._runs.setdefault(fp, deque())
+            while runs and runs[0] <= now - remedy.budget.within:
+                runs.popleft()
+            if len(runs) >= remedy.budget.runs:
+                incident.status = "escalated"
+                incident.outcome = "flapping"
+                until = runs[0] + remedy.budget.within
+            else:
+                incident.status = "remediating"
+                runs.append(now)
+                batch.runs.append((fp, now))
+                until = FOREVER
         self._active[fp] = _Active(incident.id, until)
-        if not pattern.remedy:
+        if until != FOREVER:
             batch.cooldowns[fp] = (until, incident.id)
-        batch.incidents.append(incident)
+        batch.incidents[incident.id] = incident
         return incident

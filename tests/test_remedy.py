@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
 from pathlib import Path
@@ -36,7 +37,9 @@ def test_argv_items_arrive_verbatim(tmp_path):
     [pattern] = pack.patterns
     assert pattern.remedy is not None
     for value in ["$(id); rm -rf ~", "a\nb", "--force", "-rf", "' \" ` \\ *", "  spaced  "]:
-        outcome = run_remedy(pattern, pattern.remedy, {"what": value}, pack.dir, runner())
+        outcome = asyncio.run(
+            run_remedy(pattern, pattern.remedy, {"what": value}, pack.dir, runner())
+        )
         assert outcome.resolved
         assert out.read_bytes() == value.encode() + b"\0"
 
@@ -84,8 +87,12 @@ def test_fails_twice_then_succeeds_waits_asserted_through_injected_sleep(tmp_pat
     [pattern] = pack.patterns
     assert pattern.remedy is not None
     waits: list[float] = []
-    outcome = run_remedy(
-        pattern, pattern.remedy, {"what": "x"}, pack.dir, runner(), sleep=waits.append
+
+    async def sleep(seconds: float) -> None:
+        waits.append(seconds)
+
+    outcome = asyncio.run(
+        run_remedy(pattern, pattern.remedy, {"what": "x"}, pack.dir, runner(), sleep=sleep)
     )
     assert outcome.resolved
     assert [a.exit_code for a in outcome.attempts] == [1, 1, 0]

@@ -1,0 +1,224 @@
+"""Scheduling fixes: concurrency limits, awaited retries and recovery-line watches.
+
+All fixes live as tasks on one asyncio loop in its own thread. A task holds a
+slot (global and per pack) only while its process runs, so a fix waiting to
+retry, or waiting for its recovery line, never delays another pattern's fix;
+the processes themselves run on a small thread pool, one per slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import regex
+
+from agent.packs import Pack, Pattern
+from agent.remedy import Attempt, Identity, Outcome, Runner, run_remedy
+from agent.state import Incident
+
+log = logging.getLogger("logmend.fixes")
+
+RECOVERY_TIMEOUT = 0.1
+
+
+@dataclass(frozen=True, slots=True)
+class FixJob:
+    incident: Incident
+    pattern: Pattern
+    pack: Pack
+
+
+@dataclass(slots=True)
+class _Watcher:
+    regex: regex.Pattern[str]
+    future: asyncio.Future[str]
+
+
+class DryRunner:
+    """Logs what would run and runs nothing (`logmend run --dry-run`)."""
+
+    def __call__(
+        self,
+        argv: list[str],
+        env: Mapping[str, str],
+        cwd: Path,
+        timeout: float,
+        identity: Identity | None = None,
+    ) -> Attempt:
+        who = f" as {identity.user}" if identity else ""
+        log.warning("dry run: would run %s%s in %s", argv, who, cwd)
+        return Attempt(tuple(argv), 0.0, 0.0, 0, None, False, "(dry run)", "")
+
+
+class Remediator:
+    def __init__(
+        self,
+        runner: Runner,
+        global_limit: int,
+        packs: list[Pack],
+        identities: Mapping[str, Identity | None],
+        finish: Callable[[FixJob, Outcome], None],
+        verifying: Callable[[FixJob], None],
+        report: Callable[[FixJob, Attempt], None],
+        sleep: Callable[[float], Awaitable[None]] | None = None,
+        dry_run: bool = False,
+    ) -> None:
+        self.runner = runner
+        self.global_limit = global_limit
+        self.pack_limits = {p.name: p.max_concurrent_fixes or global_limit for p in packs}
+        self.identities = identities
+        self.finish = finish
+        self.verifying = verifying
+        self.report = report
+        self.sleep = sleep
+        self.dry_run = dry_run
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._serve, name="fixes", daemon=True)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._pending = 0
+        self._pending_lock = threading.Lock()
+        self.watched: dict[str, list[_Watcher]] = {}  # by source path; read lock-free
+        self._watch_lock = threading.Lock()
+        self._global: asyncio.Semaphore | None = None
+        self._per_pack: dict[str, asyncio.Semaphore] = {}
+        self.running = 0
+
+    # lifecycle (any thread) -----------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def _serve(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.set_default_executor(
+            ThreadPoolExecutor(max_workers=self.global_limit, thread_name_prefix="fix")
+        )
+        self._global = asyncio.Semaphore(self.global_limit)
+        self._per_pack = {name: asyncio.Semaphore(n) for name, n in self.pack_limits.items()}
+        self._loop.run_forever()
+
+    def submit(self, job: FixJob) -> None:
+        with self._pending_lock:
+            self._pending += 1
+        self._loop.call_soon_threadsafe(self._spawn, job)
+
+    @property
+    def pending(self) -> int:
+        """Fixes submitted and not finished: queued, running, waiting to retry or verifying."""
+        return self._pending
+
+    def stop(self, grace: float) -> bool:
+        """Cancel what waits; give running processes `grace` seconds. True if all ended."""
+        if not self._thread.is_alive():
+            return True
+        done = threading.Event()
+
+        async def cancel_all() -> None:
+            for task in list(self._tasks):
+                task.cancel()
+            if self._tasks:
+                await asyncio.wait(list(self._tasks), timeout=grace)
+            done.set()
+            self._loop.stop()
+
+        self._loop.call_soon_threadsafe(lambda: self._loop.create_task(cancel_all()))
+        finished = done.wait(grace + 1.0)
+        self._thread.join(timeout=1.0)
+        return finished and not self._tasks
+
+    # recovery lines (reader thread) -----------------------------------------------
+    def saw(self, path: str, block: bytes) -> None:
+        """Offer a block read from `path` to the fixes waiting for a recovery line."""
+        if path not in self.watched:
+            return
+        text = block.decode("utf-8", "replace")
+        with self._watch_lock:
+            watchers = self.watched.get(path, [])
+            for watcher in watchers:
+                if watcher.future.done():
+                    continue
+                try:
+                    found = watcher.regex.search(text, timeout=RECOVERY_TIMEOUT)
+                except TimeoutError:
+                    continue
+                if found:
+                    line_start = text.rfind("\n", 0, found.start()) + 1
+                    line_end = text.find("\n", found.end())
+                    line = text[line_start : line_end if line_end >= 0 else len(text)]
+                    self._loop.call_soon_threadsafe(_resolve, watcher.future, line)
+
+    def _watch(self, path: str, pattern: regex.Pattern[str]) -> asyncio.Future[str]:
+        future: asyncio.Future[str] = self._loop.create_future()
+        if self.dry_run:
+            future.set_result("(dry run)")
+            return future
+        watcher = _Watcher(pattern, future)
+        with self._watch_lock:
+            self.watched.setdefault(path, []).append(watcher)
+
+        def forget(_: object) -> None:
+            with self._watch_lock:
+                remaining = [w for w in self.watched.get(path, []) if w is not watcher]
+                if remaining:
+                    self.watched[path] = remaining
+                else:
+                    self.watched.pop(path, None)
+
+        future.add_done_callback(forget)
+        return future
+
+    # the loop thread ----------------------------------------------------------------
+    def _spawn(self, job: FixJob) -> None:
+        task = self._loop.create_task(self._fix(job))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @contextlib.asynccontextmanager
+    async def _slot(self, pack: str) -> AsyncIterator[None]:
+        assert self._global is not None
+        async with self._per_pack[pack], self._global:
+            self.running += 1
+            try:
+                yield
+            finally:
+                self.running -= 1
+
+    async def _fix(self, job: FixJob) -> None:
+        remedy = job.pattern.remedy
+        assert remedy is not None
+        recovery = remedy.recovery
+        try:
+            outcome = await run_remedy(
+                job.pattern,
+                remedy,
+                job.incident.fields,
+                job.pack.dir,
+                self.runner,
+                sleep=self.sleep or asyncio.sleep,
+                slot=lambda: self._slot(job.pack.name),
+                watch=(lambda: self._watch(job.incident.source, recovery.regex))
+                if recovery is not None
+                else None,
+                identity=self.identities.get(job.pack.name),
+                on_attempt=lambda attempt: self.report(job, attempt),
+                on_verifying=lambda: self.verifying(job),
+            )
+            self.finish(job, outcome)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("fix for %s crashed", job.pattern.qualified)
+        finally:
+            with self._pending_lock:
+                self._pending -= 1
+
+
+def _resolve(future: asyncio.Future[str], line: str) -> None:
+    if not future.done():
+        future.set_result(line)
