@@ -14,7 +14,7 @@ import gzip
 import hashlib
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 
 from agent.config import Source
@@ -160,6 +160,7 @@ def find_copy(
     marker: bytes,
     exclude: tuple[int, int] | None = None,
     head_len: int = 0,
+    taken: Collection[str] = (),
 ) -> tuple[str, bytes] | None:
     """The bytes after `offset` of a rotated copy of `path` whose prefix is what we read.
 
@@ -172,7 +173,7 @@ def find_copy(
     candidates = sorted(_siblings(path), key=lambda pair: pair[1].st_mtime, reverse=True)
     for entry, st in candidates[:MAX_COPIES]:
         try:
-            if exclude is not None and (st.st_dev, st.st_ino) == exclude:
+            if (exclude is not None and (st.st_dev, st.st_ino) == exclude) or entry.path in taken:
                 continue
             if entry.name.endswith(".gz"):
                 with gzip.open(entry.path, "rb") as handle:
@@ -433,7 +434,10 @@ class Tailer:
     def _recover_copy(
         self, saved: Checkpoint, source: int, exclude: tuple[int, int] | None = None
     ) -> None:
-        found = find_copy(saved.path, saved.offset, saved.marker, exclude, saved.head_len)
+        # a copy already read whole (as written while we were down) is not read again
+        found = find_copy(
+            saved.path, saved.offset, saved.marker, exclude, saved.head_len, self.consumed
+        )
         if found is not None:
             self.consumed.add(found[0])
             with contextlib.suppress(OSError):
