@@ -175,7 +175,9 @@ class Agent:
                 errors.append(ConfigError(where, "user", None, str(exc)))
         if errors:
             raise ConfigErrors(errors)
-        if os.geteuid() == 0 and not all(out.values()):
+        if os.geteuid() != 0 and any(out.values()):
+            log.info("not running as root: every fix runs as this agent's own user")
+        elif os.geteuid() == 0 and not all(out.values()):
             log.warning(
                 "running as root: fixes of packs that name no user run as root (%s)",
                 ", ".join(name for name, who in out.items() if who is None),

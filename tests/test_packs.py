@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import pwd
 import subprocess
 import sys
 from pathlib import Path
@@ -231,3 +233,47 @@ def test_logmend_test_on_shipped_packs_and_a_real_looking_log(tmp_path):
     assert result.returncode == 0, result.stderr
     doc = json.loads(result.stdout)
     assert len(doc["files"][0]["matches"]) >= len(lines)
+
+
+def _trust_errors(pack: Path) -> list[str]:
+    with pytest.raises(ConfigErrors) as caught:
+        load_pack(pack)
+    return [f"{e.key}: {e.message}" for e in caught.value.errors]
+
+
+def test_a_world_writable_script_is_refused_at_load_but_proven_by_test(tmp_path):
+    pack = write_pack(tmp_path, "lax", GOOD, {"fix.sh": "#!/bin/sh\n"})
+    (pack / "scripts" / "fix.sh").chmod(0o757)
+    [error] = _trust_errors(pack)
+    assert error.startswith("pattern[0].remedy.run: refused:")
+    assert "fix.sh is writable by group or others (mode 0757)" in error
+    assert load_pack(pack, trust=False).patterns  # `logmend test` runs no script
+
+
+def test_a_group_writable_folder_above_the_script_is_refused(tmp_path):
+    pack = write_pack(tmp_path, "lax", GOOD, {"fix.sh": "#!/bin/sh\n"})
+    (pack / "scripts").chmod(0o775)
+    [error] = _trust_errors(pack)
+    assert f"{pack / 'scripts'} is writable by group or others (mode 0775)" in error
+
+
+def test_a_script_outside_the_pack_is_refused_even_through_a_symlink(tmp_path):
+    outside = tmp_path / "elsewhere.sh"
+    outside.write_text("#!/bin/sh\n")
+    outside.chmod(0o755)
+    pack = write_pack(tmp_path, "sneaky", GOOD, {})
+    (pack / "scripts" / "fix.sh").symlink_to(outside)
+    [error] = _trust_errors(pack)
+    assert "'scripts/fix.sh' is outside the pack's folder" in error
+    inside = write_pack(tmp_path, "linked", GOOD, {"real.sh": "#!/bin/sh\n"})
+    (inside / "scripts" / "fix.sh").symlink_to(inside / "scripts" / "real.sh")
+    assert load_pack(inside).patterns  # a link that stays inside is fine
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chown to another user needs root")
+def test_a_script_owned_by_another_user_is_refused(tmp_path):
+    pack = write_pack(tmp_path, "theirs", GOOD, {"fix.sh": "#!/bin/sh\n"})
+    nobody = pwd.getpwnam("nobody")
+    os.chown(pack / "scripts" / "fix.sh", nobody.pw_uid, nobody.pw_gid)
+    [error] = _trust_errors(pack)
+    assert f"is owned by uid {nobody.pw_uid}, not root or the agent's user" in error

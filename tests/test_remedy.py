@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
+import pytest
+
+from agent.config import load_config
+from agent.daemon import Agent
+from agent.errors import ConfigErrors
 from agent.packs import load_pack
-from agent.remedy import ProcessRunner, run_remedy
-from tests.helpers import write_pack
+from agent.remedy import ProcessRunner, resolve_identity, run_remedy
+from tests.helpers import write_config, write_pack
 
 BODY = """\
 [[pattern]]
@@ -103,3 +110,33 @@ def test_fails_twice_then_succeeds_waits_asserted_through_injected_sleep(tmp_pat
 def test_missing_program_is_a_failed_attempt_not_a_crash(tmp_path):
     attempt = runner()([str(tmp_path / "nope")], {}, tmp_path, 5)
     assert not attempt.ok and "cannot start" in attempt.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="switching user needs root")
+def test_as_root_a_fix_runs_as_the_user_and_group_it_names():
+    folder = Path(tempfile.mkdtemp(prefix="logmend-as-user-"))  # not under root's 0700 tmp
+    try:
+        folder.chmod(0o755)
+        script = folder / "who.sh"
+        script.write_text("#!/bin/sh\nid -u; id -g; id -G\n")
+        script.chmod(0o755)
+        identity = resolve_identity("nobody", "nogroup")
+        assert identity is not None
+        attempt = runner()([str(script)], {"PATH": "/usr/bin:/bin"}, folder, 10, identity)
+        assert attempt.ok, attempt.stderr
+        uid, gid, groups = attempt.stdout.split("\n")[:3]
+        assert (int(uid), int(gid)) == (identity.uid, identity.gid) != (0, 0)
+        assert groups.split() == [str(identity.gid)]  # root's supplementary groups dropped
+    finally:
+        shutil.rmtree(folder)
+
+
+def test_an_unknown_fix_user_is_a_config_error_naming_the_pack(tmp_path):
+    pack = write_pack(tmp_path / "packs", "t", BODY, {"fix.sh": "#!/bin/sh\n"})
+    text = (pack / "pack.toml").read_text()
+    (pack / "pack.toml").write_text(text.replace("\n\n", '\nuser = "no-such-user-x"\n\n', 1))
+    config = write_config(tmp_path, [(str(tmp_path / "*.log"), None)], tmp_path / "packs")
+    with pytest.raises(ConfigErrors) as caught:
+        Agent(load_config(config))
+    [error] = caught.value.errors
+    assert error.file == str(pack / "pack.toml") and "no such user 'no-such-user-x'" in str(error)
