@@ -229,7 +229,16 @@ def cmd_receiver(args: argparse.Namespace) -> int:
     from agent.receiver.app import serve
 
     _setup_logging()
-    return serve(args.listen, args.db, args.max_body)
+    return serve(
+        args.listen,
+        args.db,
+        args.max_body,
+        args.rate,
+        args.burst,
+        args.tls_cert,
+        args.tls_key,
+        args.client_ca,
+    )
 
 
 def cmd_token_create(args: argparse.Namespace) -> int:
@@ -296,6 +305,15 @@ def build_parser() -> argparse.ArgumentParser:
     receiver.add_argument("--listen", default="127.0.0.1:8470")
     receiver.add_argument("--db", type=Path, default=Path("receiver.db"))
     receiver.add_argument("--max-body", type=int, default=4 * 1024 * 1024)
+    receiver.add_argument(
+        "--rate", type=float, default=50.0, help="requests a second per token (0: no limit)"
+    )
+    receiver.add_argument("--burst", type=int, default=100, help="requests a token may burst")
+    receiver.add_argument("--tls-cert", type=Path, help="serve HTTPS with this certificate")
+    receiver.add_argument("--tls-key", type=Path, help="the certificate's key")
+    receiver.add_argument(
+        "--client-ca", type=Path, help="require client certificates signed by this CA (mTLS)"
+    )
     receiver.set_defaults(func=cmd_receiver)
     receiver_sub = receiver.add_subparsers(dest="receiver_command")
     token = receiver_sub.add_parser("token", help="manage ingest tokens")

@@ -37,6 +37,21 @@ class Escalation:
     batch_size: int = 100
     backoff_initial: float = 0.5
     backoff_max: float = 60.0
+    aggregate: float = 5.0
+    spool_max_events: int = 100_000
+    spool_max_bytes: int = 256 * 1024 * 1024
+    ca_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+    tls_verify: bool = True
+    stats_interval: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Alertmanager:
+    url: str
+    resend: float = 60.0
+    timeout: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +80,7 @@ class Config:
     limits: Limits = field(default_factory=Limits)
     fix_user: str | None = None
     fix_group: str | None = None
+    alertmanager: Alertmanager | None = None
 
     @property
     def state_db(self) -> Path:
@@ -107,6 +123,11 @@ def _escalation(section: Section | None, base: Path) -> Escalation | None:
         section.error("url", f"must be an http:// or https:// URL, not {url!r}")
     token_file = section.string("token_file", None)
     d = Escalation(url="")
+
+    def path(key: str) -> Path | None:
+        value = section.string(key, None)
+        return _path(base, value) if isinstance(value, str) else None
+
     esc = Escalation(
         url=url or "",
         token_file=_path(base, token_file) if isinstance(token_file, str) else None,
@@ -114,9 +135,35 @@ def _escalation(section: Section | None, base: Path) -> Escalation | None:
         batch_size=section.integer("batch_size", d.batch_size, minimum=1),
         backoff_initial=section.duration("backoff_initial", d.backoff_initial),
         backoff_max=section.duration("backoff_max", d.backoff_max),
+        aggregate=section.duration("aggregate", d.aggregate),
+        spool_max_events=section.integer("spool_max_events", d.spool_max_events, minimum=10),
+        spool_max_bytes=section.integer("spool_max_bytes", d.spool_max_bytes, minimum=65536),
+        ca_file=path("ca_file"),
+        client_cert=path("client_cert"),
+        client_key=path("client_key"),
+        tls_verify=section.boolean("tls_verify", d.tls_verify),
+        stats_interval=section.duration("stats_interval", d.stats_interval),
     )
+    if esc.client_key is not None and esc.client_cert is None:
+        section.error("client_key", "needs client_cert")
     section.finish()
     return esc
+
+
+def _alertmanager(section: Section | None) -> Alertmanager | None:
+    if section is None:
+        return None
+    url = section.string("url")
+    if isinstance(url, str) and not url.startswith(("http://", "https://")):
+        section.error("url", f"must be an http:// or https:// URL, not {url!r}")
+    d = Alertmanager(url="")
+    sink = Alertmanager(
+        url=(url or "").rstrip("/"),
+        resend=section.duration("resend", d.resend),
+        timeout=section.duration("timeout", d.timeout),
+    )
+    section.finish()
+    return sink
 
 
 def _regex(section: Section, key: str) -> str | None:
@@ -189,6 +236,7 @@ def parse_config(file: Path, text: str) -> Config:
     if not sources and "source" not in root.data:
         root.error("source", "at least one [[source]] is needed")
     escalation = _escalation(root.table("escalation"), base)
+    alertmanager = _alertmanager(root.table("alertmanager"))
     limits = _limits(root.table("limits"))
     root.finish()
     for index, source in enumerate(sources):
@@ -206,6 +254,7 @@ def parse_config(file: Path, text: str) -> Config:
         limits=limits,
         fix_user=fix_user,
         fix_group=fix_group,
+        alertmanager=alertmanager,
     )
 
 

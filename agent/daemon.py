@@ -24,14 +24,15 @@ import regex
 
 from agent import __version__
 from agent.config import Config
-from agent.errors import ConfigError, ConfigErrors
+from agent.errors import ConfigError, ConfigErrors, StateError
 from agent.escalate import Sender, build_event, quarantine_event
 from agent.fixes import FixJob, Remediator
 from agent.match import Hit, Matcher
 from agent.packs import Pack, Pattern, load_packs
 from agent.records import EventJoiner
+from agent.redact import Redactor
 from agent.remedy import Attempt, Identity, Outcome, ProcessRunner, Runner, resolve_identity
-from agent.state import FIXING, Batch, Incident, Store
+from agent.state import FIXING, Batch, Incident, SpoolLimits, Store
 from agent.tail import Followed, Sink, Tailer, marker_of
 from agent.trigger import Trigger
 
@@ -111,8 +112,17 @@ class Agent:
         self.pattern_by_id = {(p.pack, p.id): p for pack in self.packs for p in pack.patterns}
         self.matchers = matchers_for(config, self.packs)
         self.max_line = config.limits.max_line_bytes
-        self.store = Store(config.state_db, config.limits.max_samples)
-        self.trigger = Trigger(config.limits.max_samples)
+        esc = config.escalation
+        limits = (
+            SpoolLimits(esc.aggregate, esc.spool_max_events, esc.spool_max_bytes)
+            if esc is not None
+            else SpoolLimits()
+        )
+        self.store = Store(config.state_db, config.limits.max_samples, limits)
+        self._unsaved: Batch | None = None
+        self._last_store_error = 0.0
+        self.redactors = {p.name: Redactor(p.redact) for p in self.packs}
+        self.trigger = Trigger(config.limits.max_samples, self.redactors)
         budget_window = max(
             (p.remedy.budget.within for p in self.pattern_by_id.values() if p.remedy), default=0.0
         )
@@ -151,6 +161,7 @@ class Agent:
                 {"host": config.host, "version": __version__},
                 transport=transport,
                 clock=clock,
+                owners={p.name: p.owner for p in self.packs},
             )
         self._observer: Any = None
         self._flushed: dict[tuple[str, str], tuple[int, int, int, float]] = {}
@@ -286,6 +297,7 @@ class Agent:
     def flush_stats(self) -> None:
         """Persist what each pattern cost since the last flush (for `logmend status`)."""
         rows = []
+        flushed = {}
         for matcher in {id(m): m for m in self.matchers}.values():
             for pattern, stats in matcher.pattern_stats():
                 key = (pattern.pack, pattern.id)
@@ -303,10 +315,15 @@ class Agent:
                             stats.quarantined,
                         )
                     )
-                    self._flushed[key] = now
-        if rows:
-            self.store.add_pattern_stats(rows, self.clock())
+                    flushed[key] = now
         self._last_stats = time.monotonic()
+        if rows:
+            try:
+                self.store.add_pattern_stats(rows, self.clock())
+            except StateError as exc:
+                log.error("cannot write pattern statistics (kept for the next try): %s", exc)
+                return
+            self._flushed.update(flushed)
 
     # the reader loop ---------------------------------------------------------------
     def loop(self) -> None:
@@ -329,6 +346,8 @@ class Agent:
         self._apply_finished()
         if self.remediator.pending >= self.config.limits.max_queued_fixes:
             return False  # backpressure: fixes are behind, so reading waits; nothing is dropped
+        if self._unsaved is not None and not self._commit(Batch()):
+            return False  # the state database refuses writes: read nothing more until it takes them
         batch = Batch()
         read_any = self.tailer.read_all(self.config.limits.read_chunk_bytes, self._sink(batch))
         batch.done.extend(self.tailer.take_finished())
@@ -464,9 +483,12 @@ class Agent:
             return
         outcome = incident.outcome or "no-remedy"
         incident.outcome = outcome
+        opened = batch.opened.setdefault((pattern.pack, pattern.id), [0, 0])
+        opened[0] += 1
         if pattern.escalate == "never":
             incident.status = "closed"
             return
+        opened[1] += 1
         if outcome == "flapping":
             wire, why = "flapping", "over its fix budget"
         else:
@@ -481,16 +503,36 @@ class Agent:
             "escalating %s/%s key=%r: %s (%s)", pattern.pack, pattern.id, incident.key, wire, why
         )
 
-    def _commit(self, batch: Batch) -> None:
+    def _commit(self, batch: Batch) -> bool:
+        """Commit a pass; if the database refuses (disk full, locked), keep it and say so.
+
+        A refused batch is kept in memory and merged with what follows, and the
+        reader stops reading until it is committed: nothing read is lost, and a
+        crash meanwhile only means those lines are read again.
+        """
+        if self._unsaved is not None:
+            self._unsaved.merge(batch)
+            batch = self._unsaved
         if not batch:
-            return
-        self.store.commit(batch, self.clock())
+            return True
+        try:
+            self.store.commit(batch, self.clock())
+        except StateError as exc:
+            self._unsaved = batch
+            if time.monotonic() - self._last_store_error > 10.0:
+                self._last_store_error = time.monotonic()
+                log.error("cannot write the state database, holding what was read: %s", exc)
+            return False
+        if self._unsaved is not None:
+            log.info("the state database takes writes again")
+        self._unsaved = None
         for incident in batch.incidents.values():
             if incident.status == "remediating":
                 pattern = self.pattern_by_id[(incident.pack, incident.pattern)]
                 self.remediator.submit(FixJob(incident, pattern, self.pack_by_name[pattern.pack]))
         if batch.escalations and self.sender is not None:
             self.sender.wake.set()
+        return True
 
     def _apply_finished(self) -> None:
         while True:
@@ -512,7 +554,7 @@ class Agent:
             "%s %s: %s -> %s",
             attempt.phase,
             job.pattern.qualified,
-            " ".join(attempt.argv[1:]) or attempt.argv[0],
+            self.redactors[job.pack.name](" ".join(attempt.argv[1:]) or attempt.argv[0]),
             how,
         )
 
@@ -525,7 +567,8 @@ class Agent:
         remedy = pattern.remedy
         assert remedy is not None
         now = self.clock()
-        attempts = [a.as_dict() for a in outcome.attempts]
+        redact = self.redactors[pack.name]
+        attempts = [redact.attempt(a.as_dict()) for a in outcome.attempts]
         fresh = self.store.incident(incident.id) or incident
         fresh.attempts = attempts
         result = "resolved" if outcome.resolved else "remedy-failed"

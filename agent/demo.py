@@ -143,6 +143,8 @@ packs = ["gunicorn"]
 [escalation]
 url = "{url}/v1/escalations"
 token_file = "{token_file}"
+aggregate = "300ms"
+stats_interval = "500ms"
 
 [limits]
 sweep_interval = "200ms"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
+import ssl
 import threading
 import time
 from collections.abc import Callable
@@ -92,6 +93,64 @@ def quarantine_event(
     }
 
 
+def spool_drop_event(host: str, dropped: int, first: float, last: float) -> dict[str, Any]:
+    """The spool was full and dropped its oldest events: the central team hears how many."""
+    return {
+        "id": f"spool-drop:{host}:{first:.6f}",
+        "fingerprint": f"spool-drop:{host}",
+        "host": host,
+        "pack": "logmend",
+        "pack_version": __version__,
+        "owner": "logmend",
+        "pattern": "spool-overflow",
+        "severity": "error",
+        "status": "spool-overflow",
+        "outcome": "dropped",
+        "key": host,
+        "first_seen": first,
+        "last_seen": last,
+        "count": dropped,
+        "source": "",
+        "lines": [],
+        "fields": {},
+        "attempts": [],
+        "article": "",
+        "article_text": f"The agent's spool reached its bounds while the receiver was out of "
+        f"reach and dropped its {dropped} oldest escalation(s). Raise "
+        "[escalation] spool_max_events / spool_max_bytes, or look at why delivery stalled.",
+    }
+
+
+def tls_context(config: Escalation) -> ssl.SSLContext | bool:
+    """Verified by default; a CA bundle and a client certificate (mutual TLS) if configured."""
+    if not config.tls_verify and config.client_cert is None:
+        return False
+    where = "escalation.ca_file"
+    try:
+        context = ssl.create_default_context(
+            cafile=str(config.ca_file) if config.ca_file is not None else None
+        )
+        if not config.tls_verify:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        if config.client_cert is not None:
+            where = "escalation.client_cert"
+            context.load_cert_chain(
+                str(config.client_cert),
+                str(config.client_key) if config.client_key is not None else None,
+            )
+    except (OSError, ssl.SSLError) as exc:
+        path = config.client_cert if where.endswith("cert") else config.ca_file
+        raise ConfigErrors([ConfigError(path or "", where, None, f"cannot load: {exc}")]) from exc
+    return context
+
+
+def stats_url(url: str) -> str:
+    """Beside the escalations endpoint: .../v1/escalations -> .../v1/stats."""
+    base, found, _ = url.rpartition("/v1/escalations")
+    return f"{base}/v1/stats" if found else url.rstrip("/") + "/v1/stats"
+
+
 def retry_after(response: httpx.Response, now: float) -> float | None:
     value = response.headers.get("retry-after")
     if not value:
@@ -141,11 +200,14 @@ class Sender:
         agent_info: dict[str, Any],
         transport: httpx.BaseTransport | None = None,
         clock: Callable[[], float] = time.time,
+        owners: dict[str, str] | None = None,
     ) -> None:
         self.store = store
         self.config = config
         self.agent_info = agent_info
         self.clock = clock
+        self.owners = owners or {}
+        self._next_stats = 0.0
         self.stats = SenderStats()
         self.wake = threading.Event()
         self._stop = threading.Event()
@@ -158,7 +220,9 @@ class Sender:
         }
         if token:
             headers["Authorization"] = f"Bearer {token}"
-        self.client = httpx.Client(headers=headers, timeout=config.timeout, transport=transport)
+        self.client = httpx.Client(
+            headers=headers, timeout=config.timeout, transport=transport, verify=tls_context(config)
+        )
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
@@ -176,7 +240,11 @@ class Sender:
     def _loop(self) -> None:
         while True:
             try:
+                self.report_drops()
                 delay = self.send_due()
+                if self.clock() >= self._next_stats:
+                    self.send_stats()
+                delay = min(delay, max(0.05, self._next_stats - self.clock()))
             except Exception:
                 log.exception("sender failed; retrying")
                 delay = 1.0
@@ -195,6 +263,42 @@ class Sender:
                 return 5.0 if next_try is None else max(0.05, min(5.0, next_try - now))
             if not self.send(items, now) or self._stop.is_set():
                 return 0.05
+
+    def report_drops(self) -> None:
+        drops = self.store.spool_drops()
+        if drops is not None:
+            dropped, first, last = drops
+            log.error("the spool was full: %d oldest escalation(s) dropped; reporting it", dropped)
+            event = spool_drop_event(self.agent_info["host"], dropped, first, last)
+            self.store.report_drops(event, dropped, self.clock())
+
+    def send_stats(self) -> bool:
+        """Post cumulative per-pattern totals: what tier 1 fixed, as well as what it could not."""
+        self._next_stats = self.clock() + self.config.stats_interval
+        rows = [
+            {
+                "pack": r["pack"],
+                "owner": self.owners.get(r["pack"], ""),
+                "pattern": r["pattern"],
+                "matches": r["matches"],
+                "incidents": r["incidents"],
+                "resolved": r["resolved"],
+                "failed": r["failed"],
+                "escalated": r["escalated"],
+            }
+            for r in self.store.pattern_stats()
+        ]
+        if not rows:
+            return True
+        body = msgpack.packb(
+            {"host": self.agent_info["host"], "at": self.clock(), "stats": rows}, use_bin_type=True
+        )
+        try:
+            response = self.client.post(stats_url(self.config.url), content=body)
+        except httpx.HTTPError as exc:
+            log.debug("statistics not sent (%s); they are totals, the next send carries them", exc)
+            return False
+        return 200 <= response.status_code < 300
 
     def send(self, items: list[SpoolItem], now: float) -> bool:
         """Post one batch; True when the receiver took it (or refused it for good)."""

@@ -19,7 +19,9 @@ from pathlib import Path
 
 import regex
 
+from agent.errors import StateError
 from agent.packs import Pack, Pattern
+from agent.redact import BUILTIN_REDACTOR
 from agent.remedy import Attempt, Identity, Outcome, Runner, run_remedy
 from agent.state import Incident
 
@@ -53,7 +55,8 @@ class DryRunner:
         identity: Identity | None = None,
     ) -> Attempt:
         who = f" as {identity.user}" if identity else ""
-        log.warning("dry run: would run %s%s in %s", argv, who, cwd)
+        shown = [BUILTIN_REDACTOR(item) for item in argv]
+        log.warning("dry run: would run %s%s in %s", shown, who, cwd)
         return Attempt(tuple(argv), 0.0, 0.0, 0, None, False, "(dry run)", "")
 
 
@@ -197,7 +200,7 @@ class Remediator:
             outcome = await run_remedy(
                 job.pattern,
                 remedy,
-                job.incident.fields,
+                job.incident.raw_fields or job.incident.fields,
                 job.pack.dir,
                 self.runner,
                 sleep=self.sleep or asyncio.sleep,
@@ -209,7 +212,15 @@ class Remediator:
                 on_attempt=lambda attempt: self.report(job, attempt),
                 on_verifying=lambda: self.verifying(job),
             )
-            self.finish(job, outcome)
+            while True:
+                try:
+                    self.finish(job, outcome)
+                    break
+                except StateError as exc:  # disk full, database locked: keep the outcome, retry
+                    log.error(
+                        "cannot record how %s ended, retrying: %s", job.pattern.qualified, exc
+                    )
+                    await asyncio.sleep(1.0)
         except asyncio.CancelledError:
             raise
         except Exception:

@@ -128,6 +128,7 @@ class Pack:
     user: str | None = None
     group: str | None = None
     max_concurrent_fixes: int | None = None
+    redact: tuple[regex.Pattern[str], ...] = ()
 
 
 def _templates(section: Section, key: str, groups: set[str], required: bool) -> Any:
@@ -375,6 +376,15 @@ def load_pack(pack_dir: Path, trust: bool = True) -> Pack:
         head.finish()
     seen: set[str] = set()
     patterns = [_pattern(s, name or "?", pack_dir, seen, trust) for s in root.tables("pattern")]
+    redact = []
+    for section in root.tables("redact"):
+        source = section.string("match")
+        section.finish()
+        if isinstance(source, str):
+            try:
+                redact.append(regex.compile(source, regex.VERSION0 | regex.DOTALL))
+            except (regex.error, OverflowError, RecursionError, ValueError) as exc:
+                section.error("match", f"is not a valid regex: {exc}")
     if not patterns and not doc.errors:
         root.error("pattern", "a pack needs at least one [[pattern]]")
     root.finish()
@@ -391,6 +401,7 @@ def load_pack(pack_dir: Path, trust: bool = True) -> Pack:
         user=user,
         group=group,
         max_concurrent_fixes=limit,
+        redact=tuple(redact),
     )
 
 

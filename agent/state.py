@@ -34,7 +34,7 @@ CREATE TABLE IF NOT EXISTS incidents (
     status TEXT NOT NULL, count INTEGER NOT NULL,
     first_seen REAL NOT NULL, last_seen REAL NOT NULL,
     samples TEXT NOT NULL, fields TEXT NOT NULL, attempts TEXT NOT NULL DEFAULT '[]',
-    outcome TEXT, updated REAL NOT NULL);
+    outcome TEXT, updated REAL NOT NULL, event BLOB);
 CREATE INDEX IF NOT EXISTS incidents_active ON incidents (status)
     WHERE status IN ('waiting', 'remediating', 'verifying');
 CREATE INDEX IF NOT EXISTS incidents_fp ON incidents (fingerprint, updated);
@@ -47,13 +47,26 @@ CREATE TABLE IF NOT EXISTS pattern_stats (
     pack TEXT NOT NULL, pattern TEXT NOT NULL, matches INTEGER NOT NULL DEFAULT 0,
     confirms INTEGER NOT NULL DEFAULT 0, timeouts INTEGER NOT NULL DEFAULT 0,
     seconds REAL NOT NULL DEFAULT 0, quarantined INTEGER NOT NULL DEFAULT 0,
-    updated REAL NOT NULL, PRIMARY KEY (pack, pattern));
+    updated REAL NOT NULL, incidents INTEGER NOT NULL DEFAULT 0,
+    resolved INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0,
+    escalated INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (pack, pattern));
+CREATE TABLE IF NOT EXISTS spool_drops (
+    one INTEGER PRIMARY KEY CHECK (one = 1), events INTEGER NOT NULL,
+    first REAL NOT NULL, last REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS spool (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, id TEXT NOT NULL UNIQUE,
     created REAL NOT NULL, body BLOB NOT NULL, tries INTEGER NOT NULL DEFAULT 0,
     next_try REAL NOT NULL DEFAULT 0, parked INTEGER NOT NULL DEFAULT 0, last_error TEXT);
 """
 
+# columns added since the first release, for state files written by it
+MIGRATIONS = (
+    ("incidents", "event", "BLOB"),
+    ("pattern_stats", "incidents", "INTEGER NOT NULL DEFAULT 0"),
+    ("pattern_stats", "resolved", "INTEGER NOT NULL DEFAULT 0"),
+    ("pattern_stats", "failed", "INTEGER NOT NULL DEFAULT 0"),
+    ("pattern_stats", "escalated", "INTEGER NOT NULL DEFAULT 0"),
+)
 OPEN = ("waiting", "remediating", "verifying")
 FIXING = ("remediating", "verifying")
 MAX_DONE_FILES = 10_000
@@ -91,6 +104,7 @@ class Incident:
     fields: dict[str, str] = field(default_factory=dict)
     attempts: list[dict[str, Any]] = field(default_factory=list)
     outcome: str | None = None
+    raw_fields: dict[str, str] | None = None  # unredacted, for the fix; never stored
 
 
 @dataclass(slots=True)
@@ -120,6 +134,26 @@ class Batch:
     escalations: list[dict[str, Any]] = field(default_factory=list)
     forget: list[tuple[int, int]] = field(default_factory=list)
     done: list[tuple[int, int, int, str]] = field(default_factory=list)
+    opened: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # incidents, escalated
+
+    def merge(self, later: Batch) -> None:
+        """Fold a later batch into this one (while the database refuses writes)."""
+        self.checkpoints.update(later.checkpoints)
+        self.incidents.update(later.incidents)
+        self.runs.extend(later.runs)
+        for incident_id, update in later.counts.items():
+            mine = self.counts.setdefault(incident_id, CountUpdate())
+            mine.added += update.added
+            mine.last_seen = max(mine.last_seen, update.last_seen)
+            mine.samples.extend(update.samples)
+        self.cooldowns.update(later.cooldowns)
+        self.escalations.extend(later.escalations)
+        self.forget.extend(later.forget)
+        self.done.extend(later.done)
+        for key, (incidents, escalated) in later.opened.items():
+            mine_opened = self.opened.setdefault(key, [0, 0])
+            mine_opened[0] += incidents
+            mine_opened[1] += escalated
 
     def __bool__(self) -> bool:
         return bool(
@@ -153,10 +187,26 @@ def _incident(row: sqlite3.Row) -> Incident:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class SpoolLimits:
+    """Events wait `hold` seconds to gather counts; the spool keeps the newest within bounds."""
+
+    hold: float = 0.0
+    max_events: int = 100_000
+    max_bytes: int = 256 * 1024 * 1024
+
+
 class Store:
-    def __init__(self, path: Path, max_samples: int = 10) -> None:
+    def __init__(
+        self,
+        path: Path,
+        max_samples: int = 10,
+        spool: SpoolLimits | None = None,
+        busy_timeout: float = 10.0,
+    ) -> None:
         self.path = path
         self.max_samples = max_samples
+        self.spool_limits = spool or SpoolLimits()
         self._lock = threading.Lock()
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -164,8 +214,12 @@ class Store:
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA busy_timeout=10000")
+            self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
             self._db.executescript(SCHEMA)
+            for table, column, kind in MIGRATIONS:
+                have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         except (OSError, sqlite3.Error) as exc:
             raise StateError(f"{path}: cannot open the state database: {exc}") from exc
 
@@ -263,16 +317,30 @@ class Store:
             db.executemany("INSERT INTO fix_runs VALUES (?,?)", batch.runs)
             for incident_id, update in batch.counts.items():
                 row = db.execute(
-                    "SELECT samples FROM incidents WHERE id=?", (incident_id,)
+                    "SELECT samples, count, last_seen, event FROM incidents WHERE id=?",
+                    (incident_id,),
                 ).fetchone()
                 if row is None:
                     continue
                 samples = json.loads(row[0])
                 samples = (samples + update.samples)[-self.max_samples :]
+                count = row[1] + update.added
+                last_seen = max(row[2], update.last_seen)
                 db.execute(
-                    "UPDATE incidents SET count=count+?, last_seen=max(last_seen, ?), samples=?,"
-                    " updated=? WHERE id=?",
-                    (update.added, update.last_seen, json.dumps(samples), now, incident_id),
+                    "UPDATE incidents SET count=?, last_seen=?, samples=?, updated=? WHERE id=?",
+                    (count, last_seen, json.dumps(samples), now, incident_id),
+                )
+                if row[3] is not None:  # escalated: the receiver hears the new count
+                    event = msgpack.unpackb(row[3])
+                    event.update(count=count, last_seen=last_seen, lines=samples)
+                    self._spool(db, [event], now)
+            for (pack, pattern), (incidents, escalated) in batch.opened.items():
+                db.execute(
+                    "INSERT INTO pattern_stats (pack, pattern, updated, incidents, escalated)"
+                    " VALUES (?,?,?,?,?) ON CONFLICT (pack, pattern) DO UPDATE SET"
+                    " incidents=incidents+excluded.incidents,"
+                    " escalated=escalated+excluded.escalated, updated=excluded.updated",
+                    (pack, pattern, now, incidents, escalated),
                 )
             db.executemany(
                 "INSERT OR REPLACE INTO cooldowns VALUES (?,?,?)",
@@ -282,12 +350,67 @@ class Store:
             db.executemany("DELETE FROM checkpoints WHERE dev=? AND ino=?", batch.forget)
             db.executemany("INSERT OR IGNORE INTO done_files VALUES (?,?,?,?)", batch.done)
 
-    @staticmethod
-    def _spool(db: sqlite3.Connection, events: list[dict[str, Any]], now: float) -> None:
+    def _spool(self, db: sqlite3.Connection, events: list[dict[str, Any]], now: float) -> None:
+        """Spool events (an update of one not yet sent replaces its body), then bound the spool.
+
+        Each event's body is also kept with its incident, so later matches can
+        send the receiver an updated count under the same id.
+        """
+        if not events:
+            return
+        due = now + self.spool_limits.hold
+        rows = [(e["id"], now, msgpack.packb(e, use_bin_type=True), due) for e in events]
         db.executemany(
-            "INSERT OR IGNORE INTO spool (id, created, body, next_try) VALUES (?,?,?,?)",
-            [(e["id"], now, msgpack.packb(e, use_bin_type=True), now) for e in events],
+            "INSERT INTO spool (id, created, body, next_try) VALUES (?,?,?,?)"
+            " ON CONFLICT (id) DO UPDATE SET body=excluded.body",
+            rows,
         )
+        db.executemany("UPDATE incidents SET event=? WHERE id=?", [(r[2], r[0]) for r in rows])
+        self._bound(db, now)
+
+    def _bound(self, db: sqlite3.Connection, now: float) -> None:
+        limits = self.spool_limits
+        events, size = db.execute(
+            "SELECT count(*), coalesce(sum(length(body)), 0) FROM spool"
+        ).fetchone()
+        if events <= limits.max_events and size <= limits.max_bytes:
+            return
+        dropped = 0
+        for seq, length in db.execute(
+            "SELECT seq, length(body) FROM spool ORDER BY seq"
+        ).fetchall():
+            if events <= limits.max_events and size <= limits.max_bytes:
+                break
+            db.execute("DELETE FROM spool WHERE seq=?", (seq,))
+            events -= 1
+            size -= length
+            dropped += 1
+        db.execute(
+            "INSERT INTO spool_drops VALUES (1, ?, ?, ?) ON CONFLICT (one) DO UPDATE SET"
+            " events=events+excluded.events, last=excluded.last",
+            (dropped, now, now),
+        )
+
+    def spool_drops(self) -> tuple[int, float, float] | None:
+        """(events dropped, first, last) since the last report, if any, and if there is room now."""
+        rows = self._read("SELECT events, first, last FROM spool_drops")
+        if not rows:
+            return None
+        limits = self.spool_limits
+        events, size = self._read("SELECT count(*), coalesce(sum(length(body)), 0) FROM spool")[0]
+        if events > limits.max_events // 2 or size > limits.max_bytes // 2:
+            return None
+        return rows[0][0], rows[0][1], rows[0][2]
+
+    def report_drops(self, event: dict[str, Any], dropped: int, now: float) -> None:
+        """Spool the report of `dropped` events and take them off the count, together."""
+        with self._tx() as db:
+            db.execute(
+                "INSERT OR IGNORE INTO spool (id, created, body, next_try) VALUES (?,?,?,?)",
+                (event["id"], now, msgpack.packb(event, use_bin_type=True), now),
+            )
+            db.execute("UPDATE spool_drops SET events=events-?", (dropped,))
+            db.execute("DELETE FROM spool_drops WHERE events<=0")
 
     # incidents ---------------------------------------------------------------
     def open_incidents(self) -> list[Incident]:
@@ -346,10 +469,23 @@ class Store:
     ) -> None:
         """Close an incident; its escalation (if any) is spooled in the same transaction."""
         with self._tx() as db:
-            db.execute(
-                "UPDATE incidents SET status=?, outcome=?, attempts=?, updated=? WHERE id=?",
+            row = db.execute(
+                "UPDATE incidents SET status=?, outcome=?, attempts=?, updated=? WHERE id=?"
+                " RETURNING pack, pattern",
                 (status, outcome, json.dumps(attempts), now, incident_id),
-            )
+            ).fetchone()
+            if row is not None:
+                db.execute(
+                    "UPDATE pattern_stats SET resolved=resolved+?, failed=failed+?,"
+                    " escalated=escalated+? WHERE pack=? AND pattern=?",
+                    (
+                        outcome == "resolved",
+                        outcome != "resolved",
+                        escalation is not None,
+                        row[0],
+                        row[1],
+                    ),
+                )
             if cooldown_until is not None:
                 db.execute(
                     "INSERT OR REPLACE INTO cooldowns VALUES (?,?,?)",
@@ -369,7 +505,8 @@ class Store:
         """Add (pack, pattern, matches, confirms, timeouts, seconds, quarantined) deltas."""
         with self._tx() as db:
             db.executemany(
-                "INSERT INTO pattern_stats VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (pack, pattern)"
+                "INSERT INTO pattern_stats (pack, pattern, matches, confirms, timeouts, seconds,"
+                " quarantined, updated) VALUES (?,?,?,?,?,?,?,?) ON CONFLICT (pack, pattern)"
                 " DO UPDATE SET matches=matches+excluded.matches,"
                 " confirms=confirms+excluded.confirms, timeouts=timeouts+excluded.timeouts,"
                 " seconds=seconds+excluded.seconds,"
@@ -422,7 +559,16 @@ class Store:
             "SELECT parked, count(*) AS n, min(created) AS oldest, max(last_error) AS err"
             " FROM spool GROUP BY parked"
         )
-        out: dict[str, Any] = {"queued": 0, "parked": 0, "oldest": None, "parked_error": None}
+        out: dict[str, Any] = {
+            "queued": 0,
+            "parked": 0,
+            "oldest": None,
+            "parked_error": None,
+            "dropped": 0,
+        }
+        drops = self._read("SELECT events FROM spool_drops")
+        if drops:
+            out["dropped"] = drops[0][0]
         for r in rows:
             out["parked" if r["parked"] else "queued"] = r["n"]
             if r["parked"]:

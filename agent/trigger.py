@@ -13,6 +13,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from agent.packs import Pattern
+from agent.redact import BUILTIN_REDACTOR, Redactor
 from agent.state import Batch, CountUpdate, Incident
 
 FOREVER = float("inf")
@@ -36,8 +37,9 @@ class _Waiting:
 
 
 class Trigger:
-    def __init__(self, max_samples: int) -> None:
+    def __init__(self, max_samples: int, redactors: dict[str, Redactor] | None = None) -> None:
         self.max_samples = max_samples
+        self.redactors = redactors or {}
         self._waiting: dict[str, _Waiting] = {}
         self._active: dict[str, _Active] = {}
         self._runs: dict[str, deque[float]] = {}
@@ -94,7 +96,7 @@ class Trigger:
                 update.added += 1
                 update.last_seen = now
                 if len(update.samples) < self.max_samples:
-                    update.samples.append(line)
+                    update.samples.append(self._redactor(pattern)(line))
                 return None
             del self._active[fp]
         if pattern.count == 1:
@@ -120,7 +122,7 @@ class Trigger:
             incident.count += 1
             incident.last_seen = now
             if len(incident.samples) < self.max_samples:
-                incident.samples.append(line)
+                incident.samples.append(self._redactor(pattern)(line))
         batch.incidents[incident.id] = incident
         if len(waiting.hits) < pattern.count:
             return None
@@ -135,6 +137,9 @@ class Trigger:
             incident.status = "expired"
             batch.incidents[incident.id] = incident
 
+    def _redactor(self, pattern: Pattern) -> Redactor:
+        return self.redactors.get(pattern.pack, BUILTIN_REDACTOR)
+
     def _new(
         self,
         pattern: Pattern,
@@ -145,19 +150,21 @@ class Trigger:
         source: str,
         now: float,
     ) -> Incident:
+        redact = self._redactor(pattern)
         return Incident(
             id=uuid.uuid4().hex,
             fingerprint=fp,
             pack=pattern.pack,
             pattern=pattern.id,
-            key=key,
+            key=redact(key),
             source=source,
             status="matched",
             count=1,
             first_seen=now,
             last_seen=now,
-            samples=[line],
-            fields=fields,
+            samples=[redact(line)],
+            fields=redact.fields(fields),
+            raw_fields=fields,
         )
 
     def _open(self, incident: Incident, pattern: Pattern, now: float, batch: Batch) -> Incident:

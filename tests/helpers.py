@@ -195,7 +195,7 @@ def write_config(
         token_file.chmod(0o600)
         lines.append(
             f'[escalation]\nurl = "{receiver.url}/v1/escalations"\n'
-            f'token_file = "{token_file}"\nbackoff_initial = "100ms"\n'
+            f'token_file = "{token_file}"\nbackoff_initial = "100ms"\naggregate = "0s"\n'
             'backoff_max = "500ms"\n'
         )
     lines.append('[limits]\nsweep_interval = "100ms"\n' + extra)

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import html
 import json
+import math
 import socket
+import ssl
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from agent.receiver.store import InvalidEvent, ReceiverStore, validate
+from agent.receiver.store import InvalidEvent, ReceiverStore, validate, validate_stats
 
 MAX_BODY = 4 * 1024 * 1024
 MAX_EVENTS = 5000
@@ -25,6 +28,31 @@ FILTERS = ("owner", "pattern", "host", "pack", "status", "fingerprint")
 
 class BodyTooLarge(Exception):
     pass
+
+
+class RateLimit:
+    """A token bucket per bearer token: `rate` requests a second, bursts of `burst`."""
+
+    def __init__(
+        self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+
+    def wait(self, token: str) -> float:
+        """0 if a request may pass now (and take a token), else seconds until one may."""
+        if self.rate <= 0:
+            return 0.0
+        now = self.clock()
+        level, then = self._buckets.get(token, (float(self.burst), now))
+        level = min(float(self.burst), level + (now - then) * self.rate)
+        if level >= 1.0:
+            self._buckets[token] = (level - 1.0, now)
+            return 0.0
+        self._buckets[token] = (level, now)
+        return (1.0 - level) / self.rate
 
 
 async def _body(request: Request, limit: int) -> bytes:
@@ -49,7 +77,11 @@ def _error(code: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=code)
 
 
-def create_app(store: ReceiverStore, max_body: int = MAX_BODY) -> Starlette:
+def create_app(
+    store: ReceiverStore, max_body: int = MAX_BODY, rate: float = 50.0, burst: int = 100
+) -> Starlette:
+    limiter = RateLimit(rate, burst)
+
     def auth(request: Request) -> str | None:
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
@@ -57,18 +89,30 @@ def create_app(store: ReceiverStore, max_body: int = MAX_BODY) -> Starlette:
             return None
         return store.authenticate(token.strip())
 
-    async def post_escalations(request: Request) -> Response:
+    async def admit(request: Request) -> tuple[str, Any] | Response:
+        """Authenticate, rate-limit and decode a POST body; an error response if any fails."""
         who = auth(request)
         if who is None:
             return _error(401, "a valid bearer token is required")
+        wait = limiter.wait(request.headers["authorization"].partition(" ")[2].strip())
+        if wait > 0:
+            response = _error(429, "too many requests for this token")
+            response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
+            return response
         try:
             body = await _body(request, max_body)
         except BodyTooLarge:
             return _error(413, f"body larger than {max_body} bytes")
         try:
-            doc = _decode(body, request.headers.get("content-type", ""))
+            return who, _decode(body, request.headers.get("content-type", ""))
         except Exception as exc:  # any decoding failure is the client's
             return _error(400, f"body is not valid msgpack or JSON: {type(exc).__name__}")
+
+    async def post_escalations(request: Request) -> Response:
+        admitted = await admit(request)
+        if isinstance(admitted, Response):
+            return admitted
+        who, doc = admitted
         if not isinstance(doc, dict) or not isinstance(doc.get("events"), list):
             return _error(400, 'body must be an object with an "events" list')
         if len(doc["events"]) > MAX_EVENTS:
@@ -79,6 +123,22 @@ def create_app(store: ReceiverStore, max_body: int = MAX_BODY) -> Starlette:
             return _error(422, str(exc))
         accepted, duplicates = store.store(events, who)
         return JSONResponse({"accepted": accepted, "duplicates": duplicates})
+
+    async def post_stats(request: Request) -> Response:
+        admitted = await admit(request)
+        if isinstance(admitted, Response):
+            return admitted
+        try:
+            host, rows = validate_stats(admitted[1])
+        except InvalidEvent as exc:
+            return _error(422 if isinstance(admitted[1], dict) else 400, str(exc))
+        store.store_stats(host, rows)
+        return JSONResponse({"stored": len(rows)})
+
+    async def get_stats(request: Request) -> Response:
+        if auth(request) is None:
+            return _error(401, "a valid bearer token is required")
+        return JSONResponse({"stats": store.stats()})
 
     async def get_escalations(request: Request) -> Response:
         if auth(request) is None:
@@ -103,6 +163,22 @@ def create_app(store: ReceiverStore, max_body: int = MAX_BODY) -> Starlette:
             ".resolved{color:#080}.no-remedy,.remedy-failed{color:#b00}</style>",
             "<h1>logmend: escalations by owner and pattern</h1>",
         ]
+        healed = store.stats()
+        if healed:
+            parts.append(
+                "<h2>What tier 1 did on the hosts</h2><table><tr><th>owner</th><th>pack</th>"
+                "<th>pattern</th><th>hosts</th><th>lines matched</th><th>incidents</th>"
+                "<th>fixed on the host</th><th>fixes failed</th><th>escalated</th></tr>"
+            )
+            for s in healed:
+                parts.append(
+                    f"<tr><td>{html.escape(s['owner'])}</td><td>{html.escape(s['pack'])}</td>"
+                    f"<td>{html.escape(s['pattern'])}</td><td>{s['hosts']}</td>"
+                    f"<td>{s['matches']}</td><td>{s['incidents']}</td>"
+                    f"<td class='resolved'>{s['resolved']}</td><td>{s['failed']}</td>"
+                    f"<td>{s['escalated']}</td></tr>"
+                )
+            parts.append("</table>")
         if not groups:
             parts.append("<p>No escalations yet.</p>")
         for owner, items in groups.items():
@@ -129,6 +205,8 @@ def create_app(store: ReceiverStore, max_body: int = MAX_BODY) -> Starlette:
         routes=[
             Route("/v1/escalations", post_escalations, methods=["POST"]),
             Route("/v1/escalations", get_escalations, methods=["GET"]),
+            Route("/v1/stats", post_stats, methods=["POST"]),
+            Route("/v1/stats", get_stats, methods=["GET"]),
             Route("/healthz", health),
             Route("/", page),
         ]
@@ -140,8 +218,21 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
-def serve(listen: str, db: Path, max_body: int = MAX_BODY) -> int:
-    """Serve until SIGTERM/SIGINT; prints the bound address first (port 0 picks one)."""
+def serve(
+    listen: str,
+    db: Path,
+    max_body: int = MAX_BODY,
+    rate: float = 50.0,
+    burst: int = 100,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    client_ca: Path | None = None,
+) -> int:
+    """Serve until SIGTERM/SIGINT; prints the bound address first (port 0 picks one).
+
+    With `tls_cert` it serves HTTPS; with `client_ca` as well, only clients with
+    a certificate that CA signed get through (mutual TLS).
+    """
     import uvicorn
 
     host, port = parse_listen(listen)
@@ -153,8 +244,16 @@ def serve(listen: str, db: Path, max_body: int = MAX_BODY) -> int:
     store = ReceiverStore(db)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
-    print(f"logmend receiver listening on http://{shown}:{bound}", flush=True)
-    config = uvicorn.Config(create_app(store, max_body), log_level="warning", access_log=False)
+    scheme = "https" if tls_cert else "http"
+    print(f"logmend receiver listening on {scheme}://{shown}:{bound}", flush=True)
+    tls: dict[str, Any] = {}
+    if tls_cert is not None:
+        tls = {"ssl_certfile": str(tls_cert), "ssl_keyfile": str(tls_key) if tls_key else None}
+        if client_ca is not None:
+            tls.update(ssl_ca_certs=str(client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
+    config = uvicorn.Config(
+        create_app(store, max_body, rate, burst), log_level="warning", access_log=False, **tls
+    )
     server = uvicorn.Server(config)
     server.run(sockets=[sock])
     store.close()

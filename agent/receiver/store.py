@@ -22,6 +22,11 @@ CREATE TABLE IF NOT EXISTS escalations (
     count INTEGER NOT NULL, first_seen REAL NOT NULL, last_seen REAL NOT NULL,
     body TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS escalations_owner ON escalations (owner, pattern);
+CREATE TABLE IF NOT EXISTS stats (
+    host TEXT NOT NULL, pack TEXT NOT NULL, pattern TEXT NOT NULL, owner TEXT NOT NULL,
+    matches INTEGER NOT NULL, incidents INTEGER NOT NULL, resolved INTEGER NOT NULL,
+    failed INTEGER NOT NULL, escalated INTEGER NOT NULL, updated REAL NOT NULL,
+    PRIMARY KEY (host, pack, pattern));
 """
 
 REQUIRED = {
@@ -41,6 +46,32 @@ def token_hash(token: str) -> str:
 
 class InvalidEvent(ValueError):
     pass
+
+
+STATS_FIELDS = ("matches", "incidents", "resolved", "failed", "escalated")
+
+
+def validate_stats(doc: Any) -> tuple[str, list[dict[str, Any]]]:
+    if not isinstance(doc, dict) or not isinstance(doc.get("host"), str) or not doc["host"]:
+        raise InvalidEvent('body must be an object with a "host" string')
+    rows = doc.get("stats")
+    if not isinstance(rows, list):
+        raise InvalidEvent('body must have a "stats" list')
+    for index, row in enumerate(rows):
+        if not isinstance(row, dict):
+            raise InvalidEvent(f"stats[{index}] must be an object")
+        for key in ("pack", "pattern"):
+            if not isinstance(row.get(key), str) or not row[key]:
+                raise InvalidEvent(f"stats[{index}].{key} must be a non-empty string")
+        if not isinstance(row.get("owner", ""), str):
+            raise InvalidEvent(f"stats[{index}].owner must be a string")
+        row.setdefault("owner", "")
+        for key in STATS_FIELDS:
+            value = row.get(key, 0)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise InvalidEvent(f"stats[{index}].{key} must be a non-negative integer")
+            row[key] = value
+    return doc["host"], rows
 
 
 def validate(event: Any, index: int) -> dict[str, Any]:
@@ -95,7 +126,12 @@ class ReceiverStore:
         return str(row["owner"])
 
     def store(self, events: list[dict[str, Any]], submitted_by: str) -> tuple[list[str], list[str]]:
-        """Insert each event once; returns (accepted ids, duplicate ids)."""
+        """Insert each event once; returns (accepted ids, duplicate ids).
+
+        An event sent again with a higher count (more matches since it was
+        first sent) updates the stored one; anything else with a known id is a
+        duplicate and changes nothing.
+        """
         accepted: list[str] = []
         duplicates: list[str] = []
         now = time.time()
@@ -103,6 +139,21 @@ class ReceiverStore:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 for e in events:
+                    count = int(e.get("count", 1))
+                    updated = self._db.execute(
+                        "UPDATE escalations SET count=?, last_seen=max(last_seen, ?), body=?"
+                        " WHERE id=? AND count<?",
+                        (
+                            count,
+                            float(e.get("last_seen", now)),
+                            json.dumps(e, default=str),
+                            e["id"],
+                            count,
+                        ),
+                    )
+                    if updated.rowcount:
+                        accepted.append(e["id"])
+                        continue
                     cursor = self._db.execute(
                         "INSERT OR IGNORE INTO escalations VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                         (
@@ -116,7 +167,7 @@ class ReceiverStore:
                             str(e.get("severity", "error")),
                             e["status"],
                             e["fingerprint"],
-                            int(e.get("count", 1)),
+                            count,
                             float(e.get("first_seen", now)),
                             float(e.get("last_seen", now)),
                             json.dumps(e, default=str),
@@ -128,6 +179,44 @@ class ReceiverStore:
                 self._db.execute("ROLLBACK")
                 raise
         return accepted, duplicates
+
+    def store_stats(self, host: str, rows: list[dict[str, Any]]) -> None:
+        """Cumulative totals per host and pattern; an older (smaller) report changes nothing."""
+        now = time.time()
+        with self._lock:
+            self._db.executemany(
+                "INSERT INTO stats VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (host, pack, pattern)"
+                " DO UPDATE SET owner=excluded.owner, matches=max(matches, excluded.matches),"
+                " incidents=max(incidents, excluded.incidents),"
+                " resolved=max(resolved, excluded.resolved), failed=max(failed, excluded.failed),"
+                " escalated=max(escalated, excluded.escalated), updated=excluded.updated",
+                [
+                    (
+                        host,
+                        r["pack"],
+                        r["pattern"],
+                        r["owner"],
+                        r["matches"],
+                        r["incidents"],
+                        r["resolved"],
+                        r["failed"],
+                        r["escalated"],
+                        now,
+                    )
+                    for r in rows
+                ],
+            )
+
+    def stats(self) -> list[dict[str, Any]]:
+        """Totals per owner, pack and pattern, summed over hosts."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT owner, pack, pattern, count(*) AS hosts, sum(matches) AS matches,"
+                " sum(incidents) AS incidents, sum(resolved) AS resolved, sum(failed) AS failed,"
+                " sum(escalated) AS escalated, max(updated) AS updated FROM stats"
+                " GROUP BY owner, pack, pattern ORDER BY owner, pack, pattern"
+            ).fetchall()
+        return [dict(r) for r in rows]
 
     def query(
         self, filters: dict[str, str], limit: int = 500, offset: int = 0
