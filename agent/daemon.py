@@ -23,6 +23,7 @@ import httpx
 import regex
 
 from agent import __version__
+from agent.alerts import AlertSink
 from agent.config import Config
 from agent.errors import ConfigError, ConfigErrors, StateError
 from agent.escalate import Sender, build_event, quarantine_event
@@ -163,9 +164,23 @@ class Agent:
                 clock=clock,
                 owners={p.name: p.owner for p in self.packs},
             )
+        self.alerts: AlertSink | None = None
+        if config.alertmanager is not None:
+            self.alerts = AlertSink(
+                self.store,
+                config.alertmanager,
+                config.host,
+                self.pattern_by_id,
+                self.pack_by_name,
+                transport=transport,
+                clock=clock,
+            )
         self._observer: Any = None
         self._flushed: dict[tuple[str, str], tuple[int, int, int, float]] = {}
         self._last_stats = time.monotonic()
+        self._stats_every = min(
+            STATS_INTERVAL, esc.stats_interval if esc is not None else STATS_INTERVAL
+        )
         self._quarantined: set[tuple[str, str]] = set()
         self._joiners: dict[tuple[int, int], EventJoiner] = {}
         # test hook: every record read is appended here before its checkpoint commits
@@ -223,6 +238,8 @@ class Agent:
                 self.remediator.submit(FixJob(incident, pattern, self.pack_by_name[pattern.pack]))
         if self.sender is not None:
             self.sender.start()
+        if self.alerts is not None:
+            self.alerts.start()
         if self.config.limits.file_events:
             self._watch()
         self.tailer.sweep()
@@ -288,6 +305,8 @@ class Agent:
         fixes_ended = self.remediator.stop(grace=SHUTDOWN_GRACE / 2)
         if self.sender is not None:
             self.sender.stop(flush_seconds=max(0.5, deadline - time.monotonic()))
+        if self.alerts is not None:
+            self.alerts.stop(flush_seconds=max(0.5, deadline - time.monotonic()))
         self.tailer.close()
         self.flush_stats()
         if fixes_ended:
@@ -336,7 +355,7 @@ class Agent:
                 self.tailer.sweep()
                 self._housekeeping()
                 last_sweep = time.monotonic()
-            if time.monotonic() - self._last_stats >= STATS_INTERVAL:
+            if time.monotonic() - self._last_stats >= self._stats_every:
                 self.flush_stats()
             if not read_any:
                 self.wake.wait(timeout=max(0.0, interval - (time.monotonic() - last_sweep)))
@@ -479,12 +498,12 @@ class Agent:
             incident.count,
             incident.source,
         )
+        opened = batch.opened.setdefault((pattern.pack, pattern.id), [0, 0])
+        opened[0] += 1
         if incident.status == "remediating":
             return
         outcome = incident.outcome or "no-remedy"
         incident.outcome = outcome
-        opened = batch.opened.setdefault((pattern.pack, pattern.id), [0, 0])
-        opened[0] += 1
         if pattern.escalate == "never":
             incident.status = "closed"
             return
@@ -530,9 +549,14 @@ class Agent:
             if incident.status == "remediating":
                 pattern = self.pattern_by_id[(incident.pack, incident.pattern)]
                 self.remediator.submit(FixJob(incident, pattern, self.pack_by_name[pattern.pack]))
-        if batch.escalations and self.sender is not None:
-            self.sender.wake.set()
+        if batch.escalations:
+            self._escalated()
         return True
+
+    def _escalated(self) -> None:
+        for sink in (self.sender, self.alerts):
+            if sink is not None:
+                sink.wake.set()
 
     def _apply_finished(self) -> None:
         while True:
@@ -587,6 +611,8 @@ class Agent:
         )
         self._done.put((incident.fingerprint, incident.id, until))
         self.wake.set()
+        if self.alerts is not None:
+            self.alerts.wake.set()  # an alert of this key may end now
         if outcome.resolved:
             self.counters.resolved += 1
             log.info(
@@ -606,5 +632,4 @@ class Agent:
         if escalation is not None:
             self.counters.escalated += 1
             log.info("escalating %s key=%r: %s", pattern.qualified, incident.key, wire)
-            if self.sender is not None:
-                self.sender.wake.set()
+            self._escalated()

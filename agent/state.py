@@ -315,6 +315,7 @@ class Store:
                 ],
             )
             db.executemany("INSERT INTO fix_runs VALUES (?,?)", batch.runs)
+            self._spool(db, batch.escalations, now)  # before counts, which update them
             for incident_id, update in batch.counts.items():
                 row = db.execute(
                     "SELECT samples, count, last_seen, event FROM incidents WHERE id=?",
@@ -346,7 +347,6 @@ class Store:
                 "INSERT OR REPLACE INTO cooldowns VALUES (?,?,?)",
                 [(fp, until, iid) for fp, (until, iid) in batch.cooldowns.items()],
             )
-            self._spool(db, batch.escalations, now)
             db.executemany("DELETE FROM checkpoints WHERE dev=? AND ino=?", batch.forget)
             db.executemany("INSERT OR IGNORE INTO done_files VALUES (?,?,?,?)", batch.done)
 
@@ -440,6 +440,20 @@ class Store:
             (now,),
         )
         return [dict(r) for r in rows]
+
+    def escalated_in_cooldown(self, now: float) -> list[dict[str, Any]]:
+        """Keys whose latest incident escalated and still cools down: what fires as an alert."""
+        rows = self._read(
+            "SELECT i.*, c.until FROM cooldowns c JOIN incidents i ON i.id = c.incident"
+            " WHERE c.until > ? AND i.status = 'escalated'",
+            (now,),
+        )
+        out = []
+        for r in rows:
+            row = dict(r)
+            row["samples"] = json.loads(row["samples"])
+            out.append(row)
+        return out
 
     def recent_fixes(self, limit: int = 20) -> list[Incident]:
         rows = self._read(

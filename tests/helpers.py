@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import http.server
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 import textwrap
@@ -51,6 +54,7 @@ class Receiver:
     url: str = ""
     proc: subprocess.Popen[str] | None = None
     port: int = 0
+    args: tuple[str, ...] = ()
 
     def start(self) -> Receiver:
         self.proc = subprocess.Popen(
@@ -63,6 +67,7 @@ class Receiver:
                 f"127.0.0.1:{self.port}",
                 "--db",
                 str(self.db),
+                *self.args,
             ],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -182,7 +187,10 @@ def write_config(
     packs: Path,
     receiver: Receiver | None = None,
     extra: str = "",
+    url: str | None = None,
+    escalation: str = "",
 ) -> Path:
+    """An agent config; escalations go to `url` (default: the receiver) with its token."""
     lines = [f'[agent]\nhost = "test-host"\nstate_dir = "{tmp / "state"}"\npacks = ["{packs}"]\n']
     for path, names in sources:
         lines.append(
@@ -194,9 +202,11 @@ def write_config(
         token_file.write_text(receiver.token)
         token_file.chmod(0o600)
         lines.append(
-            f'[escalation]\nurl = "{receiver.url}/v1/escalations"\n'
-            f'token_file = "{token_file}"\nbackoff_initial = "100ms"\naggregate = "0s"\n'
+            f'[escalation]\nurl = "{url or receiver.url}/v1/escalations"\n'
+            f'token_file = "{token_file}"\nbackoff_initial = "100ms"\n'
             'backoff_max = "500ms"\n'
+            + ("" if "aggregate" in escalation else 'aggregate = "0s"\n')
+            + escalation
         )
     lines.append('[limits]\nsweep_interval = "100ms"\n' + extra)
     config = tmp / "agent.toml"
@@ -210,3 +220,88 @@ def append(path: Path, *lines: str) -> None:
             handle.write(line + "\n")
         handle.flush()
         os.fsync(handle.fileno())
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class FaultServer:
+    """A receiver stand-in on loopback that fails on demand, then forwards to the real one.
+
+    `plan` is consumed one request at a time: "500", "429:SECONDS", "503:SECONDS",
+    "400", "hang" (never answers), "reset" (reads half the body, then resets the
+    connection), "forward-then-hang" (the real receiver stores it, the agent never
+    hears back). When the plan is empty every request is forwarded. Raw request
+    bodies are kept in `bodies`.
+    """
+
+    def __init__(self, target: str) -> None:
+        self.target = target.rstrip("/")
+        self.plan: list[str] = []
+        self.bodies: list[bytes] = []
+        self.seen: list[str] = []
+        self.release = threading.Event()
+        self.forwarded_and_hanging = threading.Event()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length", "0"))
+                action = server.plan.pop(0) if server.plan else "forward"
+                server.seen.append(action)
+                if action == "reset":
+                    self.rfile.read(length // 2)
+                    self.connection.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0)
+                    )
+                    self.connection.close()
+                    return
+                body = self.rfile.read(length)
+                server.bodies.append(body)
+                if action == "hang":
+                    server.release.wait(60)
+                    return
+                code, _, wait = action.partition(":")
+                if code.isdigit():
+                    self.send_response(int(code))
+                    if wait:
+                        self.send_header("Retry-After", wait)
+                    self.send_header("Content-Length", "2")
+                    self.end_headers()
+                    self.wfile.write(b"no")
+                    return
+                answer = httpx.post(
+                    server.target + self.path,
+                    content=body,
+                    headers={
+                        k: v
+                        for k, v in self.headers.items()
+                        if k.lower() in ("authorization", "content-type")
+                    },
+                    timeout=10,
+                )
+                if action == "forward-then-hang":
+                    server.forwarded_and_hanging.set()
+                    server.release.wait(60)
+                    return
+                self.send_response(answer.status_code)
+                self.send_header("Content-Type", answer.headers.get("content-type", "text/plain"))
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.release.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()

@@ -1,0 +1,373 @@
+"""Escalations arrive exactly once through faults; nothing secret is stored or sent."""
+
+from __future__ import annotations
+
+import json
+import resource
+import signal
+import sqlite3
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import (
+    PYTHON,
+    AgentProc,
+    FaultServer,
+    Receiver,
+    append,
+    free_port,
+    make_receiver,
+    wait_for,
+    wait_len,
+    write_config,
+    write_pack,
+)
+
+PACK = """\
+[[redact]]
+match = '''\\b\\d{3}-\\d{2}-\\d{4}\\b'''
+
+[[pattern]]
+id = "boom"
+match = '''boom (?P<n>\\d+)'''
+key = "{n}"
+cooldown = "1h"
+
+[[pattern.example]]
+line = "boom 1"
+
+[[pattern]]
+id = "leaky"
+match = '''request failed: (?P<detail>.*)'''
+key = "{detail}"
+escalate = "always"
+
+[pattern.remedy]
+run = ["scripts/echo.sh", "{detail}"]
+attempts = 1
+
+[[pattern.example]]
+line = "request failed: x"
+"""
+
+ECHO = '#!/bin/sh\necho "fixing: $*"\necho "stderr: $*" >&2\n'
+
+
+def setup_agent(
+    tmp: Path, receiver: Receiver, url: str | None = None, escalation: str = ""
+) -> tuple[AgentProc, Path]:
+    packs = tmp / "packs"
+    write_pack(packs, "ops", PACK, {"echo.sh": ECHO})
+    log = tmp / "app.log"
+    log.touch()
+    config = write_config(tmp, [(str(log), None)], packs, receiver, url=url, escalation=escalation)
+    return AgentProc(config), log
+
+
+def booms(receiver: Receiver, count: int) -> list[dict]:
+    events = wait_len(lambda: receiver.escalations(pattern="boom"), count, timeout=30)
+    return events
+
+
+def assert_once(events: list[dict], keys: list[str]) -> None:
+    assert sorted(e["key"] for e in events) == sorted(keys)
+    assert len({e["id"] for e in events}) == len(events)
+
+
+def spool(config: Path) -> dict:
+    done = subprocess.run(
+        [PYTHON, "-m", "agent", "status", "-c", str(config), "--json"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return dict(json.loads(done.stdout)["spool"])
+
+
+def test_receiver_down_for_the_whole_run_then_up_everything_arrives_once(tmp_path):
+    port = free_port()
+    receiver = make_receiver(tmp_path)
+    receiver.port = port
+    agent, log = setup_agent(tmp_path, receiver, url=f"http://127.0.0.1:{port}")
+    agent.start()
+    keys = [str(n) for n in range(50)]
+    append(log, *(f"boom {k}" for k in keys))
+    assert wait_for(lambda: spool(agent.config)["queued"] == 50), agent.log()
+    assert agent.stop() == 0  # and a restart in between, for good measure
+    agent.start()
+    receiver.start()
+    try:
+        events = booms(receiver, 50)
+        assert_once(events, keys)
+        assert wait_for(lambda: spool(agent.config)["queued"] == 0)
+        assert agent.stop() == 0
+        assert len(receiver.escalations(pattern="boom")) == 50
+    finally:
+        receiver.stop()
+
+
+@pytest.mark.parametrize(
+    ("plan", "escalation"),
+    [
+        (["500"] * 4, ""),
+        (["429:1"], ""),
+        (["503:1", "503:1"], ""),
+        (["hang"], 'timeout = "500ms"\n'),
+        (["reset"], ""),
+    ],
+    ids=["500s", "429-retry-after", "503-retry-after", "hanging", "reset-mid-body"],
+)
+def test_faults_delay_but_never_lose_or_duplicate(tmp_path, receiver, plan, escalation):
+    fault = FaultServer(receiver.url)
+    fault.plan = list(plan)
+    agent, log = setup_agent(tmp_path, receiver, url=fault.url, escalation=escalation)
+    agent.start()
+    try:
+        keys = [str(n) for n in range(30)]
+        append(log, *(f"boom {k}" for k in keys))
+        assert_once(booms(receiver, 30), keys)
+        assert fault.seen[: len(plan)] == plan and fault.seen[len(plan)] == "forward"
+        if plan[0].startswith(("429", "503")):
+            assert agent.saw("retrying in 1.0s") >= 1, agent.log()
+        assert agent.stop() == 0
+        assert len(receiver.escalations(pattern="boom")) == 30
+    finally:
+        fault.stop()
+
+
+def test_agent_killed_while_a_batch_is_in_flight_stores_it_once(tmp_path, receiver):
+    fault = FaultServer(receiver.url)
+    fault.plan = ["forward-then-hang"]
+    agent, log = setup_agent(tmp_path, receiver, url=fault.url)
+    agent.start()
+    try:
+        keys = [str(n) for n in range(20)]
+        append(log, *(f"boom {k}" for k in keys))
+        assert fault.forwarded_and_hanging.wait(20)
+        assert len(receiver.escalations(pattern="boom")) == 20  # stored; the agent never heard
+        agent.stop(signal.SIGKILL)
+        agent.start()
+        assert wait_for(lambda: len(fault.seen) >= 2 and spool(agent.config)["queued"] == 0)
+        assert_once(receiver.escalations(pattern="boom"), keys)
+        assert agent.stop() == 0
+    finally:
+        fault.stop()
+
+
+def test_a_refused_batch_is_parked_shown_and_sent_again_by_command(tmp_path, receiver):
+    fault = FaultServer(receiver.url)
+    fault.plan = ["400"]
+    agent, log = setup_agent(tmp_path, receiver, url=fault.url)
+    agent.start()
+    try:
+        append(log, "boom 1", "boom 2")
+        assert wait_for(lambda: spool(agent.config)["parked"] == 2), agent.log()
+        shown = subprocess.run(
+            [PYTHON, "-m", "agent", "status", "-c", str(agent.config)],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        assert "2 parked (last error: HTTP 400" in shown
+        assert receiver.escalations(pattern="boom") == []
+        subprocess.run(
+            [PYTHON, "-m", "agent", "spool", "retry", "-c", str(agent.config)], check=True
+        )
+        assert_once(booms(receiver, 2), ["1", "2"])
+        assert agent.stop() == 0
+    finally:
+        fault.stop()
+
+
+def test_a_full_spool_drops_the_oldest_counts_them_and_reports_the_drop(tmp_path):
+    port = free_port()
+    receiver = make_receiver(tmp_path)
+    receiver.port = port
+    agent, log = setup_agent(
+        tmp_path, receiver, url=f"http://127.0.0.1:{port}", escalation="spool_max_events = 10\n"
+    )
+    agent.start()
+    append(log, *(f"boom {n}" for n in range(25)))
+    assert wait_for(lambda: spool(agent.config)["dropped"] == 15), agent.log()
+    assert spool(agent.config)["queued"] == 10
+    receiver.start()
+    try:
+        assert_once(booms(receiver, 10), [str(n) for n in range(15, 25)])
+        [report] = wait_len(lambda: receiver.escalations(pattern="spool-overflow"), 1)
+        assert report["count"] == 15 and report["owner"] == "logmend"
+        assert wait_for(lambda: spool(agent.config)["dropped"] == 0)
+        assert agent.stop() == 0
+    finally:
+        receiver.stop()
+
+
+SECRETS = {
+    "Authorization: Bearer SECRETTOKEN123abc": "SECRETTOKEN123abc",
+    "GET https://admin:HUNTER2pw@db.internal/x": "HUNTER2pw",
+    "password=Sup3rS3cret! user=bob": "Sup3rS3cret!",
+    "used key AKIAABCDEFGHIJKLMNOP": "AKIAABCDEFGHIJKLMNOP",
+    "jwt eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJzZWNyZXQtand0In0.c2lnbmF0dXJlLXNlY3JldA": (
+        "c2lnbmF0dXJlLXNlY3JldA"
+    ),
+    "card 4111 1111 1111 1111 declined": "4111 1111 1111 1111",
+    "Cookie: session=COOKIESECRET99": "COOKIESECRET99",
+    "customer 123-45-6789 not found": "123-45-6789",
+    "-----BEGIN RSA PRIVATE KEY-----MIIEPRIVATEKEYBYTES": "MIIEPRIVATEKEYBYTES",
+    "api_token: tok_live_XYZ987": "tok_live_XYZ987",
+}
+
+
+def test_planted_secrets_reach_neither_the_state_database_nor_the_wire(tmp_path, receiver):
+    fault = FaultServer(receiver.url)
+    agent, log = setup_agent(tmp_path, receiver, url=fault.url)
+    agent.start()
+    try:
+        append(log, *(f"request failed: {line}" for line in SECRETS))
+        events = wait_len(lambda: receiver.escalations(pattern="leaky"), len(SECRETS))
+        assert len(events) == len(SECRETS)
+        for event in events:
+            assert "[REDACTED]" in event["lines"][0] and "[REDACTED]" in event["key"]
+            assert event["attempts"][0]["stdout"].startswith("fixing: ")
+        assert agent.stop() == 0
+    finally:
+        fault.stop()
+    state = tmp_path / "state"
+    raw = b"".join(p.read_bytes() for p in state.iterdir() if p.name.startswith("state.db"))
+    wire = b"".join(fault.bodies)
+    assert wire and raw
+    for secret in SECRETS.values():
+        assert secret.encode() not in raw, f"{secret} in the state database"
+        assert secret.encode() not in wire, f"{secret} sent"
+        assert secret not in agent.log(), f"{secret} in the agent's log"
+
+
+def test_self_heal_statistics_reach_the_receiver(tmp_path, receiver):
+    agent, log = setup_agent(tmp_path, receiver, escalation='stats_interval = "200ms"\n')
+    agent.start()
+    append(log, "boom 1", "boom 1", "request failed: a", "request failed: b")
+
+    def stats() -> dict:
+        answer = receiver_get(receiver, "/v1/stats")
+        return {row["pattern"]: row for row in answer["stats"]}
+
+    def settled() -> bool:
+        rows = stats()
+        return (
+            "leaky" in rows
+            and rows["leaky"]["resolved"] == 2
+            and rows.get("boom", {}).get("matches") == 2
+        )
+
+    assert wait_for(settled, 20), json.dumps(stats())
+    rows = stats()
+    assert rows["boom"]["incidents"] == 1 and rows["boom"]["escalated"] == 1
+    assert rows["leaky"]["incidents"] == 2 and rows["leaky"]["failed"] == 0
+    assert rows["leaky"]["owner"] == "team-test" and rows["leaky"]["hosts"] == 1
+    assert agent.stop() == 0
+
+
+def receiver_get(receiver: Receiver, path: str) -> dict:
+    import httpx
+
+    answer = httpx.get(
+        receiver.url + path, headers={"Authorization": f"Bearer {receiver.token}"}, timeout=5
+    )
+    answer.raise_for_status()
+    return dict(answer.json())
+
+
+def test_a_disk_that_refuses_writes_is_reported_and_nothing_is_lost(tmp_path, receiver):
+    agent, log = setup_agent(tmp_path, receiver)
+    agent.start()
+    append(log, "boom 0")
+    assert wait_len(lambda: receiver.escalations(pattern="boom"), 1)
+    assert agent.proc is not None
+    pid = agent.proc.pid
+    unlimited = resource.prlimit(pid, resource.RLIMIT_FSIZE)
+    resource.prlimit(pid, resource.RLIMIT_FSIZE, (1, unlimited[1]))  # every write fails: EFBIG
+    try:
+        append(log, *(f"boom {n}" for n in range(1, 40)))
+        assert wait_for(lambda: agent.saw("cannot write the state database"), 20), agent.log()
+        assert agent.proc.poll() is None
+    finally:
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, unlimited)
+    assert wait_for(lambda: agent.saw("the state database takes writes again"), 20), agent.log()
+    assert_once(booms(receiver, 40), [str(n) for n in range(40)])
+    assert agent.stop() == 0
+
+
+def test_escalation_updates_carry_new_counts_under_the_same_id(tmp_path, receiver):
+    agent, log = setup_agent(tmp_path, receiver, escalation='aggregate = "300ms"\n')
+    agent.start()
+    append(log, *(["boom 7"] * 1000))
+    assert wait_for(
+        lambda: [e["count"] for e in receiver.escalations(pattern="boom")] == [1000], 20
+    ), receiver.escalations(pattern="boom")
+    append(log, *(["boom 7"] * 500))
+    assert wait_for(
+        lambda: [e["count"] for e in receiver.escalations(pattern="boom")] == [1500], 20
+    )
+    requests = agent.saw("escalated 1 event(s)")
+    assert 2 <= requests <= 6, agent.log()  # a handful of requests, not 1,500
+    assert agent.stop() == 0
+
+
+def test_tls_with_a_private_ca_and_mutual_tls(tmp_path):
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    server = ca.issue_cert("127.0.0.1")
+    client = ca.issue_cert("logmend-agent")
+    files = {}
+    for name, blob in (
+        ("ca.pem", ca.cert_pem),
+        ("server.pem", server.cert_chain_pems[0]),
+        ("server.key", server.private_key_pem),
+        ("client.pem", client.cert_chain_pems[0]),
+        ("client.key", client.private_key_pem),
+    ):
+        files[name] = tmp_path / name
+        blob.write_to_path(str(files[name]))
+    receiver = make_receiver(tmp_path)
+    receiver.args = (
+        "--tls-cert",
+        str(files["server.pem"]),
+        "--tls-key",
+        str(files["server.key"]),
+        "--client-ca",
+        str(files["ca.pem"]),
+    )
+    receiver.start()
+    assert receiver.url.startswith("https://")
+
+    def stored() -> int:
+        with sqlite3.connect(receiver.db) as db:
+            return int(db.execute("SELECT count(*) FROM escalations").fetchone()[0])
+
+    try:
+        no_cert, log = setup_agent(
+            tmp_path / "a", receiver, escalation=f'ca_file = "{files["ca.pem"]}"\n'
+        )
+        no_cert.start()
+        append(log, "boom 1")
+        assert wait_for(lambda: no_cert.saw("escalation delivery failed"), 20), no_cert.log()
+        assert stored() == 0
+        assert no_cert.stop() == 0
+        untrusted, log = setup_agent(tmp_path / "b", receiver)  # system CAs only
+        untrusted.start()
+        append(log, "boom 2")
+        assert wait_for(lambda: untrusted.saw("CERTIFICATE_VERIFY_FAILED"), 20), untrusted.log()
+        assert untrusted.stop() == 0 and stored() == 0
+        good, log = setup_agent(
+            tmp_path / "c",
+            receiver,
+            escalation=f'ca_file = "{files["ca.pem"]}"\nclient_cert = "{files["client.pem"]}"\n'
+            f'client_key = "{files["client.key"]}"\n',
+        )
+        good.start()
+        append(log, "boom 3")
+        assert wait_for(lambda: stored() == 1, 20), good.log()
+        assert good.stop() == 0
+    finally:
+        receiver.stop()
