@@ -2,9 +2,10 @@
 
 A key that escalated stays an alert while it cools down (matches are still
 being counted into it): the alert is re-sent every `resend` seconds with
-`endsAt` at the end of the cooldown, so Alertmanager resolves it by itself if
-the agent goes away, and it is ended at once when the key stops firing — its
-cooldown passed or a later fix resolved it.
+`endsAt` a few resends ahead (never past the cooldown), so Alertmanager
+resolves it by itself if the agent goes away, as Prometheus does; and it is
+ended at once when the key stops firing — its cooldown passed, or a later fix
+resolved it.
 """
 
 from __future__ import annotations
@@ -120,7 +121,8 @@ class AlertSink:
             pattern = self.patterns.get((row["pack"], row["pattern"]))
             if pattern is None:
                 continue
-            alert = alert_of(row, pattern, self.packs[row["pack"]], self.host, row["until"])
+            ends = min(row["until"], now + 4 * self.config.resend)
+            alert = alert_of(row, pattern, self.packs[row["pack"]], self.host, ends)
             firing[row["fingerprint"]] = alert
             alerts.append(alert)
         for fingerprint, alert in self._firing.items():

@@ -242,6 +242,7 @@ class FaultServer:
         self.target = target.rstrip("/")
         self.plan: list[str] = []
         self.bodies: list[bytes] = []
+        self.times: list[float] = []  # when each body arrived
         self.seen: list[str] = []
         self.release = threading.Event()
         self.forwarded_and_hanging = threading.Event()
@@ -263,6 +264,7 @@ class FaultServer:
                     self.connection.close()
                     return
                 body = self.rfile.read(length)
+                server.times.append(time.time())
                 server.bodies.append(body)
                 if action == "hang":
                     server.release.wait(60)

@@ -371,3 +371,91 @@ def test_tls_with_a_private_ca_and_mutual_tls(tmp_path):
         assert good.stop() == 0
     finally:
         receiver.stop()
+
+
+ALERTMANAGER = "/usr/bin/prometheus-alertmanager"
+
+
+@pytest.mark.skipif(not Path(ALERTMANAGER).exists(), reason="prometheus-alertmanager not installed")
+def test_alerts_reach_a_real_alertmanager_are_resent_and_end(tmp_path):
+    (tmp_path / "am.yml").write_text('route:\n  receiver: "null"\nreceivers:\n  - name: "null"\n')
+    port = free_port()
+    manager = subprocess.Popen(
+        [
+            ALERTMANAGER,
+            f"--config.file={tmp_path / 'am.yml'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            f"--storage.path={tmp_path / 'am-data'}",
+            "--cluster.listen-address=",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    am = f"http://127.0.0.1:{port}"
+    import httpx
+
+    def alerts() -> list[dict]:
+        try:
+            return list(httpx.get(f"{am}/api/v2/alerts", timeout=2).json())
+        except httpx.HTTPError:
+            return []
+
+    recorder = FaultServer(am)  # forwards every post, keeping what the agent sent
+    try:
+        assert wait_for(lambda: _ready(am), 20)
+        packs = tmp_path / "packs"
+        write_pack(
+            packs, "ops", PACK.replace('cooldown = "1h"', 'cooldown = "3s"'), {"echo.sh": ECHO}
+        )
+        log = tmp_path / "app.log"
+        log.touch()
+        config = write_config(tmp_path, [(str(log), None)], packs)
+        config.write_text(
+            config.read_text() + f'\n[alertmanager]\nurl = "{recorder.url}"\nresend = "500ms"\n'
+        )
+        agent = AgentProc(config).start()
+        append(log, "boom 42")
+        [alert] = wait_len(alerts, 1)
+        assert alert["labels"] == {
+            "alertname": "logmend_boom",
+            "pack": "ops",
+            "pattern": "boom",
+            "host": "test-host",
+            "severity": "error",
+            "owner": "team-test",
+            "key": "42",
+            "fingerprint": alert["labels"]["fingerprint"],
+        }
+        assert alert["annotations"]["summary"] == "ops/boom on test-host: no-remedy (1 line(s))"
+        assert alert["status"]["state"] == "active"
+        assert wait_for(lambda: len(recorder.bodies) >= 3)  # re-sent while it fires
+
+        def ended() -> bool:  # a post whose endsAt is not in the future: the end, sent
+            last = json.loads(recorder.bodies[-1])[0]
+            return _seconds(last["endsAt"]) <= recorder.times[-1] + 0.01
+
+        assert wait_for(ended, 15)  # the cooldown passed: the agent ended the alert
+        assert alerts() == []
+        firing = [json.loads(b)[0] for b in recorder.bodies[:-1]]
+        assert all(_seconds(a["endsAt"]) > t for a, t in zip(firing, recorder.times, strict=False))
+        assert json.loads(recorder.bodies[-1])[0]["labels"]["key"] == "42"
+        assert agent.stop() == 0
+    finally:
+        recorder.stop()
+        manager.terminate()
+        manager.wait(10)
+
+
+def _ready(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{url}/-/ready", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _seconds(rfc3339: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(rfc3339).timestamp()

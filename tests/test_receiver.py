@@ -108,3 +108,66 @@ def test_tokens_are_stored_hashed(tmp_path, capsys):
     assert token.encode() not in db.read_bytes()
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT owner FROM tokens").fetchall() == [("ops",)]
+
+
+def test_a_later_count_updates_the_event_and_an_older_one_is_a_duplicate(receiver):
+    def send(count: int) -> dict:
+        answer = post(receiver, msgpack.packb({"events": [event(9, count=count, last_seen=count)]}))
+        assert answer.status_code == 200
+        return dict(answer.json())
+
+    assert send(1)["accepted"] == ["ev-9"]
+    assert send(40)["accepted"] == ["ev-9"]
+    assert send(7)["duplicates"] == ["ev-9"]
+    [stored] = httpx.get(
+        f"{receiver.url}/v1/escalations",
+        headers={"Authorization": f"Bearer {receiver.token}"},
+    ).json()["escalations"]
+    assert stored["count"] == 40 and stored["last_seen"] == 40
+
+
+def test_each_token_is_rate_limited_with_retry_after(tmp_path):
+    from tests.helpers import make_receiver
+
+    limited = make_receiver(tmp_path)
+    limited.args = ("--rate", "0.5", "--burst", "2")
+    limited.start()
+    try:
+        codes = [post(limited, msgpack.packb({"events": [event(n)]})) for n in range(3)]
+        assert [c.status_code for c in codes] == [200, 200, 429]
+        assert int(codes[2].headers["retry-after"]) >= 1
+        assert len(limited.escalations()) == 2  # the refused one stored nothing
+    finally:
+        limited.stop()
+
+
+def test_stats_are_totals_per_host_and_bad_ones_are_refused(receiver):
+    def send(doc: object) -> httpx.Response:
+        return httpx.post(
+            f"{receiver.url}/v1/stats",
+            content=msgpack.packb(doc),
+            headers={"Authorization": f"Bearer {receiver.token}"},
+            timeout=10,
+        )
+
+    row = {
+        "pack": "nginx",
+        "owner": "web",
+        "pattern": "p",
+        "matches": 10,
+        "incidents": 2,
+        "resolved": 2,
+        "failed": 0,
+        "escalated": 0,
+    }
+    assert send({"host": "a", "stats": [row]}).status_code == 200
+    assert send({"host": "a", "stats": [{**row, "matches": 4}]}).status_code == 200  # older
+    assert send({"host": "b", "stats": [{**row, "resolved": 1}]}).status_code == 200
+    assert send({"host": "a", "stats": [{**row, "matches": -1}]}).status_code == 422
+    assert send(["nope"]).status_code == 400
+    assert httpx.post(f"{receiver.url}/v1/stats", content=b"{}").status_code == 401
+    [total] = httpx.get(
+        f"{receiver.url}/v1/stats", headers={"Authorization": f"Bearer {receiver.token}"}
+    ).json()["stats"]
+    assert (total["hosts"], total["matches"], total["resolved"]) == (2, 20, 3)
+    assert "fixed on the host" in httpx.get(receiver.url + "/").text
