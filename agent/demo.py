@@ -219,9 +219,20 @@ sweep_interval = "200ms"
         except (httpx.HTTPError, ValueError, KeyError):
             return []
 
+    def healed() -> list[dict[str, object]]:
+        try:
+            answer = httpx.get(f"{url}/v1/stats", headers=headers, timeout=5)
+            return [s for s in answer.json()["stats"] if s["resolved"]]
+        except (httpx.HTTPError, ValueError, KeyError):
+            return []
+
     remaining = DEADLINE - (time.monotonic() - started)
     done = _wait(
-        lambda: len(stored()) >= expected and sum(" resolved " in line for line in seen) >= 2,
+        lambda: (
+            len(stored()) >= expected
+            and sum(" resolved " in line for line in seen) >= 2
+            and sum(int(str(s["resolved"])) for s in healed()) >= 2
+        ),
         remaining,
     )
     agent.send_signal(signal.SIGTERM)
@@ -239,6 +250,12 @@ sweep_interval = "200ms"
             f"  {e['owner']}: {e['pack']}/{e['pattern']} {e['status']} count={e['count']} "
             f"fix attempts={len(attempts)}"
             + (f" key={json.dumps(e['key'])}" if e.get("key") else "")
+        )
+    print("what tier 1 fixed, as the central view shows it (POST /v1/stats):")
+    for s in healed():
+        print(
+            f"  {s['owner']}: {s['pack']}/{s['pattern']} fixed on the host {s['resolved']}"
+            f" time(s) on {s['hosts']} host(s)"
         )
     print(f"== done in {time.monotonic() - started:.1f}s; the receiver's page was {url}/")
     if not done:

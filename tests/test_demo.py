@@ -29,3 +29,4 @@ def test_demo_runs_end_to_end_in_under_30_seconds():
     assert "postgresql/stale-postmaster-pid remedy-failed" in out
     assert "nginx/upstream-timeout no-remedy count=5" in out
     assert "gunicorn/worker-killed-oom always" in out
+    assert "nginx/temp-dir-missing fixed on the host 1 time(s) on 1 host(s)" in out
