@@ -47,6 +47,14 @@ class Escalation:
     stats_interval: float = 60.0
 
 
+METRICS_LISTEN = "127.0.0.1:9464"
+
+
+@dataclass(frozen=True, slots=True)
+class Metrics:
+    listen: str = METRICS_LISTEN
+
+
 @dataclass(frozen=True, slots=True)
 class Alertmanager:
     url: str
@@ -81,6 +89,7 @@ class Config:
     fix_user: str | None = None
     fix_group: str | None = None
     alertmanager: Alertmanager | None = None
+    metrics: Metrics | None = None
 
     @property
     def state_db(self) -> Path:
@@ -148,6 +157,18 @@ def _escalation(section: Section | None, base: Path) -> Escalation | None:
         section.error("client_key", "needs client_cert")
     section.finish()
     return esc
+
+
+def _metrics(section: Section | None) -> Metrics | None:
+    if section is None:
+        return None
+    listen = section.string("listen", METRICS_LISTEN)
+    if isinstance(listen, str):
+        host, _, port = listen.rpartition(":")
+        if not port.isdigit() or not host:
+            section.error("listen", f"must be HOST:PORT, not {listen!r}")
+    section.finish()
+    return Metrics(listen if isinstance(listen, str) else METRICS_LISTEN)
 
 
 def _alertmanager(section: Section | None) -> Alertmanager | None:
@@ -237,6 +258,7 @@ def parse_config(file: Path, text: str) -> Config:
         root.error("source", "at least one [[source]] is needed")
     escalation = _escalation(root.table("escalation"), base)
     alertmanager = _alertmanager(root.table("alertmanager"))
+    metrics = _metrics(root.table("metrics"))
     limits = _limits(root.table("limits"))
     root.finish()
     for index, source in enumerate(sources):
@@ -255,6 +277,7 @@ def parse_config(file: Path, text: str) -> Config:
         fix_user=fix_user,
         fix_group=fix_group,
         alertmanager=alertmanager,
+        metrics=metrics,
     )
 
 

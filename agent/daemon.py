@@ -7,10 +7,14 @@ pass's checkpoints together with everything those lines caused.
 
 from __future__ import annotations
 
+import contextlib
+import glob
+import json
 import logging
 import os
 import queue
 import signal
+import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -24,11 +28,12 @@ import regex
 
 from agent import __version__
 from agent.alerts import AlertSink
-from agent.config import Config
+from agent.config import Config, load_config
 from agent.errors import ConfigError, ConfigErrors, StateError
 from agent.escalate import Sender, build_event, quarantine_event
 from agent.fixes import FixJob, Remediator
 from agent.match import Hit, Matcher
+from agent.notify import Notifier
 from agent.packs import Pack, Pattern, load_packs
 from agent.records import EventJoiner
 from agent.redact import Redactor
@@ -41,6 +46,8 @@ log = logging.getLogger("logmend")
 
 SHUTDOWN_GRACE = 5.0
 STATS_INTERVAL = 10.0
+STATUS_INTERVAL = 5.0
+FIX_LOOP_GRACE = 30.0
 
 
 def matchers_for(config: Config, packs: list[Pack]) -> list[Matcher]:
@@ -59,6 +66,68 @@ def matchers_for(config: Config, packs: list[Pack]) -> list[Matcher]:
             )
         out.append(shared[chosen])
     return out
+
+
+def spool_limits(config: Config) -> SpoolLimits:
+    esc = config.escalation
+    if esc is None:
+        return SpoolLimits()
+    return SpoolLimits(esc.aggregate, esc.spool_max_events, esc.spool_max_bytes)
+
+
+def identities_for(config: Config, packs: list[Pack]) -> dict[str, Identity | None]:
+    """Who each pack's fixes run as; names are checked now, applied only when root."""
+    out: dict[str, Identity | None] = {}
+    errors = []
+    for pack in packs:
+        user = pack.user or config.fix_user
+        group = pack.group or config.fix_group
+        try:
+            out[pack.name] = resolve_identity(user, group)
+        except ValueError as exc:
+            where = pack.file if (pack.user or pack.group) else config.file
+            errors.append(ConfigError(where, "user", None, str(exc)))
+    if errors:
+        raise ConfigErrors(errors)
+    if os.geteuid() != 0 and any(out.values()):
+        log.info("not running as root: every fix runs as this agent's own user")
+    elif os.geteuid() == 0 and not all(out.values()):
+        log.warning(
+            "running as root: fixes of packs that name no user run as root (%s)",
+            ", ".join(name for name, who in out.items() if who is None),
+        )
+    return out
+
+
+def own_log_identity() -> tuple[int, int] | None:
+    """The file the agent's own log (stderr) goes to, if it is a file."""
+    try:
+        st = os.fstat(2)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) else None
+
+
+def refuse_own_log(config: Config, own: tuple[int, int] | None) -> None:
+    """A source that matches the agent's own log would feed its log lines back into it."""
+    if own is None:
+        return
+    for index, source in enumerate(config.sources):
+        for path in glob.glob(source.path):
+            with contextlib.suppress(OSError):
+                st = os.stat(path)
+                if (st.st_dev, st.st_ino) == own:
+                    raise ConfigErrors(
+                        [
+                            ConfigError(
+                                config.file,
+                                f"source[{index}].path",
+                                None,
+                                f"{path} is the agent's own log (its stderr): it would read "
+                                "its own lines back",
+                            )
+                        ]
+                    )
 
 
 class _Reading(Protocol):
@@ -103,26 +172,17 @@ class Agent:
         transport: httpx.BaseTransport | None = None,
         dry_run: bool = False,
     ) -> None:
-        self.config = config
-        self.packs = packs if packs is not None else load_packs(config.packs)
-        self._check_sources()
-        identities = self._identities()
+        packs = packs if packs is not None else load_packs(config.packs)
+        identities = identities_for(config, packs)
+        self.own_log = own_log_identity()
+        refuse_own_log(config, self.own_log)
         self.clock = clock
+        self.transport = transport
+        self._adopt(config, packs)
         self.runner = runner or ProcessRunner(config.limits.output_tail_bytes, clock)
-        self.pack_by_name = {p.name: p for p in self.packs}
-        self.pattern_by_id = {(p.pack, p.id): p for pack in self.packs for p in pack.patterns}
-        self.matchers = matchers_for(config, self.packs)
-        self.max_line = config.limits.max_line_bytes
-        esc = config.escalation
-        limits = (
-            SpoolLimits(esc.aggregate, esc.spool_max_events, esc.spool_max_bytes)
-            if esc is not None
-            else SpoolLimits()
-        )
-        self.store = Store(config.state_db, config.limits.max_samples, limits)
+        self.store = Store(config.state_db, config.limits.max_samples, spool_limits(config))
         self._unsaved: Batch | None = None
         self._last_store_error = 0.0
-        self.redactors = {p.name: Redactor(p.redact) for p in self.packs}
         self.trigger = Trigger(config.limits.max_samples, self.redactors)
         budget_window = max(
             (p.remedy.budget.within for p in self.pattern_by_id.values() if p.remedy), default=0.0
@@ -133,15 +193,14 @@ class Agent:
             self.store.fix_runs(clock() - budget_window),
             {key: p.within for key, p in self.pattern_by_id.items()},
         )
-        self.tailer = Tailer(
-            config.sources,
-            self.store.checkpoints(),
-            config.limits.max_line_bytes,
-            self.store.done_files(),
-        )
+        self.tailer = self._new_tailer()
         self.counters = Counters()
+        self.lines_by_source: dict[str, int] = {}
+        self.bytes_by_source: dict[str, int] = {}
+        self.reloads = {"ok": 0, "failed": 0}
         self.stopping = threading.Event()
         self.wake = threading.Event()
+        self._reload_asked = threading.Event()
         self._done: queue.SimpleQueue[tuple[str, str, float]] = queue.SimpleQueue()
         self.remediator = Remediator(
             self.runner,
@@ -154,68 +213,79 @@ class Agent:
             dry_run=dry_run,
         )
         self._watched = self.remediator.watched
-        self.sender: Sender | None = None
-        if config.escalation is not None:
-            self.sender = Sender(
-                self.store,
-                config.escalation,
-                {"host": config.host, "version": __version__},
-                transport=transport,
-                clock=clock,
-                owners={p.name: p.owner for p in self.packs},
-            )
-        self.alerts: AlertSink | None = None
-        if config.alertmanager is not None:
-            self.alerts = AlertSink(
-                self.store,
-                config.alertmanager,
-                config.host,
-                self.pattern_by_id,
-                self.pack_by_name,
-                transport=transport,
-                clock=clock,
-            )
+        self.sender: Sender | None = self._new_sender()
+        self.alerts: AlertSink | None = self._new_alerts()
+        self.notify = Notifier()
+        self._last_ping = 0.0
+        self._last_status = 0.0
+        self._status_lines = 0
+        self.metrics_server: Any = None
+        self.metrics_port = 0
         self._observer: Any = None
         self._flushed: dict[tuple[str, str], tuple[int, int, int, float]] = {}
         self._last_stats = time.monotonic()
+        esc = config.escalation
         self._stats_every = min(
             STATS_INTERVAL, esc.stats_interval if esc is not None else STATS_INTERVAL
         )
         self._quarantined: set[tuple[str, str]] = set()
         self._joiners: dict[tuple[int, int], EventJoiner] = {}
-        # test hook: every record read is appended here before its checkpoint commits
+        # test hooks: every record read is appended to LOGMEND_TEST_TEE before its
+        # checkpoint commits; while the file LOGMEND_TEST_STALL exists, matching stalls
         tee = os.environ.get("LOGMEND_TEST_TEE")
         self._tee = os.open(tee, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600) if tee else None
+        self._stall = os.environ.get("LOGMEND_TEST_STALL")
 
-    def _identities(self) -> dict[str, Identity | None]:
-        """Who each pack's fixes run as; names are checked now, applied only when root."""
-        out: dict[str, Identity | None] = {}
-        errors = []
-        for pack in self.packs:
-            user = pack.user or self.config.fix_user
-            group = pack.group or self.config.fix_group
-            try:
-                out[pack.name] = resolve_identity(user, group)
-            except ValueError as exc:
-                where = pack.file if (pack.user or pack.group) else self.config.file
-                errors.append(ConfigError(where, "user", None, str(exc)))
-        if errors:
-            raise ConfigErrors(errors)
-        if os.geteuid() != 0 and any(out.values()):
-            log.info("not running as root: every fix runs as this agent's own user")
-        elif os.geteuid() == 0 and not all(out.values()):
-            log.warning(
-                "running as root: fixes of packs that name no user run as root (%s)",
-                ", ".join(name for name, who in out.items() if who is None),
-            )
-        return out
-
-    def _check_sources(self) -> None:
-        names = {p.name for p in self.packs}
-        for source in self.config.sources:
+    def _adopt(self, config: Config, packs: list[Pack]) -> None:
+        """Take a config and packs: everything the per-record path looks up."""
+        self.config = config
+        self.packs = packs
+        self.pack_by_name = {p.name: p for p in packs}
+        self.pattern_by_id = {(p.pack, p.id): p for pack in packs for p in pack.patterns}
+        self.matchers = matchers_for(config, packs)
+        self.max_line = config.limits.max_line_bytes
+        self.redactors = {p.name: Redactor(p.redact) for p in packs}
+        names = {p.name for p in packs}
+        for source in config.sources:
             for name in source.packs or ():
                 if name not in names:
                     log.warning("source %s names pack %r, which is not loaded", source.path, name)
+
+    def _new_tailer(self) -> Tailer:
+        tailer = Tailer(
+            self.config.sources,
+            self.store.checkpoints(),
+            self.config.limits.max_line_bytes,
+            self.store.done_files(),
+        )
+        if self.own_log is not None:
+            tailer.exclude.add(self.own_log)
+        return tailer
+
+    def _new_sender(self) -> Sender | None:
+        if self.config.escalation is None:
+            return None
+        return Sender(
+            self.store,
+            self.config.escalation,
+            {"host": self.config.host, "version": __version__},
+            transport=self.transport,
+            clock=self.clock,
+            owners={p.name: p.owner for p in self.packs},
+        )
+
+    def _new_alerts(self) -> AlertSink | None:
+        if self.config.alertmanager is None:
+            return None
+        return AlertSink(
+            self.store,
+            self.config.alertmanager,
+            self.config.host,
+            self.pattern_by_id,
+            self.pack_by_name,
+            transport=self.transport,
+            clock=self.clock,
+        )
 
     # lifecycle -------------------------------------------------------------------
     def run(self) -> int:
@@ -226,6 +296,13 @@ class Agent:
         finally:
             self.shutdown()
         return 0
+
+    def start_metrics(self) -> None:
+        if self.config.metrics is None:
+            return
+        from agent.metrics import serve_metrics
+
+        self.metrics_server = serve_metrics(self, self.config.metrics)
 
     def start(self) -> None:
         self.remediator.start()
@@ -244,6 +321,8 @@ class Agent:
             self._watch()
         self.tailer.sweep()
         self._housekeeping()
+        self.start_metrics()
+        self.notify.ready(self.status_line())
         log.info(
             "logmend %s running: %d source(s), %d file(s), %d pack(s), %d pattern(s)",
             __version__,
@@ -261,8 +340,13 @@ class Agent:
             self.stopping.set()
             self.wake.set()
 
+        def reload(signum: int, frame: FrameType | None) -> None:
+            self._reload_asked.set()
+            self.wake.set()
+
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, reload)
 
     def _watch(self) -> None:
         """watchdog only wakes the loop early; the periodic sweep stays the truth."""
@@ -299,6 +383,9 @@ class Agent:
             )
 
     def shutdown(self) -> None:
+        self.notify.stopping()
+        if self.metrics_server is not None:
+            self.metrics_server.shutdown()
         if self._observer is not None:
             self._observer.stop()
         deadline = time.monotonic() + SHUTDOWN_GRACE
@@ -344,12 +431,115 @@ class Agent:
                 return
             self._flushed.update(flushed)
 
+    # health, for systemd --------------------------------------------------------------
+    def status_line(self) -> str:
+        now = time.monotonic()
+        elapsed = max(1e-6, now - self._last_status) if self._last_status else 0.0
+        rate = (self.counters.lines - self._status_lines) / elapsed if elapsed else 0.0
+        self._last_status, self._status_lines = now, self.counters.lines
+        try:
+            spool = self.store.spool_summary()
+            open_incidents = self.store.open_count()
+        except StateError:
+            return f"{len(self.tailer.files)} files, {rate:.0f} lines/s, state database failing"
+        return (
+            f"{len(self.tailer.files)} files, {rate:.0f} lines/s, {open_incidents} open"
+            f" incidents, {spool['queued']} queued and {spool['parked']} parked escalations"
+        )
+
+    def progressing(self) -> bool:
+        """The reader is here to ask; are the sender and the fix loop moving too?"""
+        now = time.monotonic()
+        if self.sender is not None and now - self.sender.heartbeat > self.sender.grace:
+            return False
+        return now - self.remediator.heartbeat <= FIX_LOOP_GRACE
+
+    def _keepalive(self) -> None:
+        now = time.monotonic()
+        interval = self.notify.watchdog_interval
+        if interval is not None and now - self._last_ping >= interval and self.progressing():
+            self.notify.watchdog()
+            self._last_ping = now
+        if self.notify.enabled and now - self._last_status >= STATUS_INTERVAL:
+            self.notify.status(self.status_line())
+
+    # reload ------------------------------------------------------------------------
+    def reload(self) -> bool:
+        """Re-read config and packs and swap them in between records; keep all state.
+
+        A config or pack with errors changes nothing: the running set stays, and
+        the errors are logged and kept for `logmend status`.
+        """
+        log.info("received SIGHUP, reloading %s", self.config.file)
+        self.notify.reloading()
+        try:
+            config = load_config(self.config.file)
+            packs = load_packs(config.packs)
+            identities = identities_for(config, packs)
+            refuse_own_log(config, self.own_log)
+        except ConfigErrors as exc:
+            for error in exc.errors:
+                log.error("reload refused, the previous config and packs stay: %s", error)
+            self.reloads["failed"] += 1
+            self._record_reload([str(e) for e in exc.errors])
+            self.notify.ready(self.status_line())
+            return False
+        self.flush_stats()
+        old = self.config
+        self._adopt(config, packs)
+        self._flushed = {}
+        self._quarantined.clear()
+        self.trigger.redactors = self.redactors
+        self.remediator.reconfigure(packs, identities)
+        self.store.spool_limits = spool_limits(config)
+        if config.sources != old.sources or config.limits != old.limits:
+            self._joiners.clear()
+            self.tailer.close()
+            self.tailer = self._new_tailer()  # resumes at the committed checkpoints
+            self.tailer.sweep()
+            self._housekeeping()
+        if config.escalation != old.escalation or config.host != old.host:
+            if self.sender is not None:
+                self.sender.stop(flush_seconds=2.0)
+            self.sender = self._new_sender()
+            if self.sender is not None:
+                self.sender.start()
+        if self.alerts is not None:
+            self.alerts.stop(flush_seconds=2.0)
+        self.alerts = self._new_alerts()
+        if self.alerts is not None:
+            self.alerts.start()
+        self.reloads["ok"] += 1
+        self._record_reload([])
+        log.info(
+            "reloaded: %d source(s), %d pack(s), %d pattern(s)",
+            len(config.sources),
+            len(packs),
+            len(self.pattern_by_id),
+        )
+        self.notify.ready(self.status_line())
+        return True
+
+    def _record_reload(self, errors: list[str]) -> None:
+        try:
+            self.store.set_meta(
+                "last_reload",
+                json.dumps({"at": self.clock(), "ok": not errors, "errors": errors}),
+            )
+        except StateError as exc:
+            log.error("cannot record the reload in the state database: %s", exc)
+
     # the reader loop ---------------------------------------------------------------
     def loop(self) -> None:
         interval = self.config.limits.sweep_interval
         last_sweep = time.monotonic()
         while not self.stopping.is_set():
+            if self._reload_asked.is_set() and self._unsaved is None:
+                self._reload_asked.clear()
+                self.reload()
+                interval = self.config.limits.sweep_interval
             read_any = self.pass_once()
+            self._keepalive()
             if time.monotonic() - last_sweep >= interval or self.wake.is_set():
                 self.wake.clear()
                 self.tailer.sweep()
@@ -422,7 +612,14 @@ class Agent:
     ) -> None:
         if not block:
             return
-        self.counters.lines += block.count(b"\n")
+        if self._stall is not None:
+            while os.path.exists(self._stall):  # test hook: a wedged matcher
+                time.sleep(0.05)
+        lines = block.count(b"\n")
+        self.counters.lines += lines
+        path = followed.path
+        self.lines_by_source[path] = self.lines_by_source.get(path, 0) + lines
+        self.bytes_by_source[path] = self.bytes_by_source.get(path, 0) + len(block)
         if self._tee is not None:
             os.write(self._tee, block)
         if followed.path in self._watched:

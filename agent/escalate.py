@@ -208,6 +208,8 @@ class Sender:
         self.clock = clock
         self.owners = owners or {}
         self._next_stats = 0.0
+        self.heartbeat = time.monotonic()  # the loop is alive (not wedged) as of this
+        self.grace = 3 * config.timeout + 10.0
         self.stats = SenderStats()
         self.wake = threading.Event()
         self._stop = threading.Event()
@@ -239,6 +241,7 @@ class Sender:
 
     def _loop(self) -> None:
         while True:
+            self.heartbeat = time.monotonic()
             try:
                 self.report_drops()
                 delay = self.send_due()
@@ -307,6 +310,7 @@ class Sender:
             use_bin_type=True,
         )
         seqs = [i.seq for i in items]
+        self.heartbeat = time.monotonic()
         try:
             response = self.client.post(self.config.url, content=body)
         except httpx.HTTPError as exc:

@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -92,6 +93,7 @@ class Remediator:
         self._global: asyncio.Semaphore | None = None
         self._per_pack: dict[str, asyncio.Semaphore] = {}
         self.running = 0
+        self.heartbeat = time.monotonic()  # the loop ticks (is not wedged) as of this
 
     # lifecycle (any thread) -----------------------------------------------------
     def start(self) -> None:
@@ -104,7 +106,25 @@ class Remediator:
         )
         self._global = asyncio.Semaphore(self.global_limit)
         self._per_pack = {name: asyncio.Semaphore(n) for name, n in self.pack_limits.items()}
+        self._tick()
         self._loop.run_forever()
+
+    def _tick(self) -> None:
+        self.heartbeat = time.monotonic()
+        self._loop.call_later(1.0, self._tick)
+
+    def reconfigure(self, packs: list[Pack], identities: Mapping[str, Identity | None]) -> None:
+        """After a reload: new packs get their slots; fixes under way keep theirs."""
+
+        def apply() -> None:
+            for pack in packs:
+                limit = pack.max_concurrent_fixes or self.global_limit
+                if self.pack_limits.get(pack.name) != limit:
+                    self.pack_limits[pack.name] = limit
+                    self._per_pack[pack.name] = asyncio.Semaphore(limit)
+            self.identities = identities
+
+        self._loop.call_soon_threadsafe(apply)
 
     def submit(self, job: FixJob) -> None:
         with self._pending_lock:

@@ -50,6 +50,7 @@ CREATE TABLE IF NOT EXISTS pattern_stats (
     updated REAL NOT NULL, incidents INTEGER NOT NULL DEFAULT 0,
     resolved INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0,
     escalated INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (pack, pattern));
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS spool_drops (
     one INTEGER PRIMARY KEY CHECK (one = 1), events INTEGER NOT NULL,
     first REAL NOT NULL, last REAL NOT NULL);
@@ -417,6 +418,21 @@ class Store:
         """Waiting for a threshold, remediating or verifying."""
         rows = self._read("SELECT * FROM incidents WHERE status IN (?,?,?)", OPEN)
         return [_incident(r) for r in rows]
+
+    def open_count(self) -> int:
+        return int(self._read("SELECT count(*) FROM incidents WHERE status IN (?,?,?)", OPEN)[0][0])
+
+    def incidents_by_status(self) -> dict[str, int]:
+        rows = self._read("SELECT status, count(*) FROM incidents GROUP BY status")
+        return {r[0]: r[1] for r in rows}
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self._tx() as db:
+            db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (key, value))
+
+    def meta(self, key: str) -> str | None:
+        rows = self._read("SELECT value FROM meta WHERE key=?", (key,))
+        return str(rows[0][0]) if rows else None
 
     def set_status(self, incident_id: str, status: str, now: float) -> None:
         with self._tx() as db:

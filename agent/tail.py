@@ -263,6 +263,7 @@ class Tailer:
         self.consumed: set[str] = set()  # rotated copies already read at start
         self.done = done or set()  # (dev, ino, size) of rotated files read to their end
         self.finished: list[tuple[int, int, int, str]] = []  # newly done, to persist
+        self.exclude: set[tuple[int, int]] = set()  # never followed: the agent's own log
         self._started = False
 
     def __iter__(self) -> Iterator[Followed]:
@@ -292,6 +293,8 @@ class Tailer:
         if not os.path.isfile(path):
             return
         identity = (st.st_dev, st.st_ino)
+        if identity in self.exclude:
+            return
         current = self.files.get(identity)
         if current is not None:
             if current.path != path:
