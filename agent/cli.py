@@ -155,6 +155,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     recent = store.recent_incidents(args.limit)
     fixes = store.recent_fixes(args.limit)
     cooling = store.cooling(time.time())
+    reload_meta = store.meta("last_reload")
+    last_reload = json.loads(reload_meta) if reload_meta else None
     if args.json:
         json.dump(
             {
@@ -164,6 +166,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 "fixes": [asdict(i) for i in fixes],
                 "patterns": store.pattern_stats(),
                 "cooldowns": cooling,
+                "last_reload": last_reload,
             },
             sys.stdout,
             default=str,
@@ -174,6 +177,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         f"spool: {spool['queued']} queued, {spool['parked']} parked"
         + (f" (last error: {spool['parked_error']})" if spool["parked"] else "")
     )
+    if last_reload is not None:
+        if last_reload["ok"]:
+            print(f"last reload: {_t(last_reload['at'])}, ok")
+        else:
+            print(f"last reload: {_t(last_reload['at'])}, REFUSED (the previous set still runs):")
+            for error in last_reload["errors"]:
+                print(f"  {error}")
     print(f"open incidents: {len(open_incidents)}")
     for i in open_incidents:
         print(

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import html
 import json
 import math
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
+from agent.notify import Notifier
 from agent.receiver.store import InvalidEvent, ReceiverStore, validate, validate_stats
 
 MAX_BODY = 4 * 1024 * 1024
@@ -213,6 +216,30 @@ def create_app(
     )
 
 
+def _systemd_lifespan(url: str) -> Any:
+    """READY once serving, WATCHDOG from the event loop itself, STOPPING on the way out."""
+    notifier = Notifier()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async def ping(every: float) -> None:
+            while True:
+                notifier.watchdog()
+                await asyncio.sleep(every)
+
+        interval = notifier.watchdog_interval
+        task = asyncio.create_task(ping(interval)) if interval else None
+        notifier.ready(f"listening on {url}")
+        try:
+            yield
+        finally:
+            notifier.stopping()
+            if task is not None:
+                task.cancel()
+
+    return lifespan
+
+
 def parse_listen(listen: str) -> tuple[str, int]:
     host, _, port = listen.rpartition(":")
     return host.strip("[]") or "127.0.0.1", int(port)
@@ -251,9 +278,9 @@ def serve(
         tls = {"ssl_certfile": str(tls_cert), "ssl_keyfile": str(tls_key) if tls_key else None}
         if client_ca is not None:
             tls.update(ssl_ca_certs=str(client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
-    config = uvicorn.Config(
-        create_app(store, max_body, rate, burst), log_level="warning", access_log=False, **tls
-    )
+    app = create_app(store, max_body, rate, burst)
+    app.router.lifespan_context = _systemd_lifespan(f"{scheme}://{shown}:{bound}")
+    config = uvicorn.Config(app, log_level="warning", access_log=False, **tls)
     server = uvicorn.Server(config)
     server.run(sockets=[sock])
     store.close()
