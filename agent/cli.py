@@ -75,11 +75,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from agent.escalate import read_token
+    from agent.daemon import identities_for
+    from agent.escalate import read_token, tls_context
 
     config, packs = _load(args.config)
+    identities_for(config, packs)
     if config.escalation is not None:
         read_token(config.escalation)
+        tls_context(config.escalation)
     patterns = sum(len(p.patterns) for p in packs)
     print(
         f"{args.config}: ok: {len(config.sources)} source(s), {len(packs)} pack(s), "

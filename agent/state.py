@@ -25,9 +25,9 @@ CREATE TABLE IF NOT EXISTS checkpoints (
     dev INTEGER NOT NULL, ino INTEGER NOT NULL, path TEXT NOT NULL,
     offset INTEGER NOT NULL, marker BLOB NOT NULL, updated REAL NOT NULL,
     head_len INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (dev, ino));
-CREATE TABLE IF NOT EXISTS done_files (
-    dev INTEGER NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL, path TEXT NOT NULL,
-    UNIQUE (dev, ino, size));
+CREATE TABLE IF NOT EXISTS done_rotated (
+    dev INTEGER NOT NULL, ino INTEGER NOT NULL, size INTEGER NOT NULL, head BLOB NOT NULL,
+    path TEXT NOT NULL, UNIQUE (dev, ino, size, head));
 CREATE TABLE IF NOT EXISTS incidents (
     id TEXT PRIMARY KEY, fingerprint TEXT NOT NULL, pack TEXT NOT NULL,
     pattern TEXT NOT NULL, key TEXT NOT NULL, source TEXT NOT NULL,
@@ -134,7 +134,7 @@ class Batch:
     cooldowns: dict[str, tuple[float, str]] = field(default_factory=dict)
     escalations: list[dict[str, Any]] = field(default_factory=list)
     forget: list[tuple[int, int]] = field(default_factory=list)
-    done: list[tuple[int, int, int, str]] = field(default_factory=list)
+    done: list[tuple[int, int, int, bytes, str]] = field(default_factory=list)
     opened: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # incidents, escalated
 
     def merge(self, later: Batch) -> None:
@@ -267,16 +267,18 @@ class Store:
             for r in rows
         }
 
-    def done_files(self) -> set[tuple[int, int, int]]:
-        """Rotated files read to their end, as (device, inode, size); the newest are kept."""
+    def done_files(self) -> set[tuple[int, int, int, bytes]]:
+        """Rotated files read to their end, as (device, inode, size, head hash); the newest
+        are kept. (The first release's `done_files`, keyed without the head, is ignored:
+        inode and size are reused.)"""
         with self._tx() as db:
             db.execute(
-                "DELETE FROM done_files WHERE rowid NOT IN"
-                " (SELECT rowid FROM done_files ORDER BY rowid DESC LIMIT ?)",
+                "DELETE FROM done_rotated WHERE rowid NOT IN"
+                " (SELECT rowid FROM done_rotated ORDER BY rowid DESC LIMIT ?)",
                 (MAX_DONE_FILES,),
             )
-        rows = self._read("SELECT dev, ino, size FROM done_files")
-        return {(r["dev"], r["ino"], r["size"]) for r in rows}
+        rows = self._read("SELECT dev, ino, size, head FROM done_rotated")
+        return {(r["dev"], r["ino"], r["size"], r["head"]) for r in rows}
 
     # the reader's batch ------------------------------------------------------
     def commit(self, batch: Batch, now: float) -> None:
@@ -349,7 +351,7 @@ class Store:
                 [(fp, until, iid) for fp, (until, iid) in batch.cooldowns.items()],
             )
             db.executemany("DELETE FROM checkpoints WHERE dev=? AND ino=?", batch.forget)
-            db.executemany("INSERT OR IGNORE INTO done_files VALUES (?,?,?,?)", batch.done)
+            db.executemany("INSERT OR IGNORE INTO done_rotated VALUES (?,?,?,?,?)", batch.done)
 
     def _spool(self, db: sqlite3.Connection, events: list[dict[str, Any]], now: float) -> None:
         """Spool events (an update of one not yet sent replaces its body), then bound the spool.

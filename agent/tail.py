@@ -55,7 +55,7 @@ class Followed:
     mtime: int = 0
     head: bytes = b""
     head_len: int = 0
-    used_copies: list[tuple[int, int, int, str]] = field(default_factory=list)
+    used_copies: list[Done] = field(default_factory=list)
 
     @property
     def identity(self) -> tuple[int, int]:
@@ -126,9 +126,9 @@ class Followed:
         if copy is not None:
             self.splitter.reset()
             rest = self.splitter.feed(copy[1]) + self.splitter.flush()
-            with contextlib.suppress(OSError):
-                st = os.stat(copy[0])
-                self.used_copies.append((st.st_dev, st.st_ino, st.st_size, copy[0]))
+            done = done_entry(copy[0])
+            if done is not None:
+                self.used_copies.append(done)
         self.splitter.reset()
         self.offset = self.committed = self.line_end = self.head_len = 0
         self.marker = marker_of(self.fd, 0)
@@ -242,6 +242,28 @@ def _hash(data: bytes) -> bytes:
     return hashlib.blake2b(data, digest_size=16).digest()
 
 
+HEAD_BYTES = 4096
+Done = tuple[int, int, int, bytes, str]
+"""A rotated file read to its end: (device, inode, size, hash of its first bytes, path)."""
+
+
+def head_of(path: str) -> bytes:
+    """The hash of a file's first bytes as stored on disk (compressed or not)."""
+    try:
+        with open(path, "rb") as handle:
+            return _hash(handle.read(HEAD_BYTES))
+    except OSError:
+        return b""
+
+
+def done_entry(path: str) -> Done | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, head_of(path), path)
+
+
 class Tailer:
     """Finds the files of every source and keeps one Followed per file identity."""
 
@@ -250,7 +272,7 @@ class Tailer:
         sources: tuple[Source, ...],
         checkpoints: dict[tuple[int, int], Checkpoint],
         max_line: int,
-        done: set[tuple[int, int, int]] | None = None,
+        done: set[tuple[int, int, int, bytes]] | None = None,
     ) -> None:
         self.sources = sources
         self.max_line = max_line
@@ -261,8 +283,10 @@ class Tailer:
         self.released: list[tuple[int, int]] = []
         self.recovered: list[tuple[int, str, bytes]] = []
         self.consumed: set[str] = set()  # rotated copies already read at start
-        self.done = done or set()  # (dev, ino, size) of rotated files read to their end
-        self.finished: list[tuple[int, int, int, str]] = []  # newly done, to persist
+        # rotated files read to their end, as (dev, ino, size, head hash): an inode and a
+        # size alone are reused (equal-sized rotations of fixed-width lines), content is not
+        self.done = done or set()
+        self.finished: list[Done] = []  # newly done, to persist
         self.exclude: set[tuple[int, int]] = set()  # never followed: the agent's own log
         self._started = False
 
@@ -408,7 +432,7 @@ class Tailer:
                     for e, st in stats
                     if st.st_mtime >= since - CLOCK_SLACK
                     and (st.st_dev, st.st_ino) not in known
-                    and (st.st_dev, st.st_ino, st.st_size) not in self.done
+                    and (st.st_dev, st.st_ino, st.st_size, head_of(e.path)) not in self.done
                 ),
                 key=lambda p: p[1].st_mtime,
             )
@@ -417,7 +441,9 @@ class Tailer:
                 if entry.path in self.consumed:
                     continue
                 self.consumed.add(entry.path)
-                self.finished.append((st.st_dev, st.st_ino, st.st_size, entry.path))
+                self.finished.append(
+                    (st.st_dev, st.st_ino, st.st_size, head_of(entry.path), entry.path)
+                )
                 data = _read_whole(entry.path)
                 if not data:
                     continue
@@ -443,9 +469,9 @@ class Tailer:
         )
         if found is not None:
             self.consumed.add(found[0])
-            with contextlib.suppress(OSError):
-                st = os.stat(found[0])
-                self.finished.append((st.st_dev, st.st_ino, st.st_size, found[0]))
+            done = done_entry(found[0])
+            if done is not None:
+                self.finished.append(done)
             rest = found[1]
             splitter = LineSplitter(self.max_line)
             self.recovered.append((source, saved.path, splitter.feed(rest) + splitter.flush()))
@@ -511,14 +537,14 @@ class Tailer:
         so a file is known by its inode from the moment it is followed."""
         return [f.checkpoint() for f in self if f.dirty]
 
-    def take_finished(self) -> list[tuple[int, int, int, str]]:
+    def take_finished(self) -> list[Done]:
         finished, self.finished = self.finished, []
         return finished
 
     def take_recovered(
         self,
     ) -> tuple[
-        list[tuple[int, str, bytes]], list[tuple[int, int]], list[tuple[int, int, int, str]]
+        list[tuple[int, str, bytes]], list[tuple[int, int]], list[Done]
     ]:
         """Rests of files rotated away unread, identities whose checkpoints may go, and
         rotated files now read to their end (so a restart does not read them again)."""
@@ -530,7 +556,8 @@ class Tailer:
         """Let go of a rotated file that has been read to its end."""
         with contextlib.suppress(OSError):
             size = os.fstat(followed.fd).st_size
-            self.finished.append((followed.dev, followed.ino, size, followed.path))
+            head = _hash(os.pread(followed.fd, HEAD_BYTES, 0))
+            self.finished.append((followed.dev, followed.ino, size, head, followed.path))
         followed.close()
         self.files.pop(followed.identity, None)
         if self.by_path.get(followed.path) is followed:
