@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import regex
 
@@ -92,7 +93,7 @@ class Remediator:
         self._watch_lock = threading.Lock()
         self._global: asyncio.Semaphore | None = None
         self._per_pack: dict[str, asyncio.Semaphore] = {}
-        self.running = 0
+        self._in_process: set[asyncio.Task[Any]] = set()  # tasks whose process runs now
         self.heartbeat = time.monotonic()  # the loop ticks (is not wedged) as of this
 
     # lifecycle (any thread) -----------------------------------------------------
@@ -143,15 +144,22 @@ class Remediator:
         done = threading.Event()
 
         async def cancel_all() -> None:
+            # what waits (a backoff, a recovery line, a slot) stops now; a process
+            # running gets `grace` to finish and be recorded, then it is cancelled
+            for task in self._tasks - self._in_process:
+                task.cancel()
+            if self._in_process:
+                await asyncio.wait(list(self._in_process), timeout=grace)
             for task in list(self._tasks):
                 task.cancel()
-            if self._tasks:
-                await asyncio.wait(list(self._tasks), timeout=grace)
             done.set()
             self._loop.stop()
 
         self._loop.call_soon_threadsafe(lambda: self._loop.create_task(cancel_all()))
         finished = done.wait(grace + 1.0)
+        kill_all = getattr(self.runner, "kill_all", None)
+        if kill_all is not None and kill_all():
+            log.warning("fixes still running at shutdown were killed; they run again at start")
         self._thread.join(timeout=1.0)
         return finished and not self._tasks
 
@@ -206,11 +214,13 @@ class Remediator:
     async def _slot(self, pack: str) -> AsyncIterator[None]:
         assert self._global is not None
         async with self._per_pack[pack], self._global:
-            self.running += 1
+            task = asyncio.current_task()
+            assert task is not None
+            self._in_process.add(task)
             try:
                 yield
             finally:
-                self.running -= 1
+                self._in_process.discard(task)
 
     async def _fix(self, job: FixJob) -> None:
         remedy = job.pattern.remedy

@@ -119,6 +119,16 @@ class ProcessRunner:
     def __init__(self, output_tail: int = 4096, clock: Callable[[], float] = time.time) -> None:
         self.output_tail = output_tail
         self.clock = clock
+        self._live: set[subprocess.Popen[bytes]] = set()
+        self._live_lock = threading.Lock()
+
+    def kill_all(self) -> int:
+        """Kill every fix still running, with its group (at shutdown); returns how many."""
+        with self._live_lock:
+            live = list(self._live)
+        for proc in live:
+            _kill_group(proc)
+        return len(live)
 
     def __call__(
         self,
@@ -148,6 +158,8 @@ class ProcessRunner:
         except OSError as exc:
             return Attempt(tuple(argv), started, 0.0, None, None, False, "", f"cannot start: {exc}")
         assert proc.stdout is not None and proc.stderr is not None
+        with self._live_lock:
+            self._live.add(proc)
         out, err = _Tail(proc.stdout, self.output_tail), _Tail(proc.stderr, self.output_tail)
         timed_out = False
         try:
@@ -155,6 +167,9 @@ class ProcessRunner:
         except subprocess.TimeoutExpired:
             timed_out = True
             _kill_group(proc)
+        finally:
+            with self._live_lock:
+                self._live.discard(proc)
         code = proc.returncode
         return Attempt(
             argv=tuple(argv),

@@ -543,9 +543,7 @@ class Tailer:
 
     def take_recovered(
         self,
-    ) -> tuple[
-        list[tuple[int, str, bytes]], list[tuple[int, int]], list[Done]
-    ]:
+    ) -> tuple[list[tuple[int, str, bytes]], list[tuple[int, int]], list[Done]]:
         """Rests of files rotated away unread, identities whose checkpoints may go, and
         rotated files now read to their end (so a restart does not read them again)."""
         recovered, released, finished = self.recovered, self.released, self.finished

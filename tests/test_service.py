@@ -349,3 +349,58 @@ def test_the_receiver_tells_systemd_it_is_ready_and_stopping(tmp_path):
         receiver.stop()
     assert wait_for(lambda: notify.states()[-1] == "STOPPING=1")
     notify.close()
+
+
+def test_a_second_sigint_forces_the_exit_while_a_fix_holds_up_shutdown(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    packs = tmp_path / "packs"
+    hang = f"#!/bin/sh\ntouch {out}/started\nexec sleep 60\n"
+    write_pack(packs, "ops", PACK.replace("OUT", str(out)), {"record.sh": hang})
+    log = tmp_path / "app.log"
+    log.touch()
+    agent = AgentProc(write_config(tmp_path, [(str(log), None)], packs)).start()
+    assert agent.proc is not None
+    append(log, "queue stuck q1")
+    assert wait_for(lambda: (out / "started").exists())
+    agent.proc.send_signal(signal.SIGINT)
+    assert wait_for(lambda: agent.saw("received SIGINT, stopping"))
+    started = time.monotonic()
+    agent.proc.send_signal(signal.SIGINT)
+    assert agent.proc.wait(timeout=10) == 130
+    assert time.monotonic() - started < 2.0  # the fix would have held it for seconds
+
+
+def gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    stat = Path(f"/proc/{pid}/stat")
+    return stat.exists() and stat.read_text().split()[2] == "Z"
+
+
+def test_sigterm_kills_a_fix_that_outlasts_the_grace_and_it_runs_again_at_start(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    packs = tmp_path / "packs"
+    script = (
+        f"#!/bin/sh\necho $$ >> {out}/runs\n"
+        f'[ "$(wc -l < {out}/runs)" -gt 1 ] && exit 0\nexec sleep 60\n'
+    )
+    write_pack(packs, "ops", PACK.replace("OUT", str(out)), {"record.sh": script})
+    log = tmp_path / "app.log"
+    log.touch()
+    agent = AgentProc(write_config(tmp_path, [(str(log), None)], packs)).start()
+    append(log, "queue stuck q1")
+    assert wait_for(lambda: (out / "runs").exists())
+    started = time.monotonic()
+    assert agent.stop(signal.SIGTERM) == 0
+    assert time.monotonic() - started < 10
+    [pid] = [int(n) for n in (out / "runs").read_text().split()]
+    assert wait_for(lambda: gone(pid), 5), "the fix outlived the agent"
+    assert agent.saw("fixes still running at shutdown were killed")
+    agent.start()
+    assert wait_for(lambda: agent.saw("resolved ops/stuck")), agent.log()
+    assert len((out / "runs").read_text().split()) == 2
+    assert agent.stop() == 0
