@@ -459,3 +459,56 @@ def _seconds(rfc3339: str) -> float:
     from datetime import datetime
 
     return datetime.fromisoformat(rfc3339).timestamp()
+
+
+def test_the_spool_is_bounded_in_bytes_too(tmp_path):
+    port = free_port()
+    receiver = make_receiver(tmp_path)
+    receiver.port = port
+    agent, log = setup_agent(
+        tmp_path,
+        receiver,
+        url=f"http://127.0.0.1:{port}",
+        escalation="spool_max_bytes = 65536\n",
+    )
+    agent.start()
+    total = 60
+    append(log, *(f"boom {n} " + "x" * 2000 for n in range(total)))  # ~2 KB an event
+
+    def settled() -> bool:
+        state = spool(agent.config)
+        return state["queued"] + state["dropped"] == total and state["dropped"] > 0
+
+    assert wait_for(settled), (spool(agent.config), agent.log())
+    with sqlite3.connect(tmp_path / "state" / "state.db") as db:
+        kept, size = db.execute("SELECT count(*), sum(length(body)) FROM spool").fetchone()
+    assert size <= 65536 and kept == spool(agent.config)["queued"]
+    dropped = total - kept
+    receiver.start()
+    try:
+        assert_once(booms(receiver, kept), [str(n) for n in range(dropped, total)])
+        [report] = wait_len(lambda: receiver.escalations(pattern="spool-overflow"), 1)
+        assert report["count"] == dropped
+        assert agent.stop() == 0
+    finally:
+        receiver.stop()
+
+
+def test_a_locked_state_database_is_reported_and_waited_out(tmp_path, receiver):
+    agent, log = setup_agent(tmp_path, receiver)
+    agent.start()
+    append(log, "boom 0")
+    assert wait_len(lambda: receiver.escalations(pattern="boom"), 1)
+    holder = sqlite3.connect(tmp_path / "state" / "state.db", isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")  # another process sits on the database
+    try:
+        append(log, *(f"boom {n}" for n in range(1, 20)))
+        # the agent waits 10 s for a lock (busy_timeout), then reports and holds the pass
+        assert wait_for(lambda: agent.saw("database is locked"), 30), agent.log()
+        assert agent.proc is not None and agent.proc.poll() is None
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+    assert wait_for(lambda: agent.saw("the state database takes writes again"), 30), agent.log()
+    assert_once(booms(receiver, 20), [str(n) for n in range(20)])
+    assert agent.stop() == 0

@@ -404,3 +404,21 @@ def test_sigterm_kills_a_fix_that_outlasts_the_grace_and_it_runs_again_at_start(
     assert wait_for(lambda: agent.saw("resolved ops/stuck")), agent.log()
     assert len((out / "runs").read_text().split()) == 2
     assert agent.stop() == 0
+
+
+def test_a_stale_sender_or_fix_loop_heartbeat_withholds_the_watchdog_ping(tmp_path, receiver):
+    from agent.config import load_config
+    from agent.daemon import FIX_LOOP_GRACE, Agent
+
+    packs = tmp_path / "packs"
+    write_pack(packs, "ops", PACK.replace("OUT", str(tmp_path)), {"record.sh": "#!/bin/sh\n"})
+    config = write_config(tmp_path, [(str(tmp_path / "*.log"), None)], packs, receiver)
+    agent = Agent(load_config(config))
+    assert agent.sender is not None
+    assert agent.progressing()
+    agent.sender.heartbeat = time.monotonic() - agent.sender.grace - 1  # wedged mid-send
+    assert not agent.progressing()
+    agent.sender.heartbeat = time.monotonic()
+    agent.remediator.heartbeat = time.monotonic() - FIX_LOOP_GRACE - 1  # a blocked fix loop
+    assert not agent.progressing()
+    agent.store.close()
