@@ -11,7 +11,6 @@ resolved it.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -22,6 +21,7 @@ import httpx
 from agent import __version__
 from agent.config import Alertmanager
 from agent.errors import StateError
+from agent.escalate import Courier
 from agent.packs import Pack, Pattern
 from agent.state import Store
 
@@ -65,7 +65,9 @@ def alert_of(
     }
 
 
-class AlertSink:
+class AlertSink(Courier):
+    name = "alerts"
+
     def __init__(
         self,
         store: Store,
@@ -76,32 +78,19 @@ class AlertSink:
         transport: httpx.BaseTransport | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__()
         self.store = store
         self.config = config
         self.host = host
         self.patterns = patterns
         self.packs = packs
         self.clock = clock
-        self.wake = threading.Event()
-        self._stop = threading.Event()
         self._firing: dict[str, dict[str, Any]] = {}
         self.client = httpx.Client(
             timeout=config.timeout,
             transport=transport,
             headers={"User-Agent": f"logmend/{__version__}"},
         )
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="alerts", daemon=True)
-        self._thread.start()
-
-    def stop(self, flush_seconds: float) -> None:
-        self._stop.set()
-        self.wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=flush_seconds)
-        self.client.close()
 
     def _loop(self) -> None:
         while not self._stop.is_set():

@@ -154,12 +154,10 @@ class _Recovered:
 
 @dataclass
 class Counters:
-    lines: int = 0
-    matches: int = 0
-    incidents: int = 0
+    """Fix outcomes since start, for the metrics endpoint."""
+
     resolved: int = 0
     failed: int = 0
-    escalated: int = 0
 
 
 class Agent:
@@ -435,8 +433,9 @@ class Agent:
     def status_line(self) -> str:
         now = time.monotonic()
         elapsed = max(1e-6, now - self._last_status) if self._last_status else 0.0
-        rate = (self.counters.lines - self._status_lines) / elapsed if elapsed else 0.0
-        self._last_status, self._status_lines = now, self.counters.lines
+        lines = sum(self.lines_by_source.values())
+        rate = (lines - self._status_lines) / elapsed if elapsed else 0.0
+        self._last_status, self._status_lines = now, lines
         try:
             spool = self.store.spool_summary()
             open_incidents = self.store.open_count()
@@ -504,11 +503,16 @@ class Agent:
             self.sender = self._new_sender()
             if self.sender is not None:
                 self.sender.start()
-        if self.alerts is not None:
-            self.alerts.stop(flush_seconds=2.0)
-        self.alerts = self._new_alerts()
-        if self.alerts is not None:
-            self.alerts.start()
+        elif self.sender is not None:
+            self.sender.owners = {p.name: p.owner for p in packs}
+        if config.alertmanager != old.alertmanager or config.host != old.host:
+            if self.alerts is not None:
+                self.alerts.stop(flush_seconds=2.0)
+            self.alerts = self._new_alerts()
+            if self.alerts is not None:
+                self.alerts.start()
+        elif self.alerts is not None:  # keeps what fires, so it can end it later
+            self.alerts.patterns, self.alerts.packs = self.pattern_by_id, self.pack_by_name
         self.reloads["ok"] += 1
         self._record_reload([])
         log.info(
@@ -616,7 +620,6 @@ class Agent:
             while os.path.exists(self._stall):  # test hook: a wedged matcher
                 time.sleep(0.05)
         lines = block.count(b"\n")
-        self.counters.lines += lines
         path = followed.path
         self.lines_by_source[path] = self.lines_by_source.get(path, 0) + lines
         self.bytes_by_source[path] = self.bytes_by_source.get(path, 0) + len(block)
@@ -660,7 +663,6 @@ class Agent:
         self, followed: _Reading, record: str, hits: Sequence[Hit], now: float, batch: Batch
     ) -> None:
         for pattern, fields in hits:
-            self.counters.matches += 1
             incident = self.trigger.feed(pattern, fields, record, followed.path, now, batch)
             if incident is not None:
                 self._opened(incident, pattern, batch)
@@ -686,7 +688,6 @@ class Agent:
         matcher.quarantined.clear()
 
     def _opened(self, incident: Incident, pattern: Pattern, batch: Batch) -> None:
-        self.counters.incidents += 1
         log.info(
             "matched %s/%s key=%r (%d line(s)) in %s",
             pattern.pack,
@@ -714,7 +715,6 @@ class Agent:
         batch.escalations.append(
             build_event(incident, pattern, pack, self.config.host, wire, outcome)
         )
-        self.counters.escalated += 1
         log.info(
             "escalating %s/%s key=%r: %s (%s)", pattern.pack, pattern.id, incident.key, wire, why
         )
@@ -827,6 +827,5 @@ class Agent:
                 outcome.tries,
             )
         if escalation is not None:
-            self.counters.escalated += 1
             log.info("escalating %s key=%r: %s", pattern.qualified, incident.key, wire)
             self._escalated()

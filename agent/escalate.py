@@ -190,8 +190,38 @@ class SenderStats:
     parked: int = 0
 
 
-class Sender:
+class Courier:
+    """A thread that delivers on its own: started, woken when there is news, and
+    stopped with a bounded last flush. Subclasses set `client` and write `_loop`."""
+
+    name = "courier"
+    client: httpx.Client
+
+    def __init__(self) -> None:
+        self.wake = threading.Event()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+        self._thread.start()
+
+    def stop(self, flush_seconds: float) -> None:
+        """Stop after one last bounded attempt to deliver."""
+        self._stop.set()
+        self.wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout=flush_seconds)
+        self.client.close()
+
+    def _loop(self) -> None:
+        raise NotImplementedError
+
+
+class Sender(Courier):
     """Delivers the spool; runs on its own thread, woken when something is spooled."""
+
+    name = "sender"
 
     def __init__(
         self,
@@ -202,6 +232,7 @@ class Sender:
         clock: Callable[[], float] = time.time,
         owners: dict[str, str] | None = None,
     ) -> None:
+        super().__init__()
         self.store = store
         self.config = config
         self.agent_info = agent_info
@@ -211,8 +242,6 @@ class Sender:
         self.heartbeat = time.monotonic()  # the loop is alive (not wedged) as of this
         self.grace = 3 * config.timeout + 10.0
         self.stats = SenderStats()
-        self.wake = threading.Event()
-        self._stop = threading.Event()
         self._failures = 0
         token = read_token(config)
         headers = {
@@ -225,19 +254,6 @@ class Sender:
         self.client = httpx.Client(
             headers=headers, timeout=config.timeout, transport=transport, verify=tls_context(config)
         )
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name="sender", daemon=True)
-        self._thread.start()
-
-    def stop(self, flush_seconds: float) -> None:
-        """Stop after one last bounded attempt to deliver what is due."""
-        self._stop.set()
-        self.wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=flush_seconds)
-        self.client.close()
 
     def _loop(self) -> None:
         while True:

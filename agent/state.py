@@ -69,6 +69,7 @@ MIGRATIONS = (
     ("pattern_stats", "escalated", "INTEGER NOT NULL DEFAULT 0"),
 )
 OPEN = ("waiting", "remediating", "verifying")
+SPOOL_SIZE = "SELECT count(*), coalesce(sum(length(body)), 0) FROM spool"  # events, bytes
 FIXING = ("remediating", "verifying")
 MAX_DONE_FILES = 10_000
 
@@ -319,6 +320,7 @@ class Store:
             )
             db.executemany("INSERT INTO fix_runs VALUES (?,?)", batch.runs)
             self._spool(db, batch.escalations, now)  # before counts, which update them
+            updates = []
             for incident_id, update in batch.counts.items():
                 row = db.execute(
                     "SELECT samples, count, last_seen, event FROM incidents WHERE id=?",
@@ -337,7 +339,8 @@ class Store:
                 if row[3] is not None:  # escalated: the receiver hears the new count
                     event = msgpack.unpackb(row[3])
                     event.update(count=count, last_seen=last_seen, lines=samples)
-                    self._spool(db, [event], now)
+                    updates.append(event)
+            self._spool(db, updates, now)
             for (pack, pattern), (incidents, escalated) in batch.opened.items():
                 db.execute(
                     "INSERT INTO pattern_stats (pack, pattern, updated, incidents, escalated)"
@@ -373,9 +376,7 @@ class Store:
 
     def _bound(self, db: sqlite3.Connection, now: float) -> None:
         limits = self.spool_limits
-        events, size = db.execute(
-            "SELECT count(*), coalesce(sum(length(body)), 0) FROM spool"
-        ).fetchone()
+        events, size = db.execute(SPOOL_SIZE).fetchone()
         if events <= limits.max_events and size <= limits.max_bytes:
             return
         dropped = 0
@@ -400,7 +401,7 @@ class Store:
         if not rows:
             return None
         limits = self.spool_limits
-        events, size = self._read("SELECT count(*), coalesce(sum(length(body)), 0) FROM spool")[0]
+        events, size = self._read(SPOOL_SIZE)[0]
         if events > limits.max_events // 2 or size > limits.max_bytes // 2:
             return None
         return rows[0][0], rows[0][1], rows[0][2]
