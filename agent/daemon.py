@@ -230,6 +230,7 @@ class Agent:
         self._joiners: dict[tuple[int, int], EventJoiner] = {}
         # test hooks: every record read is appended to LOGMEND_TEST_TEE before its
         # checkpoint commits; while the file LOGMEND_TEST_STALL exists, matching stalls
+        # (and LOGMEND_TEST_STALL.held says it has)
         tee = os.environ.get("LOGMEND_TEST_TEE")
         self._tee = os.open(tee, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600) if tee else None
         self._stall = os.environ.get("LOGMEND_TEST_STALL")
@@ -616,8 +617,9 @@ class Agent:
     ) -> None:
         if not block:
             return
-        if self._stall is not None:
-            while os.path.exists(self._stall):  # test hook: a wedged matcher
+        if self._stall is not None and os.path.exists(self._stall):
+            Path(self._stall + ".held").touch()  # test hook: a wedged matcher, and proof of it
+            while os.path.exists(self._stall):
                 time.sleep(0.05)
         lines = block.count(b"\n")
         path = followed.path

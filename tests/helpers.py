@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import signal
 import socket
@@ -307,3 +308,35 @@ class FaultServer:
         self.release.set()
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def agent_with_pack(
+    tmp: Path,
+    body: str,
+    scripts: dict[str, str] | None = None,
+    receiver: Receiver | None = None,
+    *,
+    extra: str = "",
+    url: str | None = None,
+    escalation: str = "",
+) -> tuple[AgentProc, Path]:
+    """One pack ("ops"), one log file (tmp/app.log), and an agent configured for them."""
+    packs = tmp / "packs"
+    write_pack(packs, "ops", body, scripts)
+    log = tmp / "app.log"
+    log.touch()
+    config = write_config(tmp, [(str(log), None)], packs, receiver, extra, url, escalation)
+    return AgentProc(config), log
+
+
+def cli(*args: str) -> str:
+    """Run `logmend ARGS` and return what it printed."""
+    done = subprocess.run(
+        [PYTHON, "-m", "agent", *args], capture_output=True, text=True, check=True, timeout=60
+    )
+    return done.stdout
+
+
+def status(config: Path) -> dict[str, Any]:
+    """`logmend status --json`, parsed."""
+    return dict(json.loads(cli("status", "-c", str(config), "--json")))

@@ -10,19 +10,20 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import trustme
 
 from tests.helpers import (
-    PYTHON,
     AgentProc,
     FaultServer,
     Receiver,
+    agent_with_pack,
     append,
+    cli,
     free_port,
     make_receiver,
+    status,
     wait_for,
     wait_len,
-    write_config,
-    write_pack,
 )
 
 PACK = """\
@@ -58,17 +59,11 @@ ECHO = '#!/bin/sh\necho "fixing: $*"\necho "stderr: $*" >&2\n'
 def setup_agent(
     tmp: Path, receiver: Receiver, url: str | None = None, escalation: str = ""
 ) -> tuple[AgentProc, Path]:
-    packs = tmp / "packs"
-    write_pack(packs, "ops", PACK, {"echo.sh": ECHO})
-    log = tmp / "app.log"
-    log.touch()
-    config = write_config(tmp, [(str(log), None)], packs, receiver, url=url, escalation=escalation)
-    return AgentProc(config), log
+    return agent_with_pack(tmp, PACK, {"echo.sh": ECHO}, receiver, url=url, escalation=escalation)
 
 
 def booms(receiver: Receiver, count: int) -> list[dict]:
-    events = wait_len(lambda: receiver.escalations(pattern="boom"), count, timeout=30)
-    return events
+    return wait_len(lambda: receiver.escalations(pattern="boom"), count, timeout=30)
 
 
 def assert_once(events: list[dict], keys: list[str]) -> None:
@@ -77,13 +72,7 @@ def assert_once(events: list[dict], keys: list[str]) -> None:
 
 
 def spool(config: Path) -> dict:
-    done = subprocess.run(
-        [PYTHON, "-m", "agent", "status", "-c", str(config), "--json"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return dict(json.loads(done.stdout)["spool"])
+    return dict(status(config)["spool"])
 
 
 def test_receiver_down_for_the_whole_run_then_up_everything_arrives_once(tmp_path):
@@ -164,17 +153,10 @@ def test_a_refused_batch_is_parked_shown_and_sent_again_by_command(tmp_path, rec
     try:
         append(log, "boom 1", "boom 2")
         assert wait_for(lambda: spool(agent.config)["parked"] == 2), agent.log()
-        shown = subprocess.run(
-            [PYTHON, "-m", "agent", "status", "-c", str(agent.config)],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
+        shown = cli("status", "-c", str(agent.config))
         assert "2 parked (last error: HTTP 400" in shown
         assert receiver.escalations(pattern="boom") == []
-        subprocess.run(
-            [PYTHON, "-m", "agent", "spool", "retry", "-c", str(agent.config)], check=True
-        )
+        cli("spool", "retry", "-c", str(agent.config))
         assert_once(booms(receiver, 2), ["1", "2"])
         assert agent.stop() == 0
     finally:
@@ -315,7 +297,6 @@ def test_escalation_updates_carry_new_counts_under_the_same_id(tmp_path, receive
 
 
 def test_tls_with_a_private_ca_and_mutual_tls(tmp_path):
-    trustme = pytest.importorskip("trustme")
     ca = trustme.CA()
     server = ca.issue_cert("127.0.0.1")
     client = ca.issue_cert("logmend-agent")
@@ -403,17 +384,13 @@ def test_alerts_reach_a_real_alertmanager_are_resent_and_end(tmp_path):
     recorder = FaultServer(am)  # forwards every post, keeping what the agent sent
     try:
         assert wait_for(lambda: _ready(am), 20)
-        packs = tmp_path / "packs"
-        write_pack(
-            packs, "ops", PACK.replace('cooldown = "1h"', 'cooldown = "3s"'), {"echo.sh": ECHO}
+        agent, log = agent_with_pack(
+            tmp_path,
+            PACK.replace('cooldown = "1h"', 'cooldown = "3s"'),
+            {"echo.sh": ECHO},
+            extra=f'\n[alertmanager]\nurl = "{recorder.url}"\nresend = "500ms"\n',
         )
-        log = tmp_path / "app.log"
-        log.touch()
-        config = write_config(tmp_path, [(str(log), None)], packs)
-        config.write_text(
-            config.read_text() + f'\n[alertmanager]\nurl = "{recorder.url}"\nresend = "500ms"\n'
-        )
-        agent = AgentProc(config).start()
+        agent.start()
         append(log, "boom 42")
         [alert] = wait_len(alerts, 1)
         assert alert["labels"] == {

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -21,6 +18,7 @@ from tests.helpers import (
     Receiver,
     append,
     make_receiver,
+    status,
     wait_for,
     wait_len,
     write_config,
@@ -307,11 +305,5 @@ def test_a_pattern_that_keeps_timing_out_is_quarantined_and_escalated_once(tmp_p
     assert (
         agent.saw("quarantined testpack/slow") == 0 and agent.saw("quarantined slowpack/slow") == 1
     )
-    status = subprocess.run(
-        [sys.executable, "-m", "agent", "status", "-c", str(config), "--json"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    [slow] = [p for p in json.loads(status.stdout)["patterns"] if p["pattern"] == "slow"]
+    [slow] = [p for p in status(config)["patterns"] if p["pattern"] == "slow"]
     assert slow["timeouts"] == 3 and slow["quarantined"] == 1 and slow["seconds"] >= 0.06

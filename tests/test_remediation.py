@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import subprocess
 import time
 from pathlib import Path
 
 from tests.helpers import (
-    PYTHON,
     RECORD_SCRIPT,
     AgentProc,
     Receiver,
+    agent_with_pack,
     append,
+    cli,
+    status,
     wait_for,
     wait_len,
     write_config,
@@ -180,17 +181,13 @@ def make_agent(
 ) -> tuple[AgentProc, Path, Path]:
     out = tmp / "out"
     out.mkdir(exist_ok=True)
-    packs = tmp / "packs"
     scripts = {
         "gate.sh": GATE_SCRIPT,
         "record.sh": RECORD_SCRIPT.format(exit_code=0),
         "fail.sh": RECORD_SCRIPT.format(exit_code=1),
     }
-    write_pack(packs, "ops", PACK.replace("OUT", str(out)), scripts)
-    logs = tmp / "logs"
-    logs.mkdir(exist_ok=True)
-    config = write_config(tmp, [(f"{logs}/*.log", None)], packs, receiver, extra)
-    return AgentProc(config), logs / "app.log", out
+    agent, log = agent_with_pack(tmp, PACK.replace("OUT", str(out)), scripts, receiver, extra=extra)
+    return agent, log, out
 
 
 def runs(path: Path) -> int:
@@ -201,16 +198,6 @@ def db_rows(tmp: Path, sql: str, *args: object) -> list[sqlite3.Row]:
     with sqlite3.connect(f"file:{tmp / 'state' / 'state.db'}?mode=ro", uri=True) as db:
         db.row_factory = sqlite3.Row
         return db.execute(sql, args).fetchall()
-
-
-def status(config: Path) -> dict:
-    done = subprocess.run(
-        [PYTHON, "-m", "agent", "status", "-c", str(config), "--json"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return json.loads(done.stdout)
 
 
 def test_a_flood_runs_the_fix_once_per_cooldown_and_escalates_once_with_the_count(
@@ -256,15 +243,7 @@ def test_budget_stops_a_flapping_fix_and_escalates_flapping_even_after_a_restart
     [event] = wait_len(lambda: receiver.escalations(pattern="flappy"), 1)
     assert event["status"] == "flapping" and event["outcome"] == "flapping"
     assert runs(out / "flappy") == 2
-    assert (
-        "OVER BUDGET"
-        in subprocess.run(
-            [PYTHON, "-m", "agent", "status", "-c", str(agent.config)],
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout
-    )
+    assert "OVER BUDGET" in cli("status", "-c", str(agent.config))
     assert agent.stop() == 0
     agent.start()
     append(log, "cache evicted n1", "cache evicted n2")

@@ -24,7 +24,9 @@ from tests.helpers import (
     PYTHON,
     RECORD_SCRIPT,
     AgentProc,
+    agent_with_pack,
     append,
+    cli,
     wait_for,
     write_config,
     write_pack,
@@ -104,16 +106,9 @@ class NotifySocket:
 def make_agent(tmp: Path, extra: str = "") -> tuple[AgentProc, Path, Path]:
     out = tmp / "out"
     out.mkdir()
-    packs = tmp / "packs"
-    write_pack(
-        packs,
-        "ops",
-        PACK.replace("OUT", str(out)),
-        {"record.sh": RECORD_SCRIPT.format(exit_code=0)},
-    )
-    log = tmp / "app.log"
-    log.touch()
-    return AgentProc(write_config(tmp, [(str(log), None)], packs, extra=extra)), log, out
+    scripts = {"record.sh": RECORD_SCRIPT.format(exit_code=0)}
+    agent, log = agent_with_pack(tmp, PACK.replace("OUT", str(out)), scripts, extra=extra)
+    return agent, log, out
 
 
 @pytest.mark.parametrize("abstract", [False, True], ids=["path", "abstract"])
@@ -140,7 +135,7 @@ def test_notify_order_and_watchdog_pings_stop_while_the_matcher_is_wedged(
         ), notify.states()
         stall.touch()
         append(log, "queue stuck q1")  # the reader takes it and wedges in matching
-        time.sleep(1.0)  # the reader reaches the line within a sweep (100 ms)
+        assert wait_for(lambda: Path(f"{stall}.held").exists())  # the reader is wedged now
         quiet = time.monotonic()
         time.sleep(1.5)  # a negative: no ping in over seven watchdog intervals
         assert notify.pings_since(quiet) == 0
@@ -190,12 +185,7 @@ def test_reload_swaps_packs_keeps_positions_and_cooldowns_and_refuses_a_broken_p
     agent.proc.send_signal(signal.SIGHUP)
     assert wait_for(lambda: agent.saw("reload refused")), agent.log()
     assert re.search(r"reload refused.*pack\.toml:\d+: pattern\[2\]\.match", agent.log())
-    status = subprocess.run(
-        [PYTHON, "-m", "agent", "status", "-c", str(agent.config)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    status = cli("status", "-c", str(agent.config))
     assert "REFUSED (the previous set still runs)" in status and "pattern[2].match" in status
     last = [f"line {n}" for n in range(200, 300)] + ["added later 8"]
     append(log, *last)
@@ -354,12 +344,9 @@ def test_the_receiver_tells_systemd_it_is_ready_and_stopping(tmp_path):
 def test_a_second_sigint_forces_the_exit_while_a_fix_holds_up_shutdown(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    packs = tmp_path / "packs"
     hang = f"#!/bin/sh\ntouch {out}/started\nexec sleep 60\n"
-    write_pack(packs, "ops", PACK.replace("OUT", str(out)), {"record.sh": hang})
-    log = tmp_path / "app.log"
-    log.touch()
-    agent = AgentProc(write_config(tmp_path, [(str(log), None)], packs)).start()
+    agent, log = agent_with_pack(tmp_path, PACK.replace("OUT", str(out)), {"record.sh": hang})
+    agent.start()
     assert agent.proc is not None
     append(log, "queue stuck q1")
     assert wait_for(lambda: (out / "started").exists())
@@ -383,15 +370,12 @@ def gone(pid: int) -> bool:
 def test_sigterm_kills_a_fix_that_outlasts_the_grace_and_it_runs_again_at_start(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
-    packs = tmp_path / "packs"
     script = (
         f"#!/bin/sh\necho $$ >> {out}/runs\n"
         f'[ "$(wc -l < {out}/runs)" -gt 1 ] && exit 0\nexec sleep 60\n'
     )
-    write_pack(packs, "ops", PACK.replace("OUT", str(out)), {"record.sh": script})
-    log = tmp_path / "app.log"
-    log.touch()
-    agent = AgentProc(write_config(tmp_path, [(str(log), None)], packs)).start()
+    agent, log = agent_with_pack(tmp_path, PACK.replace("OUT", str(out)), {"record.sh": script})
+    agent.start()
     append(log, "queue stuck q1")
     assert wait_for(lambda: (out / "runs").exists())
     started = time.monotonic()
