@@ -44,7 +44,7 @@ class _JsonFormatter(logging.Formatter):
 
 def _load(config_path: Path) -> tuple[Config, list[Pack]]:
     config = load_config(config_path)
-    return config, load_packs(config.packs)
+    return config, load_packs(config.packs, host=config.params)
 
 
 def cmd_run(args: argparse.Namespace) -> int:

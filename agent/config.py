@@ -9,7 +9,11 @@ from pathlib import Path
 import regex
 
 from agent.errors import ConfigError, ConfigErrors
+from agent.params import HostParams, ParamValue, param_value
 from agent.tomlsrc import Doc, Section
+
+EVERY_PACK = "*"
+DEFAULT_FIX_USER = "nobody"
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,7 +27,7 @@ class Multiline:
 @dataclass(frozen=True, slots=True)
 class Source:
     path: str
-    packs: tuple[str, ...] | None = None
+    packs: tuple[str, ...] | None = None  # None: every pack (written as "*")
     start: str = "end"
     multiline: Multiline | None = None
     flush_after: float = 5.0
@@ -86,10 +90,12 @@ class Config:
     sources: tuple[Source, ...]
     escalation: Escalation | None
     limits: Limits = field(default_factory=Limits)
-    fix_user: str | None = None
+    fix_user: str = DEFAULT_FIX_USER
     fix_group: str | None = None
     alertmanager: Alertmanager | None = None
     metrics: Metrics | None = None
+    allow_root: tuple[str, ...] = ()
+    params: HostParams = field(default_factory=HostParams)
 
     @property
     def state_db(self) -> Path:
@@ -217,7 +223,13 @@ def _multiline(section: Section | None) -> Multiline | None:
 
 def _source(section: Section) -> Source | None:
     path = section.string("path")
-    packs = section.strings("packs", None, allow_str=True)
+    packs = section.strings("packs", allow_str=True)
+    if packs == ():
+        section.error("packs", f'names no pack (name them, or "{EVERY_PACK}" for every pack)')
+    elif packs is not None and EVERY_PACK in packs:
+        if len(packs) > 1:
+            section.error("packs", f'"{EVERY_PACK}" stands alone: it already means every pack')
+        packs = None
     start = section.string("start", "end", choices=("end", "beginning"))
     multiline = _multiline(section.table("multiline"))
     flush_after = section.duration("flush_after", 5.0)
@@ -233,6 +245,27 @@ def _source(section: Section) -> Source | None:
     )
 
 
+def _params(section: Section | None, file: Path) -> HostParams:
+    """`[params.PACK]` tables: this host's values for packs' declared params."""
+    if section is None:
+        return HostParams(file)
+    values: dict[str, dict[str, ParamValue]] = {}
+    lines: dict[tuple[str, str], int | None] = {}
+    for pack in list(section.data):
+        table = section.table(pack)
+        if table is None:
+            continue
+        for key, raw in table.data.items():
+            table._used.add(key)
+            value, problem = param_value(raw)
+            if value is None:
+                table.error(key, problem or "invalid")
+                continue
+            values.setdefault(pack, {})[key] = value
+            lines[(pack, key)] = section.doc.keylines.line_of(("params", pack, key))
+    return HostParams(file, values, lines)
+
+
 def parse_config(file: Path, text: str) -> Config:
     """Parse config text; raises ConfigErrors with every problem found."""
     try:
@@ -245,13 +278,15 @@ def parse_config(file: Path, text: str) -> Config:
     host = socket.gethostname()
     state_dir = base / "state"
     packs: tuple[Path, ...] = ()
-    fix_user = fix_group = None
+    fix_user, fix_group = DEFAULT_FIX_USER, None
+    allow_root: tuple[str, ...] = ()
     if agent:
         host = agent.string("host", host)
         state_dir = _path(base, agent.string("state_dir", str(state_dir)) or ".")
         packs = tuple(_path(base, p) for p in agent.strings("packs", (), allow_str=True) or ())
-        fix_user = agent.string("fix_user", None)
+        fix_user = agent.string("fix_user", DEFAULT_FIX_USER) or DEFAULT_FIX_USER
         fix_group = agent.string("fix_group", None)
+        allow_root = agent.strings("allow_root", (), allow_str=True) or ()
         agent.finish()
     sources = tuple(s for s in (_source(sec) for sec in root.tables("source")) if s)
     if not sources and "source" not in root.data:
@@ -260,6 +295,7 @@ def parse_config(file: Path, text: str) -> Config:
     alertmanager = _alertmanager(root.table("alertmanager"))
     metrics = _metrics(root.table("metrics"))
     limits = _limits(root.table("limits"))
+    params = _params(root.table("params"), file)
     root.finish()
     for index, source in enumerate(sources):
         if source.path and not Path(source.path).is_absolute():
@@ -278,6 +314,8 @@ def parse_config(file: Path, text: str) -> Config:
         fix_group=fix_group,
         alertmanager=alertmanager,
         metrics=metrics,
+        allow_root=allow_root,
+        params=params,
     )
 
 

@@ -76,26 +76,57 @@ def spool_limits(config: Config) -> SpoolLimits:
 
 
 def identities_for(config: Config, packs: list[Pack]) -> dict[str, Identity | None]:
-    """Who each pack's fixes run as; names are checked now, applied only when root."""
+    """Who each pack's fixes run as (applied only when the agent is root).
+
+    Least privilege: root only for a pack that asks for it (`user = "root"`)
+    and that the host's config lists in `allow_root`; every other fix runs as
+    the pack's user or the config's unprivileged `fix_user`.
+    """
     out: dict[str, Identity | None] = {}
     errors = []
+    try:
+        default = resolve_identity(config.fix_user, config.fix_group)
+    except ValueError as exc:
+        raise ConfigErrors([ConfigError(config.file, "agent.fix_user", None, str(exc))]) from None
+    if default is not None and default.uid == 0:
+        raise ConfigErrors(
+            [
+                ConfigError(
+                    config.file,
+                    "agent.fix_user",
+                    None,
+                    "must not be root: list the packs whose fixes need root in allow_root",
+                )
+            ]
+        )
+    names = {p.name for p in packs}
+    for name in config.allow_root:
+        if name not in names:
+            errors.append(ConfigError(config.file, "agent.allow_root", None, f"no pack {name!r}"))
     for pack in packs:
-        user = pack.user or config.fix_user
-        group = pack.group or config.fix_group
+        if pack.user is None and pack.group is None:
+            out[pack.name] = default
+            continue
         try:
-            out[pack.name] = resolve_identity(user, group)
+            group = pack.group or (None if pack.user else config.fix_group)
+            identity = resolve_identity(pack.user or config.fix_user, group)
         except ValueError as exc:
-            where = pack.file if (pack.user or pack.group) else config.file
-            errors.append(ConfigError(where, "user", None, str(exc)))
+            errors.append(ConfigError(pack.file, "pack.user", None, str(exc)))
+            continue
+        if identity is not None and identity.uid == 0 and pack.name not in config.allow_root:
+            log.warning(
+                "pack %s asks to run its fixes as root, which %s does not allow "
+                "(allow_root); they run as %s",
+                pack.name,
+                config.file,
+                config.fix_user,
+            )
+            identity = default
+        out[pack.name] = identity
     if errors:
         raise ConfigErrors(errors)
-    if os.geteuid() != 0 and any(out.values()):
+    if os.geteuid() != 0:
         log.info("not running as root: every fix runs as this agent's own user")
-    elif os.geteuid() == 0 and not all(out.values()):
-        log.warning(
-            "running as root: fixes of packs that name no user run as root (%s)",
-            ", ".join(name for name, who in out.items() if who is None),
-        )
     return out
 
 
@@ -170,7 +201,7 @@ class Agent:
         transport: httpx.BaseTransport | None = None,
         dry_run: bool = False,
     ) -> None:
-        packs = packs if packs is not None else load_packs(config.packs)
+        packs = packs if packs is not None else load_packs(config.packs, host=config.params)
         identities = identities_for(config, packs)
         self.own_log = own_log_identity()
         refuse_own_log(config, self.own_log)
@@ -474,7 +505,7 @@ class Agent:
         self.notify.reloading()
         try:
             config = load_config(self.config.file)
-            packs = load_packs(config.packs)
+            packs = load_packs(config.packs, host=config.params)
             identities = identities_for(config, packs)
             refuse_own_log(config, self.own_log)
         except ConfigErrors as exc:
@@ -767,6 +798,8 @@ class Agent:
 
     # fixes (called on the remediator's thread) -------------------------------------
     def _report(self, job: FixJob, attempt: Attempt) -> None:
+        if attempt.phase == "check":
+            return  # a refused field is logged once, with its reason, when the fix ends
         if attempt.timed_out:
             how = "timed out"
         elif attempt.signal is not None:
@@ -796,7 +829,15 @@ class Agent:
         fresh.attempts = attempts
         result = "resolved" if outcome.resolved else "remedy-failed"
         wire = None
-        if not outcome.resolved and pattern.escalate != "never":
+        if outcome.rejected is not None:  # a forged or unexpected value: tell the owner, always
+            result = wire = "rejected-field"
+            log.warning(
+                "refused to fix %s key=%r: %s",
+                pattern.qualified,
+                incident.key,
+                redact(outcome.rejected),
+            )
+        elif not outcome.resolved and pattern.escalate != "never":
             wire = "remedy-failed"
         elif pattern.escalate == "always":
             wire = "always"
@@ -812,7 +853,9 @@ class Agent:
         self.wake.set()
         if self.alerts is not None:
             self.alerts.wake.set()  # an alert of this key may end now
-        if outcome.resolved:
+        if outcome.rejected is not None:
+            self.counters.failed += 1
+        elif outcome.resolved:
             self.counters.resolved += 1
             log.info(
                 "resolved %s key=%r after %d attempt(s)",

@@ -7,17 +7,24 @@ per-line path only runs compiled regexes and pre-parsed templates.
 
 from __future__ import annotations
 
+import importlib
 import os
 import stat
 import string
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import regex
 
+from agent.constraints import Constraint, FieldType
 from agent.errors import ConfigError, ConfigErrors
+from agent.params import HostParams, ParamValue, param_env, param_value, valid_name
 from agent.tomlsrc import Doc, Section
+
+_parser: Any = importlib.import_module("re._parser")
+_C: Any = importlib.import_module("re._constants")
 
 SEVERITIES = ("debug", "info", "warning", "error", "critical")
 ESCALATE = ("unresolved", "always", "never")
@@ -40,16 +47,39 @@ class Template:
 
 
 def parse_template(text: str) -> Template:
-    """Parse `{name}` holes; `{{` and `}}` are literal braces. Raises ValueError."""
+    """Parse `{name}` and `{param.NAME}` holes; `{{` and `}}` are literal braces.
+
+    Raises ValueError. `param.` holes are host facts, bound at load by `bind_params`.
+    """
     parts: list[tuple[str, str | None]] = []
     for literal, name, spec, conv in string.Formatter().parse(text):
-        if name is not None and (spec or conv or not name.isidentifier()):
+        plain = name.removeprefix("param.") if name else name
+        if name is not None and (spec or conv or not (plain and plain.isidentifier())):
             shown = name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "")
             raise ValueError(f"only plain {{field}} holes are allowed, not {{{shown}}}")
         parts.append((literal, name if name else None))
         if name == "":
             raise ValueError("empty {} hole")
     return Template(text, tuple(parts))
+
+
+def bind_params(template: Template, params: Mapping[str, ParamValue]) -> Template:
+    """Replace `{param.NAME}` holes by the host's value; raises ValueError if it cannot."""
+    parts: list[tuple[str, str | None]] = []
+    for literal, name in template.parts:
+        if name is None or not name.startswith("param."):
+            parts.append((literal, name))
+            continue
+        param = name.removeprefix("param.")
+        if param not in params:
+            raise ValueError(f"uses {{{name}}}, but the pack has no param {param!r}")
+        value = params[param]
+        if not isinstance(value, str):
+            raise ValueError(
+                f"uses {{{name}}}, a list: lists reach scripts as LOGMEND_PARAM_{param.upper()}"
+            )
+        parts.append((literal + value, None))
+    return Template(template.text, tuple(parts))
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +116,13 @@ class Remedy:
     deadline: float = 600.0
     budget: Budget = field(default_factory=Budget)
     recovery: Recovery | None = None
+    constraints: tuple[Constraint, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+
+    @property
+    def fields(self) -> frozenset[str]:
+        """The fields a fix may see: the constrained ones, and no other."""
+        return frozenset(c.field for c in self.constraints)
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,9 +166,16 @@ class Pack:
     group: str | None = None
     max_concurrent_fixes: int | None = None
     redact: tuple[regex.Pattern[str], ...] = ()
+    params: Mapping[str, ParamValue] = field(default_factory=dict)
 
 
-def _templates(section: Section, key: str, groups: set[str], required: bool) -> Any:
+def _templates(
+    section: Section,
+    key: str,
+    groups: set[str],
+    required: bool,
+    params: Mapping[str, ParamValue],
+) -> Any:
     items = section.strings(key) if required else section.strings(key, None)
     if not items:
         if items == ():
@@ -140,7 +184,7 @@ def _templates(section: Section, key: str, groups: set[str], required: bool) -> 
     out = []
     for item in items:
         try:
-            template = parse_template(item)
+            template = bind_params(parse_template(item), params)
         except ValueError as exc:
             section.error(key, str(exc))
             return None
@@ -151,17 +195,37 @@ def _templates(section: Section, key: str, groups: set[str], required: bool) -> 
     return tuple(out)
 
 
-def untrusted(path: Path) -> str | None:
-    """Why the agent must not run (or trust the folder of) `path`, or None."""
+def untrusted(path: Path, sticky_ok: bool = False) -> str | None:
+    """Why the agent must not run (or trust the folder of) `path`, or None.
+
+    `sticky_ok` accepts a root-owned sticky folder such as /tmp above a pack:
+    others may create entries there but cannot rename or replace ours.
+    """
     try:
         info = path.stat()
     except OSError as exc:
         return f"cannot stat {path}: {exc.strerror}"
     if info.st_uid not in (0, os.geteuid()):
         return f"{path} is owned by uid {info.st_uid}, not root or the agent's user"
-    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+    sticky = sticky_ok and info.st_uid == 0 and info.st_mode & stat.S_ISVTX
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not sticky:
         return f"{path} is writable by group or others (mode {stat.S_IMODE(info.st_mode):04o})"
     return None
+
+
+def _trust_chain(pack_dir: Path) -> Iterator[str]:
+    """Every folder from / down to the pack, its pack.toml and scripts/, held like a script."""
+    root = pack_dir.resolve()
+    for folder in reversed(root.parents):
+        problem = untrusted(folder, sticky_ok=True)
+        if problem:
+            yield problem
+    for path in (root, root / "pack.toml", root / "scripts"):
+        if path.name == "scripts" and not path.exists():
+            continue
+        problem = untrusted(path)
+        if problem:
+            yield problem
 
 
 def _script_inside(
@@ -173,7 +237,7 @@ def _script_inside(
         section.error(key, "the program to run cannot come from a field")
         return
     root = pack_dir.resolve()
-    program = (pack_dir / first.text).resolve()
+    program = (pack_dir / first.expand({})).resolve()
     try:
         inside = program.relative_to(root)
     except ValueError:
@@ -189,6 +253,67 @@ def _script_inside(
         if problem:
             section.error(key, f"refused: {problem}")
             return
+
+
+def _param_list(
+    section: Section, key: str, params: Mapping[str, ParamValue], absolute: bool
+) -> tuple[str, ...] | None:
+    """A constraint's `under`/`one_of`: the name of a pack param, bound to the host's value."""
+    name = section.string(key, None)
+    if not isinstance(name, str):
+        return None
+    if name not in params:
+        section.error(key, f"names param {name!r}, which [pack.params] does not declare")
+        return None
+    value = params[name]
+    items = (value,) if isinstance(value, str) else value
+    if absolute:
+        bad = [v for v in items if not v.startswith("/") or os.path.normpath(v) != v]
+        if bad:
+            section.error(key, f"param {name!r} holds {bad[0]!r}, not a normal absolute path")
+            return None
+    return items
+
+
+def _constraints(
+    section: Section | None, groups: set[str], params: Mapping[str, ParamValue]
+) -> dict[str, Constraint]:
+    """`[pattern.fields]`: what each field may be before a fix may see it."""
+    if section is None:
+        return {}
+    out: dict[str, Constraint] = {}
+    for name in list(section.data):
+        table = section.table(name)
+        if table is None:
+            continue
+        if name not in groups:
+            section.error(name, "is not a named group of the pattern's regex")
+        kind = table.string("type", None, choices=tuple(FieldType))
+        allow_source = table.string("allow", None)
+        allow = None
+        if isinstance(allow_source, str):
+            try:
+                allow = regex.compile(allow_source, regex.VERSION0)
+            except (regex.error, OverflowError, RecursionError, ValueError) as exc:
+                table.error("allow", f"is not a valid regex: {exc}")
+        is_path = kind == FieldType.PATH
+        under = _param_list(table, "under", params, absolute=True)
+        one_of = _param_list(table, "one_of", params, absolute=is_path)
+        table.finish()
+        if kind is None and allow is None and one_of is None:
+            table.error(None, "needs a type, an allow regex or one_of")
+        if under is not None and not is_path:
+            table.error("under", 'only a field of type = "path" can be confined under roots')
+        if is_path and under is None and one_of is None:
+            table.error("type", "a path needs under = PARAM (its roots) or one_of = PARAM")
+        out[name] = Constraint(
+            field=name,
+            type=FieldType(kind) if isinstance(kind, str) and kind in set(FieldType) else None,
+            allow=allow,
+            under=under or (),
+            one_of=one_of,
+        )
+    return out
 
 
 def _recovery(section: Section | None) -> Recovery | None:
@@ -207,12 +332,25 @@ def _recovery(section: Section | None) -> Recovery | None:
     return Recovery(source, compiled, within if within is not None else 60.0)
 
 
-def _remedy(section: Section, groups: set[str], pack_dir: Path, trust: bool) -> Remedy | None:
-    run = _templates(section, "run", groups, required=True)
-    verify = _templates(section, "verify", groups, required=False)
+def _remedy(
+    section: Section,
+    groups: set[str],
+    pack_dir: Path,
+    trust: bool,
+    constraints: dict[str, Constraint],
+    params: Mapping[str, ParamValue],
+) -> Remedy | None:
+    run = _templates(section, "run", groups, True, params)
+    verify = _templates(section, "verify", groups, False, params)
     for key, argv in (("run", run), ("verify", verify)):
         if argv:
             _script_inside(section, key, argv, pack_dir, trust)
+            for name in sorted({f for t in argv for f in t.fields} - set(constraints)):
+                section.error(
+                    key,
+                    f"uses {{{name}}}, which has no constraint: a log line chooses it, so "
+                    f'declare [pattern.fields] {name} = {{ type = "..." }} (or allow/one_of)',
+                )
     backoff = Backoff()
     backoff_section = section.table("backoff")
     if backoff_section:
@@ -240,9 +378,49 @@ def _remedy(section: Section, groups: set[str], pack_dir: Path, trust: bool) -> 
         deadline=section.duration("deadline", 600.0),
         budget=budget,
         recovery=recovery,
+        constraints=tuple(constraints.values()),
+        env=param_env(params),
     )
     section.finish()
     return remedy if run else None
+
+
+_ANCHORED = regex.compile(r"(?:\(\?[a-zA-Z]+\))*(?:\^|\\A)")
+
+
+def _loose_before(source: str, fields: set[str]) -> bool:
+    """True if an unbounded `.*`/`.+` comes before a field a fix uses.
+
+    Text matched by such a wildcard can be anything a user made the program
+    log, including a forged copy of the rest of the line (fail2ban's lint).
+    """
+    try:
+        parsed = _parser.parse(source)
+    except Exception:  # syntax only the regex module knows: other lints still apply
+        return False
+    names = {index: name for name, index in parsed.state.groupdict.items()}
+
+    def walk(items: Any) -> bool | None:
+        """True: loose wildcard found first; False: a used field reached first; None: neither."""
+        for op, av in items:
+            if op is _C.SUBPATTERN:
+                if names.get(av[0]) in fields:
+                    return False
+                found = walk(av[3])
+            elif op in (_C.MAX_REPEAT, _C.MIN_REPEAT, _C.POSSESSIVE_REPEAT):
+                if av[1] is _C.MAXREPEAT and any(o is _C.ANY for o, _ in av[2]):
+                    return True
+                found = walk(av[2])
+            elif op is _C.BRANCH:
+                results = [walk(branch) for branch in av[1]]
+                found = True if True in results else (False if False in results else None)
+            else:
+                found = None
+            if found is not None:
+                return found
+        return None
+
+    return walk(parsed) is True
 
 
 def _compile(section: Section, source: str) -> regex.Pattern[str] | None:
@@ -295,7 +473,12 @@ def _article(section: Section, pack_dir: Path) -> tuple[str | None, str]:
 
 
 def _pattern(
-    section: Section, pack: str, pack_dir: Path, seen: set[str], trust: bool
+    section: Section,
+    pack: str,
+    pack_dir: Path,
+    seen: set[str],
+    trust: bool,
+    params: Mapping[str, ParamValue],
 ) -> Pattern | None:
     pid = section.string("id")
     if isinstance(pid, str):
@@ -323,8 +506,25 @@ def _pattern(
         when.finish()
     escalate = section.string("escalate", "unresolved", choices=ESCALATE)
     article, article_text = _article(section, pack_dir)
+    constraints = _constraints(section.table("fields"), groups, params)
     remedy_section = section.table("remedy")
-    remedy = _remedy(remedy_section, groups, pack_dir, trust) if remedy_section else None
+    remedy = None
+    if remedy_section:
+        remedy = _remedy(remedy_section, groups, pack_dir, trust, constraints, params)
+    if remedy is not None and isinstance(source, str):
+        used = {f for t in remedy.run + (remedy.verify or ()) for f in t.fields}
+        if not _ANCHORED.match(source):
+            section.error(
+                "match",
+                "feeds a fix, so it must be anchored to the program's own line format "
+                "(start with ^): unanchored, text a user makes another program log can match",
+            )
+        elif _loose_before(source, used):
+            section.error(
+                "match",
+                "has an unbounded .* or .+ before a field the fix uses: text a user makes the "
+                "program log can forge that field; match the line's real structure instead",
+            )
     default_cooldown = remedy.cooldown if remedy else 600.0
     cooldown = section.duration("cooldown", default_cooldown)
     examples = _examples(section)
@@ -351,21 +551,56 @@ def _pattern(
     )
 
 
-def load_pack(pack_dir: Path, trust: bool = True) -> Pack:
+def _params(
+    section: Section | None, pack: Any, host: HostParams, doc: Doc
+) -> dict[str, ParamValue]:
+    """`[pack.params]` defaults, overridden by the host's `[params.PACK]`."""
+    params: dict[str, ParamValue] = {}
+    for key, raw in (section.data.items() if section else ()):
+        assert section is not None
+        section._used.add(key)
+        value, problem = param_value(raw)
+        if not valid_name(key):
+            section.error(key, "a param name is lower case letters, digits and _")
+        elif value is None:
+            section.error(key, problem or "invalid")
+        else:
+            params[key] = value
+    for key, raw in (host.values.get(pack, {}) if isinstance(pack, str) else {}).items():
+        where = (host.file or "", f"params.{pack}.{key}", host.lines.get((pack, key)))
+        if key not in params:
+            declared = ", ".join(sorted(params)) or "none"
+            doc.errors.append(
+                ConfigError(*where, f"pack {pack!r} has no param {key!r} (it declares: {declared})")
+            )
+        elif isinstance(raw, str) != isinstance(params[key], str):
+            kind = "a string" if isinstance(params[key], str) else "a list of strings"
+            doc.errors.append(ConfigError(*where, f"must be {kind}, like the pack's default"))
+        else:
+            params[key] = raw
+    return params
+
+
+def load_pack(pack_dir: Path, trust: bool = True, host: HostParams | None = None) -> Pack:
     """Load one pack folder; raises ConfigErrors listing every problem found.
 
-    `trust` checks that every script it runs, and the folders down to it, are
-    owned by root or the agent's user and writable by nobody else; `logmend
-    test`, which runs no script, skips it.
+    `trust` checks that pack.toml, every script it runs, and every folder from
+    / down to them are owned by root or the agent's user and writable by
+    nobody else; `logmend test`, which runs no script, skips it. `host` holds
+    the agent config's values for the pack's params.
     """
     file = pack_dir / "pack.toml"
     try:
         doc = Doc.read(file)
     except ConfigError as exc:
         raise ConfigErrors([exc]) from exc
+    if trust:
+        for problem in _trust_chain(pack_dir):
+            doc.errors.append(ConfigError(file, "", None, f"refused: {problem}"))
     root = doc.root()
     head = root.table("pack", required=True)
     name = version = owner = user = group = limit = None
+    params: dict[str, ParamValue] = {}
     if head:
         name = head.string("name")
         version = head.string("version", "0")
@@ -373,9 +608,12 @@ def load_pack(pack_dir: Path, trust: bool = True) -> Pack:
         user = head.string("user", None)
         group = head.string("group", None)
         limit = head.integer("max_concurrent_fixes", None, minimum=1)
+        params = _params(head.table("params"), name, host or HostParams(), doc)
         head.finish()
     seen: set[str] = set()
-    patterns = [_pattern(s, name or "?", pack_dir, seen, trust) for s in root.tables("pattern")]
+    patterns = [
+        _pattern(s, name or "?", pack_dir, seen, trust, params) for s in root.tables("pattern")
+    ]
     redact = []
     for section in root.tables("redact"):
         source = section.string("match")
@@ -402,6 +640,7 @@ def load_pack(pack_dir: Path, trust: bool = True) -> Pack:
         group=group,
         max_concurrent_fixes=limit,
         redact=tuple(redact),
+        params=params,
     )
 
 
@@ -419,14 +658,16 @@ def find_pack_dirs(roots: tuple[Path, ...]) -> list[Path]:
     return found
 
 
-def load_packs(roots: tuple[Path, ...], trust: bool = True) -> list[Pack]:
+def load_packs(
+    roots: tuple[Path, ...], trust: bool = True, host: HostParams | None = None
+) -> list[Pack]:
     """Load every pack under `roots`; all problems of all packs are raised together."""
     packs: list[Pack] = []
     errors: list[ConfigError] = []
     names: dict[str, Path] = {}
     for pack_dir in find_pack_dirs(roots):
         try:
-            pack = load_pack(pack_dir, trust)
+            pack = load_pack(pack_dir, trust, host)
         except ConfigErrors as exc:
             errors.extend(exc.errors)
             continue
@@ -439,6 +680,12 @@ def load_packs(roots: tuple[Path, ...], trust: bool = True) -> list[Pack]:
             continue
         names[pack.name] = pack.file
         packs.append(pack)
+    for pack_name in sorted(set(host.values) - set(names) if host else ()):
+        assert host is not None
+        line = min((n for (p, _), n in host.lines.items() if p == pack_name and n), default=None)
+        errors.append(
+            ConfigError(host.file or "", f"params.{pack_name}", line, "no such pack is loaded")
+        )
     if errors:
         raise ConfigErrors(errors)
     return packs

@@ -25,6 +25,7 @@ from typing import IO, Any, Protocol
 
 import tenacity
 
+from agent.constraints import check_fields
 from agent.packs import Pattern, Recovery, Remedy, Template
 
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -220,6 +221,7 @@ def expand_argv(
 class Outcome:
     resolved: bool
     attempts: tuple[Attempt, ...]
+    rejected: str | None = None  # a field failed its constraint: nothing ran
 
     @property
     def tries(self) -> int:
@@ -252,8 +254,18 @@ async def run_remedy(
     """
     if remedy.recovery is not None and watch is None:
         raise ValueError(f"{pattern.qualified}: a recovery line needs a watch on the source")
-    env = fix_env(fields, {"LOGMEND_PACK": pattern.pack, "LOGMEND_PATTERN": pattern.id})
     attempts: list[Attempt] = []
+    allowed = {name: value for name, value in fields.items() if name in remedy.fields}
+    env = fix_env(
+        allowed, {**remedy.env, "LOGMEND_PACK": pattern.pack, "LOGMEND_PATTERN": pattern.id}
+    )
+
+    async def rejected() -> str | None:
+        """Checked before every try: a symlink planted meanwhile is still caught."""
+        problem = await asyncio.to_thread(check_fields, remedy.constraints, allowed)
+        if problem is not None:
+            record(_refusal(problem))
+        return problem
 
     def record(attempt: Attempt) -> bool:
         attempts.append(attempt)
@@ -262,11 +274,17 @@ async def run_remedy(
         return attempt.ok
 
     async def run(templates: tuple[Template, ...], phase: str) -> bool:
-        argv = expand_argv(templates, fields, pack_dir)
+        argv = expand_argv(templates, allowed, pack_dir)
         attempt = await asyncio.to_thread(runner, argv, env, pack_dir, remedy.timeout, identity)
         return record(attempt if phase == "fix" else replace(attempt, phase=phase))
 
+    refusal: str | None = None
+
     async def once() -> bool:
+        nonlocal refusal
+        refusal = await rejected()
+        if refusal is not None:
+            return True  # stops the retries: a refused field stays refused
         seen = watch() if watch is not None and remedy.recovery is not None else None
         try:
             async with slot() if slot else contextlib.nullcontext():
@@ -295,8 +313,23 @@ async def run_remedy(
         sleep=sleep,
         retry_error_callback=lambda state: False,
     )
-    resolved = bool(await retrying(once))
-    return Outcome(resolved=resolved, attempts=tuple(attempts))
+    resolved = bool(await retrying(once)) and refusal is None
+    return Outcome(resolved=resolved, attempts=tuple(attempts), rejected=refusal)
+
+
+def _refusal(reason: str) -> Attempt:
+    """A refused field, recorded like a run so the escalation shows why nothing ran."""
+    return Attempt(
+        argv=("check-fields",),
+        started=time.time(),
+        duration=0.0,
+        exit_code=None,
+        signal=None,
+        timed_out=False,
+        stdout="",
+        stderr=f"refused, nothing ran: {reason}",
+        phase="check",
+    )
 
 
 async def _recovered(seen: asyncio.Future[str], recovery: Recovery) -> Attempt:

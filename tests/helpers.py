@@ -190,13 +190,20 @@ def write_config(
     extra: str = "",
     url: str | None = None,
     escalation: str = "",
+    agent_extra: str = "",
 ) -> Path:
-    """An agent config; escalations go to `url` (default: the receiver) with its token."""
-    lines = [f'[agent]\nhost = "test-host"\nstate_dir = "{tmp / "state"}"\npacks = ["{packs}"]\n']
+    """An agent config; escalations go to `url` (default: the receiver) with its token.
+
+    `agent_extra` is appended to `[agent]` (e.g. `allow_root = ["ops"]`).
+    """
+    lines = [
+        f'[agent]\nhost = "test-host"\nstate_dir = "{tmp / "state"}"\npacks = ["{packs}"]\n'
+        + agent_extra
+    ]
     for path, names in sources:
         lines.append(
             f'[[source]]\npath = "{path}"\n'
-            + (f"packs = {names!r}\n".replace("'", '"') if names else "")
+            + (f"packs = {names!r}\n".replace("'", '"') if names else 'packs = "*"\n')
         )
     if receiver is not None:
         token_file = tmp / "token"
@@ -319,13 +326,16 @@ def agent_with_pack(
     extra: str = "",
     url: str | None = None,
     escalation: str = "",
+    agent_extra: str = "",
 ) -> tuple[AgentProc, Path]:
     """One pack ("ops"), one log file (tmp/app.log), and an agent configured for them."""
     packs = tmp / "packs"
     write_pack(packs, "ops", body, scripts)
     log = tmp / "app.log"
     log.touch()
-    config = write_config(tmp, [(str(log), None)], packs, receiver, extra, url, escalation)
+    config = write_config(
+        tmp, [(str(log), None)], packs, receiver, extra, url, escalation, agent_extra
+    )
     return AgentProc(config), log
 
 

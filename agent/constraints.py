@@ -1,0 +1,174 @@
+"""What a value taken from a log line may be before a fix acts on it.
+
+Whoever can make a program log text controls the fields of a match, so a
+field reaches a fix only through a declared constraint: a type, an anchored
+`allow` regex, a list of configured values (`one_of`), and for paths the
+configured roots it must lie under. Constraints are built once at pack load;
+`check` runs when a fix is about to start (not on the per-line path), so a
+symlink planted after the line was written is still seen.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import stat
+from dataclasses import dataclass
+from enum import StrEnum
+
+import regex
+
+MAX_VALUE = 4096
+PID_MAX = 4_194_304  # the kernel's ceiling for /proc/sys/kernel/pid_max
+ALLOW_TIMEOUT = 0.05
+_CONTROL = regex.compile(r"[\x00-\x1f\x7f-\x9f]")
+_INT = regex.compile(r"[0-9]{1,18}")
+_WORD = regex.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_LABEL = regex.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+class FieldType(StrEnum):
+    """The kinds of value a pack can declare a field to be."""
+
+    INT = "int"
+    PID = "pid"
+    PORT = "port"
+    IP = "ip"
+    HOST = "host"
+    WORD = "word"
+    PATH = "path"
+
+
+@dataclass(frozen=True, slots=True)
+class Constraint:
+    """One field's declared shape, with the host's values (params) already bound."""
+
+    field: str
+    type: FieldType | None = None
+    allow: regex.Pattern[str] | None = None
+    under: tuple[str, ...] = ()
+    one_of: tuple[str, ...] | None = None
+
+    def check(self, value: str) -> str | None:
+        """Why `value` may not reach a fix, or None when it may."""
+        if len(value) > MAX_VALUE:
+            return f"{self.field}: longer than {MAX_VALUE} characters"
+        if _CONTROL.search(value):
+            return f"{self.field}: contains a control character"
+        if self.type is not None:
+            problem = _TYPE_CHECKS[self.type](value)
+            if problem:
+                return f"{self.field}: {problem}"
+        if self.allow is not None:
+            try:
+                allowed = self.allow.fullmatch(value, timeout=ALLOW_TIMEOUT) is not None
+            except TimeoutError:
+                allowed = False
+            if not allowed:
+                return f"{self.field}: {value!r} does not match allow {self.allow.pattern!r}"
+        if self.one_of is not None and value not in self.one_of:
+            return f"{self.field}: {value!r} is not one of the configured values"
+        if self.under:
+            return _confined(self.field, value, self.under)
+        if self.type is FieldType.PATH and os.path.islink(value):
+            return f"{self.field}: {value} is a symbolic link"
+        return None
+
+
+def check_fields(
+    constraints: tuple[Constraint, ...], fields: dict[str, str] | None
+) -> str | None:
+    """The first reason any constrained field is refused (a missing one too), or None."""
+    fields = fields or {}
+    for constraint in constraints:
+        value = fields.get(constraint.field)
+        if value is None:
+            return f"{constraint.field}: no value captured"
+        problem = constraint.check(value)
+        if problem:
+            return problem
+    return None
+
+
+def _int(value: str) -> str | None:
+    return None if _INT.fullmatch(value) else f"{value!r} is not a non-negative integer"
+
+
+def _pid(value: str) -> str | None:
+    if not _INT.fullmatch(value) or not 1 < int(value) <= PID_MAX:
+        return f"{value!r} is not a process id (2..{PID_MAX})"
+    return None
+
+
+def _port(value: str) -> str | None:
+    if not _INT.fullmatch(value) or not 1 <= int(value) <= 65535:
+        return f"{value!r} is not a port (1..65535)"
+    return None
+
+
+def _ip(value: str) -> str | None:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return f"{value!r} is not an IP address"
+    if "%" in value:  # a scope id ("fe80::1%eth0") is free text
+        return f"{value!r} carries a scope id"
+    return None
+
+
+def _host(value: str) -> str | None:
+    name = value[:-1] if value.endswith(".") else value
+    if len(name) > 253 or not name or not all(_LABEL.fullmatch(p) for p in name.split(".")):
+        return f"{value!r} is not a host name"
+    return None
+
+
+def _word(value: str) -> str | None:
+    if not _WORD.fullmatch(value):
+        return f"{value!r} is not a word (letters, digits, _ . -, not starting with - or .)"
+    return None
+
+
+def _path(value: str) -> str | None:
+    if not value.startswith("/"):
+        return f"{value!r} is not an absolute path"
+    if os.path.normpath(value) != value or value.startswith("//"):
+        return f"{value!r} is not a normal path (no '..', '.', '//' or trailing '/')"
+    return None
+
+
+_TYPE_CHECKS = {
+    FieldType.INT: _int,
+    FieldType.PID: _pid,
+    FieldType.PORT: _port,
+    FieldType.IP: _ip,
+    FieldType.HOST: _host,
+    FieldType.WORD: _word,
+    FieldType.PATH: _path,
+}
+
+
+def _confined(name: str, path: str, roots: tuple[str, ...]) -> str | None:
+    """`path` lies strictly under one of `roots`, with no symlink below the root on the way.
+
+    Components that do not exist yet are fine (a fix may create them); one that
+    exists and is a symbolic link could point anywhere, so it is refused.
+    """
+    for root in roots:
+        if not path.startswith(root.rstrip("/") + "/"):
+            continue
+        current = root
+        for part in path[len(root) :].strip("/").split("/"):
+            if not part:
+                continue
+            current = os.path.join(current, part)
+            try:
+                info = os.lstat(current)
+            except FileNotFoundError:
+                return None
+            except OSError as exc:
+                return f"{name}: cannot inspect {current}: {exc.strerror}"
+            if stat.S_ISLNK(info.st_mode):
+                return f"{name}: {current} is a symbolic link"
+        return None
+    return f"{name}: {path!r} is not under {', '.join(roots)}"

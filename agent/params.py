@@ -1,0 +1,55 @@
+"""Pack parameters: host facts (data directories, temp roots, pid files) a fix acts on.
+
+A pack declares each parameter with a default under `[pack.params]`; the agent
+config overrides it per host under `[params.PACK]`. A fix acts on what the host
+configured: a log line only selects among configured things. Values are a
+string or a list of strings, checked once at load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import regex
+
+ParamValue = str | tuple[str, ...]
+_NAME = regex.compile(r"[a-z][a-z0-9_]{0,63}")
+_CONTROL = regex.compile(r"[\x00-\x1f\x7f]")
+
+
+@dataclass(frozen=True, slots=True)
+class HostParams:
+    """The agent config's `[params.PACK]` tables, with where each was written."""
+
+    file: Path | None = None
+    values: Mapping[str, Mapping[str, ParamValue]] = field(default_factory=dict)
+    lines: Mapping[tuple[str, str], int | None] = field(default_factory=dict)
+
+
+def param_value(raw: Any) -> tuple[ParamValue | None, str | None]:
+    """A TOML value as a parameter, or the reason it cannot be one."""
+    if isinstance(raw, str):
+        items: tuple[str, ...] = (raw,)
+        value: ParamValue = raw
+    elif isinstance(raw, list) and all(isinstance(v, str) for v in raw):
+        items = value = tuple(raw)
+    else:
+        return None, f"must be a string or a list of strings, not {raw!r}"
+    if any(_CONTROL.search(item) for item in items):
+        return None, "must not contain control characters (newline, tab, NUL, ...)"
+    return value, None
+
+
+def valid_name(name: str) -> bool:
+    return _NAME.fullmatch(name) is not None
+
+
+def param_env(params: Mapping[str, ParamValue]) -> dict[str, str]:
+    """`LOGMEND_PARAM_<NAME>` for every parameter; a list is one item per line."""
+    return {
+        f"LOGMEND_PARAM_{name.upper()}": value if isinstance(value, str) else "\n".join(value)
+        for name, value in params.items()
+    }
