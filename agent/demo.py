@@ -121,12 +121,24 @@ def _demo(tmp: Path, packs: Path, procs: list[subprocess.Popen[str]], started: f
 
     logs = tmp / "logs"
     logs.mkdir()
+    cache = tmp / "cache" / "nginx"
+    cache.mkdir(parents=True)
+    stale, live = tmp / "pg-stale", tmp / "pg-live"
     config = tmp / "agent.toml"
     config.write_text(
         f"""[agent]
 host = "demo-host"
 state_dir = "{tmp / "state"}"
 packs = ["{packs}"]
+# fixes run as nobody unless a pack asks for root and is listed here
+allow_root = ["nginx", "postgresql", "gunicorn"]
+
+# this host's facts: a log line only selects among them
+[params.nginx]
+temp_roots = ["{cache}"]
+
+[params.postgresql]
+data_dirs = ["{stale}", "{live}"]
 
 [[source]]
 path = "{logs}/nginx-error.log"
@@ -172,9 +184,7 @@ sweep_interval = "200ms"
         print("agent did not start", file=sys.stderr)
         return 1
 
-    cache = tmp / "cache" / "nginx" / "client_temp"
-    stale = tmp / "pg-stale"
-    live = tmp / "pg-live"
+    cache = cache / "client_temp"
     for datadir, pid in ((stale, _dead_pid()), (live, os.getpid())):
         datadir.mkdir()
         (datadir / "postmaster.pid").write_text(f"{pid}\n{datadir}\n")

@@ -1,23 +1,70 @@
 #!/bin/sh
 # Free space for a log that cannot be written: delete the rotated copies of that
 # one log (LOG.1, LOG.2.gz, LOG-20240301, LOG-20240301.gz, ...), oldest first,
-# keeping the newest KEEP of them. Acts only on siblings of the file named by $1.
+# keeping the newest KEEP of them. LOG comes from a log line: it must lie under a
+# configured log folder (LOGMEND_PARAM_LOG_DIRS, one per line). Names are compared
+# as fixed strings, never turned into a pattern, and only regular files are removed.
 set -eu
 log=${1:?usage: prune-rotated.sh LOG KEEP}
 keep=${2:-2}
 case "$keep" in ''|*[!0-9]*) echo "KEEP must be a number" >&2; exit 2 ;; esac
-case "$log" in /*) ;; *) echo "refusing relative path: $log" >&2; exit 2 ;; esac
-dir=$(dirname -- "$log")
-base=$(basename -- "$log")
-[ -d "$dir" ] || { echo "no directory $dir" >&2; exit 1; }
-# newest first by modification time; only names of rotated copies of $base
-list=$(cd "$dir" && ls -1t -- 2>/dev/null | grep -E "^$(printf '%s' "$base" | sed 's/[.[\*^$]/\\&/g')([.-][0-9]+)+(\.gz|\.xz|\.zst|\.bz2)?$" || true)
-total=$(printf '%s' "$list" | grep -c . || true)
+case "$log" in
+  /*) ;;
+  *) echo "refusing relative path: $log" >&2; exit 2 ;;
+esac
+case "$log/" in
+  */../*|*/./*|*//*) echo "refusing path that is not normal: $log" >&2; exit 2 ;;
+esac
+dir=${log%/*}
+base=${log##*/}
+inside=""
+while IFS= read -r root; do
+  [ -n "$root" ] || continue
+  case "$dir/" in "$root"/*) inside=$root; break ;; esac
+done <<LIST
+${LOGMEND_PARAM_LOG_DIRS:-}
+LIST
+if [ -z "$inside" ] || [ -z "$base" ]; then
+  echo "refusing $log: not under a configured log folder" >&2
+  exit 2
+fi
+if [ -L "$dir" ] || [ ! -d "$dir" ]; then
+  echo "refusing $log: $dir is not a real directory" >&2
+  exit 1
+fi
+# is NAME a rotated copy of BASE: BASE, then [.-]digits groups, then an optional
+# compression suffix? Fixed-string prefix test; the rest may hold only [0-9.-].
+rotated() {
+  rest=${1#"$base"}
+  [ "$rest" != "$1" ] || return 1
+  for ext in .gz .xz .zst .bz2; do rest=${rest%"$ext"}; done
+  case "$rest" in
+    [.-][0-9]*) ;;
+    *) return 1 ;;
+  esac
+  case "$rest" in
+    *[!0-9.-]*|*[.-]|*[.-][.-]*) return 1 ;;
+  esac
+  return 0
+}
+list=$(cd -- "$dir" && ls -1At 2>/dev/null) || list=""
+copies=""
+total=0
+newline='
+'
+while IFS= read -r name; do
+  [ -n "$name" ] && rotated "$name" || continue
+  [ -f "$dir/$name" ] && [ ! -L "$dir/$name" ] || continue
+  copies="$copies$name$newline"
+  total=$((total + 1))
+done <<LIST
+$list
+LIST
 if [ "$total" -le "$keep" ]; then
   echo "only $total rotated cop(ies) of $base: nothing to prune" >&2
   exit 1
 fi
-printf '%s\n' "$list" | tail -n +"$((keep + 1))" | while IFS= read -r name; do
+printf '%s' "$copies" | tail -n +"$((keep + 1))" | while IFS= read -r name; do
   rm -f -- "$dir/$name"
   echo "removed $dir/$name"
 done
