@@ -48,6 +48,8 @@ class Constraint:
     allow: regex.Pattern[str] | None = None
     under: tuple[str, ...] = ()
     one_of: tuple[str, ...] | None = None
+    depth: int | None = None  # with `under`: at most this many components below the root
+    pid_files: tuple[str, ...] = ()  # a pid must be the one one of these files names
 
     def check(self, value: str) -> str | None:
         """Why `value` may not reach a fix, or None when it may."""
@@ -68,16 +70,16 @@ class Constraint:
                 return f"{self.field}: {value!r} does not match allow {self.allow.pattern!r}"
         if self.one_of is not None and value not in self.one_of:
             return f"{self.field}: {value!r} is not one of the configured values"
+        if self.pid_files and value not in _pids_named(self.pid_files):
+            return f"{self.field}: {value} is not the PID in any configured pid file"
         if self.under:
-            return _confined(self.field, value, self.under)
+            return _confined(self.field, value, self.under, self.depth)
         if self.type is FieldType.PATH and os.path.islink(value):
             return f"{self.field}: {value} is a symbolic link"
         return None
 
 
-def check_fields(
-    constraints: tuple[Constraint, ...], fields: dict[str, str] | None
-) -> str | None:
+def check_fields(constraints: tuple[Constraint, ...], fields: dict[str, str] | None) -> str | None:
     """The first reason any constrained field is refused (a missing one too), or None."""
     fields = fields or {}
     for constraint in constraints:
@@ -148,7 +150,23 @@ _TYPE_CHECKS = {
 }
 
 
-def _confined(name: str, path: str, roots: tuple[str, ...]) -> str | None:
+def _pids_named(files: tuple[str, ...]) -> set[str]:
+    """The PIDs the pid files name now; a file that is a symlink, or unreadable, names none."""
+    pids = set()
+    for file in files:
+        try:
+            fd = os.open(file, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            continue
+        try:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                pids.add(os.read(fd, 64).split(b"\n", 1)[0].strip().decode("ascii", "replace"))
+        finally:
+            os.close(fd)
+    return pids
+
+
+def _confined(name: str, path: str, roots: tuple[str, ...], depth: int | None) -> str | None:
     """`path` lies strictly under one of `roots`, with no symlink below the root on the way.
 
     Components that do not exist yet are fine (a fix may create them); one that
@@ -157,10 +175,11 @@ def _confined(name: str, path: str, roots: tuple[str, ...]) -> str | None:
     for root in roots:
         if not path.startswith(root.rstrip("/") + "/"):
             continue
+        parts = path[len(root) :].strip("/").split("/")
+        if depth is not None and len(parts) > depth:
+            return f"{name}: {path!r} is more than {depth} level(s) below {root}"
         current = root
-        for part in path[len(root) :].strip("/").split("/"):
-            if not part:
-                continue
+        for part in parts:
             current = os.path.join(current, part)
             try:
                 info = os.lstat(current)

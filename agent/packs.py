@@ -299,7 +299,13 @@ def _constraints(
         is_path = kind == FieldType.PATH
         under = _param_list(table, "under", params, absolute=True)
         one_of = _param_list(table, "one_of", params, absolute=is_path)
+        depth = table.integer("depth", None, minimum=1)
+        pid_files = _param_list(table, "pid_file", params, absolute=True)
         table.finish()
+        if pid_files is not None and kind != FieldType.PID:
+            table.error("pid_file", 'only a field of type = "pid" can be checked against pid files')
+        if depth is not None and under is None:
+            table.error("depth", "only limits a path confined with under")
         if kind is None and allow is None and one_of is None:
             table.error(None, "needs a type, an allow regex or one_of")
         if under is not None and not is_path:
@@ -312,6 +318,8 @@ def _constraints(
             allow=allow,
             under=under or (),
             one_of=one_of,
+            depth=depth,
+            pid_files=pid_files or (),
         )
     return out
 

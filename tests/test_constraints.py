@@ -84,6 +84,26 @@ def test_paths_stay_under_their_roots_and_never_cross_a_symlink(tmp_path):
         assert why in (constraint.check(value) or ""), value
 
 
+def test_depth_bounds_how_far_below_the_root_a_path_may_go(tmp_path):
+    constraint = Constraint("p", FieldType.PATH, under=(str(tmp_path),), depth=1)
+    assert constraint.check(f"{tmp_path}/client_temp") is None
+    assert "more than 1 level" in (constraint.check(f"{tmp_path}/a/client_temp") or "")
+
+
+def test_a_pid_must_be_the_one_a_configured_pid_file_names(tmp_path):
+    real, link, fifo = tmp_path / "app.pid", tmp_path / "link.pid", tmp_path / "fifo.pid"
+    real.write_text("4242\n")
+    other = tmp_path / "other.pid"
+    other.write_text("5151\n")
+    link.symlink_to(other)
+    os.mkfifo(fifo)
+    files = (str(tmp_path / "missing.pid"), str(real), str(link), str(fifo))
+    constraint = Constraint("pid", FieldType.PID, pid_files=files)
+    assert constraint.check("4242") is None
+    assert "not the PID" in (constraint.check("5151") or "")  # only through a symlink
+    assert "not the PID" in (constraint.check("4243") or "")
+
+
 def test_a_missing_field_is_refused_not_skipped():
     constraints = (Constraint("a", FieldType.INT), Constraint("b", FieldType.WORD))
     assert check_fields(constraints, {"a": "1", "b": "x"}) is None
