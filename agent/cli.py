@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from dataclasses import asdict
@@ -79,7 +80,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from agent.escalate import read_token, tls_context
 
     config, packs = _load(args.config)
-    identities_for(config, packs)
+    identities = identities_for(config, packs)
     if config.escalation is not None:
         read_token(config.escalation)
         tls_context(config.escalation)
@@ -89,9 +90,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"{patterns} pattern(s); state in {config.state_db}"
     )
     for pack in packs:
+        who = identities.get(pack.name)
+        runs_as = "" if who is None or os.geteuid() != 0 else f", fixes run as {who.user}"
         print(
             f"  pack {pack.name} {pack.version} (owner {pack.owner}): "
-            f"{len(pack.patterns)} pattern(s) from {pack.dir}"
+            f"{len(pack.patterns)} pattern(s) from {pack.dir}{runs_as}"
         )
     print(
         f"  matcher: {describe_engine(config.limits.matcher, packs)}; regex timeout "

@@ -223,8 +223,12 @@ def _multiline(section: Section | None) -> Multiline | None:
 
 def _source(section: Section) -> Source | None:
     path = section.string("path")
-    packs = section.strings("packs", allow_str=True)
-    if packs == ():
+    packs = section.strings("packs", None, allow_str=True)
+    if "packs" not in section.data:
+        section.error(
+            "packs", f'is required: name the packs for these files, or "{EVERY_PACK}" for every pack'
+        )
+    elif packs == ():
         section.error("packs", f'names no pack (name them, or "{EVERY_PACK}" for every pack)')
     elif packs is not None and EVERY_PACK in packs:
         if len(packs) > 1:

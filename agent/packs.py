@@ -690,6 +690,8 @@ def load_packs(
         packs.append(pack)
     for pack_name in sorted(set(host.values) - set(names) if host else ()):
         assert host is not None
+        if any(e.key.startswith(f"params.{pack_name}.") for e in errors):
+            continue  # the pack is there; its params have errors already reported
         line = min((n for (p, _), n in host.lines.items() if p == pack_name and n), default=None)
         errors.append(
             ConfigError(host.file or "", f"params.{pack_name}", line, "no such pack is loaded")
