@@ -226,7 +226,7 @@ def _source(section: Section) -> Source | None:
     packs = section.strings("packs", None, allow_str=True)
     if "packs" not in section.data:
         section.error(
-            "packs", f'is required: name the packs for these files, or "{EVERY_PACK}" for every pack'
+            "packs", f'is required: name the packs for these files ("{EVERY_PACK}": every pack)'
         )
     elif packs == ():
         section.error("packs", f'names no pack (name them, or "{EVERY_PACK}" for every pack)')
