@@ -416,7 +416,7 @@ def _loose_before(source: str, fields: set[str]) -> bool:
                     return False
                 found = walk(av[3])
             elif op in (_C.MAX_REPEAT, _C.MIN_REPEAT, _C.POSSESSIVE_REPEAT):
-                if av[1] is _C.MAXREPEAT and any(o is _C.ANY for o, _ in av[2]):
+                if av[1] == _C.MAXREPEAT and any(o is _C.ANY for o, _ in av[2]):
                     return True
                 found = walk(av[2])
             elif op is _C.BRANCH:

@@ -46,7 +46,9 @@ def test_the_design_sketch_parses():
 
 def test_relative_paths_resolve_against_the_config_folder(tmp_path):
     file = tmp_path / "agent.toml"
-    file.write_text('[agent]\nstate_dir = "state"\npacks = "packs"\n[[source]]\npath = "/x.log"\n')
+    file.write_text(
+        '[agent]\nstate_dir = "state"\npacks = "packs"\n[[source]]\npath = "/x.log"\npacks = "*"\n'
+    )
     config = load_config(file)
     assert config.state_dir == tmp_path / "state"
     assert config.packs == (tmp_path / "packs",)
@@ -117,11 +119,11 @@ def test_check_names_a_missing_pack_folder_and_an_unreadable_token(tmp_path, cap
     from agent.cli import main
 
     file = tmp_path / "agent.toml"
-    file.write_text('[agent]\npacks = ["nope"]\n[[source]]\npath = "/x.log"\n')
+    file.write_text('[agent]\npacks = ["nope"]\n[[source]]\npath = "/x.log"\npacks = "*"\n')
     assert main(["check", "-c", str(file)]) == 1
     assert f"{tmp_path / 'nope'}: no such pack folder" in capsys.readouterr().err
     file.write_text(
-        '[[source]]\npath = "/x.log"\n[escalation]\nurl = "http://127.0.0.1:9/"\n'
+        '[[source]]\npath = "/x.log"\npacks = "*"\n[escalation]\nurl = "http://127.0.0.1:9/"\n'
         'token_file = "token"\n'
     )
     assert main(["check", "-c", str(file)]) == 1

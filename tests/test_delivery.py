@@ -26,7 +26,10 @@ from tests.helpers import (
     wait_len,
 )
 
+# The fix runs as root: pytest's tmp_path (root's, mode 0700) is out of reach of "nobody".
 PACK = """\
+user = "root"
+
 [[redact]]
 match = '''\\b\\d{3}-\\d{2}-\\d{4}\\b'''
 
@@ -41,9 +44,12 @@ line = "boom 1"
 
 [[pattern]]
 id = "leaky"
-match = '''request failed: (?P<detail>.*)'''
+match = '''^request failed: (?P<detail>.*)'''
 key = "{detail}"
 escalate = "always"
+
+[pattern.fields]
+detail = { allow = '''[ -~]+''' }  # printable ASCII: the planted secrets must reach the fix
 
 [pattern.remedy]
 run = ["scripts/echo.sh", "{detail}"]
@@ -59,7 +65,15 @@ ECHO = '#!/bin/sh\necho "fixing: $*"\necho "stderr: $*" >&2\n'
 def setup_agent(
     tmp: Path, receiver: Receiver, url: str | None = None, escalation: str = ""
 ) -> tuple[AgentProc, Path]:
-    return agent_with_pack(tmp, PACK, {"echo.sh": ECHO}, receiver, url=url, escalation=escalation)
+    return agent_with_pack(
+        tmp,
+        PACK,
+        {"echo.sh": ECHO},
+        receiver,
+        url=url,
+        escalation=escalation,
+        agent_extra='allow_root = ["ops"]\n',
+    )
 
 
 def booms(receiver: Receiver, count: int) -> list[dict]:

@@ -25,12 +25,18 @@ from tests.helpers import (
     write_pack,
 )
 
+# The fixes run as root: they write into pytest's tmp_path (root's, mode 0700).
 PACK = """\
+user = "root"
+
 [[pattern]]
 id = "login-failed"
-match = '''login failed for user=(?P<user>.+)$'''
+match = '''^login (?P<outcome>failed) for user=(?P<user>.+)$'''
 key = "{{user}}"
 article = "articles/a.md"
+
+[pattern.fields]
+user = {{ allow = '''[ -~]+''' }}  # any printable text, hostile or not; outcome: unconstrained
 
 [pattern.remedy]
 run = ["scripts/record.sh", "{out}/fix", "--user", "{{user}}", "literal item"]
@@ -39,14 +45,17 @@ cooldown = "1h"
 
 [[pattern.example]]
 line = "login failed for user=bob"
-fields = {{ user = "bob" }}
+fields = {{ outcome = "failed", user = "bob" }}
 
 [[pattern]]
 id = "disk-on-fire"
-match = '''disk on fire: (?P<disk>\\S+)'''
+match = '''^disk on fire: (?P<disk>\\S+)'''
 key = "{{disk}}"
 severity = "critical"
 article = "articles/a.md"
+
+[pattern.fields]
+disk = {{ type = "word" }}
 
 [pattern.remedy]
 run = ["scripts/fail.sh", "{out}/fail", "{{disk}}"]
@@ -84,7 +93,13 @@ def setup(tmp_path: Path, receiver: Receiver) -> tuple[AgentProc, Path, Path]:
     )
     logs = tmp_path / "logs"
     logs.mkdir()
-    config = write_config(tmp_path, [(f"{logs}/*.log", None)], packs, receiver)
+    config = write_config(
+        tmp_path,
+        [(f"{logs}/*.log", None)],
+        packs,
+        receiver,
+        agent_extra='allow_root = ["testpack"]\n',
+    )
     return AgentProc(config), logs / "app.log", out
 
 
@@ -104,6 +119,8 @@ def test_fix_gets_hostile_field_verbatim_as_one_argv_item(setup, tmp_path, monke
         line.split("=", 1) for line in (out / "fix.0.env").read_text().splitlines() if "=" in line
     )
     assert env["LOGMEND_FIELD_USER"] == hostile
+    # only constrained fields reach a fix: the regex also captures `outcome`, which has none
+    assert [k for k in env if k.startswith("LOGMEND_FIELD_")] == ["LOGMEND_FIELD_USER"]
     assert env["PATH"] == SAFE_PATH
     assert env["LOGMEND_PATTERN"] == "login-failed"
     assert "LOGMEND_TEST_SECRET" not in env

@@ -40,11 +40,17 @@ rm "$1/running.$$" "$2/running.$$"
 echo "$3" >> "$1/done"
 """
 
+# The fixes run as root: they write into pytest's tmp_path (root's, mode 0700).
 PACK = """\
+user = "root"
+
 [[pattern]]
 id = "flood"
-match = '''worker crashed: (?P<name>\\w+)'''
+match = '''^worker crashed: (?P<name>\\w+)'''
 key = "{name}"
+
+[pattern.fields]
+name = { type = "word" }
 
 [pattern.remedy]
 run = ["scripts/gate.sh", "OUT", "{name}"]
@@ -56,7 +62,7 @@ line = "worker crashed: w1"
 
 [[pattern]]
 id = "flappy"
-match = '''cache evicted (?P<node>\\w+)'''
+match = '''^cache evicted (?P<node>\\w+)'''
 key = "{node}"
 
 [pattern.remedy]
@@ -70,7 +76,7 @@ line = "cache evicted n1"
 
 [[pattern]]
 id = "sticky"
-match = '''queue stuck (?P<q>\\w+)'''
+match = '''^queue stuck (?P<q>\\w+)'''
 key = "{q}"
 
 [pattern.remedy]
@@ -83,7 +89,7 @@ line = "queue stuck q1"
 
 [[pattern]]
 id = "unverified"
-match = '''index corrupt (?P<ix>\\w+)'''
+match = '''^index corrupt (?P<ix>\\w+)'''
 key = "{ix}"
 
 [pattern.remedy]
@@ -97,7 +103,7 @@ line = "index corrupt ix1"
 
 [[pattern]]
 id = "db-down"
-match = '''database (?P<db>\\w+) is down'''
+match = '''^database (?P<db>\\w+) is down'''
 key = "{db}"
 
 [pattern.remedy]
@@ -110,7 +116,7 @@ line = "database main is down"
 
 [[pattern]]
 id = "cache-down"
-match = '''cache (?P<c>\\w+) is down'''
+match = '''^cache (?P<c>\\w+) is down'''
 key = "{c}"
 
 [pattern.remedy]
@@ -123,7 +129,7 @@ line = "cache c1 is down"
 
 [[pattern]]
 id = "slow-retry"
-match = '''disk slow (?P<d>\\w+)'''
+match = '''^disk slow (?P<d>\\w+)'''
 key = "{d}"
 
 [pattern.remedy]
@@ -136,7 +142,7 @@ line = "disk slow sda"
 
 [[pattern]]
 id = "quick"
-match = '''pool exhausted (?P<p>\\w+)'''
+match = '''^pool exhausted (?P<p>\\w+)'''
 key = "{p}"
 
 [pattern.remedy]
@@ -148,7 +154,7 @@ line = "pool exhausted p1"
 
 [[pattern]]
 id = "threshold"
-match = '''slow query (?P<table>\\w+)'''
+match = '''^slow query (?P<table>\\w+)'''
 key = "{table}"
 when = { count = 3, within = "1m" }
 escalate = "always"
@@ -162,10 +168,15 @@ line = "slow query users"
 """
 
 SERIAL_PACK = """\
+user = "root"
+
 [[pattern]]
 id = "JOB"
-match = '''JOB (?P<k>\\w+)'''
+match = '''^JOB (?P<k>\\w+)'''
 key = "{k}"
+
+[pattern.fields]
+k = { type = "word" }
 
 [pattern.remedy]
 run = ["scripts/overlap.sh", "OUT", "ALL", "{k}"]
@@ -186,7 +197,14 @@ def make_agent(
         "record.sh": RECORD_SCRIPT.format(exit_code=0),
         "fail.sh": RECORD_SCRIPT.format(exit_code=1),
     }
-    agent, log = agent_with_pack(tmp, PACK.replace("OUT", str(out)), scripts, receiver, extra=extra)
+    agent, log = agent_with_pack(
+        tmp,
+        PACK.replace("OUT", str(out)),
+        scripts,
+        receiver,
+        extra=extra,
+        agent_extra='allow_root = ["ops"]\n',
+    )
     return agent, log, out
 
 
@@ -346,7 +364,14 @@ def test_per_pack_and_global_limits_bound_fixes_running_at_once(tmp_path):
     logs = tmp_path / "logs"
     logs.mkdir()
     extra = "max_concurrent_fixes = 3\n"
-    config = write_config(tmp_path, [(f"{logs}/*.log", None)], packs, None, extra)
+    config = write_config(
+        tmp_path,
+        [(f"{logs}/*.log", None)],
+        packs,
+        None,
+        extra,
+        agent_extra='allow_root = ["serial", "wide"]\n',
+    )
     agent = AgentProc(config).start()
     keys = [f"k{n}" for n in range(5)]
     append(logs / "app.log", *(f"{name} {k}" for name in ("serial", "wide") for k in keys))

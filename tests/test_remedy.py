@@ -21,7 +21,10 @@ from tests.helpers import write_config, write_pack
 BODY = """\
 [[pattern]]
 id = "p"
-match = '''oops (?P<what>.*)'''
+match = '''^oops (?P<what>.*)'''
+
+[pattern.fields]
+what = { allow = '''[ -~]+''' }  # any printable text: these tests send hostile values on purpose
 
 [pattern.remedy]
 run = ["scripts/fix.sh", "{what}"]
@@ -43,12 +46,17 @@ def test_argv_items_arrive_verbatim(tmp_path):
     pack = load_pack(write_pack(tmp_path, "t", BODY, {"fix.sh": script}))
     [pattern] = pack.patterns
     assert pattern.remedy is not None
-    for value in ["$(id); rm -rf ~", "a\nb", "--force", "-rf", "' \" ` \\ *", "  spaced  "]:
+    for value in ["$(id); rm -rf ~", "--force", "-rf", "' \" ` \\ *", "  spaced  "]:
         outcome = asyncio.run(
             run_remedy(pattern, pattern.remedy, {"what": value}, pack.dir, runner())
         )
         assert outcome.resolved
         assert out.read_bytes() == value.encode() + b"\0"
+    out.unlink()
+    # a control character is refused whatever the field's constraint: nothing runs
+    outcome = asyncio.run(run_remedy(pattern, pattern.remedy, {"what": "a\nb"}, pack.dir, runner()))
+    assert not outcome.resolved and "control character" in (outcome.rejected or "")
+    assert not out.exists()
 
 
 def test_timeout_kills_the_whole_group_including_children(tmp_path):

@@ -34,10 +34,13 @@ from tests.helpers import (
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The fix runs as root: it writes into pytest's tmp_path (root's, mode 0700).
 PACK = """\
+user = "root"
+
 [[pattern]]
 id = "stuck"
-match = '''queue stuck (?P<q>\\w+)'''
+match = '''^queue stuck (?P<q>\\w+)'''
 key = "{q}"
 
 [pattern.remedy]
@@ -103,11 +106,16 @@ class NotifySocket:
         self.sock.close()
 
 
+ROOT_OPS = 'allow_root = ["ops"]\n'  # pack "ops" asks for root (PACK); the host allows it
+
+
 def make_agent(tmp: Path, extra: str = "") -> tuple[AgentProc, Path, Path]:
     out = tmp / "out"
     out.mkdir()
     scripts = {"record.sh": RECORD_SCRIPT.format(exit_code=0)}
-    agent, log = agent_with_pack(tmp, PACK.replace("OUT", str(out)), scripts, extra=extra)
+    agent, log = agent_with_pack(
+        tmp, PACK.replace("OUT", str(out)), scripts, extra=extra, agent_extra=ROOT_OPS
+    )
     return agent, log, out
 
 
@@ -276,7 +284,7 @@ def test_a_config_that_tails_the_agents_own_log_is_refused(tmp_path):
     own = tmp_path / "agent-own.log"
     config.write_text(
         config.read_text().replace(
-            "[limits]", f'[[source]]\npath = "{tmp_path}/agent-*.log"\n\n[limits]'
+            "[limits]", f'[[source]]\npath = "{tmp_path}/agent-*.log"\npacks = "*"\n\n[limits]'
         )
     )
     with own.open("w") as stderr:
@@ -345,7 +353,9 @@ def test_a_second_sigint_forces_the_exit_while_a_fix_holds_up_shutdown(tmp_path)
     out = tmp_path / "out"
     out.mkdir()
     hang = f"#!/bin/sh\ntouch {out}/started\nexec sleep 60\n"
-    agent, log = agent_with_pack(tmp_path, PACK.replace("OUT", str(out)), {"record.sh": hang})
+    agent, log = agent_with_pack(
+        tmp_path, PACK.replace("OUT", str(out)), {"record.sh": hang}, agent_extra=ROOT_OPS
+    )
     agent.start()
     assert agent.proc is not None
     append(log, "queue stuck q1")
@@ -374,7 +384,9 @@ def test_sigterm_kills_a_fix_that_outlasts_the_grace_and_it_runs_again_at_start(
         f"#!/bin/sh\necho $$ >> {out}/runs\n"
         f'[ "$(wc -l < {out}/runs)" -gt 1 ] && exit 0\nexec sleep 60\n'
     )
-    agent, log = agent_with_pack(tmp_path, PACK.replace("OUT", str(out)), {"record.sh": script})
+    agent, log = agent_with_pack(
+        tmp_path, PACK.replace("OUT", str(out)), {"record.sh": script}, agent_extra=ROOT_OPS
+    )
     agent.start()
     append(log, "queue stuck q1")
     assert wait_for(lambda: (out / "runs").exists())

@@ -69,18 +69,28 @@ def packs(tmp_path: Path) -> Path:
 
 
 def start_agent(
-    tmp_path: Path, packs: Path, receiver: Receiver, source_extra: str = "", extra: str = ""
+    tmp_path: Path,
+    packs: Path,
+    receiver: Receiver,
+    source_extra: str = "",
+    extra: str = "",
+    agent_extra: str = "",
 ) -> tuple[AgentProc, Path]:
     logs = tmp_path / "logs"
     logs.mkdir(exist_ok=True)
-    config = write_config(tmp_path, [(f"{logs}/app.log", None)], packs, receiver, extra=extra)
+    config = write_config(
+        tmp_path,
+        [(f"{logs}/app.log", None)],
+        packs,
+        receiver,
+        extra=extra,
+        agent_extra=agent_extra,
+    )
     if source_extra:
         text = config.read_text()
-        config.write_text(
-            text.replace(
-                f'path = "{logs}/app.log"\n', f'path = "{logs}/app.log"\n{source_extra}', 1
-            )
-        )
+        source = f'path = "{logs}/app.log"\npacks = "*"\n'
+        assert source in text, text
+        config.write_text(text.replace(source, source + source_extra, 1))
     return AgentProc(config), logs / "app.log"
 
 
@@ -186,9 +196,11 @@ def test_backpressure_pauses_reading_and_drops_nothing(tmp_path, receiver):
         packs,
         "slowfix",
         """\
+user = "root"
+
 [[pattern]]
 id = "work"
-match = '''WORK (?P<n>\\d+)'''
+match = '''^WORK (?P<n>\\d+)'''
 key = "{n}"
 article = "articles/a.md"
 escalate = "always"
@@ -202,8 +214,13 @@ line = "WORK 1"
 """,
         scripts={"slow.sh": "#!/bin/sh\nsleep 0.2\n"},
     )
+    # as root: "nobody" cannot reach the script inside pytest's tmp_path (root's, mode 0700)
     agent, log = start_agent(
-        tmp_path, packs, receiver, extra="max_concurrent_fixes = 1\nmax_queued_fixes = 2\n"
+        tmp_path,
+        packs,
+        receiver,
+        extra="max_concurrent_fixes = 1\nmax_queued_fixes = 2\n",
+        agent_extra='allow_root = ["slowfix"]\n',
     )
     log.touch()
     agent.start()
