@@ -1,23 +1,29 @@
 """Typed reading of TOML documents with errors that name file, key and line.
 
 tomllib gives values but no positions, so `KeyLines` scans the text once to map
-every key path to the line it was written on.
+every key path to the line it was written on. Files are read through a size
+bound, and any failure of the parser becomes a ConfigError naming the file: a
+hostile pack or config is refused, it never crashes the agent.
 """
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, TypeVar
 
-from agent.errors import ConfigError
+from agent.errors import ConfigError, ConfigErrors
 
 KeyPath = tuple[str | int, ...]
 T = TypeVar("T")
 
+MAX_BYTES = 1 << 20  # a pack.toml or an agent config; real ones are a few KiB
 MAX_KEY_PARTS = 64  # longer key paths are scanned past, not recorded
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
@@ -313,26 +319,73 @@ def format_path(path: KeyPath) -> str:
     return out
 
 
+def _size(limit: int) -> str:
+    return f"{limit >> 20} MiB" if limit % (1 << 20) == 0 else f"{limit} bytes"
+
+
+def _read(file: Path, limit: int) -> str:
+    """At most `limit` bytes of a regular file as UTF-8; anything else is a ConfigError."""
+    try:
+        fd = os.open(file, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO must not block
+        with open(fd, "rb") as handle:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise ConfigError(file, "", None, "cannot read: not a regular file")
+            data = handle.read(limit + 1)
+    except OSError as exc:
+        raise ConfigError(file, "", None, f"cannot read: {exc}") from exc
+    if len(data) > limit:
+        raise ConfigError(
+            file, "", None, f"is larger than {_size(limit)}: refused (no real one is this big)"
+        )
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(file, "", None, f"cannot read: {exc}") from exc
+
+
+def read_bounded(file: Path, limit: int = MAX_BYTES) -> str:
+    """The text of a config file, refused past `limit` bytes (read no further than that).
+
+    Raises ConfigErrors, the way `load_config` reports: its one reader.
+    """
+    try:
+        return _read(file, limit)
+    except ConfigError as exc:
+        raise ConfigErrors([exc]) from exc
+
+
 class Doc:
     """A parsed TOML file: the place every Section reports its errors against."""
 
     def __init__(self, file: Path, text: str) -> None:
         self.file = file
-        self.keylines = KeyLines(text)
+        self.text = text
         self.errors: list[ConfigError] = []
         try:
             self.data: dict[str, Any] = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             match = re.search(r"line (\d+)", str(exc))
             raise ConfigError(file, "", int(match.group(1)) if match else None, str(exc)) from exc
+        except MemoryError:
+            raise
+        except RecursionError as exc:  # tomllib recurses once per level of nesting
+            raise ConfigError(
+                file, "", None, "is nested too deeply to read (arrays or tables inside one another)"
+            ) from exc
+        except Exception as exc:  # a parser bug on a hostile file is still the file's error
+            raise ConfigError(
+                file, "", None, f"cannot be read as TOML ({type(exc).__name__}: {exc})"
+            ) from exc
 
     @classmethod
-    def read(cls, file: Path) -> Doc:
-        try:
-            text = file.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise ConfigError(file, "", None, f"cannot read: {exc}") from exc
-        return cls(file, text)
+    def read(cls, file: Path, limit: int = MAX_BYTES) -> Doc:
+        """Read and parse `file`; past `limit` bytes it is refused unread, not parsed."""
+        return cls(file, _read(file, limit))
+
+    @cached_property
+    def keylines(self) -> KeyLines:
+        """Scanned only when an error wants a line: most documents have none."""
+        return KeyLines(self.text)
 
     def error(self, path: KeyPath, message: str) -> ConfigError:
         err = ConfigError(self.file, format_path(path), self.keylines.line_of(path), message)

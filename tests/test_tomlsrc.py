@@ -1,16 +1,20 @@
-"""The TOML key-line scanner: linear in the text, and right on every well-formed document."""
+"""The TOML reader: key lines found in linear time, hostile files refused with their name."""
 
 from __future__ import annotations
 
 import json
+import os
 import time
 import tomllib
+from pathlib import Path
 from typing import Any
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.tomlsrc import KeyLines
+from agent.errors import ConfigError, ConfigErrors
+from agent.tomlsrc import MAX_BYTES, Doc, KeyLines, read_bounded
 
 # ---- hostile lines: the scanner stays linear and never raises ----------------------
 
@@ -188,3 +192,60 @@ def test_a_multiline_string_closed_on_the_line_it_opens_does_not_hide_what_follo
     found = KeyLines(text)
     assert (found.line_of(("a", "y")), found.line_of(("b", "w"))) == (3, 9)
     assert found.line_of(("c",)) is None  # inside a string, not a header
+
+
+# ---- Doc: bounded reads, and any parser failure is the file's error -----------------
+
+
+def test_arrays_nested_50000_deep_are_an_error_naming_the_file(tmp_path: Path):
+    file = tmp_path / "pack.toml"
+    file.write_text("x = " + "[" * 50_000 + "]" * 50_000 + "\n")
+    with pytest.raises(ConfigError) as caught:
+        Doc.read(file)
+    assert caught.value.file == str(file) and "nested too deeply" in str(caught.value)
+
+
+def test_any_exception_of_the_parser_is_an_error_naming_the_file(tmp_path, monkeypatch):
+    def broken(text: str) -> dict[str, Any]:
+        raise ValueError("a parser bug")
+
+    monkeypatch.setattr(tomllib, "loads", broken)
+    with pytest.raises(ConfigError, match=r"pack\.toml: cannot be read as TOML \(ValueError"):
+        Doc(tmp_path / "pack.toml", "x = 1\n")
+
+
+def test_a_file_larger_than_the_bound_is_refused_and_one_at_the_bound_is_read(tmp_path):
+    file = tmp_path / "pack.toml"
+    at_bound = "# " + "x" * (MAX_BYTES - 3) + "\n"
+    file.write_text(at_bound)
+    assert Doc.read(file).data == {}
+    file.write_text(at_bound + "\n")
+    with pytest.raises(ConfigError) as caught:
+        Doc.read(file)
+    assert str(caught.value) == f"{file}: is larger than 1 MiB: refused (no real one is this big)"
+    with pytest.raises(ConfigErrors, match="larger than 1 MiB"):
+        read_bounded(file)
+
+
+def test_a_huge_file_is_read_no_further_than_the_bound(tmp_path):
+    file = tmp_path / "agent.toml"
+    with file.open("wb") as handle:
+        handle.truncate(64 << 30)  # 64 GiB, sparse: read whole, it could not fit in memory
+    with pytest.raises(ConfigErrors, match="larger than 1 MiB"):
+        read_bounded(file)
+
+
+def test_a_fifo_is_refused_without_waiting_for_a_writer(tmp_path):
+    fifo = tmp_path / "agent.toml"
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigErrors, match="not a regular file"):
+        read_bounded(fifo)
+
+
+def test_unreadable_and_not_utf8_files_name_the_file(tmp_path):
+    with pytest.raises(ConfigErrors, match=r"missing\.toml.*cannot read"):
+        read_bounded(tmp_path / "missing.toml")
+    bad = tmp_path / "bad.toml"
+    bad.write_bytes(b"x = '\xff'\n")
+    with pytest.raises(ConfigError, match=r"bad\.toml: cannot read: 'utf-8' codec"):
+        Doc.read(bad)
