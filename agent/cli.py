@@ -7,15 +7,18 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import TypeVar
 
 from agent import __version__
 from agent.config import Config, load_config
-from agent.errors import ConfigErrors, LogmendError
+from agent.errors import ConfigErrors, LogmendError, unexpected
 from agent.packs import Pack, find_pack_dirs, load_packs
 
 log = logging.getLogger("logmend")
+T = TypeVar("T")
 
 
 def _setup_logging(fmt: str = "text", level: str = "INFO") -> None:
@@ -42,9 +45,28 @@ class _JsonFormatter(logging.Formatter):
         )
 
 
+def _guarded(where: Path | str, load: Callable[[], T]) -> T:
+    """Run a loader; an exception nobody raised on purpose is an error naming `where`.
+
+    So a hostile pack or config stops `run`, `check` or `status` with a line
+    that names it, and exit status 1, not a traceback.
+    """
+    try:
+        return load()
+    except LogmendError:
+        raise
+    except Exception as exc:
+        raise ConfigErrors([unexpected(where, exc)]) from exc
+
+
+def _load_config(config_path: Path) -> Config:
+    return _guarded(config_path, lambda: load_config(config_path))
+
+
 def _load(config_path: Path) -> tuple[Config, list[Pack]]:
-    config = load_config(config_path)
-    return config, load_packs(config.packs)
+    config = _load_config(config_path)
+    where = "a pack under " + ", ".join(map(str, config.packs))
+    return config, _guarded(where, lambda: load_packs(config.packs))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -124,7 +146,10 @@ def cmd_test(args: argparse.Namespace) -> int:
     if not dirs:
         print(f"no pack.toml found in {', '.join(map(str, args.packs))}", file=sys.stderr)
         return 1
-    packs = load_packs(tuple(dirs), trust=False)
+    packs = _guarded(
+        "a pack under " + ", ".join(map(str, args.packs)),
+        lambda: load_packs(tuple(dirs), trust=False),
+    )
     failed = False
     human = sys.stderr if args.json else sys.stdout
     for pack in packs:
@@ -148,7 +173,7 @@ def cmd_test(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from agent.state import Store
 
-    config = load_config(args.config)
+    config = _load_config(args.config)
     if not config.state_db.exists():
         print(f"no state yet at {config.state_db}")
         return 0
@@ -232,7 +257,7 @@ def _t(value: float) -> str:
 def cmd_spool_retry(args: argparse.Namespace) -> int:
     from agent.state import Store
 
-    config = load_config(args.config)
+    config = _load_config(args.config)
     count = Store(config.state_db).unpark()
     print(f"{count} parked event(s) queued again; the running agent sends them next")
     return 0
