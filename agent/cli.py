@@ -5,12 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import re
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from agent import __version__
 from agent.config import Config, load_config
@@ -26,11 +27,45 @@ def _setup_logging(fmt: str = "text", level: str = "INFO") -> None:
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def escape_controls(text: str, keep: str = "") -> str:
+    """Control characters (C0, DEL, C1, line separators) as visible escapes like `\\x1b`.
+
+    Log messages carry fields of attacker-written log lines: raw, an ESC or CR
+    could move the terminal's cursor or clear it, a newline could forge a line.
+    """
+
+    def one(match: re.Match[str]) -> str:
+        char = match.group()
+        if char in keep:
+            return char
+        code = ord(char)
+        return _NAMED.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+    return _CONTROL.sub(one, text)
+
+
+class TextFormatter(logging.Formatter):
+    """The text log: one line a record, whatever its message holds."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        return escape_controls(super().formatException(ei), keep="\n")  # a traceback's lines
+
+    def formatStack(self, stack_info: str) -> str:
+        return escape_controls(super().formatStack(stack_info), keep="\n")
 
 
 class _JsonFormatter(logging.Formatter):

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import PYTHON, agent_with_pack, append, cli, status, wait_for
+from tests.helpers import PYTHON, RECORD_SCRIPT, agent_with_pack, append, cli, status, wait_for
 from tests.test_service import make_agent
 
 MINIMAL = "[[pattern]]\nid = 'p'\nmatch = 'x'\n[[pattern.example]]\nline = 'x'\n"
@@ -118,3 +119,65 @@ def test_a_config_larger_than_1_mib_is_refused_naming_it(tmp_path):
         1,
         f"error: {agent.config}: is larger than 1 MiB: refused (no real one is this big)\n",
     )
+
+
+LOG_LINE = re.compile(rb"\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR|CRITICAL) ")
+
+
+def test_control_characters_of_a_log_line_reach_the_agents_log_escaped(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    pack = f"""\
+        [[pattern]]
+        id = "stuck"
+        match = '''queue stuck (?P<q>.+)'''
+        key = "k"
+
+        [pattern.remedy]
+        run = ["scripts/record.sh", "{out}/fix", "{{q}}"]
+        attempts = 1
+
+        [[pattern.example]]
+        line = "queue stuck q1"
+        """
+    agent, log = agent_with_pack(tmp_path, pack, {"record.sh": RECORD_SCRIPT.format(exit_code=0)})
+    stderr = tmp_path / "agent.err"
+    with stderr.open("wb") as sink:
+        proc = subprocess.Popen(
+            [PYTHON, "-m", "agent", "run", "-c", str(agent.config)], stderr=sink
+        )
+    try:
+        assert wait_for(lambda: b" running: " in stderr.read_bytes()), stderr.read_bytes()
+        forged = "\x1b[2J\r12:00:00 INFO resolved ops/stuck key='k' after 1 attempt(s)\x85\x7f"
+        append(log, "queue stuck " + forged)
+        assert wait_for(lambda: b"resolved ops/stuck" in stderr.read_bytes())
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    written = stderr.read_bytes()
+    field = (out / "fix.0.argv").read_bytes().split(b"\0")[0]
+    assert field == forged.encode()  # the fix got the field as it was; only the log escapes it
+    assert b"\x1b" not in written and b"\r" not in written
+    assert b"\\x1b[2J\\r12:00:00 INFO resolved ops/stuck key='k' after 1 attempt(s)\\x85\\x7f" in (
+        written
+    )
+    for line in written.decode().splitlines():
+        assert LOG_LINE.match(line.encode()), line
+
+
+def test_a_traceback_keeps_its_lines_but_not_the_control_characters_inside_them():
+    import logging
+    import sys
+
+    from agent.cli import TextFormatter
+
+    try:
+        raise ValueError("bad \x1b[31mred\r\u2028line")
+    except ValueError:
+        exc_info = sys.exc_info()
+    record = logging.LogRecord("logmend", logging.ERROR, "f", 1, "a\tb\n%s", ("c\x9b",), exc_info)
+    text = TextFormatter("%(levelname)s %(message)s").format(record)
+    head, *traceback = text.split("\n")
+    assert head == "ERROR a\\tb\\nc\\x9b"
+    assert traceback[0] == "Traceback (most recent call last):"
+    assert traceback[-1] == "ValueError: bad \\x1b[31mred\\r\\u2028line"
