@@ -116,7 +116,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     import tempfile
 
     from agent.fixes import DryRunner
+    from agent.state import check_state_file
 
+    check_state_file(config.state_db)  # a foreign file is refused, not copied
     with tempfile.TemporaryDirectory(prefix="logmend-dry-run-") as scratch:
         if config.state_db.exists():
             with (
