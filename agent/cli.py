@@ -6,17 +6,21 @@ import argparse
 import json
 import logging
 import os
+import re
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any, TypeVar
 
 from agent import __version__
 from agent.config import Config, load_config
-from agent.errors import ConfigErrors, LogmendError
+from agent.errors import ConfigErrors, LogmendError, unexpected
 from agent.packs import Pack, find_pack_dirs, load_packs
 
 log = logging.getLogger("logmend")
+T = TypeVar("T")
 
 
 def _setup_logging(fmt: str = "text", level: str = "INFO") -> None:
@@ -24,11 +28,45 @@ def _setup_logging(fmt: str = "text", level: str = "INFO") -> None:
     if fmt == "json":
         handler.setFormatter(_JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def escape_controls(text: str, keep: str = "") -> str:
+    """Control characters (C0, DEL, C1, line separators) as visible escapes like `\\x1b`.
+
+    Log messages carry fields of attacker-written log lines: raw, an ESC or CR
+    could move the terminal's cursor or clear it, a newline could forge a line.
+    """
+
+    def one(match: re.Match[str]) -> str:
+        char = match.group()
+        if char in keep:
+            return char
+        code = ord(char)
+        return _NAMED.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+    return _CONTROL.sub(one, text)
+
+
+class TextFormatter(logging.Formatter):
+    """The text log: one line a record, whatever its message holds."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return escape_controls(super().formatMessage(record))
+
+    def formatException(self, ei: Any) -> str:
+        return escape_controls(super().formatException(ei), keep="\n")  # a traceback's lines
+
+    def formatStack(self, stack_info: str) -> str:
+        return escape_controls(super().formatStack(stack_info), keep="\n")
 
 
 class _JsonFormatter(logging.Formatter):
@@ -43,9 +81,28 @@ class _JsonFormatter(logging.Formatter):
         )
 
 
+def _guarded(where: Path | str, load: Callable[[], T]) -> T:
+    """Run a loader; an exception nobody raised on purpose is an error naming `where`.
+
+    So a hostile pack or config stops `run`, `check` or `status` with a line
+    that names it, and exit status 1, not a traceback.
+    """
+    try:
+        return load()
+    except LogmendError:
+        raise
+    except Exception as exc:
+        raise ConfigErrors([unexpected(where, exc)]) from exc
+
+
+def _load_config(config_path: Path) -> Config:
+    return _guarded(config_path, lambda: load_config(config_path))
+
+
 def _load(config_path: Path) -> tuple[Config, list[Pack]]:
-    config = load_config(config_path)
-    return config, load_packs(config.packs, host=config.params)
+    config = _load_config(config_path)
+    where = "a pack under " + ", ".join(map(str, config.packs))
+    return config, _guarded(where, lambda: load_packs(config.packs, host=config.params))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -60,7 +117,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     import tempfile
 
     from agent.fixes import DryRunner
+    from agent.state import check_state_file
 
+    check_state_file(config.state_db)  # a foreign file is refused, not copied
     with tempfile.TemporaryDirectory(prefix="logmend-dry-run-") as scratch:
         if config.state_db.exists():
             with (
@@ -127,7 +186,10 @@ def cmd_test(args: argparse.Namespace) -> int:
     if not dirs:
         print(f"no pack.toml found in {', '.join(map(str, args.packs))}", file=sys.stderr)
         return 1
-    packs = load_packs(tuple(dirs), trust=False)
+    packs = _guarded(
+        "a pack under " + ", ".join(map(str, args.packs)),
+        lambda: load_packs(tuple(dirs), trust=False),
+    )
     failed = False
     human = sys.stderr if args.json else sys.stdout
     for pack in packs:
@@ -151,7 +213,7 @@ def cmd_test(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from agent.state import Store
 
-    config = load_config(args.config)
+    config = _load_config(args.config)
     if not config.state_db.exists():
         print(f"no state yet at {config.state_db}")
         return 0
@@ -235,7 +297,7 @@ def _t(value: float) -> str:
 def cmd_spool_retry(args: argparse.Namespace) -> int:
     from agent.state import Store
 
-    config = load_config(args.config)
+    config = _load_config(args.config)
     count = Store(config.state_db).unpark()
     print(f"{count} parked event(s) queued again; the running agent sends them next")
     return 0

@@ -10,7 +10,7 @@ import regex
 
 from agent.errors import ConfigError, ConfigErrors
 from agent.params import HostParams, ParamValue, param_value
-from agent.tomlsrc import Doc, Section
+from agent.tomlsrc import Doc, Section, read_bounded
 
 EVERY_PACK = "*"
 DEFAULT_FIX_USER = "nobody"
@@ -324,8 +324,5 @@ def parse_config(file: Path, text: str) -> Config:
 
 
 def load_config(file: Path) -> Config:
-    try:
-        text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigErrors([ConfigError(file, "", None, f"cannot read: {exc}")]) from exc
-    return parse_config(file, text)
+    """Read (bounded in size) and parse; raises ConfigErrors naming the file."""
+    return parse_config(file, read_bounded(file))

@@ -498,21 +498,36 @@ class Agent:
     def reload(self) -> bool:
         """Re-read config and packs and swap them in between records; keep all state.
 
-        A config or pack with errors changes nothing: the running set stays, and
-        the errors are logged and kept for `logmend status`.
+        A config or pack with errors, or one its reader fails on in any way,
+        changes nothing: the running set stays, and the errors are logged and
+        kept for `logmend status`.
         """
+        from agent.errors import LogmendError, unexpected
+
         log.info("received SIGHUP, reloading %s", self.config.file)
         self.notify.reloading()
+        where: Path | str = self.config.file
         try:
             config = load_config(self.config.file)
+            where = "a pack under " + ", ".join(map(str, config.packs))
             packs = load_packs(config.packs, host=config.params)
+            where = self.config.file
             identities = identities_for(config, packs)
             refuse_own_log(config, self.own_log)
         except ConfigErrors as exc:
-            for error in exc.errors:
+            errors = [str(e) for e in exc.errors]
+        except LogmendError as exc:
+            errors = [str(exc)]
+        except Exception as exc:  # a hostile file or a bug in reading it: refused, never fatal
+            log.error("reload failed unexpectedly while loading %s", where, exc_info=exc)
+            errors = [str(unexpected(where, exc))]
+        else:
+            errors = []
+        if errors:
+            for error in errors:
                 log.error("reload refused, the previous config and packs stay: %s", error)
             self.reloads["failed"] += 1
-            self._record_reload([str(e) for e in exc.errors])
+            self._record_reload(errors)
             self.notify.ready(self.status_line())
             return False
         self.flush_stats()

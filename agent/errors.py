@@ -31,3 +31,12 @@ class ConfigErrors(LogmendError):
 
 class StateError(LogmendError):
     """The state database cannot be opened or written (full disk, locked, corrupt)."""
+
+
+def unexpected(where: Path | str, exc: BaseException) -> ConfigError:
+    """An exception nobody raised on purpose, met while loading `where`.
+
+    Reported like any config error, naming what was being read, so that no
+    file, however hostile, can crash the agent at start or on reload.
+    """
+    return ConfigError(where, "", None, f"cannot be loaded ({type(exc).__name__}: {exc})")
