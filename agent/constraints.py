@@ -13,10 +13,14 @@ from __future__ import annotations
 import ipaddress
 import os
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
 import regex
+
+from agent.params import ParamValue
+from agent.tomlsrc import Section
 
 MAX_VALUE = 4096
 PID_MAX = 4_194_304  # the kernel's ceiling for /proc/sys/kernel/pid_max
@@ -191,3 +195,75 @@ def _confined(name: str, path: str, roots: tuple[str, ...], depth: int | None) -
                 return f"{name}: {current} is a symbolic link"
         return None
     return f"{name}: {path!r} is not under {', '.join(roots)}"
+
+
+# -- `[pattern.fields]` in pack.toml -----------------------------------------------
+
+
+def _param_list(
+    section: Section, key: str, params: Mapping[str, ParamValue], absolute: bool
+) -> tuple[str, ...] | None:
+    """A constraint's `under`/`one_of`: the name of a pack param, bound to the host's value."""
+    name = section.string(key, None)
+    if not isinstance(name, str):
+        return None
+    if name not in params:
+        section.error(key, f"names param {name!r}, which [pack.params] does not declare")
+        return None
+    value = params[name]
+    items = (value,) if isinstance(value, str) else value
+    if absolute:
+        bad = [v for v in items if not v.startswith("/") or os.path.normpath(v) != v]
+        if bad:
+            section.error(key, f"param {name!r} holds {bad[0]!r}, not a normal absolute path")
+            return None
+    return items
+
+
+def parse_constraints(
+    section: Section | None, groups: set[str], params: Mapping[str, ParamValue]
+) -> dict[str, Constraint]:
+    """`[pattern.fields]`: what each field may be before a fix may see it."""
+    if section is None:
+        return {}
+    out: dict[str, Constraint] = {}
+    for name in list(section.data):
+        table = section.table(name)
+        if table is None:
+            continue
+        if name not in groups:
+            section.error(name, "is not a named group of the pattern's regex")
+        kind = table.string("type", None, choices=tuple(FieldType))
+        allow_source = table.string("allow", None)
+        allow = None
+        if isinstance(allow_source, str):
+            try:
+                allow = regex.compile(allow_source, regex.VERSION0)
+            except (regex.error, OverflowError, RecursionError, ValueError) as exc:
+                table.error("allow", f"is not a valid regex: {exc}")
+        is_path = kind == FieldType.PATH
+        under = _param_list(table, "under", params, absolute=True)
+        one_of = _param_list(table, "one_of", params, absolute=is_path)
+        depth = table.integer("depth", None, minimum=1)
+        pid_files = _param_list(table, "pid_file", params, absolute=True)
+        table.finish()
+        if pid_files is not None and kind != FieldType.PID:
+            table.error("pid_file", 'only a field of type = "pid" can be checked against pid files')
+        if depth is not None and under is None:
+            table.error("depth", "only limits a path confined with under")
+        if kind is None and allow is None and one_of is None:
+            table.error(None, "needs a type, an allow regex or one_of")
+        if under is not None and not is_path:
+            table.error("under", 'only a field of type = "path" can be confined under roots')
+        if is_path and under is None and one_of is None:
+            table.error("type", "a path needs under = PARAM (its roots) or one_of = PARAM")
+        out[name] = Constraint(
+            field=name,
+            type=FieldType(kind) if isinstance(kind, str) and kind in set(FieldType) else None,
+            allow=allow,
+            under=under or (),
+            one_of=one_of,
+            depth=depth,
+            pid_files=pid_files or (),
+        )
+    return out

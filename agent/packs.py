@@ -7,24 +7,20 @@ per-line path only runs compiled regexes and pre-parsed templates.
 
 from __future__ import annotations
 
-import importlib
-import os
-import stat
 import string
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import regex
 
-from agent.constraints import Constraint, FieldType
+from agent.constraints import Constraint, parse_constraints
 from agent.errors import ConfigError, ConfigErrors
-from agent.params import HostParams, ParamValue, param_env, param_value, valid_name
+from agent.lint import remedy_pattern_problem
+from agent.params import HostParams, ParamValue, param_env, parse_params
 from agent.tomlsrc import Doc, Section
-
-_parser: Any = importlib.import_module("re._parser")
-_C: Any = importlib.import_module("re._constants")
+from agent.trust import trust_chain, untrusted
 
 SEVERITIES = ("debug", "info", "warning", "error", "critical")
 ESCALATE = ("unresolved", "always", "never")
@@ -195,39 +191,6 @@ def _templates(
     return tuple(out)
 
 
-def untrusted(path: Path, sticky_ok: bool = False) -> str | None:
-    """Why the agent must not run (or trust the folder of) `path`, or None.
-
-    `sticky_ok` accepts a root-owned sticky folder such as /tmp above a pack:
-    others may create entries there but cannot rename or replace ours.
-    """
-    try:
-        info = path.stat()
-    except OSError as exc:
-        return f"cannot stat {path}: {exc.strerror}"
-    if info.st_uid not in (0, os.geteuid()):
-        return f"{path} is owned by uid {info.st_uid}, not root or the agent's user"
-    sticky = sticky_ok and info.st_uid == 0 and info.st_mode & stat.S_ISVTX
-    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not sticky:
-        return f"{path} is writable by group or others (mode {stat.S_IMODE(info.st_mode):04o})"
-    return None
-
-
-def _trust_chain(pack_dir: Path) -> Iterator[str]:
-    """Every folder from / down to the pack, its pack.toml and scripts/, held like a script."""
-    root = pack_dir.resolve()
-    for folder in reversed(root.parents):
-        problem = untrusted(folder, sticky_ok=True)
-        if problem:
-            yield problem
-    for path in (root, root / "pack.toml", root / "scripts"):
-        if path.name == "scripts" and not path.exists():
-            continue
-        problem = untrusted(path)
-        if problem:
-            yield problem
-
-
 def _script_inside(
     section: Section, key: str, argv: tuple[Template, ...], pack_dir: Path, trust: bool
 ) -> None:
@@ -253,75 +216,6 @@ def _script_inside(
         if problem:
             section.error(key, f"refused: {problem}")
             return
-
-
-def _param_list(
-    section: Section, key: str, params: Mapping[str, ParamValue], absolute: bool
-) -> tuple[str, ...] | None:
-    """A constraint's `under`/`one_of`: the name of a pack param, bound to the host's value."""
-    name = section.string(key, None)
-    if not isinstance(name, str):
-        return None
-    if name not in params:
-        section.error(key, f"names param {name!r}, which [pack.params] does not declare")
-        return None
-    value = params[name]
-    items = (value,) if isinstance(value, str) else value
-    if absolute:
-        bad = [v for v in items if not v.startswith("/") or os.path.normpath(v) != v]
-        if bad:
-            section.error(key, f"param {name!r} holds {bad[0]!r}, not a normal absolute path")
-            return None
-    return items
-
-
-def _constraints(
-    section: Section | None, groups: set[str], params: Mapping[str, ParamValue]
-) -> dict[str, Constraint]:
-    """`[pattern.fields]`: what each field may be before a fix may see it."""
-    if section is None:
-        return {}
-    out: dict[str, Constraint] = {}
-    for name in list(section.data):
-        table = section.table(name)
-        if table is None:
-            continue
-        if name not in groups:
-            section.error(name, "is not a named group of the pattern's regex")
-        kind = table.string("type", None, choices=tuple(FieldType))
-        allow_source = table.string("allow", None)
-        allow = None
-        if isinstance(allow_source, str):
-            try:
-                allow = regex.compile(allow_source, regex.VERSION0)
-            except (regex.error, OverflowError, RecursionError, ValueError) as exc:
-                table.error("allow", f"is not a valid regex: {exc}")
-        is_path = kind == FieldType.PATH
-        under = _param_list(table, "under", params, absolute=True)
-        one_of = _param_list(table, "one_of", params, absolute=is_path)
-        depth = table.integer("depth", None, minimum=1)
-        pid_files = _param_list(table, "pid_file", params, absolute=True)
-        table.finish()
-        if pid_files is not None and kind != FieldType.PID:
-            table.error("pid_file", 'only a field of type = "pid" can be checked against pid files')
-        if depth is not None and under is None:
-            table.error("depth", "only limits a path confined with under")
-        if kind is None and allow is None and one_of is None:
-            table.error(None, "needs a type, an allow regex or one_of")
-        if under is not None and not is_path:
-            table.error("under", 'only a field of type = "path" can be confined under roots')
-        if is_path and under is None and one_of is None:
-            table.error("type", "a path needs under = PARAM (its roots) or one_of = PARAM")
-        out[name] = Constraint(
-            field=name,
-            type=FieldType(kind) if isinstance(kind, str) and kind in set(FieldType) else None,
-            allow=allow,
-            under=under or (),
-            one_of=one_of,
-            depth=depth,
-            pid_files=pid_files or (),
-        )
-    return out
 
 
 def _recovery(section: Section | None) -> Recovery | None:
@@ -391,44 +285,6 @@ def _remedy(
     )
     section.finish()
     return remedy if run else None
-
-
-_ANCHORED = regex.compile(r"(?:\(\?[a-zA-Z]+\))*(?:\^|\\A)")
-
-
-def _loose_before(source: str, fields: set[str]) -> bool:
-    """True if an unbounded `.*`/`.+` comes before a field a fix uses.
-
-    Text matched by such a wildcard can be anything a user made the program
-    log, including a forged copy of the rest of the line (fail2ban's lint).
-    """
-    try:
-        parsed = _parser.parse(source)
-    except Exception:  # syntax only the regex module knows: other lints still apply
-        return False
-    names = {index: name for name, index in parsed.state.groupdict.items()}
-
-    def walk(items: Any) -> bool | None:
-        """True: loose wildcard found first; False: a used field reached first; None: neither."""
-        for op, av in items:
-            if op is _C.SUBPATTERN:
-                if names.get(av[0]) in fields:
-                    return False
-                found = walk(av[3])
-            elif op in (_C.MAX_REPEAT, _C.MIN_REPEAT, _C.POSSESSIVE_REPEAT):
-                if av[1] == _C.MAXREPEAT and any(o is _C.ANY for o, _ in av[2]):
-                    return True
-                found = walk(av[2])
-            elif op is _C.BRANCH:
-                results = [walk(branch) for branch in av[1]]
-                found = True if True in results else (False if False in results else None)
-            else:
-                found = None
-            if found is not None:
-                return found
-        return None
-
-    return walk(parsed) is True
 
 
 def _compile(section: Section, source: str) -> regex.Pattern[str] | None:
@@ -514,25 +370,16 @@ def _pattern(
         when.finish()
     escalate = section.string("escalate", "unresolved", choices=ESCALATE)
     article, article_text = _article(section, pack_dir)
-    constraints = _constraints(section.table("fields"), groups, params)
+    constraints = parse_constraints(section.table("fields"), groups, params)
     remedy_section = section.table("remedy")
     remedy = None
     if remedy_section:
         remedy = _remedy(remedy_section, groups, pack_dir, trust, constraints, params)
     if remedy is not None and isinstance(source, str):
         used = {f for t in remedy.run + (remedy.verify or ()) for f in t.fields}
-        if not _ANCHORED.match(source):
-            section.error(
-                "match",
-                "feeds a fix, so it must be anchored to the program's own line format "
-                "(start with ^): unanchored, text a user makes another program log can match",
-            )
-        elif _loose_before(source, used):
-            section.error(
-                "match",
-                "has an unbounded .* or .+ before a field the fix uses: text a user makes the "
-                "program log can forge that field; match the line's real structure instead",
-            )
+        problem = remedy_pattern_problem(source, used)
+        if problem:
+            section.error("match", problem)
     default_cooldown = remedy.cooldown if remedy else 600.0
     cooldown = section.duration("cooldown", default_cooldown)
     examples = _examples(section)
@@ -559,36 +406,6 @@ def _pattern(
     )
 
 
-def _params(
-    section: Section | None, pack: Any, host: HostParams, doc: Doc
-) -> dict[str, ParamValue]:
-    """`[pack.params]` defaults, overridden by the host's `[params.PACK]`."""
-    params: dict[str, ParamValue] = {}
-    for key, raw in (section.data.items() if section else ()):
-        assert section is not None
-        section._used.add(key)
-        value, problem = param_value(raw)
-        if not valid_name(key):
-            section.error(key, "a param name is lower case letters, digits and _")
-        elif value is None:
-            section.error(key, problem or "invalid")
-        else:
-            params[key] = value
-    for key, raw in (host.values.get(pack, {}) if isinstance(pack, str) else {}).items():
-        where = (host.file or "", f"params.{pack}.{key}", host.lines.get((pack, key)))
-        if key not in params:
-            declared = ", ".join(sorted(params)) or "none"
-            doc.errors.append(
-                ConfigError(*where, f"pack {pack!r} has no param {key!r} (it declares: {declared})")
-            )
-        elif isinstance(raw, str) != isinstance(params[key], str):
-            kind = "a string" if isinstance(params[key], str) else "a list of strings"
-            doc.errors.append(ConfigError(*where, f"must be {kind}, like the pack's default"))
-        else:
-            params[key] = raw
-    return params
-
-
 def load_pack(pack_dir: Path, trust: bool = True, host: HostParams | None = None) -> Pack:
     """Load one pack folder; raises ConfigErrors listing every problem found.
 
@@ -603,7 +420,7 @@ def load_pack(pack_dir: Path, trust: bool = True, host: HostParams | None = None
     except ConfigError as exc:
         raise ConfigErrors([exc]) from exc
     if trust:
-        for problem in _trust_chain(pack_dir):
+        for problem in trust_chain(pack_dir):
             doc.errors.append(ConfigError(file, "", None, f"refused: {problem}"))
     root = doc.root()
     head = root.table("pack", required=True)
@@ -616,7 +433,7 @@ def load_pack(pack_dir: Path, trust: bool = True, host: HostParams | None = None
         user = head.string("user", None)
         group = head.string("group", None)
         limit = head.integer("max_concurrent_fixes", None, minimum=1)
-        params = _params(head.table("params"), name, host or HostParams(), doc)
+        params = parse_params(head.table("params"), name, host or HostParams(), doc)
         head.finish()
     seen: set[str] = set()
     patterns = [

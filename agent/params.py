@@ -15,6 +15,9 @@ from typing import Any
 
 import regex
 
+from agent.errors import ConfigError
+from agent.tomlsrc import Doc, Section
+
 ParamValue = str | tuple[str, ...]
 _NAME = regex.compile(r"[a-z][a-z0-9_]{0,63}")
 _CONTROL = regex.compile(r"[\x00-\x1f\x7f]")
@@ -53,3 +56,33 @@ def param_env(params: Mapping[str, ParamValue]) -> dict[str, str]:
         f"LOGMEND_PARAM_{name.upper()}": value if isinstance(value, str) else "\n".join(value)
         for name, value in params.items()
     }
+
+
+def parse_params(
+    section: Section | None, pack: Any, host: HostParams, doc: Doc
+) -> dict[str, ParamValue]:
+    """`[pack.params]` defaults, overridden by the host's `[params.PACK]`."""
+    params: dict[str, ParamValue] = {}
+    for key, raw in section.data.items() if section else ():
+        assert section is not None
+        section._used.add(key)
+        value, problem = param_value(raw)
+        if not valid_name(key):
+            section.error(key, "a param name is lower case letters, digits and _")
+        elif value is None:
+            section.error(key, problem or "invalid")
+        else:
+            params[key] = value
+    for key, raw in (host.values.get(pack, {}) if isinstance(pack, str) else {}).items():
+        where = (host.file or "", f"params.{pack}.{key}", host.lines.get((pack, key)))
+        if key not in params:
+            declared = ", ".join(sorted(params)) or "none"
+            doc.errors.append(
+                ConfigError(*where, f"pack {pack!r} has no param {key!r} (it declares: {declared})")
+            )
+        elif isinstance(raw, str) != isinstance(params[key], str):
+            kind = "a string" if isinstance(params[key], str) else "a list of strings"
+            doc.errors.append(ConfigError(*where, f"must be {kind}, like the pack's default"))
+        else:
+            params[key] = raw
+    return params
