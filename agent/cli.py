@@ -150,7 +150,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     )
     for pack in packs:
         who = identities.get(pack.name)
-        runs_as = "" if who is None or os.geteuid() != 0 else f", fixes run as {who.user}"
+        runs_as = "" if who is None or os.geteuid() != 0 else f", fixes run as {who.describe()}"
         print(
             f"  pack {pack.name} {pack.version} (owner {pack.owner}): "
             f"{len(pack.patterns)} pattern(s) from {pack.dir}{runs_as}"

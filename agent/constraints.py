@@ -25,7 +25,9 @@ from agent.tomlsrc import Section
 MAX_VALUE = 4096
 PID_MAX = 4_194_304  # the kernel's ceiling for /proc/sys/kernel/pid_max
 ALLOW_TIMEOUT = 0.05
-_CONTROL = regex.compile(r"[\x00-\x1f\x7f-\x9f]")
+# C0, DEL, C1, and the invisible format characters that reorder or hide text
+# (bidi overrides and isolates, line/paragraph separators, zero-width marks, BOM)
+_CONTROL = regex.compile(r"[\x00-\x1f\x7f-\x9f\u061c\u200b-\u200f\u2028-\u202e\u2066-\u2069\ufeff]")
 _INT = regex.compile(r"[0-9]{1,18}")
 _WORD = regex.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 _LABEL = regex.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
@@ -50,10 +52,10 @@ class Constraint:
     field: str
     type: FieldType | None = None
     allow: regex.Pattern[str] | None = None
-    under: tuple[str, ...] = ()
+    under: tuple[str, ...] | None = None  # an empty tuple confines to nothing: all refused
     one_of: tuple[str, ...] | None = None
     depth: int | None = None  # with `under`: at most this many components below the root
-    pid_files: tuple[str, ...] = ()  # a pid must be the one one of these files names
+    pid_files: tuple[str, ...] | None = None  # a pid must be the one one of these names
 
     def check(self, value: str) -> str | None:
         """Why `value` may not reach a fix, or None when it may."""
@@ -74,9 +76,9 @@ class Constraint:
                 return f"{self.field}: {value!r} does not match allow {self.allow.pattern!r}"
         if self.one_of is not None and value not in self.one_of:
             return f"{self.field}: {value!r} is not one of the configured values"
-        if self.pid_files and value not in _pids_named(self.pid_files):
+        if self.pid_files is not None and value not in _pids_named(self.pid_files):
             return f"{self.field}: {value} is not the PID in any configured pid file"
-        if self.under:
+        if self.under is not None:
             return _confined(self.field, value, self.under, self.depth)
         if self.type is FieldType.PATH and os.path.islink(value):
             return f"{self.field}: {value} is a symbolic link"
@@ -194,6 +196,8 @@ def _confined(name: str, path: str, roots: tuple[str, ...], depth: int | None) -
             if stat.S_ISLNK(info.st_mode):
                 return f"{name}: {current} is a symbolic link"
         return None
+    if not roots:
+        return f"{name}: no roots are configured for it on this host"
     return f"{name}: {path!r} is not under {', '.join(roots)}"
 
 
@@ -238,7 +242,9 @@ def parse_constraints(
         allow = None
         if isinstance(allow_source, str):
             try:
-                allow = regex.compile(allow_source, regex.VERSION0)
+                # ASCII: \d, \w and case folding mean what an author expects (no
+                # Arabic-Indic digits, no Kelvin sign for k)
+                allow = regex.compile(allow_source, regex.VERSION0 | regex.ASCII)
             except (regex.error, OverflowError, RecursionError, ValueError) as exc:
                 table.error("allow", f"is not a valid regex: {exc}")
         is_path = kind == FieldType.PATH
@@ -261,9 +267,9 @@ def parse_constraints(
             field=name,
             type=FieldType(kind) if isinstance(kind, str) and kind in set(FieldType) else None,
             allow=allow,
-            under=under or (),
+            under=under,
             one_of=one_of,
             depth=depth,
-            pid_files=pid_files or (),
+            pid_files=pid_files,
         )
     return out

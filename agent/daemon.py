@@ -12,6 +12,7 @@ import glob
 import json
 import logging
 import os
+import pwd
 import queue
 import signal
 import stat
@@ -88,12 +89,12 @@ def identities_for(config: Config, packs: list[Pack]) -> dict[str, Identity | No
         default = resolve_identity(config.fix_user, config.fix_group)
     except ValueError as exc:
         raise ConfigErrors([ConfigError(config.file, "agent.fix_user", None, str(exc))]) from None
-    if default is not None and default.uid == 0:
+    if default is not None and (default.uid == 0 or default.gid == 0):
         raise ConfigErrors(
             [
                 ConfigError(
                     config.file,
-                    "agent.fix_user",
+                    "agent.fix_user" if default.uid == 0 else "agent.fix_group",
                     None,
                     "must not be root: list the packs whose fixes need root in allow_root",
                 )
@@ -113,10 +114,10 @@ def identities_for(config: Config, packs: list[Pack]) -> dict[str, Identity | No
         except ValueError as exc:
             errors.append(ConfigError(pack.file, "pack.user", None, str(exc)))
             continue
-        if identity is not None and identity.uid == 0 and pack.name not in config.allow_root:
+        if _privileged(identity, pack.group) and pack.name not in config.allow_root:
             log.warning(
-                "pack %s asks to run its fixes as root, which %s does not allow "
-                "(allow_root); they run as %s",
+                "pack %s asks to run its fixes as root or with a group of its choosing, "
+                "which %s does not allow (allow_root); they run as %s",
                 pack.name,
                 config.file,
                 config.fix_user,
@@ -128,6 +129,15 @@ def identities_for(config: Config, packs: list[Pack]) -> dict[str, Identity | No
     if os.geteuid() != 0:
         log.info("not running as root: every fix runs as this agent's own user")
     return out
+
+
+def _privileged(identity: Identity | None, chosen_group: str | None) -> bool:
+    """Root, group root, or a group the pack chose (shadow, disk, docker, ...): host consent."""
+    if identity is None:
+        return False
+    if identity.uid == 0 or identity.gid == 0:
+        return True
+    return chosen_group is not None and identity.gid != pwd.getpwnam(identity.user).pw_gid
 
 
 def own_log_identity() -> tuple[int, int] | None:

@@ -2,8 +2,11 @@
 
 Whoever can make a program log text controls what a pattern matches inside
 free-text parts of a line. A pattern that feeds a fix must therefore be
-anchored to the program's own line format, and must not let an unbounded
-wildcard come before a field the fix uses (fail2ban's log-injection lint).
+anchored to the program's own line format (every alternative, and never with
+`(?m)`, which lets `^` match inside a multiline event), and no wildcard that
+can cover anything may come before a field the fix sees (fail2ban's
+log-injection lint). The rules read the pattern with the stdlib parser; a
+pattern it cannot read is refused rather than waved through.
 """
 
 from __future__ import annotations
@@ -16,54 +19,107 @@ import regex
 _parser: Any = importlib.import_module("re._parser")
 _C: Any = importlib.import_module("re._constants")
 
-ANCHORED = regex.compile(r"(?:\(\?[a-zA-Z]+\))*(?:\^|\\A)")
+LONG_REPEAT = 255  # `.{0,100000}` is as loose as `.*`
+_COMPLEMENTS = {
+    frozenset({"CATEGORY_SPACE", "CATEGORY_NOT_SPACE"}),
+    frozenset({"CATEGORY_DIGIT", "CATEGORY_NOT_DIGIT"}),
+    frozenset({"CATEGORY_WORD", "CATEGORY_NOT_WORD"}),
+}
 
 
-def loose_before(source: str, fields: set[str]) -> bool:
-    """True if an unbounded `.*`/`.+` comes before a field a fix uses.
-
-    Text matched by such a wildcard can be anything a user made the program
-    log, including a forged copy of the rest of the line (fail2ban's lint).
-    """
-    try:
-        parsed = _parser.parse(source)
-    except Exception:  # syntax only the regex module knows: other lints still apply
-        return False
-    names = {index: name for name, index in parsed.state.groupdict.items()}
-
-    def walk(items: Any) -> bool | None:
-        """True: loose wildcard found first; False: a used field reached first; None: neither."""
-        for op, av in items:
-            if op is _C.SUBPATTERN:
-                if names.get(av[0]) in fields:
-                    return False
-                found = walk(av[3])
-            elif op in (_C.MAX_REPEAT, _C.MIN_REPEAT, _C.POSSESSIVE_REPEAT):
-                if av[1] == _C.MAXREPEAT and any(o is _C.ANY for o, _ in av[2]):
-                    return True
-                found = walk(av[2])
-            elif op is _C.BRANCH:
-                results = [walk(branch) for branch in av[1]]
-                found = True if True in results else (False if False in results else None)
-            else:
-                found = None
-            if found is not None:
-                return found
-        return None
-
-    return walk(parsed) is True
-
-
-def remedy_pattern_problem(source: str, used: set[str]) -> str | None:
+def remedy_pattern_problem(compiled: regex.Pattern[str], used: set[str]) -> str | None:
     """Why a pattern whose fields `used` reach a fix is unsafe to act on, or None."""
-    if not ANCHORED.match(source):
+    if compiled.flags & regex.MULTILINE:
+        return (
+            "feeds a fix, so it cannot use (?m): ^ would match at any line of a multiline "
+            "event, including one a user made the program log"
+        )
+    try:
+        parsed = _parser.parse(compiled.pattern)
+    except Exception as exc:  # syntax only the regex module knows
+        return (
+            f"feeds a fix, so the lint must be able to read it, and it cannot ({exc}): "
+            r"write it without regex-only syntax (e.g. [^\W\d_] for \p{L})"
+        )
+    first = list(parsed)[:1]
+    if not first or first[0][0] is not _C.AT or first[0][1] not in (
+        _C.AT_BEGINNING,
+        _C.AT_BEGINNING_STRING,
+    ):
         return (
             "feeds a fix, so it must be anchored to the program's own line format "
-            "(start with ^): unanchored, text a user makes another program log can match"
+            "(start every alternative with ^): unanchored, text a user makes another "
+            "program log can match"
         )
-    if loose_before(source, used):
+    names = {index: name for name, index in parsed.state.groupdict.items()}
+    if _walk(parsed, {i for i, name in names.items() if name in used})[0]:
         return (
-            "has an unbounded .* or .+ before a field the fix uses: text a user makes the "
-            "program log can forge that field; match the line's real structure instead"
+            "has an unbounded wildcard (.*, .+, [\\s\\S]*, ...) before a field the fix sees: "
+            "text a user makes the program log can forge that field; match the line's real "
+            "structure instead"
         )
     return None
+
+
+def _walk(items: Any, used: set[int], loose: bool = False) -> tuple[bool, bool]:
+    """(a used field comes after a loose wildcard, a loose wildcard was seen), in order.
+
+    A wildcard inside a used field is that field's constraint's business, not
+    this rule's; one anywhere before it lets the line's free text forge it.
+    """
+    for op, av in items:
+        if op is _C.SUBPATTERN:
+            if av[0] in used:
+                if loose:
+                    return True, loose
+                continue
+            forged, loose = _walk(av[3], used, loose)
+        elif op in (_C.MAX_REPEAT, _C.MIN_REPEAT, _C.POSSESSIVE_REPEAT):
+            if av[1] > LONG_REPEAT and _anything(av[2]):
+                loose = True
+            forged, loose = _walk(av[2], used, loose)
+        elif op is _C.BRANCH:
+            forged, loose = _either(_walk(branch, used, loose) for branch in av[1])
+        elif op in (_C.ASSERT, _C.ASSERT_NOT):
+            forged, loose = _walk(av[1], used, loose)
+        elif op is _C.ATOMIC_GROUP:
+            forged, loose = _walk(av, used, loose)
+        elif op is _C.GROUPREF_EXISTS:
+            forged, loose = _either(_walk(part, used, loose) for part in av[1:] if part)
+        else:
+            forged = False
+        if forged:
+            return True, loose
+    return False, loose
+
+
+def _either(results: Any) -> tuple[bool, bool]:
+    seen = list(results) or [(False, False)]
+    return any(f for f, _ in seen), any(lo for _, lo in seen)
+
+
+def _anything(items: Any) -> bool:
+    """Whether these items can match any character (`.`, `[\\s\\S]`, ...), at any depth."""
+    for op, av in items:
+        if op is _C.ANY:
+            return True
+        if op is _C.IN:
+            categories = {str(v) for o, v in av if o is _C.CATEGORY}
+            if any(pair <= categories for pair in _COMPLEMENTS):
+                return True
+        if any(_anything(child) for child in _children(op, av)):
+            return True
+    return False
+
+
+def _children(op: Any, av: Any) -> list[Any]:
+    """The sub-sequences a node holds (groups, repeats, branches, atomic groups)."""
+    if op is _C.SUBPATTERN:
+        return [av[3]]
+    if op in (_C.MAX_REPEAT, _C.MIN_REPEAT, _C.POSSESSIVE_REPEAT):
+        return [av[2]]
+    if op is _C.BRANCH:
+        return list(av[1])
+    if op is _C.ATOMIC_GROUP:
+        return [av]
+    return []

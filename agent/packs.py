@@ -375,9 +375,8 @@ def _pattern(
     remedy = None
     if remedy_section:
         remedy = _remedy(remedy_section, groups, pack_dir, trust, constraints, params)
-    if remedy is not None and isinstance(source, str):
-        used = {f for t in remedy.run + (remedy.verify or ()) for f in t.fields}
-        problem = remedy_pattern_problem(source, used)
+    if remedy is not None and compiled is not None:
+        problem = remedy_pattern_problem(compiled, set(remedy.fields))
         if problem:
             section.error("match", problem)
     default_cooldown = remedy.cooldown if remedy else 600.0
@@ -414,14 +413,15 @@ def load_pack(pack_dir: Path, trust: bool = True, host: HostParams | None = None
     nobody else; `logmend test`, which runs no script, skips it. `host` holds
     the agent config's values for the pack's params.
     """
+    problems = list(trust_chain(pack_dir)) if trust else []
+    if trust:
+        pack_dir = pack_dir.resolve()  # fixes run from what was checked, not a swappable link
     file = pack_dir / "pack.toml"
     try:
         doc = Doc.read(file)
     except ConfigError as exc:
         raise ConfigErrors([exc]) from exc
-    if trust:
-        for problem in trust_chain(pack_dir):
-            doc.errors.append(ConfigError(file, "", None, f"refused: {problem}"))
+    doc.errors.extend(ConfigError(file, "", None, f"refused: {p}") for p in problems)
     root = doc.root()
     head = root.table("pack", required=True)
     name = version = owner = user = group = limit = None

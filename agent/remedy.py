@@ -64,6 +64,14 @@ class Identity:
     uid: int
     gid: int
 
+    def describe(self) -> str:
+        """user:group, for `logmend check`."""
+        try:
+            group = grp.getgrgid(self.gid).gr_name
+        except KeyError:
+            group = str(self.gid)
+        return f"{self.user}:{group}"
+
 
 def resolve_identity(user: str | None, group: str | None) -> Identity | None:
     """Look the names up once, at start; raises ValueError for an unknown name."""

@@ -32,12 +32,19 @@ def untrusted(path: Path, sticky_ok: bool = False) -> str | None:
 
 
 def trust_chain(pack_dir: Path) -> Iterator[str]:
-    """Every folder from / down to the pack, its pack.toml and scripts/, held like a script."""
+    """Every folder from / down to the pack, its pack.toml and scripts/, held like a script.
+
+    Both the path as configured and the one it resolves to are checked: whoever
+    may change a folder holding a symlink to a pack may swap the pack.
+    """
     root = pack_dir.resolve()
-    for folder in reversed(root.parents):
+    folders = dict.fromkeys([*reversed(pack_dir.absolute().parents), *reversed(root.parents)])
+    for folder in folders:
         problem = untrusted(folder, sticky_ok=True)
         if problem:
             yield problem
+    if (root / "pack.toml").is_symlink():
+        yield f"{root / 'pack.toml'} is a symbolic link"
     for path in (root, root / "pack.toml", root / "scripts"):
         if path.name == "scripts" and not path.exists():
             continue

@@ -49,7 +49,8 @@ def test_crafted_enospc_lines_prune_only_the_named_logs_rotated_copies(tmp_path)
         "Mar  1 12:00:00 db-01 kernel: [1.2] EXT4-fs error (device sda9): ext4_find_entry:1455: x"
     )
     legit = f"{logs}/shop/app.log"
-    with Siege(tmp_path, "disk-space", {"log_dirs": [str(logs)]}) as siege:
+    params = {"log_dirs": [str(logs)], "min_use_percent": "0"}  # as if the disk were full
+    with Siege(tmp_path, "disk-space", params) as siege:
         siege.write(*embedded, *(enospc(p) for p in [*attacks, *harmless]), enospc(legit))
         siege.write(sentinel)
         statuses = siege.outcomes({**dict.fromkeys([*attacks, *harmless], ""), "sda9": ""})

@@ -51,7 +51,10 @@ def test_one_of_takes_only_configured_values():
     assert constraint.check("/srv/pg/other") is not None
 
 
-@pytest.mark.parametrize("char", ["\n", "\r", "\t", "\x00", "\x1b", "\x7f", "\x85"])
+@pytest.mark.parametrize(
+    "char",
+    ["\n", "\r", "\t", "\x00", "\x1b", "\x7f", "\x85", "\u202e", "\u2028", "\u200b", "\ufeff"],
+)
 def test_control_characters_are_refused_whatever_the_constraint(char):
     constraint = Constraint("x", allow=regex.compile(r"(?s).*"))
     assert "control character" in (constraint.check(f"a{char}b") or "")
@@ -102,6 +105,14 @@ def test_a_pid_must_be_the_one_a_configured_pid_file_names(tmp_path):
     assert constraint.check("4242") is None
     assert "not the PID" in (constraint.check("5151") or "")  # only through a symlink
     assert "not the PID" in (constraint.check("4243") or "")
+
+
+def test_an_empty_list_of_roots_or_pid_files_refuses_everything():
+    """A param the host left empty confines to nothing; it must not mean "unconfined"."""
+    assert "no roots are configured" in (
+        Constraint("p", FieldType.PATH, under=()).check("/x/y") or ""
+    )
+    assert "not the PID" in (Constraint("p", FieldType.PID, pid_files=()).check("4242") or "")
 
 
 def test_a_missing_field_is_refused_not_skipped():

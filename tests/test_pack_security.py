@@ -69,7 +69,7 @@ def test_the_host_overrides_a_param_and_the_constraint_follows(tmp_path):
     ("change", "expected"),
     [
         (("match = '''^ERROR", "match = '''ERROR"), "must be anchored"),
-        (("match = '''^ERROR \\[", "match = '''^.*ERROR \\["), "unbounded .* or .+"),
+        (("match = '''^ERROR \\[", "match = '''^.*ERROR \\["), "unbounded wildcard"),
         (("(?P<dir>/\\S+)", "(?P<dir>/.+)"), ""),  # a wildcard *in* a field is its constraint's job
         (('pid = { type = "pid" }\n', ""), "uses {pid}, which has no constraint"),
         (('type = "path", under = "roots"', 'type = "path"'), "a path needs under"),
@@ -98,6 +98,39 @@ def test_each_lint_names_its_place_and_reason(tmp_path, change, expected):
         return
     found = messages(tmp_path, body)
     assert any(expected in m for m in found), found
+
+
+@pytest.mark.parametrize(
+    "match",
+    [
+        "(?m)^ERROR \\[(?P<pid>\\d+)\\] (?P<dir>/\\S+)",  # ^ at any line of an event
+        "^ERROR (?P<pid>\\d+)|(?P<dir>/\\S+)",  # one alternative unanchored
+        "^ERROR \\[(?=.*(?P<pid>\\d+))",  # a lookahead's wildcard
+        "^ERROR [\\s\\S]*\\[(?P<pid>\\d+)\\] (?P<dir>/\\S+)",
+        "^ERROR (.)*\\[(?P<pid>\\d+)\\] (?P<dir>/\\S+)",
+        "^ERROR .{0,100000}\\[(?P<pid>\\d+)\\] (?P<dir>/\\S+)",
+        "^ERROR (?>.*)\\[(?P<pid>\\d+)\\] (?P<dir>/\\S+)",
+        "^ERROR \\p{L}+ \\[(?P<pid>\\d+)\\] (?P<dir>/\\S+)",  # the lint cannot read it
+        # `note` is captured before the fields and its .* comes before `dir`
+        "^ERROR (?P<note>.*) \\[(?P<pid>\\d+)\\] (?P<dir>/\\S+)",
+    ],
+)
+def test_ways_round_the_anchoring_lint_are_refused(tmp_path, match):
+    body = ANCHORED.replace(
+        "match = '''^ERROR \\[(?P<pid>\\d+)\\] (?P<dir>/\\S+) (?P<note>.*)$'''",
+        f"match = '''{match}'''",
+    )
+    assert match in body
+    found = messages(tmp_path, body)
+    assert any(m.startswith("pattern[0].match: ") for m in found), found
+
+
+def test_a_field_declared_for_the_env_only_is_protected_by_the_lint_too(tmp_path):
+    """Every declared field reaches the fix's environment, so the lint guards them all."""
+    body = ANCHORED.replace("(?P<pid>\\d+)\\] (?P<dir>", "(?P<pid>\\d+)\\] .* (?P<dir>")
+    body = body.replace('"{dir}", "{pid}", ', '"{pid}", ')
+    assert "] .* (?P<dir>" in body and '"{dir}"' not in body
+    assert any("unbounded wildcard" in m for m in messages(tmp_path, body))
 
 
 def test_host_params_that_the_pack_does_not_declare_are_errors_in_the_config(tmp_path):
@@ -242,3 +275,51 @@ def test_allow_root_naming_no_pack_is_an_error(tmp_path):
     loaded = load_config(config)
     with pytest.raises(ConfigErrors, match="allow_root: no pack 'opps'"):
         identities_for(loaded, load_packs(loaded.packs, host=loaded.params))
+
+
+@needs_root
+@pytest.mark.parametrize("group", ["root", "shadow", "disk"])
+def test_a_group_the_pack_chooses_needs_the_hosts_consent_too(tmp_path, group):
+    pack = write_pack(tmp_path / "packs", "ops", "[pack.params]\nout = '/'\n" + WHOAMI, FIX_WHO)
+    text = (pack / "pack.toml").read_text()
+    (pack / "pack.toml").write_text(text.replace("\n\n", f'\ngroup = "{group}"\n\n', 1))
+    for allow, expected in (("", "nogroup"), ('allow_root = ["ops"]\n', group)):
+        config = write_config(
+            tmp_path, [(str(tmp_path / "a.log"), ["ops"])], tmp_path / "packs", agent_extra=allow
+        )
+        loaded = load_config(config)
+        who = identities_for(loaded, load_packs(loaded.packs, host=loaded.params))["ops"]
+        assert who is not None and who.describe() == f"nobody:{expected}", allow
+
+
+def test_allow_regexes_are_ascii(tmp_path):
+    body = ANCHORED.replace('pid = { type = "pid" }', "pid = { allow = '''\\d+''' }")
+    [constraint] = [
+        c
+        for c in load_pack(write_pack(tmp_path, "p", body, FIX)).patterns[0].remedy.constraints  # type: ignore[union-attr]
+        if c.field == "pid"
+    ]
+    assert constraint.check("42") is None
+    assert constraint.check("\u0664\u0662") is not None  # Arabic-Indic digits
+
+
+@needs_root
+def test_a_pack_linked_from_a_folder_others_can_change_is_refused(tmp_path):
+    """Whoever may change the folder holding a symlink to a pack may swap the pack."""
+    real = write_pack(tmp_path / "real", "ops", ANCHORED, FIX)
+    packs = tmp_path / "packs.d"
+    packs.mkdir()
+    (packs / "ops").symlink_to(real)
+    assert load_pack(packs / "ops").dir == real  # fixes run from what was checked
+    nobody = pwd.getpwnam("nobody")
+    os.chown(packs, nobody.pw_uid, nobody.pw_gid)
+    with pytest.raises(ConfigErrors, match=r"packs.d is owned by uid"):
+        load_pack(packs / "ops")
+
+
+def test_a_pack_toml_that_is_a_symlink_is_refused(tmp_path):
+    pack = write_pack(tmp_path, "ops", ANCHORED, FIX)
+    (pack / "pack.toml").rename(tmp_path / "elsewhere.toml")
+    (pack / "pack.toml").symlink_to(tmp_path / "elsewhere.toml")
+    with pytest.raises(ConfigErrors, match=r"pack.toml is a symbolic link"):
+        load_pack(pack)

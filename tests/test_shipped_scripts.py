@@ -119,8 +119,14 @@ def test_disk_prunes_only_rotated_copies_of_that_log(tmp_path):
         stamp = time.time() - age * 3600
         os.utime(path, (stamp, stamp))
     prune = "disk-space/scripts/prune-rotated.sh"
-    dirs = {"log_dirs": [str(tmp_path)]}
+    dirs = {"log_dirs": [str(tmp_path)], "min_use_percent": "0"}
     assert run(prune, str(tmp_path / "app.log"), "2").returncode == 2  # no configured folder
+    # a forged line cannot prune while the disk is not full
+    not_full = run(
+        prune, str(tmp_path / "app.log"), "2", log_dirs=[str(tmp_path)], min_use_percent="101"
+    )
+    assert not_full.returncode == 1 and "nothing to prune" in not_full.stderr
+    assert len(list(tmp_path.iterdir())) == len(names)
     result = run(prune, str(tmp_path / "app.log"), "2", **dirs)
     assert result.returncode == 0, result.stderr
     left = sorted(p.name for p in tmp_path.iterdir())
@@ -142,7 +148,13 @@ def test_disk_prune_compares_names_as_fixed_strings(tmp_path, name):
     for age, file in enumerate(names):
         (logs / file).write_text(file)
         os.utime(logs / file, (time.time() - age, time.time() - age))
-    run("disk-space/scripts/prune-rotated.sh", f"{logs}/{name}", "0", log_dirs=[str(logs)])
+    run(
+        "disk-space/scripts/prune-rotated.sh",
+        f"{logs}/{name}",
+        "0",
+        log_dirs=[str(logs)],
+        min_use_percent="0",
+    )
     expected = set(names) - ({"-rf.log.1"} if name == "-rf.log" else set())
     assert {p.name for p in logs.iterdir()} == expected
 
@@ -158,10 +170,27 @@ def test_disk_prune_stays_in_its_folders_and_off_symlinks(tmp_path):
     (logs / "app.log.2").symlink_to(victim / "app.log.2")
     prune = "disk-space/scripts/prune-rotated.sh"
     for bad in (f"{victim}/app.log", f"{logs}/../victim/app.log", f"{logs}/link/app.log"):
-        assert run(prune, bad, "0", log_dirs=[str(logs)]).returncode in (1, 2), bad
-    assert run(prune, f"{logs}/app.log", "0", log_dirs=[str(logs)]).returncode == 1
+        assert run(prune, bad, "0", log_dirs=[str(logs)], min_use_percent="0").returncode in (1, 2)
+    assert (
+        run(prune, f"{logs}/app.log", "0", log_dirs=[str(logs)], min_use_percent="0").returncode
+        == 1
+    )
     assert sorted(p.name for p in victim.iterdir()) == [f"app.log.{n}" for n in range(1, 6)]
     assert (logs / "app.log.1").is_symlink()
+
+
+def test_disk_prune_never_counts_a_name_with_a_newline_as_copies(tmp_path):
+    """`app.log.1<newline>app.log.1` must not pass for two copies and cost the newest one."""
+    for age, name in enumerate(["app.log.1", "app.log.1\napp.log.1", "app.log.2", "app.log.3"]):
+        (tmp_path / name).write_text("x")
+        os.utime(tmp_path / name, (time.time() - age, time.time() - age))
+    prune = "disk-space/scripts/prune-rotated.sh"
+    run(prune, str(tmp_path / "app.log"), "2", log_dirs=[str(tmp_path)], min_use_percent="0")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "app.log.1",
+        "app.log.1\napp.log.1",
+        "app.log.2",
+    ]
 
 
 def test_gunicorn_reload_signals_only_a_gunicorn_master(tmp_path):

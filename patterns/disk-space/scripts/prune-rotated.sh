@@ -32,6 +32,15 @@ if [ -L "$dir" ] || [ ! -d "$dir" ]; then
   echo "refusing $log: $dir is not a real directory" >&2
   exit 1
 fi
+# a line can be forged; a full disk cannot: prune only while the filesystem is full
+min=${LOGMEND_PARAM_MIN_USE_PERCENT:-90}
+case "$min" in ''|*[!0-9]*) echo "min_use_percent must be a number" >&2; exit 2 ;; esac
+used=$(df -P -- "$dir" | awk 'NR == 2 { sub("%", "", $5); print $5 }')
+case "$used" in ''|*[!0-9]*) echo "cannot tell how full $dir is" >&2; exit 1 ;; esac
+if [ "$used" -lt "$min" ]; then
+  echo "the filesystem of $dir is $used% full (< $min%): nothing to prune" >&2
+  exit 1
+fi
 # is NAME a rotated copy of BASE: BASE, then [.-]digits groups, then an optional
 # compression suffix? Fixed-string prefix test; the rest may hold only [0-9.-].
 rotated() {
@@ -47,7 +56,8 @@ rotated() {
   esac
   return 0
 }
-list=$(cd -- "$dir" && ls -1At 2>/dev/null) || list=""
+# -q: a name with a newline (or any non-printable) shows as ?, which is no rotated copy
+list=$(cd -- "$dir" && ls -1Atq 2>/dev/null) || list=""
 copies=""
 total=0
 newline='
