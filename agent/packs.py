@@ -129,6 +129,7 @@ class Pack:
     group: str | None = None
     max_concurrent_fixes: int | None = None
     redact: tuple[regex.Pattern[str], ...] = ()
+    redact_entropy: float | None = None
 
 
 def _templates(section: Section, key: str, groups: set[str], required: bool) -> Any:
@@ -366,6 +367,7 @@ def load_pack(pack_dir: Path, trust: bool = True) -> Pack:
     root = doc.root()
     head = root.table("pack", required=True)
     name = version = owner = user = group = limit = None
+    entropy: float | None = None
     if head:
         name = head.string("name")
         version = head.string("version", "0")
@@ -373,6 +375,7 @@ def load_pack(pack_dir: Path, trust: bool = True) -> Pack:
         user = head.string("user", None)
         group = head.string("group", None)
         limit = head.integer("max_concurrent_fixes", None, minimum=1)
+        entropy = head.number("redact_entropy", None, maximum=6.0)
         head.finish()
     seen: set[str] = set()
     patterns = [_pattern(s, name or "?", pack_dir, seen, trust) for s in root.tables("pattern")]
@@ -402,6 +405,7 @@ def load_pack(pack_dir: Path, trust: bool = True) -> Pack:
         group=group,
         max_concurrent_fixes=limit,
         redact=tuple(redact),
+        redact_entropy=entropy,
     )
 
 

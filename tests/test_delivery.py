@@ -288,6 +288,20 @@ def test_planted_secrets_reach_neither_the_state_database_nor_the_wire(tmp_path,
         assert secret not in agent.log(), f"{secret} in the agent's log"
 
 
+def test_a_pack_that_sets_redact_entropy_masks_a_lone_key_body_line(tmp_path, receiver):
+    """A PEM body line with no BEGIN has no shape a rule knows; only the entropy rule catches it."""
+    agent, log = agent_with_pack(
+        tmp_path, "redact_entropy = 4.0\n" + PACK, {"echo.sh": ECHO}, receiver
+    )
+    agent.start()
+    append(log, f"request failed: {PEM_BODY}")
+    [event] = wait_len(lambda: receiver.escalations(pattern="leaky"), 1)
+    assert event["lines"] == ["request failed: [REDACTED]"] and event["key"] == "[REDACTED]"
+    assert agent.stop() == 0
+    raw = b"".join(p.read_bytes() for p in (tmp_path / "state").glob("state.db*"))
+    assert raw and PEM_BODY.encode() not in raw
+
+
 def test_self_heal_statistics_reach_the_receiver(tmp_path, receiver):
     agent, log = setup_agent(tmp_path, receiver, escalation='stats_interval = "200ms"\n')
     agent.start()
