@@ -56,8 +56,9 @@ _KEYWORD = (
     r"(?:api|access|account|private)[_\-]?key)"
 )
 _KEYWORD_NEEDS = ("pass", "pwd", "token", "secret", "key", "credential")
-_VALUE = r"(?P<secret>\"[^\"]*\"|'[^']*'|[^\s&,;\"'][^\s&,;]*+)"
-_ARG = r"(?P<secret>\"[^\"]*\"|'[^']*'|[^\s\"']\S*+)"
+# a quoted value whole; an unterminated quote (a cut line) still masks to the next separator
+_VALUE = r"(?P<secret>\"[^\"]*\"|'[^']*'|[^\s&,;]++)"
+_ARG = r"(?P<secret>\"[^\"]*\"|'[^']*'|\S++)"
 _PEM_LINE = r"-----{0}[A-Z0-9 ]{{0,40}}PRIVATE KEY(?: BLOCK)?-----"
 
 _SOURCES: tuple[tuple[str, tuple[str, ...], str], ...] = (
@@ -113,8 +114,7 @@ _SOURCES: tuple[tuple[str, tuple[str, ...], str], ...] = (
     (
         "mysql-password",
         ("mysql", "mariadb"),
-        r"[ \t]-p(?=\S)(?<=\b(?:mysql|mariadb)[\w\-]{0,8}(?:[ \t]+(?!-p)\S+){0,8}[ \t]+-p)"
-        r"(?P<secret>\"[^\"]*\"|'[^']*'|[^\s\"']\S*+)",
+        r"[ \t]-p(?=\S)(?<=\b(?:mysql|mariadb)[\w\-]{0,8}(?:[ \t]+(?!-p)\S+){0,8}[ \t]+-p)" + _ARG,
     ),
     # Azure shared access signatures in URLs
     ("sas-signature", ("sig=",), r"(?i)[?&]sig=(?P<secret>[^&\s\"']++)"),

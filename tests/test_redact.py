@@ -108,6 +108,7 @@ SECRETS = {
         "eyJzdWIiOiJzZWNyZXQifQ",
     ),
     "long-s": ("paſſword=hunter2", "hunter2"),
+    "cut-quote": ('config {"password": "hunter2', "hunter2"),
 }
 
 # look like a secret's neighbours, and must stay
