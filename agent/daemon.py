@@ -284,7 +284,7 @@ class Agent:
         self.pattern_by_id = {(p.pack, p.id): p for pack in packs for p in pack.patterns}
         self.matchers = matchers_for(config, packs)
         self.max_line = config.limits.max_line_bytes
-        self.redactors = {p.name: Redactor(p.redact) for p in packs}
+        self.redactors = {p.name: Redactor(p.redact, entropy=p.redact_entropy) for p in packs}
         names = {p.name for p in packs}
         for source in config.sources:
             for name in source.packs or ():

@@ -163,6 +163,7 @@ class Pack:
     max_concurrent_fixes: int | None = None
     redact: tuple[regex.Pattern[str], ...] = ()
     params: Mapping[str, ParamValue] = field(default_factory=dict)
+    redact_entropy: float | None = None
 
 
 def _templates(
@@ -426,6 +427,7 @@ def load_pack(pack_dir: Path, trust: bool = True, host: HostParams | None = None
     head = root.table("pack", required=True)
     name = version = owner = user = group = limit = None
     params: dict[str, ParamValue] = {}
+    entropy: float | None = None
     if head:
         name = head.string("name")
         version = head.string("version", "0")
@@ -434,6 +436,7 @@ def load_pack(pack_dir: Path, trust: bool = True, host: HostParams | None = None
         group = head.string("group", None)
         limit = head.integer("max_concurrent_fixes", None, minimum=1)
         params = parse_params(head.table("params"), name, host or HostParams(), doc)
+        entropy = head.number("redact_entropy", None, maximum=6.0)
         head.finish()
     seen: set[str] = set()
     patterns = [
@@ -466,6 +469,7 @@ def load_pack(pack_dir: Path, trust: bool = True, host: HostParams | None = None
         max_concurrent_fixes=limit,
         redact=tuple(redact),
         params=params,
+        redact_entropy=entropy,
     )
 
 

@@ -8,6 +8,7 @@ hostile pack or config is refused, it never crashes the agent.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import stat
@@ -439,6 +440,18 @@ class Section:
         if isinstance(value, int) and value < minimum:
             self.error(key, f"must be at least {minimum}, not {value}")
             return default if default is not MISSING else minimum
+        return value
+
+    def number(
+        self, key: str, default: Any = MISSING, minimum: float = 0.0, maximum: float = math.inf
+    ) -> Any:
+        """An integer or a float, as a float, within [minimum, maximum]."""
+        value = self._get(key, (int, float), "a number", default)
+        if isinstance(value, int | float):
+            if not minimum <= value <= maximum:
+                self.error(key, f"must be from {minimum:g} to {maximum:g}, not {value}")
+                return None if default is MISSING else default
+            return float(value)
         return value
 
     def boolean(self, key: str, default: Any = MISSING) -> Any:

@@ -212,17 +212,78 @@ SECRETS = {
     "customer 123-45-6789 not found": "123-45-6789",
     "-----BEGIN RSA PRIVATE KEY-----MIIEPRIVATEKEYBYTES": "MIIEPRIVATEKEYBYTES",
     "api_token: tok_live_XYZ987": "tok_live_XYZ987",
+    # issue 11: formats an attacker review found passing unmasked
+    "git push https://ghp_GhPaT0123456789abcdefGHIJKLMNOPqrstu@github.com/o/r.git": (
+        "GhPaT0123456789abcdef"
+    ),
+    "oauth gho_GhOaUtH123456789abcdefGHIJKLMNOPqrs": "GhOaUtH123456789abcdef",
+    "app ghu_GhUsEr0123456789abcdefGHIJKLMNOPqrst": "GhUsEr0123456789abcdef",
+    "install ghs_GhSeRvEr123456789abcdefGHIJKLMNOPqr": "GhSeRvEr123456789abcdef",
+    "refresh ghr_GhReFrEsH12345678abcdefGHIJKLMNOPqr": "GhReFrEsH12345678abcdef",
+    "fine github_pat_11AAAAAAA0FineGrained_0123456789abcdefghijklmnopqrstuvwxyzABCDEF": (
+        "FineGrained_0123456789abcdef"
+    ),
+    "slack xoxb-1234567890123-1234567890123-SlAcKbOtSeCrEt0123456789": "SlAcKbOtSeCrEt",
+    "slack xoxp-1234567890-1234567890-1234567890-5lackUserSecret0123456789ab": "5lackUserSecret",
+    "slack xoxa-2-SlackLegacyWorkspace99": "SlackLegacyWorkspace99",
+    "slack xapp-1-A0123456789-1234567890123-5lackAppSecret0123456789": "5lackAppSecret",
+    "maps AIzaSyGoOgLeKeY0123456789abcdefghijklm": "GoOgLeKeY0123456789",
+    "charge sk_live_51StRiPeLiVe0123456789abcdefgh": "StRiPeLiVe0123456789",
+    "charge rk_live_51StRiPeReStRiCt0123456789abc": "StRiPeReStRiCt0123456789",
+    "charge sk_test_4StRiPeTeSt0123456789abcdef": "StRiPeTeSt0123456789",
+    "llm sk-proj-OpEnAiPrOj0123456789_abcdefghijklmnopqrstuvwxyz": "OpEnAiPrOj0123456789",
+    "llm sk-OpEnAiLeGaCy0123456789T3BlbkFJabcdefghijklmnop": "OpEnAiLeGaCy0123456789",
+    "publish npm_NpMtOkEn0123456789abcdefghijABCDEFGH": "NpMtOkEn0123456789",
+    "mail SG.SeNdGrIdId0123456789ab.SeNdGrIdSeCrEt0123456789abcdefghijklmnopqrs": (
+        "SeNdGrIdSeCrEt0123456789"
+    ),
+    "upstream said bearer BeArErOnLy.0123-456_789 twice": "BeArErOnLy.0123-456_789",
+    "exec: deploy --password CliPassWord42 --user bob": "CliPassWord42",
+    "exec: deploy --password=CliPassEquals42": "CliPassEquals42",
+    "exec: sshpass -p SshPassSecret42 ssh root@db1 uptime": "SshPassSecret42",
+    "azure AccountName=acct;AccountKey=AzUrEaCcOuNtKeY0123+abc/def==;EndpointSuffix=x": (
+        "AzUrEaCcOuNtKeY0123"
+    ),
+    "creds wJalrXUtnFEMI/K7MDENG/bPxRfiCYbareAWS901 loaded": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYbareAWS901",
+    "GET https://user:p@ssAtSecret@host/x": "ssAtSecret",
 }
+# multi-line events, from a second (multiline) source: PEM blocks whose body follows BEGIN
+PEM_BODY = "MIIEowIBAAKCAQEAPeMbOdYlInEoNe0123456789abcdefghijklmnopqrstuvwx"
+PEM_TAIL = "VTLw7onLRnrq0PeMbOdYlInEtWo9876543210ABCDEFGHIJKLMNOPQRSTUVWXyz"
+MULTILINE_EVENTS = [
+    ["request failed: -----BEGIN RSA PRIVATE KEY-----", PEM_BODY, "-----END RSA PRIVATE KEY-----"],
+    ["request failed: -----BEGIN OPENSSH PRIVATE KEY-----", PEM_TAIL],  # END never came
+]
+MULTILINE_SOURCE = """
+[[source]]
+path = "{path}"
+packs = ["ops"]
+flush_after = "300ms"
+[source.multiline]
+start = '''^request failed:'''
+"""
 
 
 def test_planted_secrets_reach_neither_the_state_database_nor_the_wire(tmp_path, receiver):
     fault = FaultServer(receiver.url)
-    agent, log = setup_agent(tmp_path, receiver, url=fault.url)
+    multi = tmp_path / "multi.log"
+    multi.touch()
+    agent, log = agent_with_pack(
+        tmp_path,
+        PACK,
+        {"echo.sh": ECHO},
+        receiver,
+        url=fault.url,
+        extra=MULTILINE_SOURCE.format(path=multi),
+        agent_extra='allow_root = ["ops"]\n',
+    )
     agent.start()
+    expected = len(SECRETS) + len(MULTILINE_EVENTS)
     try:
         append(log, *(f"request failed: {line}" for line in SECRETS))
-        events = wait_len(lambda: receiver.escalations(pattern="leaky"), len(SECRETS))
-        assert len(events) == len(SECRETS)
+        append(multi, *(line for event in MULTILINE_EVENTS for line in event))
+        events = wait_len(lambda: receiver.escalations(pattern="leaky"), expected)
+        assert len(events) == expected
         for event in events:
             assert "[REDACTED]" in event["lines"][0] and "[REDACTED]" in event["key"]
             assert event["attempts"][0]["stdout"].startswith("fixing: ")
@@ -232,11 +293,29 @@ def test_planted_secrets_reach_neither_the_state_database_nor_the_wire(tmp_path,
     state = tmp_path / "state"
     raw = b"".join(p.read_bytes() for p in state.iterdir() if p.name.startswith("state.db"))
     wire = b"".join(fault.bodies)
-    assert wire and raw
-    for secret in SECRETS.values():
+    stored = b"".join(p.read_bytes() for p in tmp_path.glob(receiver.db.name + "*"))
+    answer = json.dumps(receiver.escalations(pattern="leaky"))
+    assert wire and raw and stored
+    for secret in [*SECRETS.values(), PEM_BODY, PEM_TAIL]:
         assert secret.encode() not in raw, f"{secret} in the state database"
         assert secret.encode() not in wire, f"{secret} sent"
+        assert secret.encode() not in stored, f"{secret} in the receiver's database"
+        assert secret not in answer, f"{secret} in the receiver's answer"
         assert secret not in agent.log(), f"{secret} in the agent's log"
+
+
+def test_a_pack_that_sets_redact_entropy_masks_a_lone_key_body_line(tmp_path, receiver):
+    """A PEM body line with no BEGIN has no shape a rule knows; only the entropy rule catches it."""
+    agent, log = agent_with_pack(
+        tmp_path, "redact_entropy = 4.0\n" + PACK, {"echo.sh": ECHO}, receiver
+    )
+    agent.start()
+    append(log, f"request failed: {PEM_BODY}")
+    [event] = wait_len(lambda: receiver.escalations(pattern="leaky"), 1)
+    assert event["lines"] == ["request failed: [REDACTED]"] and event["key"] == "[REDACTED]"
+    assert agent.stop() == 0
+    raw = b"".join(p.read_bytes() for p in (tmp_path / "state").glob("state.db*"))
+    assert raw and PEM_BODY.encode() not in raw
 
 
 def test_self_heal_statistics_reach_the_receiver(tmp_path, receiver):

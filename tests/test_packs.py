@@ -140,6 +140,17 @@ def test_duplicate_pattern_ids(tmp_path):
     assert has(errors, "pattern[1].id", 20, "defined twice"), errors
 
 
+def test_redact_entropy_is_off_unless_the_pack_sets_it(tmp_path):
+    script = {"fix.sh": "#!/bin/sh\n"}
+    assert load_pack(write_pack(tmp_path, "off", GOOD, script)).redact_entropy is None
+    on = load_pack(write_pack(tmp_path, "on", "redact_entropy = 4\n" + GOOD, script))
+    assert on.redact_entropy == 4.0
+    too_high = errors_of(tmp_path, "redact_entropy = 7.5\n" + GOOD)
+    assert has(too_high, "pack.redact_entropy", 6, "from 0 to 6"), too_high
+    not_number = errors_of(tmp_path, "redact_entropy = true\n" + GOOD)
+    assert has(not_number, "pack.redact_entropy", 6, "must be a number"), not_number
+
+
 def test_pack_header_problems(tmp_path):
     pack = tmp_path / "p"
     pack.mkdir()
