@@ -7,6 +7,7 @@ import pwd
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -251,44 +252,33 @@ def test_root_only_when_the_pack_asks_and_the_host_allows(allow, expected):
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def test_fix_user_root_is_refused(tmp_path):
-    write_pack(tmp_path / "packs", "ops", "[pack.params]\nout = '/'\n" + WHOAMI, FIX_WHO)
+def identities(tmp: Path, agent_extra: str, pack_head: str = "") -> dict[str, Any]:
+    """Who pack "ops" (WHOAMI, plus `pack_head` in its [pack]) runs as under this config."""
+    pack = write_pack(tmp / "packs", "ops", "[pack.params]\nout = '/'\n" + WHOAMI, FIX_WHO)
+    text = (pack / "pack.toml").read_text()
+    (pack / "pack.toml").write_text(text.replace("\n\n", f"\n{pack_head}\n", 1))
     config = write_config(
-        tmp_path,
-        [(str(tmp_path / "a.log"), ["ops"])],
-        tmp_path / "packs",
-        agent_extra='fix_user = "root"\n',
+        tmp, [(str(tmp / "a.log"), ["ops"])], tmp / "packs", agent_extra=agent_extra
     )
     loaded = load_config(config)
+    return identities_for(loaded, load_packs(loaded.packs, host=loaded.params))
+
+
+def test_fix_user_root_is_refused(tmp_path):
     with pytest.raises(ConfigErrors, match="must not be root"):
-        identities_for(loaded, load_packs(loaded.packs, host=loaded.params))
+        identities(tmp_path, 'fix_user = "root"\n')
 
 
 def test_allow_root_naming_no_pack_is_an_error(tmp_path):
-    write_pack(tmp_path / "packs", "ops", "[pack.params]\nout = '/'\n" + WHOAMI, FIX_WHO)
-    config = write_config(
-        tmp_path,
-        [(str(tmp_path / "a.log"), ["ops"])],
-        tmp_path / "packs",
-        agent_extra='allow_root = ["opps"]\n',
-    )
-    loaded = load_config(config)
     with pytest.raises(ConfigErrors, match="allow_root: no pack 'opps'"):
-        identities_for(loaded, load_packs(loaded.packs, host=loaded.params))
+        identities(tmp_path, 'allow_root = ["opps"]\n')
 
 
 @needs_root
 @pytest.mark.parametrize("group", ["root", "shadow", "disk"])
 def test_a_group_the_pack_chooses_needs_the_hosts_consent_too(tmp_path, group):
-    pack = write_pack(tmp_path / "packs", "ops", "[pack.params]\nout = '/'\n" + WHOAMI, FIX_WHO)
-    text = (pack / "pack.toml").read_text()
-    (pack / "pack.toml").write_text(text.replace("\n\n", f'\ngroup = "{group}"\n\n', 1))
     for allow, expected in (("", "nogroup"), ('allow_root = ["ops"]\n', group)):
-        config = write_config(
-            tmp_path, [(str(tmp_path / "a.log"), ["ops"])], tmp_path / "packs", agent_extra=allow
-        )
-        loaded = load_config(config)
-        who = identities_for(loaded, load_packs(loaded.packs, host=loaded.params))["ops"]
+        who = identities(tmp_path / allow[:5], allow, f'group = "{group}"\n')["ops"]
         assert who is not None and who.describe() == f"nobody:{expected}", allow
 
 
