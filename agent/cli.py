@@ -18,6 +18,7 @@ from agent import __version__
 from agent.config import Config, load_config
 from agent.errors import ConfigErrors, LogmendError, unexpected
 from agent.packs import Pack, find_pack_dirs, load_packs
+from agent.policy import Outcome
 
 log = logging.getLogger("logmend")
 T = TypeVar("T")
@@ -260,7 +261,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
     print(f"in cooldown: {len(cooling)}")
     for row in cooling:
-        why = "OVER BUDGET (flapping)" if row["outcome"] == "flapping" else row["outcome"] or "-"
+        flapping = row["outcome"] == Outcome.FLAPPING
+        why = "OVER BUDGET (flapping)" if flapping else row["outcome"] or "-"
         print(
             f"  {row['pack']}/{row['pattern']} key={row['key']!r} until {_t(row['until'])}:"
             f" {why}, {row['count']} line(s)"

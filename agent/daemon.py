@@ -27,19 +27,21 @@ from typing import Any, Protocol
 import httpx
 import regex
 
-from agent import __version__
+from agent import __version__, events, policy
 from agent.alerts import AlertSink
 from agent.config import Config, load_config
 from agent.errors import ConfigError, ConfigErrors, StateError
-from agent.escalate import Sender, build_event, quarantine_event
+from agent.escalate import Sender
 from agent.fixes import FixJob, Remediator
 from agent.match import Hit, Matcher
+from agent.model import Batch, Incident
 from agent.notify import Notifier
 from agent.packs import Pack, Pattern, load_packs
+from agent.policy import FIXING, Status, Wire
 from agent.records import EventJoiner
 from agent.redact import Redactor
 from agent.remedy import Attempt, Identity, Outcome, ProcessRunner, Runner, resolve_identity
-from agent.state import FIXING, Batch, Incident, SpoolLimits, Store
+from agent.state import SpoolLimits, Store
 from agent.tail import Followed, Sink, Tailer, marker_of
 from agent.trigger import Trigger
 
@@ -219,7 +221,12 @@ class Agent:
         self.transport = transport
         self._adopt(config, packs)
         self.runner = runner or ProcessRunner(config.limits.output_tail_bytes, clock)
-        self.store = Store(config.state_db, config.limits.max_samples, spool_limits(config))
+        self.store = Store(
+            config.state_db,
+            config.limits.max_samples,
+            spool_limits(config),
+            recount=events.recount,
+        )
         self._unsaved: Batch | None = None
         self._last_store_error = 0.0
         self.trigger = Trigger(config.limits.max_samples, self.redactors)
@@ -741,7 +748,7 @@ class Agent:
                 stats.timeouts,
                 self.config.limits.regex_timeout,
             )
-            event = quarantine_event(pattern, pack, self.config.host, stats.timeouts, now)
+            event = events.quarantined(pattern, pack, self.config.host, stats.timeouts, now)
             batch.escalations.append(event)
         matcher.quarantined.clear()
 
@@ -756,25 +763,22 @@ class Agent:
         )
         opened = batch.opened.setdefault((pattern.pack, pattern.id), [0, 0])
         opened[0] += 1
-        if incident.status == "remediating":
-            return
-        outcome = incident.outcome or "no-remedy"
-        incident.outcome = outcome
-        if pattern.escalate == "never":
-            incident.status = "closed"
+        wire = incident.escalate_as
+        if wire is None:
             return
         opened[1] += 1
-        if outcome == "flapping":
-            wire, why = "flapping", "over its fix budget"
-        else:
-            wire = "always" if pattern.escalate == "always" else "no-remedy"
-            why = "no remedy known"
         pack = self.pack_by_name[pattern.pack]
+        outcome = incident.outcome or policy.Outcome.NO_REMEDY
         batch.escalations.append(
-            build_event(incident, pattern, pack, self.config.host, wire, outcome)
+            events.of_incident(incident, pattern, pack, self.config.host, wire, outcome)
         )
         log.info(
-            "escalating %s/%s key=%r: %s (%s)", pattern.pack, pattern.id, incident.key, wire, why
+            "escalating %s/%s key=%r: %s (%s)",
+            pattern.pack,
+            pattern.id,
+            incident.key,
+            wire,
+            "over its fix budget" if wire == Wire.FLAPPING else "no remedy known",
         )
 
     def _commit(self, batch: Batch) -> bool:
@@ -801,7 +805,7 @@ class Agent:
             log.info("the state database takes writes again")
         self._unsaved = None
         for incident in batch.incidents.values():
-            if incident.status == "remediating":
+            if incident.status == Status.REMEDIATING:
                 pattern = self.pattern_by_id[(incident.pack, incident.pattern)]
                 self.remediator.submit(FixJob(incident, pattern, self.pack_by_name[pattern.pack]))
         if batch.escalations:
@@ -840,7 +844,7 @@ class Agent:
         )
 
     def _verifying(self, job: FixJob) -> None:
-        self.store.set_status(job.incident.id, "verifying", self.clock())
+        self.store.set_status(job.incident.id, Status.VERIFYING, self.clock())
 
     def _finish(self, job: FixJob, outcome: Outcome) -> None:
         """Record how a fix ended; its escalation is spooled in the same transaction."""
@@ -852,24 +856,22 @@ class Agent:
         attempts = [redact.attempt(a.as_dict()) for a in outcome.attempts]
         fresh = self.store.incident(incident.id) or incident
         fresh.attempts = attempts
-        result = "resolved" if outcome.resolved else "remedy-failed"
-        wire = None
+        decision = policy.finished(pattern.escalate, outcome.resolved, outcome.rejected is not None)
         if outcome.rejected is not None:  # a forged or unexpected value: tell the owner, always
-            result = wire = "rejected-field"
             log.warning(
                 "refused to fix %s key=%r: %s",
                 pattern.qualified,
                 incident.key,
                 redact(outcome.rejected),
             )
-        elif not outcome.resolved and pattern.escalate != "never":
-            wire = "remedy-failed"
-        elif pattern.escalate == "always":
-            wire = "always"
+        assert decision.outcome is not None
+        wire = decision.wire
         escalation = (
-            build_event(fresh, pattern, pack, self.config.host, wire, result) if wire else None
+            events.of_incident(fresh, pattern, pack, self.config.host, wire, decision.outcome)
+            if wire
+            else None
         )
-        status = "escalated" if wire else ("resolved" if outcome.resolved else "failed")
+        status, result = decision.status, decision.outcome
         until = now + remedy.cooldown
         self.store.finish_incident(
             incident.id, status, result, attempts, until, incident.fingerprint, escalation, now

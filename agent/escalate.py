@@ -25,100 +25,14 @@ import msgpack
 from agent import __version__
 from agent.config import Escalation
 from agent.errors import ConfigError, ConfigErrors
-from agent.packs import Pack, Pattern
-from agent.state import Incident, SpoolItem, Store
+from agent.events import decode, spool_dropped
+from agent.model import SpoolItem
+from agent.state import Store
 
 log = logging.getLogger("logmend.escalate")
 
 PERMANENT = frozenset({400, 413, 422})
 THROTTLED = frozenset({429, 503})
-
-
-def build_event(
-    incident: Incident, pattern: Pattern, pack: Pack, host: str, status: str, outcome: str
-) -> dict[str, Any]:
-    """The wire form of one escalation; its id is the incident's, stable across retries."""
-    return {
-        "id": incident.id,
-        "fingerprint": incident.fingerprint,
-        "host": host,
-        "pack": pack.name,
-        "pack_version": pack.version,
-        "owner": pack.owner,
-        "pattern": pattern.id,
-        "severity": pattern.severity,
-        "status": status,
-        "outcome": outcome,
-        "key": incident.key,
-        "first_seen": incident.first_seen,
-        "last_seen": incident.last_seen,
-        "count": incident.count,
-        "source": incident.source,
-        "lines": list(incident.samples),
-        "fields": dict(incident.fields),
-        "attempts": list(incident.attempts),
-        "article": pattern.article or "",
-        "article_text": pattern.article_text,
-    }
-
-
-def quarantine_event(
-    pattern: Pattern, pack: Pack, host: str, timeouts: int, now: float
-) -> dict[str, Any]:
-    """A pattern too slow to run: its id is stable, so each host reports it once per version."""
-    fingerprint = f"quarantine:{pack.name}:{pattern.id}"
-    return {
-        "id": f"{fingerprint}:{pack.version}:{host}",
-        "fingerprint": fingerprint,
-        "host": host,
-        "pack": pack.name,
-        "pack_version": pack.version,
-        "owner": pack.owner,
-        "pattern": pattern.id,
-        "severity": "warning",
-        "status": "quarantined",
-        "outcome": "quarantined",
-        "key": "",
-        "first_seen": now,
-        "last_seen": now,
-        "count": timeouts,
-        "source": "",
-        "lines": [],
-        "fields": {},
-        "attempts": [],
-        "article": pattern.article or "",
-        "article_text": f"The pattern's regex ran past its timeout {timeouts} times and was "
-        "quarantined on this host: it no longer matches until the agent restarts. "
-        "`logmend test PACK --log FILE` shows the time each pattern takes.",
-    }
-
-
-def spool_drop_event(host: str, dropped: int, first: float, last: float) -> dict[str, Any]:
-    """The spool was full and dropped its oldest events: the central team hears how many."""
-    return {
-        "id": f"spool-drop:{host}:{first:.6f}",
-        "fingerprint": f"spool-drop:{host}",
-        "host": host,
-        "pack": "logmend",
-        "pack_version": __version__,
-        "owner": "logmend",
-        "pattern": "spool-overflow",
-        "severity": "error",
-        "status": "spool-overflow",
-        "outcome": "dropped",
-        "key": host,
-        "first_seen": first,
-        "last_seen": last,
-        "count": dropped,
-        "source": "",
-        "lines": [],
-        "fields": {},
-        "attempts": [],
-        "article": "",
-        "article_text": f"The agent's spool reached its bounds while the receiver was out of "
-        f"reach and dropped its {dropped} oldest escalation(s). Raise "
-        "[escalation] spool_max_events / spool_max_bytes, or look at why delivery stalled.",
-    }
 
 
 def tls_context(config: Escalation) -> ssl.SSLContext | bool:
@@ -288,7 +202,7 @@ class Sender(Courier):
         if drops is not None:
             dropped, first, last = drops
             log.error("the spool was full: %d oldest escalation(s) dropped; reporting it", dropped)
-            event = spool_drop_event(self.agent_info["host"], dropped, first, last)
+            event = spool_dropped(self.agent_info["host"], dropped, first, last)
             self.store.report_drops(event, dropped, self.clock())
 
     def send_stats(self) -> bool:
@@ -322,7 +236,7 @@ class Sender(Courier):
     def send(self, items: list[SpoolItem], now: float) -> bool:
         """Post one batch; True when the receiver took it (or refused it for good)."""
         body = msgpack.packb(
-            {"agent": self.agent_info, "events": [msgpack.unpackb(i.body) for i in items]},
+            {"agent": self.agent_info, "events": [decode(i.body) for i in items]},
             use_bin_type=True,
         )
         seqs = [i.seq for i in items]

@@ -22,10 +22,10 @@ from typing import Any
 import regex
 
 from agent.errors import StateError
+from agent.model import Incident
 from agent.packs import Pack, Pattern
 from agent.redact import BUILTIN_REDACTOR
 from agent.remedy import Attempt, Identity, Outcome, Runner, run_remedy
-from agent.state import Incident
 
 log = logging.getLogger("logmend.fixes")
 

@@ -17,6 +17,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from agent.config import Metrics
 from agent.errors import StateError
+from agent.policy import OPEN, Status
 
 if TYPE_CHECKING:
     from agent.daemon import Agent
@@ -91,7 +92,7 @@ class AgentCollector(Collector):
             log.warning("metrics without state: %s", exc)
             return
         incidents = GaugeMetricFamily("logmend_incidents", "Incidents by state", labels=["state"])
-        for status in ("waiting", "remediating", "verifying", "resolved", "escalated", "failed"):
+        for status in (*OPEN, Status.RESOLVED, Status.ESCALATED, Status.FAILED):
             incidents.add_metric([status], by_status.get(status, 0))
         yield incidents
         yield GaugeMetricFamily("logmend_spool_depth", "Escalations queued", value=spool["queued"])

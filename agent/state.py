@@ -16,15 +16,15 @@ import os
 import sqlite3
 import stat
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import msgpack
-
 from agent.errors import StateError
+from agent.model import Batch, Checkpoint, Incident, Spoolable, SpoolItem
+from agent.policy import OPEN, Outcome, Status
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -81,106 +81,8 @@ EARLIER_RELEASES = {
     "checkpoints": {"dev", "ino", "path", "offset", "marker"},
     "incidents": {"id", "fingerprint", "pack", "pattern", "key", "status"},
 }
-OPEN = ("waiting", "remediating", "verifying")
 SPOOL_SIZE = "SELECT count(*), coalesce(sum(length(body)), 0) FROM spool"  # events, bytes
-FIXING = ("remediating", "verifying")
 MAX_DONE_FILES = 10_000
-
-
-@dataclass(frozen=True, slots=True)
-class Checkpoint:
-    """Where a file was read to; `marker` hashes the bytes before `offset`, or, while
-    nothing is committed yet (offset 0), the file's first `head_len` bytes."""
-
-    dev: int
-    ino: int
-    path: str
-    offset: int
-    marker: bytes
-    head_len: int = 0
-    updated: float = 0.0
-
-
-@dataclass(slots=True)
-class Incident:
-    """An incident as stored; mutable only inside the reader loop before commit."""
-
-    id: str
-    fingerprint: str
-    pack: str
-    pattern: str
-    key: str
-    source: str
-    status: str
-    count: int
-    first_seen: float
-    last_seen: float
-    samples: list[str] = field(default_factory=list)
-    fields: dict[str, str] = field(default_factory=dict)
-    attempts: list[dict[str, Any]] = field(default_factory=list)
-    outcome: str | None = None
-    raw_fields: dict[str, str] | None = None  # unredacted, for the fix; never stored
-
-
-@dataclass(slots=True)
-class CountUpdate:
-    added: int = 0
-    last_seen: float = 0.0
-    samples: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True, slots=True)
-class SpoolItem:
-    seq: int
-    id: str
-    body: bytes
-    tries: int
-
-
-@dataclass
-class Batch:
-    """Everything one pass of the reader produced, committed atomically."""
-
-    checkpoints: dict[tuple[int, int], Checkpoint] = field(default_factory=dict)
-    incidents: dict[str, Incident] = field(default_factory=dict)
-    runs: list[tuple[str, float]] = field(default_factory=list)
-    counts: dict[str, CountUpdate] = field(default_factory=dict)
-    cooldowns: dict[str, tuple[float, str]] = field(default_factory=dict)
-    escalations: list[dict[str, Any]] = field(default_factory=list)
-    forget: list[tuple[int, int]] = field(default_factory=list)
-    done: list[tuple[int, int, int, bytes, str]] = field(default_factory=list)
-    opened: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # incidents, escalated
-
-    def merge(self, later: Batch) -> None:
-        """Fold a later batch into this one (while the database refuses writes)."""
-        self.checkpoints.update(later.checkpoints)
-        self.incidents.update(later.incidents)
-        self.runs.extend(later.runs)
-        for incident_id, update in later.counts.items():
-            mine = self.counts.setdefault(incident_id, CountUpdate())
-            mine.added += update.added
-            mine.last_seen = max(mine.last_seen, update.last_seen)
-            mine.samples.extend(update.samples)
-        self.cooldowns.update(later.cooldowns)
-        self.escalations.extend(later.escalations)
-        self.forget.extend(later.forget)
-        self.done.extend(later.done)
-        for key, (incidents, escalated) in later.opened.items():
-            mine_opened = self.opened.setdefault(key, [0, 0])
-            mine_opened[0] += incidents
-            mine_opened[1] += escalated
-
-    def __bool__(self) -> bool:
-        return bool(
-            self.checkpoints
-            or self.incidents
-            or self.runs
-            or self.counts
-            or self.cooldowns
-            or self.escalations
-            or self.forget
-            or self.done
-        )
 
 
 def _incident(row: sqlite3.Row) -> Incident:
@@ -191,15 +93,19 @@ def _incident(row: sqlite3.Row) -> Incident:
         pattern=row["pattern"],
         key=row["key"],
         source=row["source"],
-        status=row["status"],
+        status=Status(row["status"]),
         count=row["count"],
         first_seen=row["first_seen"],
         last_seen=row["last_seen"],
         samples=json.loads(row["samples"]),
         fields=json.loads(row["fields"]),
         attempts=json.loads(row["attempts"]),
-        outcome=row["outcome"],
+        outcome=Outcome(row["outcome"]) if row["outcome"] else None,
     )
+
+
+Recount = Callable[[bytes, int, float, list[str]], bytes]
+"""A spooled body with new counts (count, last seen, lines): given by whoever owns the format."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,8 +218,10 @@ class Store:
         max_samples: int = 10,
         spool: SpoolLimits | None = None,
         busy_timeout: float = 10.0,
+        recount: Recount | None = None,
     ) -> None:
         self.path = path
+        self.recount = recount
         self.max_samples = max_samples
         self.spool_limits = spool or SpoolLimits()
         self._lock = threading.Lock()
@@ -456,11 +364,10 @@ class Store:
                     "UPDATE incidents SET count=?, last_seen=?, samples=?, updated=? WHERE id=?",
                     (count, last_seen, json.dumps(samples), now, incident_id),
                 )
-                if row[3] is not None:  # escalated: the receiver hears the new count
-                    event = msgpack.unpackb(row[3])
-                    event.update(count=count, last_seen=last_seen, lines=samples)
-                    updates.append(event)
-            self._spool(db, updates, now)
+                if row[3] is not None and self.recount is not None:
+                    # escalated: the receiver hears the new count, under the same id
+                    updates.append((incident_id, self.recount(row[3], count, last_seen, samples)))
+            self._spool_bodies(db, updates, now)
             for (pack, pattern), (incidents, escalated) in batch.opened.items():
                 db.execute(
                     "INSERT INTO pattern_stats (pack, pattern, updated, incidents, escalated)"
@@ -476,16 +383,21 @@ class Store:
             db.executemany("DELETE FROM checkpoints WHERE dev=? AND ino=?", batch.forget)
             db.executemany("INSERT OR IGNORE INTO done_rotated VALUES (?,?,?,?,?)", batch.done)
 
-    def _spool(self, db: sqlite3.Connection, events: list[dict[str, Any]], now: float) -> None:
-        """Spool events (an update of one not yet sent replaces its body), then bound the spool.
+    def _spool(self, db: sqlite3.Connection, events: list[Spoolable], now: float) -> None:
+        self._spool_bodies(db, [(e.id, e.encode()) for e in events], now)
 
-        Each event's body is also kept with its incident, so later matches can
-        send the receiver an updated count under the same id.
+    def _spool_bodies(
+        self, db: sqlite3.Connection, bodies: list[tuple[str, bytes]], now: float
+    ) -> None:
+        """Spool bodies (an update of one not yet sent replaces it), then bound the spool.
+
+        Each body is also kept with its incident, so later matches can send the
+        receiver an updated count under the same id.
         """
-        if not events:
+        if not bodies:
             return
         due = now + self.spool_limits.hold
-        rows = [(e["id"], now, msgpack.packb(e, use_bin_type=True), due) for e in events]
+        rows = [(event_id, now, body, due) for event_id, body in bodies]
         db.executemany(
             "INSERT INTO spool (id, created, body, next_try) VALUES (?,?,?,?)"
             " ON CONFLICT (id) DO UPDATE SET body=excluded.body",
@@ -526,12 +438,12 @@ class Store:
             return None
         return rows[0][0], rows[0][1], rows[0][2]
 
-    def report_drops(self, event: dict[str, Any], dropped: int, now: float) -> None:
+    def report_drops(self, event: Spoolable, dropped: int, now: float) -> None:
         """Spool the report of `dropped` events and take them off the count, together."""
         with self._tx() as db:
             db.execute(
                 "INSERT OR IGNORE INTO spool (id, created, body, next_try) VALUES (?,?,?,?)",
-                (event["id"], now, msgpack.packb(event, use_bin_type=True), now),
+                (event.id, now, event.encode(), now),
             )
             db.execute("UPDATE spool_drops SET events=events-?", (dropped,))
             db.execute("DELETE FROM spool_drops WHERE events<=0")
@@ -584,8 +496,8 @@ class Store:
         """Keys whose latest incident escalated and still cools down: what fires as an alert."""
         rows = self._read(
             "SELECT i.*, c.until FROM cooldowns c JOIN incidents i ON i.id = c.incident"
-            " WHERE c.until > ? AND i.status = 'escalated'",
-            (now,),
+            " WHERE c.until > ? AND i.status = ?",
+            (now, Status.ESCALATED),
         )
         out = []
         for r in rows:
@@ -617,7 +529,7 @@ class Store:
         attempts: list[dict[str, Any]],
         cooldown_until: float | None,
         fingerprint: str,
-        escalation: dict[str, Any] | None,
+        escalation: Spoolable | None,
         now: float,
     ) -> None:
         """Close an incident; its escalation (if any) is spooled in the same transaction."""
@@ -632,8 +544,8 @@ class Store:
                     "UPDATE pattern_stats SET resolved=resolved+?, failed=failed+?,"
                     " escalated=escalated+? WHERE pack=? AND pattern=?",
                     (
-                        outcome == "resolved",
-                        outcome != "resolved",
+                        outcome == Outcome.RESOLVED,
+                        outcome != Outcome.RESOLVED,
                         escalation is not None,
                         row[0],
                         row[1],

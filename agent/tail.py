@@ -18,8 +18,8 @@ from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 
 from agent.config import Source
+from agent.model import Checkpoint
 from agent.records import LineSplitter
-from agent.state import Checkpoint
 
 Sink = Callable[["Followed", bytes, int], None]  # (file, block of lines, offset of its 1st byte)
 MARKER_BYTES = 64

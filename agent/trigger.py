@@ -12,9 +12,11 @@ import uuid
 from collections import deque
 from dataclasses import dataclass
 
+from agent import policy
+from agent.model import Batch, CountUpdate, Incident
 from agent.packs import Pattern
+from agent.policy import Status
 from agent.redact import BUILTIN_REDACTOR, Redactor
-from agent.state import Batch, CountUpdate, Incident
 
 FOREVER = float("inf")
 
@@ -60,7 +62,7 @@ class Trigger:
         for fp, (until, incident_id) in cooldowns.items():
             self._active[fp] = _Active(incident_id, until)
         for incident in open_incidents:
-            if incident.status == "waiting":
+            if incident.status == Status.WAITING:
                 hits = deque([incident.first_seen] + [incident.last_seen] * (incident.count - 1))
                 window = within.get((incident.pack, incident.pattern), 0.0)
                 self._waiting[incident.fingerprint] = _Waiting(incident, window, hits)
@@ -109,12 +111,12 @@ class Trigger:
             while hits and hits[0] < now - pattern.within:
                 hits.popleft()
             if not hits:
-                waiting.incident.status = "expired"
+                waiting.incident.status = Status.EXPIRED
                 batch.incidents[waiting.incident.id] = waiting.incident
                 waiting = None
         if waiting is None:
             incident = self._new(pattern, key, fp, fields, line, source, now)
-            incident.status = "waiting"
+            incident.status = Status.WAITING
             waiting = self._waiting[fp] = _Waiting(incident, pattern.within, deque([now]))
         else:
             incident = waiting.incident
@@ -134,7 +136,7 @@ class Trigger:
         gone = [fp for fp, w in self._waiting.items() if w.incident.last_seen < now - w.within]
         for fp in gone:
             incident = self._waiting.pop(fp).incident
-            incident.status = "expired"
+            incident.status = Status.EXPIRED
             batch.incidents[incident.id] = incident
 
     def _redactor(self, pattern: Pattern) -> Redactor:
@@ -158,7 +160,7 @@ class Trigger:
             pattern=pattern.id,
             key=redact(key),
             source=source,
-            status="matched",
+            status=Status.MATCHED,
             count=1,
             first_seen=now,
             last_seen=now,
@@ -168,25 +170,29 @@ class Trigger:
         )
 
     def _open(self, incident: Incident, pattern: Pattern, now: float, batch: Batch) -> Incident:
-        """The threshold is met: remediate within budget, else escalate and cool down."""
+        """The threshold is met: remediate within budget, else escalate (or close) and cool down.
+
+        The decision is `policy.opened`'s; the incident carries it (`status`,
+        `outcome`, and `escalate_as` for the reader to build the event).
+        """
         fp = incident.fingerprint
         remedy = pattern.remedy
         until = now + pattern.cooldown
-        if remedy is None:
-            incident.status = "escalated"
-        else:
+        over_budget = False
+        if remedy is not None:
             runs = self._runs.setdefault(fp, deque())
             while runs and runs[0] <= now - remedy.budget.within:
                 runs.popleft()
-            if len(runs) >= remedy.budget.runs:
-                incident.status = "escalated"
-                incident.outcome = "flapping"
+            over_budget = len(runs) >= remedy.budget.runs
+            if over_budget:
                 until = runs[0] + remedy.budget.within
             else:
-                incident.status = "remediating"
                 runs.append(now)
                 batch.runs.append((fp, now))
                 until = FOREVER
+        decision = policy.opened(pattern.escalate, remedy is not None, over_budget)
+        incident.status, incident.outcome = decision.status, decision.outcome
+        incident.escalate_as = decision.wire
         self._active[fp] = _Active(incident.id, until)
         if until != FOREVER:
             batch.cooldowns[fp] = (until, incident.id)

@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 
 from agent.errors import StateError
-from agent.state import APPLICATION_ID, Batch, Incident, Store, check_state_file
+from agent.events import Event
+from agent.model import Batch, Incident
+from agent.policy import Status, Wire
+from agent.state import APPLICATION_ID, Store, check_state_file
 from tests.helpers import PYTHON, agent_with_pack
 from tests.test_inputs import MINIMAL
 
@@ -49,10 +52,14 @@ def test_a_state_file_of_the_first_release_opens_keeps_positions_and_takes_new_r
     [checkpoint] = store.checkpoints().values()
     assert (checkpoint.path, checkpoint.offset) == ("/var/log/app.log", 4096)
     batch = Batch()
-    incident = Incident("i1", "fp", "p", "q", "k", "/var/log/app.log", "escalated", 1, 1.0, 1.0)
+    incident = Incident(
+        "i1", "fp", "p", "q", "k", "/var/log/app.log", Status.ESCALATED, 1, 1.0, 1.0
+    )
     batch.incidents[incident.id] = incident
     batch.opened[("p", "q")] = [1, 1]
-    batch.escalations.append({"id": "i1", "count": 1})
+    batch.escalations.append(
+        Event("i1", "fp", "h", "p", "1", "team", "q", "error", Wire.NO_REMEDY, "x", 1.0, 1.0, 1)
+    )
     store.commit(batch, 2.0)
     [stats] = store.pattern_stats()
     assert (stats["matches"], stats["incidents"], stats["escalated"]) == (7, 1, 1)

@@ -23,8 +23,9 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from agent.config import Source
+from agent.model import Batch
 from agent.records import decode_lines
-from agent.state import Batch, Store
+from agent.state import Store
 from agent.tail import Followed, Tailer
 
 CHUNK = 64  # small reads, so files are often read part-way

@@ -1,0 +1,140 @@
+"""The escalation event, as the receiver gets it, and its one encoding (msgpack).
+
+Built here from an incident, a quarantined pattern or a spool overflow, and
+encoded once; the store keeps the bytes it is given and asks `recount` for a
+copy with new counts when more lines of an escalated incident arrive.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import msgpack
+
+from agent import __version__
+from agent.model import Incident
+from agent.packs import Pack, Pattern
+from agent.policy import Outcome, Wire
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One escalation; its id is stable across retries, so the receiver stores it once."""
+
+    id: str
+    fingerprint: str
+    host: str
+    pack: str
+    pack_version: str
+    owner: str
+    pattern: str
+    severity: str
+    status: Wire
+    outcome: str
+    first_seen: float
+    last_seen: float
+    count: int
+    key: str = ""
+    source: str = ""
+    lines: list[str] = field(default_factory=list)
+    fields: dict[str, str] = field(default_factory=dict)
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    article: str = ""
+    article_text: str = ""
+
+    def to_wire(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["status"] = str(self.status)
+        return out
+
+    def encode(self) -> bytes:
+        return msgpack.packb(self.to_wire(), use_bin_type=True)
+
+
+def of_incident(
+    incident: Incident, pattern: Pattern, pack: Pack, host: str, status: Wire, outcome: str
+) -> Event:
+    """The escalation of an incident; its id is the incident's."""
+    return Event(
+        id=incident.id,
+        fingerprint=incident.fingerprint,
+        host=host,
+        pack=pack.name,
+        pack_version=pack.version,
+        owner=pack.owner,
+        pattern=pattern.id,
+        severity=pattern.severity,
+        status=status,
+        outcome=str(outcome),
+        key=incident.key,
+        first_seen=incident.first_seen,
+        last_seen=incident.last_seen,
+        count=incident.count,
+        source=incident.source,
+        lines=list(incident.samples),
+        fields=dict(incident.fields),
+        attempts=list(incident.attempts),
+        article=pattern.article or "",
+        article_text=pattern.article_text,
+    )
+
+
+def quarantined(pattern: Pattern, pack: Pack, host: str, timeouts: int, now: float) -> Event:
+    """A pattern too slow to run: its id is stable, so each host reports it once per version."""
+    fingerprint = f"quarantine:{pack.name}:{pattern.id}"
+    return Event(
+        id=f"{fingerprint}:{pack.version}:{host}",
+        fingerprint=fingerprint,
+        host=host,
+        pack=pack.name,
+        pack_version=pack.version,
+        owner=pack.owner,
+        pattern=pattern.id,
+        severity="warning",
+        status=Wire.QUARANTINED,
+        outcome=Outcome.QUARANTINED,
+        first_seen=now,
+        last_seen=now,
+        count=timeouts,
+        article=pattern.article or "",
+        article_text=f"The pattern's regex ran past its timeout {timeouts} times and was "
+        "quarantined on this host: it no longer matches until the agent restarts. "
+        "`logmend test PACK --log FILE` shows the time each pattern takes.",
+    )
+
+
+def spool_dropped(host: str, dropped: int, first: float, last: float) -> Event:
+    """The spool was full and dropped its oldest events: the central team hears how many."""
+    return Event(
+        id=f"spool-drop:{host}:{first:.6f}",
+        fingerprint=f"spool-drop:{host}",
+        host=host,
+        pack="logmend",
+        pack_version=__version__,
+        owner="logmend",
+        pattern="spool-overflow",
+        severity="error",
+        status=Wire.SPOOL_OVERFLOW,
+        outcome="dropped",
+        key=host,
+        first_seen=first,
+        last_seen=last,
+        count=dropped,
+        article_text=f"The agent's spool reached its bounds while the receiver was out of "
+        f"reach and dropped its {dropped} oldest escalation(s). Raise "
+        "[escalation] spool_max_events / spool_max_bytes, or look at why delivery stalled.",
+    )
+
+
+def decode(body: bytes) -> dict[str, Any]:
+    """An encoded event as the mapping the wire batch carries."""
+    return dict(msgpack.unpackb(body))
+
+
+def recount(body: bytes, count: int, last_seen: float, lines: list[str]) -> bytes:
+    """The same event with new counts: what the receiver hears when more lines arrive."""
+    wire = decode(body)
+    wire.update(count=count, last_seen=last_seen, lines=lines)
+    return msgpack.packb(wire, use_bin_type=True)
+
