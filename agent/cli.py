@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 from agent import __version__
 from agent.config import Config, load_config
 from agent.errors import ConfigErrors, LogmendError, unexpected
+from agent.observe import from_environment
 from agent.packs import Pack, find_pack_dirs, load_packs
 from agent.policy import Outcome
 
@@ -112,7 +113,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     _setup_logging(args.log_format, args.log_level)
     config, packs = _load(args.config)
     if not args.dry_run:
-        return Agent(config, packs).run()
+        return Agent(config, packs, observer=from_environment(os.environ)).run()
     import dataclasses
     import sqlite3
     import tempfile
@@ -132,12 +133,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         logging.getLogger("logmend").warning(
             "dry run: fixes are logged, not run; nothing is sent; state is a throwaway copy"
         )
-        return Agent(config, packs, runner=DryRunner(), dry_run=True).run()
+        return Agent(
+            config,
+            packs,
+            runner=DryRunner(),
+            dry_run=True,
+            observer=from_environment(os.environ),
+        ).run()
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from agent.daemon import identities_for
     from agent.escalate import read_token, tls_context
+    from agent.preflight import identities_for
 
     config, packs = _load(args.config)
     identities = identities_for(config, packs)

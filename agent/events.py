@@ -137,4 +137,3 @@ def recount(body: bytes, count: int, last_seen: float, lines: list[str]) -> byte
     wire = decode(body)
     wire.update(count=count, last_seen=last_seen, lines=lines)
     return msgpack.packb(wire, use_bin_type=True)
-

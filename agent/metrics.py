@@ -1,44 +1,58 @@
 """The Prometheus endpoint ([metrics]): read at scrape time, nothing on the line path.
 
-A custom collector asks the running agent for its counters when scraped, so
-the reader, the fix loop and the sender never touch a metric object.
+A custom collector asks for a read-only `Snapshot` when scraped, so the
+reader, the fix loop and the sender never touch a metric object, and this
+module knows nothing of the agent that builds the snapshot.
 """
 
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 from prometheus_client import start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector, CollectorRegistry
 
 from agent.config import Metrics
-from agent.errors import StateError
 from agent.policy import OPEN, Status
-
-if TYPE_CHECKING:
-    from agent.daemon import Agent
 
 log = logging.getLogger("logmend.metrics")
 
 LOOPBACK = ("127.", "::1", "localhost", "[::1]")
 
 
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """What the agent reports, copied at scrape time."""
+
+    now: float
+    lines_by_source: Mapping[str, int]
+    bytes_by_source: Mapping[str, int]
+    patterns: list[tuple[str, str, int, int]]  # pack, pattern, matches, regex timeouts
+    fixes_resolved: int
+    fixes_failed: int
+    deliveries: Mapping[str, int] | None  # sent / failed / parked, when escalating
+    reloads: Mapping[str, int]
+    lag: list[tuple[str, int]]  # path, bytes behind its end
+    incidents_by_status: Mapping[str, int] | None = None  # None: the state database failed
+    spool: Mapping[str, Any] = field(default_factory=dict)
+
+
 class AgentCollector(Collector):
-    def __init__(self, agent: Agent) -> None:
-        self.agent = agent
+    def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
+        self.snapshot = snapshot
 
     def collect(self) -> Iterator[Metric]:
-        agent = self.agent
+        snap = self.snapshot()
         lines = CounterMetricFamily("logmend_lines_read", "Lines read", labels=["source"])
-        for path, count in list(agent.lines_by_source.items()):
+        for path, count in snap.lines_by_source.items():
             lines.add_metric([path], count)
         yield lines
         size = CounterMetricFamily("logmend_bytes_read", "Bytes read", labels=["source"])
-        for path, count in list(agent.bytes_by_source.items()):
+        for path, count in snap.bytes_by_source.items():
             size.add_metric([path], count)
         yield size
         matches = CounterMetricFamily(
@@ -49,58 +63,45 @@ class AgentCollector(Collector):
             "Regex searches past their timeout",
             labels=["pack", "pattern"],
         )
-        for matcher in {id(m): m for m in agent.matchers}.values():
-            for pattern, stats in matcher.pattern_stats():
-                matches.add_metric([pattern.pack, pattern.id], stats.matches)
-                timeouts.add_metric([pattern.pack, pattern.id], stats.timeouts)
+        for pack, pattern, matched, timed_out in snap.patterns:
+            matches.add_metric([pack, pattern], matched)
+            timeouts.add_metric([pack, pattern], timed_out)
         yield matches
         yield timeouts
         fixes = CounterMetricFamily("logmend_fixes", "Fixes by outcome", labels=["outcome"])
-        fixes.add_metric(["resolved"], agent.counters.resolved)
-        fixes.add_metric(["failed"], agent.counters.failed)
+        fixes.add_metric(["resolved"], snap.fixes_resolved)
+        fixes.add_metric(["failed"], snap.fixes_failed)
         yield fixes
-        sender = agent.sender
         escalations = CounterMetricFamily(
             "logmend_escalations", "Escalation deliveries by result", labels=["result"]
         )
-        if sender is not None:
-            escalations.add_metric(["sent"], sender.stats.sent)
-            escalations.add_metric(["failed"], sender.stats.failures)
-            escalations.add_metric(["parked"], sender.stats.parked)
+        for result, count in (snap.deliveries or {}).items():
+            escalations.add_metric([result], count)
         yield escalations
         reloads = CounterMetricFamily("logmend_reloads", "Reloads by result", labels=["result"])
-        for result, count in agent.reloads.items():
+        for result, count in snap.reloads.items():
             reloads.add_metric([result], count)
         yield reloads
         lag = GaugeMetricFamily("logmend_file_lag_bytes", "Bytes behind the end", labels=["path"])
-        for followed in list(agent.tailer.files.values()):
-            try:
-                lag.add_metric(
-                    [followed.path], max(0, os.fstat(followed.fd).st_size - followed.offset)
-                )
-            except OSError:
-                continue
+        for path, behind in snap.lag:
+            lag.add_metric([path], behind)
         yield lag
-        yield from self._from_state()
+        yield from self._from_state(snap)
 
-    def _from_state(self) -> Iterator[Metric]:
-        store = self.agent.store
-        try:
-            by_status = store.incidents_by_status()
-            spool: dict[str, Any] = store.spool_summary()
-        except StateError as exc:
-            log.warning("metrics without state: %s", exc)
+    def _from_state(self, snap: Snapshot) -> Iterator[Metric]:
+        if snap.incidents_by_status is None:
             return
         incidents = GaugeMetricFamily("logmend_incidents", "Incidents by state", labels=["state"])
         for status in (*OPEN, Status.RESOLVED, Status.ESCALATED, Status.FAILED):
-            incidents.add_metric([status], by_status.get(status, 0))
+            incidents.add_metric([status], snap.incidents_by_status.get(status, 0))
         yield incidents
+        spool = snap.spool
         yield GaugeMetricFamily("logmend_spool_depth", "Escalations queued", value=spool["queued"])
         yield GaugeMetricFamily(
             "logmend_spool_parked", "Escalations parked (refused for good)", value=spool["parked"]
         )
         oldest = spool["oldest"]
-        age = max(0.0, self.agent.clock() - oldest) if oldest is not None else 0.0
+        age = max(0.0, snap.now - oldest) if oldest is not None else 0.0
         yield GaugeMetricFamily(
             "logmend_spool_oldest_age_seconds", "Age of the oldest queued escalation", value=age
         )
@@ -111,15 +112,15 @@ class AgentCollector(Collector):
         )
 
 
-def serve_metrics(agent: Agent, config: Metrics) -> Any:
-    """Start the endpoint on its own thread; returns the server (for shutdown)."""
+def serve_metrics(snapshot: Callable[[], Snapshot], config: Metrics) -> tuple[Any, int]:
+    """Start the endpoint on its own thread; returns the server (for shutdown) and its port."""
     host, _, port = config.listen.rpartition(":")
     host = host.strip("[]")
     if not host.startswith(LOOPBACK):
         log.warning("metrics listen on %s, which is not loopback", config.listen)
     registry = CollectorRegistry(auto_describe=False)
-    registry.register(AgentCollector(agent))
+    registry.register(AgentCollector(snapshot))
     server, _thread = start_http_server(int(port), addr=host, registry=registry)
-    agent.metrics_port = server.server_address[1]
-    log.info("metrics on http://%s:%d/metrics", host, agent.metrics_port)
-    return server
+    bound = int(server.server_address[1])
+    log.info("metrics on http://%s:%d/metrics", host, bound)
+    return server, bound

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from agent.config import load_config
-from agent.daemon import identities_for
 from agent.errors import ConfigErrors
 from agent.packs import load_pack, load_packs
 from agent.params import HostParams
+from agent.preflight import identities_for
 from tests.attack import needs_root
 from tests.helpers import agent_with_pack, append, status, wait_for, write_config, write_pack
 

@@ -1,0 +1,144 @@
+"""Checks and derivations that `logmend check` and `logmend run` share.
+
+Everything here runs once, before reading starts (and again on reload): who
+each pack's fixes run as, whether a source would read the agent's own log,
+which patterns each source's matcher holds, the spool's bounds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import logging
+import os
+import pwd
+import stat
+
+from agent.config import Config
+from agent.errors import ConfigError, ConfigErrors
+from agent.match import Matcher
+from agent.packs import Pack
+from agent.remedy import Identity, resolve_identity
+from agent.state import SpoolLimits
+
+log = logging.getLogger("logmend")
+
+
+def matchers_for(config: Config, packs: list[Pack]) -> list[Matcher]:
+    """One matcher per source, over the patterns of the packs that source names."""
+    out = []
+    shared: dict[tuple[str, ...], Matcher] = {}
+    limits = config.limits
+    for source in config.sources:
+        chosen = tuple(p.name for p in packs if source.packs is None or p.name in source.packs)
+        if chosen not in shared:
+            patterns = [
+                pattern for pack in packs if pack.name in chosen for pattern in pack.patterns
+            ]
+            shared[chosen] = Matcher(
+                patterns, limits.regex_timeout, limits.matcher, limits.max_regex_timeouts
+            )
+        out.append(shared[chosen])
+    return out
+
+
+def spool_limits(config: Config) -> SpoolLimits:
+    esc = config.escalation
+    if esc is None:
+        return SpoolLimits()
+    return SpoolLimits(esc.aggregate, esc.spool_max_events, esc.spool_max_bytes)
+
+
+def identities_for(config: Config, packs: list[Pack]) -> dict[str, Identity | None]:
+    """Who each pack's fixes run as (applied only when the agent is root).
+
+    Least privilege: root only for a pack that asks for it (`user = "root"`)
+    and that the host's config lists in `allow_root`; every other fix runs as
+    the pack's user or the config's unprivileged `fix_user`.
+    """
+    out: dict[str, Identity | None] = {}
+    errors = []
+    try:
+        default = resolve_identity(config.fix_user, config.fix_group)
+    except ValueError as exc:
+        raise ConfigErrors([ConfigError(config.file, "agent.fix_user", None, str(exc))]) from None
+    if default is not None and (default.uid == 0 or default.gid == 0):
+        raise ConfigErrors(
+            [
+                ConfigError(
+                    config.file,
+                    "agent.fix_user" if default.uid == 0 else "agent.fix_group",
+                    None,
+                    "must not be root: list the packs whose fixes need root in allow_root",
+                )
+            ]
+        )
+    names = {p.name for p in packs}
+    for name in config.allow_root:
+        if name not in names:
+            errors.append(ConfigError(config.file, "agent.allow_root", None, f"no pack {name!r}"))
+    for pack in packs:
+        if pack.user is None and pack.group is None:
+            out[pack.name] = default
+            continue
+        try:
+            group = pack.group or (None if pack.user else config.fix_group)
+            identity = resolve_identity(pack.user or config.fix_user, group)
+        except ValueError as exc:
+            errors.append(ConfigError(pack.file, "pack.user", None, str(exc)))
+            continue
+        if _privileged(identity, pack.group) and pack.name not in config.allow_root:
+            log.warning(
+                "pack %s asks to run its fixes as root or with a group of its choosing, "
+                "which %s does not allow (allow_root); they run as %s",
+                pack.name,
+                config.file,
+                config.fix_user,
+            )
+            identity = default
+        out[pack.name] = identity
+    if errors:
+        raise ConfigErrors(errors)
+    if os.geteuid() != 0:
+        log.info("not running as root: every fix runs as this agent's own user")
+    return out
+
+
+def _privileged(identity: Identity | None, chosen_group: str | None) -> bool:
+    """Root, group root, or a group the pack chose (shadow, disk, docker, ...): host consent."""
+    if identity is None:
+        return False
+    if identity.uid == 0 or identity.gid == 0:
+        return True
+    return chosen_group is not None and identity.gid != pwd.getpwnam(identity.user).pw_gid
+
+
+def own_log_identity() -> tuple[int, int] | None:
+    """The file the agent's own log (stderr) goes to, if it is a file."""
+    try:
+        st = os.fstat(2)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) else None
+
+
+def refuse_own_log(config: Config, own: tuple[int, int] | None) -> None:
+    """A source that matches the agent's own log would feed its log lines back into it."""
+    if own is None:
+        return
+    for index, source in enumerate(config.sources):
+        for path in glob.glob(source.path):
+            with contextlib.suppress(OSError):
+                st = os.stat(path)
+                if (st.st_dev, st.st_ino) == own:
+                    raise ConfigErrors(
+                        [
+                            ConfigError(
+                                config.file,
+                                f"source[{index}].path",
+                                None,
+                                f"{path} is the agent's own log (its stderr): it would read "
+                                "its own lines back",
+                            )
+                        ]
+                    )

@@ -1,0 +1,354 @@
+"""The reader pass: read, join, match, trigger, commit — and say what it produced.
+
+One thread runs it (the only one that touches the tailer and the trigger).
+Each pass reads one chunk from every followed file and commits, in one
+transaction, the new checkpoints together with every incident, count,
+cooldown and escalation those lines caused. It returns the fixes to start and
+whether anything escalated; the wiring (`daemon.Agent`) acts on that.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import regex
+
+from agent import events, policy
+from agent.config import Config
+from agent.errors import StateError
+from agent.fixes import FixJob
+from agent.match import Hit, Matcher
+from agent.model import Batch, Incident
+from agent.observe import Observer
+from agent.packs import Pack, Pattern
+from agent.policy import Status, Wire
+from agent.preflight import matchers_for
+from agent.records import EventJoiner
+from agent.redact import Redactor
+from agent.state import Store
+from agent.tail import Followed, Sink, Tailer, marker_of
+from agent.trigger import Trigger
+
+log = logging.getLogger("logmend")
+
+STORE_ERROR_EVERY = 10.0  # seconds between two log lines about a refusing database
+
+
+class _Reading(Protocol):
+    path: str
+    source: int
+
+    @property
+    def identity(self) -> tuple[int, int]: ...
+
+    def hold_from(self, offset: int) -> None: ...
+
+
+@dataclass
+class _Recovered:
+    """Stands in for a file that is gone: what was left of it came from a rotated copy."""
+
+    path: str
+    source: int
+    identity: tuple[int, int] = (-1, -1)
+
+    def hold_from(self, offset: int) -> None:
+        """Nothing to hold: the copy is read whole, once."""
+
+
+@dataclass
+class Produced:
+    """What a pass produced, for the wiring to act on."""
+
+    read_any: bool = False
+    fixes: list[FixJob] = field(default_factory=list)
+    escalated: bool = False
+
+
+class Reader:
+    """The per-record pipeline over one config and set of packs; swapped on reload."""
+
+    def __init__(
+        self,
+        config: Config,
+        packs: list[Pack],
+        store: Store,
+        *,
+        clock: Callable[[], float],
+        monotonic: Callable[[], float] = time.monotonic,
+        observer: Observer | None = None,
+        recovery: Callable[[str, bytes], None] | None = None,
+        watched: Mapping[str, Any] | None = None,
+        exclude: tuple[int, int] | None = None,
+    ) -> None:
+        self.store = store
+        self.clock = clock
+        self.monotonic = monotonic
+        self.observer = observer or Observer()
+        self.recovery = recovery
+        self.watched: Mapping[str, Any] = watched if watched is not None else {}
+        self.exclude = exclude
+        self._quarantined: set[tuple[str, str]] = set()
+        self._take(config, packs)
+        self.trigger = Trigger(config.limits.max_samples, self.redactors)
+        budget_window = max(
+            (p.remedy.budget.within for p in self.pattern_by_id.values() if p.remedy), default=0.0
+        )
+        now = clock()
+        self.trigger.restore(
+            store.open_incidents(),
+            store.cooldowns(now),
+            store.fix_runs(now - budget_window),
+            {key: p.within for key, p in self.pattern_by_id.items()},
+        )
+        self.tailer = self.new_tailer()
+        self.lines_by_source: dict[str, int] = {}
+        self.bytes_by_source: dict[str, int] = {}
+        self.unsaved: Batch | None = None
+        self._last_store_error = float("-inf")
+        self._joiners: dict[tuple[int, int], EventJoiner] = {}
+
+    def adopt(self, config: Config, packs: list[Pack]) -> None:
+        """A reload: new config and packs between records; incidents and positions stay."""
+        self._take(config, packs)
+        self.trigger.redactors = self.redactors
+        self._quarantined.clear()
+
+    def _take(self, config: Config, packs: list[Pack]) -> None:
+        """Everything the per-record path looks up, built once per config and packs."""
+        self.config = config
+        self.packs = packs
+        self.pack_by_name = {p.name: p for p in packs}
+        self.pattern_by_id = {(p.pack, p.id): p for pack in packs for p in pack.patterns}
+        self.matchers = matchers_for(config, packs)
+        self.max_line = config.limits.max_line_bytes
+        self.redactors = {p.name: Redactor(p.redact, entropy=p.redact_entropy) for p in packs}
+        names = set(self.pack_by_name)
+        for source in config.sources:
+            for name in source.packs or ():
+                if name not in names:
+                    log.warning("source %s names pack %r, which is not loaded", source.path, name)
+
+    def new_tailer(self) -> Tailer:
+        tailer = Tailer(
+            self.config.sources,
+            self.store.checkpoints(),
+            self.config.limits.max_line_bytes,
+            self.store.done_files(),
+        )
+        if self.exclude is not None:
+            tailer.exclude.add(self.exclude)
+        return tailer
+
+    def retail(self) -> None:
+        """Sources or limits changed: follow anew from the committed checkpoints."""
+        self._joiners.clear()
+        self.tailer.close()
+        self.tailer = self.new_tailer()
+        self.tailer.sweep()
+
+    # passes ------------------------------------------------------------------------
+    def pass_once(self, fixes_behind: bool = False) -> Produced:
+        """Read one chunk from every file, match, and commit it all in one transaction."""
+        if fixes_behind:
+            return Produced()  # backpressure: reading waits; nothing is dropped
+        held = Produced()
+        if self.unsaved is not None:
+            flushed = self._commit(Batch())
+            if flushed is None:
+                return held  # the database refuses writes: read nothing until it takes them
+            held = flushed
+        batch = Batch()
+        read_any = self.tailer.read_all(self.config.limits.read_chunk_bytes, self._sink(batch))
+        batch.done.extend(self.tailer.take_finished())
+        produced = self.commit(batch)
+        produced.read_any = read_any
+        produced.fixes[:0] = held.fixes
+        produced.escalated |= held.escalated
+        return produced
+
+    def housekeeping(self) -> Produced:
+        """After a sweep: let go of rotated files, take what was recovered, flush quiet ones."""
+        batch = Batch()
+        now = self.clock()
+        sink = self._sink(batch)
+        self.trigger.expire(now, batch)
+
+        def before_release(followed: Followed) -> None:
+            joiner = self._joiners.pop(followed.identity, None)
+            if joiner is not None:
+                self._match_records(followed, joiner.flush(), now, batch)
+            batch.checkpoints.pop(followed.identity, None)
+
+        self.tailer.release_idle(self.config.limits.read_chunk_bytes, sink, before_release)
+        recovered, released, finished = self.tailer.take_recovered()
+        batch.done.extend(finished)
+        for source, path, block in recovered:
+            log.info("read the rest of %s from its rotated copy", path)
+            self._process(_Recovered(path, source), block, now, batch, 0)
+        batch.forget.extend(released)  # in the same transaction as their last lines
+        sources = self.config.sources
+        for followed in self.tailer.flush_quiet(lambda f: sources[f.source].flush_after, sink):
+            joiner = self._joiners.get(followed.identity)
+            if joiner is not None and joiner.lines:
+                self._match_records(followed, joiner.flush(), now, batch)
+                followed.committed = followed.line_end
+                followed.marker = marker_of(followed.fd, followed.committed)
+                followed.dirty = True
+            if followed.dirty:
+                batch.checkpoints[followed.identity] = followed.checkpoint()
+        for checkpoint in self.tailer.new_checkpoints():
+            batch.checkpoints[(checkpoint.dev, checkpoint.ino)] = checkpoint
+        return self.commit(batch)
+
+    def commit(self, batch: Batch) -> Produced:
+        """Commit a pass; if the database refuses (disk full, locked), keep it and say so.
+
+        A refused batch is kept in memory and merged with what follows, and the
+        reader stops reading until it is committed: nothing read is lost, and a
+        crash meanwhile only means those lines are read again.
+        """
+        return self._commit(batch) or Produced()
+
+    def _commit(self, batch: Batch) -> Produced | None:
+        """What the committed batch produced, or None if the database refused it."""
+        if self.unsaved is not None:
+            self.unsaved.merge(batch)
+            batch = self.unsaved
+        produced = Produced()
+        if not batch:
+            return produced
+        try:
+            self.store.commit(batch, self.clock())
+        except StateError as exc:
+            self.unsaved = batch
+            if self.monotonic() - self._last_store_error > STORE_ERROR_EVERY:
+                self._last_store_error = self.monotonic()
+                log.error("cannot write the state database, holding what was read: %s", exc)
+            return None
+        if self.unsaved is not None:
+            log.info("the state database takes writes again")
+        self.unsaved = None
+        for incident in batch.incidents.values():
+            if incident.status == Status.REMEDIATING:
+                pattern = self.pattern_by_id[(incident.pack, incident.pattern)]
+                pack = self.pack_by_name[pattern.pack]
+                produced.fixes.append(FixJob(incident, pattern, pack))
+        produced.escalated = bool(batch.escalations)
+        return produced
+
+    # the per-record path ---------------------------------------------------------------
+    def _sink(self, batch: Batch) -> Sink:
+        now = self.clock()
+
+        def sink(followed: Followed, block: bytes, base: int) -> None:
+            self._process(followed, block, now, batch, base)
+            if followed.dirty:
+                batch.checkpoints[followed.identity] = followed.checkpoint()
+
+        return sink
+
+    def _process(
+        self, followed: _Reading, block: bytes, now: float, batch: Batch, base: int
+    ) -> None:
+        if not block:
+            return
+        self.observer.block(block)
+        path = followed.path
+        self.lines_by_source[path] = self.lines_by_source.get(path, 0) + block.count(b"\n")
+        self.bytes_by_source[path] = self.bytes_by_source.get(path, 0) + len(block)
+        if self.recovery is not None and path in self.watched:
+            self.recovery(path, block)
+        multiline = self.config.sources[followed.source].multiline
+        if multiline is not None:
+            joiner = self._joiners.get(followed.identity)
+            if joiner is None:
+                joiner = self._joiners[followed.identity] = EventJoiner(
+                    regex.compile(multiline.start) if multiline.start else None,
+                    regex.compile(multiline.continuation) if multiline.continuation else None,
+                    multiline.max_lines,
+                    multiline.max_bytes,
+                    self.config.limits.regex_timeout,
+                )
+            self._match_records(followed, joiner.feed(block, base, self.max_line), now, batch)
+            if joiner.pending_start is not None:
+                followed.hold_from(joiner.pending_start)
+            return
+        matcher = self.matchers[followed.source]
+        for _, line, hits in matcher.scan(block, self.max_line):
+            self._hits(followed, line, hits, now, batch)
+        if matcher.quarantined:
+            self._quarantine(matcher, now, batch)
+
+    def _match_records(
+        self, followed: _Reading, records: list[str], now: float, batch: Batch
+    ) -> None:
+        matcher = self.matchers[followed.source]
+        for record in records:
+            hits = matcher.match(record)
+            if hits:
+                self._hits(followed, record, hits, now, batch)
+        if matcher.quarantined:
+            self._quarantine(matcher, now, batch)
+
+    def _hits(
+        self, followed: _Reading, record: str, hits: Sequence[Hit], now: float, batch: Batch
+    ) -> None:
+        for pattern, fields in hits:
+            incident = self.trigger.feed(pattern, fields, record, followed.path, now, batch)
+            if incident is not None:
+                self._opened(incident, pattern, batch)
+
+    def _quarantine(self, matcher: Matcher, now: float, batch: Batch) -> None:
+        """Patterns that kept timing out stop matching; their owner hears of it once."""
+        for pattern in matcher.quarantined:
+            key = (pattern.pack, pattern.id)
+            if key in self._quarantined:
+                continue
+            self._quarantined.add(key)
+            pack = self.pack_by_name[pattern.pack]
+            stats = matcher.stats[matcher.patterns.index(pattern)]
+            log.error(
+                "quarantined %s/%s: %d regex timeouts (limit %gs each); it no longer matches",
+                pattern.pack,
+                pattern.id,
+                stats.timeouts,
+                self.config.limits.regex_timeout,
+            )
+            event = events.quarantined(pattern, pack, self.config.host, stats.timeouts, now)
+            batch.escalations.append(event)
+        matcher.quarantined.clear()
+
+    def _opened(self, incident: Incident, pattern: Pattern, batch: Batch) -> None:
+        """An incident opened: count it, and spool the escalation the trigger decided on."""
+        log.info(
+            "matched %s/%s key=%r (%d line(s)) in %s",
+            pattern.pack,
+            pattern.id,
+            incident.key,
+            incident.count,
+            incident.source,
+        )
+        opened = batch.opened.setdefault((pattern.pack, pattern.id), [0, 0])
+        opened[0] += 1
+        wire = incident.escalate_as
+        if wire is None:
+            return
+        opened[1] += 1
+        pack = self.pack_by_name[pattern.pack]
+        outcome = incident.outcome or policy.Outcome.NO_REMEDY
+        batch.escalations.append(
+            events.of_incident(incident, pattern, pack, self.config.host, wire, outcome)
+        )
+        log.info(
+            "escalating %s/%s key=%r: %s (%s)",
+            pattern.pack,
+            pattern.id,
+            incident.key,
+            wire,
+            "over its fix budget" if wire == Wire.FLAPPING else "no remedy known",
+        )
