@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 
 from agent.fixes import FixJob, Remediator
+from agent.model import Incident
 from agent.packs import Pack, Pattern, Remedy, load_pack
 from agent.remedy import SAFE_PATH, Attempt, Identity, Outcome, run_remedy
-from agent.state import Incident
 from tests.helpers import write_pack
 
 PATTERN = r"""

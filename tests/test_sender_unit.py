@@ -20,7 +20,10 @@ import pytest
 
 from agent.config import Escalation
 from agent.escalate import Sender
-from agent.state import Batch, CountUpdate, Incident, SpoolLimits, Store
+from agent.events import Event, recount
+from agent.model import Batch, CountUpdate, Incident
+from agent.policy import Wire
+from agent.state import SpoolLimits, Store
 
 URL = "https://receiver.test/v1/escalations"
 TOKEN = "lm_test-token"
@@ -75,7 +78,7 @@ class Rig:
     def __init__(self, tmp: Path, hold: float = 0.0, batch_size: int = 100) -> None:
         token = tmp / "token"
         token.write_text(TOKEN + "\n")
-        self.store = Store(tmp / "state.db", spool=SpoolLimits(hold=hold))
+        self.store = Store(tmp / "state.db", spool=SpoolLimits(hold=hold), recount=recount)
         self.config = Escalation(
             url=URL,
             token_file=token,
@@ -113,8 +116,23 @@ class Rig:
         self.store.close()
 
 
-def event(incident_id: str, count: int = 1) -> dict[str, Any]:
-    return {"id": incident_id, "pack": "ops", "pattern": "p", "count": count, "lines": ["x"]}
+def event(incident_id: str, count: int = 1) -> Event:
+    return Event(
+        incident_id,
+        "fp",
+        "h1",
+        "ops",
+        "1",
+        "team",
+        "p",
+        "error",
+        Wire.NO_REMEDY,
+        "x",
+        1.0,
+        1.0,
+        count,
+        lines=["x"],
+    )
 
 
 @pytest.fixture
@@ -153,7 +171,7 @@ def test_a_due_batch_goes_as_msgpack_with_the_token_and_leaves_the_spool_when_an
     assert request.headers["user-agent"].startswith("logmend/")
     assert msgpack.unpackb(request.content) == {
         "agent": {"host": "h1", "version": "test"},
-        "events": [event("e1"), event("e2")],
+        "events": [event("e1").to_wire(), event("e2").to_wire()],
     }
     assert rig.store.due(float("inf"), 100) == []
     assert rig.store.spool_summary()["queued"] == 0

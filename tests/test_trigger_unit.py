@@ -12,9 +12,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from agent.model import Batch, CountUpdate, Incident
 from agent.packs import Pack, Pattern, load_pack
 from agent.redact import Redactor
-from agent.state import Batch, CountUpdate, Incident, Store
+from agent.state import Store
 from agent.trigger import Trigger, fingerprint_of
 from tests.helpers import write_pack
 
@@ -101,7 +102,8 @@ def test_count_one_opens_at_once_and_escalates_with_a_cooldown(pack, patterns):
     once = patterns["once"]
     incident = feed(trigger, once, "once web", 100.0, batch)
     assert incident is not None
-    assert (incident.status, incident.outcome, incident.count) == ("escalated", None, 1)
+    assert (incident.status, incident.outcome, incident.count) == ("escalated", "no-remedy", 1)
+    assert incident.escalate_as == "no-remedy"  # decided once, here; the reader only spools it
     assert (incident.pack, incident.pattern, incident.key, incident.source) == (
         "ops",
         "once",
