@@ -20,8 +20,8 @@ import httpx
 
 from agent import __version__
 from agent.config import Alertmanager
+from agent.courier import Courier
 from agent.errors import StateError
-from agent.escalate import Courier
 from agent.packs import Pack, Pattern
 from agent.state import Store
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import random
 import ssl
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,6 +23,7 @@ import msgpack
 
 from agent import __version__
 from agent.config import Escalation
+from agent.courier import Backoff, Courier, bounded_retry_after
 from agent.errors import ConfigError, ConfigErrors
 from agent.events import decode, spool_dropped
 from agent.model import SpoolItem
@@ -66,17 +66,32 @@ def stats_url(url: str) -> str:
 
 
 def retry_after(response: httpx.Response, now: float) -> float | None:
+    """Retry-After in seconds or as an HTTP date; None if absent, unreadable or infinite."""
     value = response.headers.get("retry-after")
     if not value:
         return None
     try:
-        return max(0.0, float(value))
+        return bounded_retry_after(float(value))
     except ValueError:
         pass
     try:
-        return max(0.0, parsedate_to_datetime(value).timestamp() - now)
-    except (TypeError, ValueError):
+        return bounded_retry_after(parsedate_to_datetime(value).timestamp() - now)
+    except (TypeError, ValueError, OverflowError):
         return None
+
+
+def _acknowledged(response: httpx.Response) -> tuple[set[str] | None, int]:
+    """The ids a 2xx answer names (accepted or duplicate; None if it names none at all),
+    and how many of them were duplicates."""
+    try:
+        answer = response.json()
+    except ValueError:
+        return None, 0
+    if not isinstance(answer, dict) or not ("accepted" in answer or "duplicates" in answer):
+        return None, 0
+    accepted, duplicates = answer.get("accepted") or [], answer.get("duplicates") or []
+    ids = [i for i in (*accepted, *duplicates) if isinstance(i, str)]
+    return set(ids), len(duplicates)
 
 
 def read_token(config: Escalation) -> str:
@@ -104,34 +119,6 @@ class SenderStats:
     parked: int = 0
 
 
-class Courier:
-    """A thread that delivers on its own: started, woken when there is news, and
-    stopped with a bounded last flush. Subclasses set `client` and write `_loop`."""
-
-    name = "courier"
-    client: httpx.Client
-
-    def __init__(self) -> None:
-        self.wake = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
-        self._thread.start()
-
-    def stop(self, flush_seconds: float) -> None:
-        """Stop after one last bounded attempt to deliver."""
-        self._stop.set()
-        self.wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=flush_seconds)
-        self.client.close()
-
-    def _loop(self) -> None:
-        raise NotImplementedError
-
-
 class Sender(Courier):
     """Delivers the spool; runs on its own thread, woken when something is spooled."""
 
@@ -145,8 +132,10 @@ class Sender(Courier):
         transport: httpx.BaseTransport | None = None,
         clock: Callable[[], float] = time.time,
         owners: dict[str, str] | None = None,
+        uniform: Callable[[float, float], float] = random.uniform,
     ) -> None:
         super().__init__()
+        self.backoff = Backoff(config.backoff_initial, config.backoff_max, uniform)
         self.store = store
         self.config = config
         self.agent_info = agent_info
@@ -156,7 +145,6 @@ class Sender(Courier):
         self.heartbeat = time.monotonic()  # the loop is alive (not wedged) as of this
         self.grace = 3 * config.timeout + 10.0
         self.stats = SenderStats()
-        self._failures = 0
         token = read_token(config)
         headers = {
             "Content-Type": "application/msgpack",
@@ -248,15 +236,17 @@ class Sender(Courier):
             return False
         code = response.status_code
         if 200 <= code < 300:
-            self._failures = 0
-            self.store.delivered(seqs)
-            try:
-                answer = response.json()
-                self.stats.duplicates += len(answer.get("duplicates", []))
-            except ValueError:
-                pass
-            self.stats.sent += len(seqs)
-            log.info("escalated %d event(s) to %s", len(seqs), self.config.url)
+            self.backoff.reset()
+            taken, duplicates = _acknowledged(response)
+            self.stats.duplicates += duplicates
+            done = [i.seq for i in items if taken is None or i.id in taken]
+            self.store.delivered(done)
+            self.stats.sent += len(done)
+            log.info("escalated %d event(s) to %s", len(done), self.config.url)
+            rest = sorted(set(seqs) - set(done))
+            if rest:  # only what the receiver named is gone; the rest goes again
+                self._later(rest, now, None, "the receiver did not acknowledge them")
+                return False
             return True
         reason = f"HTTP {code}: {response.text[:200]}"
         if code in PERMANENT:
@@ -268,12 +258,9 @@ class Sender(Courier):
         return False
 
     def _later(self, seqs: list[int], now: float, wait: float | None, reason: str) -> None:
-        self._failures += 1
         self.stats.failures += 1
+        self.backoff.fail()  # counted even when the server said when
         if wait is None:
-            ceiling = min(self.config.backoff_max, self.config.backoff_initial * 2**self._failures)
-            wait = random.uniform(
-                self.config.backoff_initial, max(self.config.backoff_initial, ceiling)
-            )
+            wait = self.backoff.wait()
         self.store.retry_later(seqs, now + wait, reason)
         log.warning("escalation delivery failed (%s); retrying in %.1fs", reason, wait)
