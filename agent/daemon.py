@@ -88,7 +88,7 @@ class Agent:
             self._escalated,
         )
         self.remediator = Remediator(
-            runner or ProcessRunner(config.limits.output_tail_bytes, clock),
+            runner or ProcessRunner(config.limits.output_tail_bytes, clock, monotonic),
             config.limits.max_concurrent_fixes,
             packs,
             identities,
@@ -96,6 +96,7 @@ class Agent:
             verifying=self.ledger.verifying,
             report=self.ledger.report,
             dry_run=dry_run,
+            monotonic=monotonic,
         )
         self.reader = Reader(
             config,
@@ -138,6 +139,7 @@ class Agent:
             transport=self.transport,
             clock=self.clock,
             owners={p.name: p.owner for p in self.reader.packs},
+            monotonic=self.monotonic,
         )
 
     def _new_alerts(self) -> AlertSink | None:

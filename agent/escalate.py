@@ -133,8 +133,10 @@ class Sender(Courier):
         clock: Callable[[], float] = time.time,
         owners: dict[str, str] | None = None,
         uniform: Callable[[float, float], float] = random.uniform,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__()
+        self.monotonic = monotonic
         self.backoff = Backoff(config.backoff_initial, config.backoff_max, uniform)
         self.store = store
         self.config = config
@@ -142,7 +144,7 @@ class Sender(Courier):
         self.clock = clock
         self.owners = owners or {}
         self._next_stats = 0.0
-        self.heartbeat = time.monotonic()  # the loop is alive (not wedged) as of this
+        self.heartbeat = monotonic()  # the loop is alive (not wedged) as of this
         self.grace = 3 * config.timeout + 10.0
         self.stats = SenderStats()
         token = read_token(config)
@@ -159,7 +161,7 @@ class Sender(Courier):
 
     def _loop(self) -> None:
         while True:
-            self.heartbeat = time.monotonic()
+            self.heartbeat = self.monotonic()
             try:
                 self.report_drops()
                 delay = self.send_due()
@@ -228,7 +230,7 @@ class Sender(Courier):
             use_bin_type=True,
         )
         seqs = [i.seq for i in items]
-        self.heartbeat = time.monotonic()
+        self.heartbeat = self.monotonic()
         try:
             response = self.client.post(self.config.url, content=body)
         except httpx.HTTPError as exc:

@@ -74,7 +74,9 @@ class Remediator:
         report: Callable[[FixJob, Attempt], None],
         sleep: Callable[[float], Awaitable[None]] | None = None,
         dry_run: bool = False,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.monotonic = monotonic
         self.runner = runner
         self.global_limit = global_limit
         self.pack_limits = {p.name: p.max_concurrent_fixes or global_limit for p in packs}
@@ -94,7 +96,7 @@ class Remediator:
         self._global: asyncio.Semaphore | None = None
         self._per_pack: dict[str, asyncio.Semaphore] = {}
         self._in_process: set[asyncio.Task[Any]] = set()  # tasks whose process runs now
-        self.heartbeat = time.monotonic()  # the loop ticks (is not wedged) as of this
+        self.heartbeat = monotonic()  # the loop ticks (is not wedged) as of this
 
     # lifecycle (any thread) -----------------------------------------------------
     def start(self) -> None:
@@ -111,7 +113,7 @@ class Remediator:
         self._loop.run_forever()
 
     def _tick(self) -> None:
-        self.heartbeat = time.monotonic()
+        self.heartbeat = self.monotonic()
         self._loop.call_later(1.0, self._tick)
 
     def reconfigure(self, packs: list[Pack], identities: Mapping[str, Identity | None]) -> None:

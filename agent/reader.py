@@ -139,6 +139,7 @@ class Reader:
             self.store.checkpoints(),
             self.config.limits.max_line_bytes,
             self.store.done_files(),
+            monotonic=self.monotonic,
         )
         if self.exclude is not None:
             tailer.exclude.add(self.exclude)

@@ -125,9 +125,15 @@ class _Tail:
 class ProcessRunner:
     """Runs a command with no shell, in its own process group, with bounded output."""
 
-    def __init__(self, output_tail: int = 4096, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        output_tail: int = 4096,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.output_tail = output_tail
         self.clock = clock
+        self.monotonic = monotonic
         self._live: set[subprocess.Popen[bytes]] = set()
         self._live_lock = threading.Lock()
 
@@ -148,7 +154,7 @@ class ProcessRunner:
         identity: Identity | None = None,
     ) -> Attempt:
         started = self.clock()
-        t0 = time.monotonic()
+        t0 = self.monotonic()
         switch: dict[str, Any] = {}
         if identity is not None and os.geteuid() == 0:
             switch = {"user": identity.uid, "group": identity.gid, "extra_groups": []}
@@ -183,7 +189,7 @@ class ProcessRunner:
         return Attempt(
             argv=tuple(argv),
             started=started,
-            duration=round(time.monotonic() - t0, 6),
+            duration=round(self.monotonic() - t0, 6),
             exit_code=code if code is not None and code >= 0 else None,
             signal=-code if code is not None and code < 0 else None,
             timed_out=timed_out,

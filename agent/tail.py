@@ -56,6 +56,7 @@ class Followed:
     head: bytes = b""
     head_len: int = 0
     used_copies: list[Done] = field(default_factory=list)
+    monotonic: Callable[[], float] = field(default=time.monotonic, repr=False)
 
     @property
     def identity(self) -> tuple[int, int]:
@@ -86,7 +87,7 @@ class Followed:
             return None
         start = self.offset
         self.offset += len(data)
-        self.last_data = time.monotonic()
+        self.last_data = self.monotonic()
         last = data.rfind(b"\n")
         if last >= 0:
             self.committed = self.line_end = start + last + 1
@@ -273,7 +274,9 @@ class Tailer:
         checkpoints: dict[tuple[int, int], Checkpoint],
         max_line: int,
         done: set[tuple[int, int, int, bytes]] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
+        self.monotonic = monotonic
         self.sources = sources
         self.max_line = max_line
         self.saved = checkpoints
@@ -379,7 +382,8 @@ class Tailer:
             marker=marker_of(fd, offset),
             splitter=LineSplitter(self.max_line),
             dirty=not resumed,
-            last_data=time.monotonic(),
+            last_data=self.monotonic(),
+            monotonic=self.monotonic,
         )
         if offset == 0:
             followed._head_changed(st.st_size)  # know it by its first bytes from the start
@@ -525,7 +529,7 @@ class Tailer:
 
     def flush_quiet(self, quiet_for: Callable[[Followed], float], sink: Sink) -> list[Followed]:
         """Partial last lines of files quiet for long enough become records; returns those files."""
-        now = time.monotonic()
+        now = self.monotonic()
         quiet = [f for f in self if now - f.last_data >= quiet_for(f)]
         for followed in quiet:
             if followed.splitter.pending or followed.splitter.skipping:

@@ -24,12 +24,14 @@ PACK = """[pack]
 name = "latency"
 version = "1"
 owner = "bench"
+user = "root"  # the stamp goes into the bench's private folder
 
 [[pattern]]
 id = "trigger"
-match = '''LATENCY TRIGGER (?P<n>\\d+)'''
+match = '''^LATENCY TRIGGER (?P<n>\\d+)'''
 key = "{n}"
 escalate = "never"
+fields = { n = { type = "int" } }
 
 [pattern.remedy]
 run = ["scripts/stamp.sh", "OUT", "{n}"]
@@ -94,7 +96,8 @@ def main() -> int:
         config = root / "agent.toml"
         config.write_text(
             f'[agent]\nstate_dir = "{root / "state"}"\npacks = ["{root / "packs"}"]\n'
-            f'[[source]]\npath = "{logs}/*.log"\n'
+            'allow_root = ["latency"]\n'
+            f'[[source]]\npath = "{logs}/*.log"\npacks = ["latency"]\n'
         )
         proc = agent(config)
         try:

@@ -82,7 +82,7 @@ def logmend_agent(base: Path, corpus: Path) -> tuple[float, float, int]:
     config = base / "agent.toml"
     config.write_text(
         f'[agent]\nstate_dir = "{state}"\npacks = ["{base / "pack"}"]\n'
-        f'[[source]]\npath = "{corpus}"\nstart = "beginning"\n'
+        f'[[source]]\npath = "{corpus}"\npacks = "*"\nstart = "beginning"\n'
         '[limits]\nsweep_interval = "20ms"\n'
     )
     size = corpus.stat().st_size
