@@ -98,6 +98,25 @@ class Receiver:
         return list(answer.json()["escalations"])
 
 
+def wire_event(n: int, **over: Any) -> dict[str, Any]:
+    """An escalation as the receiver gets it on the wire, numbered; `over` changes fields."""
+    return {
+        "id": f"ev-{n}",
+        "fingerprint": f"fp{n}",
+        "host": "h1",
+        "owner": "team-a",
+        "pack": "nginx",
+        "pattern": "upstream-timeout",
+        "severity": "error",
+        "status": "no-remedy",
+        "count": 3,
+        "first_seen": 1.0,
+        "last_seen": 2.0,
+        "lines": ["x"],
+        **over,
+    }
+
+
 def make_receiver(tmp: Path) -> Receiver:
     db = tmp / "receiver.db"
     store = ReceiverStore(db)

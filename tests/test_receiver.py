@@ -10,24 +10,7 @@ import httpx
 import msgpack
 
 from agent.cli import main
-
-
-def event(n: int, **over: object) -> dict[str, object]:
-    return {
-        "id": f"ev-{n}",
-        "fingerprint": f"fp{n}",
-        "host": "h1",
-        "owner": "team-a",
-        "pack": "nginx",
-        "pattern": "upstream-timeout",
-        "severity": "error",
-        "status": "no-remedy",
-        "count": 3,
-        "first_seen": 1.0,
-        "last_seen": 2.0,
-        "lines": ["x"],
-        **over,
-    }
+from tests.helpers import wire_event as event
 
 
 def post(receiver, body: bytes, content_type: str = "application/msgpack") -> httpx.Response:

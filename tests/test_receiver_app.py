@@ -20,6 +20,7 @@ import pytest
 
 from agent.receiver.app import RateLimit, create_app
 from agent.receiver.store import ReceiverStore
+from tests.helpers import wire_event as event
 
 with warnings.catch_warnings():  # starlette asks for httpx2; httpx is what the project has
     warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")
@@ -31,22 +32,6 @@ ESCALATIONS = "/v1/escalations"
 STATS = "/v1/stats"
 
 
-def event(n: int, **over: Any) -> dict[str, Any]:
-    return {
-        "id": f"ev-{n}",
-        "fingerprint": f"fp{n}",
-        "host": "h1",
-        "owner": "team-a",
-        "pack": "nginx",
-        "pattern": "upstream-timeout",
-        "severity": "error",
-        "status": "no-remedy",
-        "count": 3,
-        "first_seen": 1.0,
-        "last_seen": 2.0,
-        "lines": ["x"],
-        **over,
-    }
 
 
 class Api:
