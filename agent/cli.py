@@ -119,7 +119,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     import tempfile
 
     from agent.fixes import DryRunner
-    from agent.state import check_state_file
+    from agent.statefile import check_state_file
 
     check_state_file(config.state_db)  # a foreign file is refused, not copied
     with tempfile.TemporaryDirectory(prefix="logmend-dry-run-") as scratch:

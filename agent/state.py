@@ -12,9 +12,7 @@ database is refused rather than taken for fresh state or written over.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import stat
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -25,6 +23,7 @@ from typing import Any
 from agent.errors import StateError
 from agent.model import Batch, Checkpoint, Incident, Spoolable, SpoolItem
 from agent.policy import OPEN, Outcome, Status
+from agent.statefile import APPLICATION_ID, check_file, check_owner, create, refused
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -74,13 +73,6 @@ MIGRATIONS = (
     ("pattern_stats", "failed", "INTEGER NOT NULL DEFAULT 0"),
     ("pattern_stats", "escalated", "INTEGER NOT NULL DEFAULT 0"),
 )
-# `PRAGMA application_id` of every state file logmend makes ("LGMD")
-APPLICATION_ID = 0x4C474D44
-# what a state file made before the application id was set has, since the first release
-EARLIER_RELEASES = {
-    "checkpoints": {"dev", "ino", "path", "offset", "marker"},
-    "incidents": {"id", "fingerprint", "pack", "pattern", "key", "status"},
-}
 SPOOL_SIZE = "SELECT count(*), coalesce(sum(length(body)), 0) FROM spool"  # events, bytes
 MAX_DONE_FILES = 10_000
 
@@ -117,100 +109,6 @@ class SpoolLimits:
     max_bytes: int = 256 * 1024 * 1024
 
 
-def _start_fresh(path: Path) -> str:
-    return (
-        f"to start fresh, move it aside (mv {path} {path}.bad, and its -wal and -shm files"
-        " if there are any): logmend then makes a new state file and reads each file that is"
-        " already there from its source's `start` (the end, by default); the incidents,"
-        " cooldowns and unsent escalations of the old file are not carried over"
-    )
-
-
-def _check_file(path: Path) -> None:
-    """An existing state file must be a non-empty SQLite file before SQLite may open it."""
-    with path.open("rb") as handle:
-        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-            raise StateError(f"{path}: is not a regular file; {_start_fresh(path)}")
-        head = handle.read(16)
-    if not head:
-        raise StateError(
-            f"{path}: is empty (0 bytes): a truncated or half-made state file, not fresh"
-            " state (taken for it, lines would be escalated again or skipped);"
-            f" {_start_fresh(path)}"
-        )
-    if head != b"SQLite format 3\x00":
-        raise StateError(f"{path}: is not an SQLite database; {_start_fresh(path)}")
-
-
-def _check_owner(db: sqlite3.Connection, path: Path) -> bool:
-    """Is this logmend's database? True if it is one made before the stamp, to stamp."""
-    found = db.execute("PRAGMA application_id").fetchone()[0]
-    if found == APPLICATION_ID:
-        return False
-    if found != 0:
-        raise StateError(
-            f"{path}: is another application's SQLite database (application id {found:#x}),"
-            f" not logmend's state; {_start_fresh(path)}"
-        )
-    for table, columns in EARLIER_RELEASES.items():
-        if not columns <= {r[1] for r in db.execute(f"PRAGMA table_info({table})")}:
-            raise StateError(
-                f"{path}: is an SQLite database without logmend's tables, not logmend's"
-                f" state; {_start_fresh(path)}"
-            )
-    return True
-
-
-def _create(path: Path) -> None:
-    """A new state file: 0600 whatever the umask, stamped as logmend's, in place whole.
-
-    Made under another name and renamed, so a start that dies half-way leaves
-    no empty state.db behind to be refused at the next one.
-    """
-    wal = Path(f"{path}-wal")
-    if wal.exists() and wal.stat().st_size > 0:
-        raise StateError(
-            f"{path}: is missing but {wal} is there: the rest of a state file moved or"
-            f" deleted without it, which SQLite would replay into a new one; move {wal}"
-            " aside too, and logmend makes a new state file"
-        )
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    new = path.with_name(path.name + ".new")
-    new.unlink(missing_ok=True)  # left by a start that died here
-    os.close(os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
-    db = sqlite3.connect(new, isolation_level=None)
-    try:
-        db.execute(f"PRAGMA application_id={APPLICATION_ID}")
-        db.executescript(SCHEMA)
-    finally:
-        db.close()
-    os.replace(new, path)
-
-
-def _refused(path: Path, exc: sqlite3.Error) -> StateError:
-    """A damaged file is to be moved aside; a lock, a full disk or permissions are not."""
-    if isinstance(exc, sqlite3.DatabaseError) and not isinstance(exc, sqlite3.OperationalError):
-        return StateError(f"{path}: is damaged or not a database ({exc}); {_start_fresh(path)}")
-    return StateError(f"{path}: cannot open the state database: {exc}")
-
-
-def check_state_file(path: Path) -> None:
-    """Raise StateError if `path` exists and is not logmend's state; change nothing."""
-    if not path.exists():
-        return
-    try:
-        _check_file(path)
-        db = sqlite3.connect(path)  # only read: nothing is written before the checks pass
-        try:
-            _check_owner(db, path)
-        finally:
-            db.close()
-    except OSError as exc:
-        raise StateError(f"{path}: cannot open the state database: {exc}") from exc
-    except sqlite3.Error as exc:
-        raise _refused(path, exc) from exc
-
-
 class Store:
     def __init__(
         self,
@@ -227,16 +125,16 @@ class Store:
         self._lock = threading.Lock()
         try:
             if path.exists():
-                _check_file(path)
+                check_file(path)
             else:
-                _create(path)
+                create(path, SCHEMA)
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
             raise StateError(f"{path}: cannot open the state database: {exc}") from exc
         try:
             self._db.row_factory = sqlite3.Row
             self._db.execute(f"PRAGMA busy_timeout={int(busy_timeout * 1000)}")
-            unstamped = _check_owner(self._db, path)
+            unstamped = check_owner(self._db, path)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.executescript(SCHEMA)
@@ -248,7 +146,7 @@ class Store:
                 self._db.execute(f"PRAGMA application_id={APPLICATION_ID}")
         except sqlite3.Error as exc:
             self._db.close()
-            raise _refused(path, exc) from exc
+            raise refused(path, exc) from exc
         except StateError:
             self._db.close()
             raise

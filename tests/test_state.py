@@ -15,7 +15,8 @@ from agent.errors import StateError
 from agent.events import Event
 from agent.model import Batch, Incident
 from agent.policy import Status, Wire
-from agent.state import APPLICATION_ID, Store, check_state_file
+from agent.state import Store
+from agent.statefile import APPLICATION_ID, check_state_file
 from tests.helpers import PYTHON, agent_with_pack
 from tests.test_inputs import MINIMAL
 
