@@ -29,7 +29,7 @@ from agent.config import Config, load_config
 from agent.errors import ConfigErrors, LogmendError, StateError, unexpected
 from agent.escalate import Sender
 from agent.fixes import FixJob, Remediator
-from agent.ledger import FixLedger
+from agent.ledger import Counters, FixLedger
 from agent.metrics import Snapshot
 from agent.notify import Notifier
 from agent.observe import Observer
@@ -126,7 +126,7 @@ class Agent:
         return self.reader.packs
 
     @property
-    def counters(self) -> Any:
+    def counters(self) -> Counters:
         return self.ledger.counters
 
     def _new_sender(self) -> Sender | None:
