@@ -207,15 +207,26 @@ class Agent:
                 os._exit(130)
             log.info("received %s, stopping", signal.Signals(signum).name)
             self.stopping.set()
-            self.wake.set()
+            self._wake_from_signal()
 
         def reload(signum: int, frame: FrameType | None) -> None:
             self._reload_asked.set()
-            self.wake.set()
+            self._wake_from_signal()
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, reload)
+
+    def _wake_from_signal(self) -> None:
+        """Wake the loop from a signal handler without taking `wake`'s lock here.
+
+        A handler runs on the main thread between two bytecodes, possibly while
+        that same thread holds the lock inside `wake.wait()`; `wake.set()` would
+        then wait for itself for ever (seen: an agent deaf to SIGTERM). Another
+        thread takes the lock once the main thread lets it go. (`stopping` and
+        `_reload_asked` are safe to set here: the main thread never waits on them.)
+        """
+        threading.Thread(target=self.wake.set, name="signal-wake", daemon=True).start()
 
     def _watch(self) -> None:
         """watchdog only wakes the loop early; the periodic sweep stays the truth."""

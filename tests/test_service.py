@@ -418,3 +418,37 @@ def test_a_stale_sender_or_fix_loop_heartbeat_withholds_the_watchdog_ping(tmp_pa
     agent.remediator.heartbeat = time.monotonic() - FIX_LOOP_GRACE - 1  # a blocked fix loop
     assert not agent.progressing()
     agent.store.close()
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_arriving_while_the_loop_holds_its_wake_lock_does_not_deadlock(tmp_path, signum):
+    """A handler runs on the main thread, maybe inside `wake.wait()` with the wake lock held.
+
+    Seen in CI: SIGTERM landed there, the handler's `wake.set()` waited for the lock its
+    own thread held, and the agent never stopped. Here the lock is held (as the main
+    thread would hold it) while the handler runs: it must return at once, and the loop
+    must still be woken once the lock is let go.
+    """
+    from agent.config import load_config
+    from agent.daemon import Agent
+
+    packs = tmp_path / "packs"
+    write_pack(packs, "ops", PACK.replace("OUT", str(tmp_path)), {"record.sh": "#!/bin/sh\n"})
+    config = write_config(tmp_path, [(str(tmp_path / "*.log"), None)], packs)
+    agent = Agent(load_config(config))
+    saved = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+    try:
+        agent._install_signals()
+        handler = signal.getsignal(signum)
+        assert callable(handler)
+        caller = threading.Thread(target=handler, args=(signum, None), daemon=True)
+        with agent.wake._cond:  # what the main thread holds inside wake.wait()
+            caller.start()
+            caller.join(timeout=2.0)
+            assert not caller.is_alive(), "the handler waited for the wake lock"
+            assert not agent.wake.is_set()
+        assert agent.wake.wait(timeout=5.0)  # woken once the lock is free
+    finally:
+        for sig, old in saved.items():
+            signal.signal(sig, old)
+        agent.store.close()
