@@ -78,6 +78,7 @@ class Agent:
         self.stopping = threading.Event()
         self.wake = threading.Event()
         self._reload_asked = threading.Event()
+        self._stop_signal: int | None = None
         self.reloads = {"ok": 0, "failed": 0}
         self.ledger = FixLedger(
             self.store,
@@ -205,7 +206,7 @@ class Agent:
         def stop(signum: int, frame: FrameType | None) -> None:
             if self.stopping.is_set() and signum == signal.SIGINT:
                 os._exit(130)
-            log.info("received %s, stopping", signal.Signals(signum).name)
+            self._stop_signal = signum  # logged by the loop: a handler must not write a stream
             self.stopping.set()
             self._wake_from_signal()
 
@@ -493,6 +494,8 @@ class Agent:
                 self.flush_stats()
             if not read_any:
                 self.wake.wait(timeout=max(0.0, interval - (self.monotonic() - last_sweep)))
+        if self._stop_signal is not None:
+            log.info("received %s, stopping", signal.Signals(self._stop_signal).name)
 
     def pass_once(self) -> bool:
         """One reader pass; fixes that ended hand their cooldowns back first."""
