@@ -239,7 +239,7 @@ def test_more_events_than_one_request_may_carry_is_413(api):
             422,
             "events[0].owner must be a non-empty string",
         ),
-        (msgpack.packb({"events": [event(1, id="x" * 201)]}), "", 422, "events[0].id is too long"),
+        (msgpack.packb({"events": [event(1, id="x" * 201)]}), "", 422, "events[0].id is too long (at most 200 characters)"),
         (
             msgpack.packb({"events": [event(1, count="3")]}),
             "",
@@ -250,7 +250,7 @@ def test_more_events_than_one_request_may_carry_is_413(api):
             msgpack.packb({"events": [event(1, last_seen="now")]}),
             "",
             422,
-            "events[0].last_seen must be a number",
+            "events[0].last_seen must be a number (Unix time)",
         ),
     ],
     ids=[
@@ -277,34 +277,18 @@ def test_a_malformed_body_is_refused_naming_what_is_wrong_and_stores_nothing(
     assert api.store.query({}) == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a NaN first_seen/last_seen passes validation; SQLite stores NaN as NULL, the NOT "
-    "NULL column makes INSERT OR IGNORE skip the row, and the event is answered as a duplicate: "
-    "the agent deletes it from its spool and it is lost",
-)
 def test_a_nan_timestamp_is_refused_not_answered_as_a_duplicate(api):
     answer = api.post({"events": [event(1, first_seen=math.nan)]})
     assert answer.json() != {"accepted": [], "duplicates": ["ev-1"]}
     assert answer.status_code == 422
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an infinite first_seen/last_seen is stored, and the listing then fails with 500 "
-    "for every query that includes it (JSONResponse refuses Infinity)",
-)
 def test_an_infinite_timestamp_does_not_break_the_listing(api):
     assert api.post({"events": [event(1, last_seen=math.inf), event(2)]}).status_code in (200, 422)
     answer = api.client.get(ESCALATIONS, headers=api.auth())
     assert answer.status_code == 200
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="an integer past 64 bits (JSON allows it) passes validation and SQLite raises "
-    "OverflowError: 500 instead of 422",
-)
 @pytest.mark.parametrize("path", [ESCALATIONS, STATS])
 def test_a_count_past_64_bits_is_a_422_not_a_500(api, path):
     if path == ESCALATIONS:
@@ -401,7 +385,7 @@ def test_stats_keep_the_highest_total_per_host_and_sum_over_hosts(api):
     ("doc", "code", "error"),
     [
         (["nope"], 400, 'body must be an object with a "host" string'),
-        ({"host": "", "stats": []}, 422, 'body must be an object with a "host" string'),
+        ({"host": "", "stats": []}, 422, "host must be a non-empty string"),
         ({"host": "a"}, 422, 'body must have a "stats" list'),
         ({"host": "a", "stats": [1]}, 422, "stats[0] must be an object"),
         (
@@ -417,12 +401,12 @@ def test_stats_keep_the_highest_total_per_host_and_sum_over_hosts(api):
         (
             {"host": "a", "stats": [{**ROW, "matches": -1}]},
             422,
-            "stats[0].matches must be a non-negative integer",
+            "stats[0].matches must be between 0 and 2**53",
         ),
         (
             {"host": "a", "stats": [{**ROW, "resolved": True}]},
             422,
-            "stats[0].resolved must be a non-negative integer",
+            "stats[0].resolved must be an integer",
         ),
     ],
     ids=[

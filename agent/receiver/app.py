@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import html
-import json
 import math
 import socket
 import ssl
@@ -14,17 +13,16 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
-import msgpack
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from agent.notify import Notifier
-from agent.receiver.store import InvalidEvent, ReceiverStore, validate, validate_stats
+from agent.receiver.limits import MAX_EVENTS, InvalidEvent, decode, validate, validate_stats
+from agent.receiver.store import ReceiverStore
 
 MAX_BODY = 4 * 1024 * 1024
-MAX_EVENTS = 5000
 MAX_PAGE = 10000
 FILTERS = ("owner", "pattern", "host", "pack", "status", "fingerprint")
 
@@ -70,12 +68,6 @@ async def _body(request: Request, limit: int) -> bytes:
     return bytes(chunks)
 
 
-def _decode(body: bytes, content_type: str) -> Any:
-    if "json" in content_type:
-        return json.loads(body)
-    return msgpack.unpackb(body, raw=False, strict_map_key=True)
-
-
 def _error(code: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=code)
 
@@ -107,7 +99,7 @@ def create_app(
         except BodyTooLarge:
             return _error(413, f"body larger than {max_body} bytes")
         try:
-            return who, _decode(body, request.headers.get("content-type", ""))
+            return who, decode(body, request.headers.get("content-type", ""))
         except Exception as exc:  # any decoding failure is the client's
             return _error(400, f"body is not valid msgpack or JSON: {type(exc).__name__}")
 
@@ -120,8 +112,9 @@ def create_app(
             return _error(400, 'body must be an object with an "events" list')
         if len(doc["events"]) > MAX_EVENTS:
             return _error(413, f"at most {MAX_EVENTS} events per request")
+        now = time.time()
         try:
-            events = [validate(e, i) for i, e in enumerate(doc["events"])]
+            events = [validate(e, i, now) for i, e in enumerate(doc["events"])]
         except InvalidEvent as exc:
             return _error(422, str(exc))
         accepted, duplicates = store.store(events, who)

@@ -29,66 +29,9 @@ CREATE TABLE IF NOT EXISTS stats (
     PRIMARY KEY (host, pack, pattern));
 """
 
-REQUIRED = {
-    "id": str,
-    "host": str,
-    "owner": str,
-    "pack": str,
-    "pattern": str,
-    "status": str,
-    "fingerprint": str,
-}
-
 
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
-
-
-class InvalidEvent(ValueError):
-    pass
-
-
-STATS_FIELDS = ("matches", "incidents", "resolved", "failed", "escalated")
-
-
-def validate_stats(doc: Any) -> tuple[str, list[dict[str, Any]]]:
-    if not isinstance(doc, dict) or not isinstance(doc.get("host"), str) or not doc["host"]:
-        raise InvalidEvent('body must be an object with a "host" string')
-    rows = doc.get("stats")
-    if not isinstance(rows, list):
-        raise InvalidEvent('body must have a "stats" list')
-    for index, row in enumerate(rows):
-        if not isinstance(row, dict):
-            raise InvalidEvent(f"stats[{index}] must be an object")
-        for key in ("pack", "pattern"):
-            if not isinstance(row.get(key), str) or not row[key]:
-                raise InvalidEvent(f"stats[{index}].{key} must be a non-empty string")
-        if not isinstance(row.get("owner", ""), str):
-            raise InvalidEvent(f"stats[{index}].owner must be a string")
-        row.setdefault("owner", "")
-        for key in STATS_FIELDS:
-            value = row.get(key, 0)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-                raise InvalidEvent(f"stats[{index}].{key} must be a non-negative integer")
-            row[key] = value
-    return doc["host"], rows
-
-
-def validate(event: Any, index: int) -> dict[str, Any]:
-    if not isinstance(event, dict):
-        raise InvalidEvent(f"events[{index}] must be an object")
-    for key, kind in REQUIRED.items():
-        if not isinstance(event.get(key), kind) or not event[key]:
-            raise InvalidEvent(f"events[{index}].{key} must be a non-empty string")
-    if len(event["id"]) > 200:
-        raise InvalidEvent(f"events[{index}].id is too long")
-    for key in ("count",):
-        if key in event and not isinstance(event[key], int):
-            raise InvalidEvent(f"events[{index}].{key} must be an integer")
-    for key in ("first_seen", "last_seen"):
-        if key in event and not isinstance(event[key], int | float):
-            raise InvalidEvent(f"events[{index}].{key} must be a number")
-    return event
 
 
 class ReceiverStore:
@@ -211,12 +154,15 @@ class ReceiverStore:
         """Totals per owner, pack and pattern, summed over hosts."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT owner, pack, pattern, count(*) AS hosts, sum(matches) AS matches,"
-                " sum(incidents) AS incidents, sum(resolved) AS resolved, sum(failed) AS failed,"
-                " sum(escalated) AS escalated, max(updated) AS updated FROM stats"
+                "SELECT owner, pack, pattern, count(*) AS hosts, total(matches) AS matches,"
+                " total(incidents) AS incidents, total(resolved) AS resolved,"
+                " total(failed) AS failed, total(escalated) AS escalated,"
+                " max(updated) AS updated FROM stats"
                 " GROUP BY owner, pack, pattern ORDER BY owner, pack, pattern"
             ).fetchall()
-        return [dict(r) for r in rows]
+        return [
+            _whole(dict(r), "matches", "incidents", "resolved", "failed", "escalated") for r in rows
+        ]
 
     def query(
         self, filters: dict[str, str], limit: int = 500, offset: int = 0
@@ -239,8 +185,15 @@ class ReceiverStore:
     def summary(self) -> list[dict[str, Any]]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT owner, pack, pattern, status, count(*) AS n, sum(count) AS lines,"
+                "SELECT owner, pack, pattern, status, count(*) AS n, total(count) AS lines,"
                 " count(DISTINCT host) AS hosts, max(last_seen) AS last FROM escalations"
                 " GROUP BY owner, pack, pattern, status ORDER BY owner, pack, pattern, status"
             ).fetchall()
-        return [dict(r) for r in rows]
+        return [_whole(dict(r), "lines") for r in rows]
+
+
+def _whole(row: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """Sums are taken with total() (a double: it cannot overflow); shown as integers."""
+    for key in keys:
+        row[key] = int(row[key])
+    return row

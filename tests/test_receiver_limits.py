@@ -1,0 +1,152 @@
+"""No value one client sends may break the receiver for the others (issue 13, strict input).
+
+Hostile values through the real app in process: each is a 4xx naming the field,
+the listing and the page keep working for everyone, and bodies that would expand
+in memory are refused by the decoder's own bounds.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import warnings
+from pathlib import Path
+
+import msgpack
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from agent.receiver.limits import MAX_COUNT
+from tests.helpers import wire_event as event
+from tests.test_receiver_app import ESCALATIONS, STATS, Api
+
+with warnings.catch_warnings():
+    warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")
+
+pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+
+
+@pytest.fixture
+def api(tmp_path: Path):
+    made = Api(tmp_path, rate=0)
+    yield made
+    made.close()
+
+
+def everyone_still_served(api: Api) -> None:
+    assert api.client.get(ESCALATIONS, headers=api.auth()).status_code == 200
+    assert api.client.get(STATS, headers=api.auth()).status_code == 200
+    assert api.client.get("/").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("over", "field"),
+    [
+        ({"last_seen": 1e300}, "events[0].last_seen"),
+        ({"first_seen": float("nan")}, "events[0].first_seen"),
+        ({"first_seen": -1.0}, "events[0].first_seen"),
+        ({"count": -3}, "events[0].count"),
+        ({"count": True}, "events[0].count"),
+        ({"count": 2**53 + 1}, "events[0].count"),
+        ({"host": "db\ud800"}, "events[0].host"),
+        ({"owner": "x" * 10_000}, "events[0].owner"),
+        ({"lines": "not a list"}, "events[0].lines"),
+        ({"lines": [1, 2]}, "events[0].lines[0]"),
+        ({"fields": {"a": 5}}, "events[0].fields.a"),
+        ({"lines": ["x" * 600_000, "y" * 600_000]}, "events[0]"),  # past the per-event cap
+    ],
+)
+def test_a_hostile_value_is_a_4xx_naming_the_field_and_breaks_nothing(api, over, field):
+    body = json.dumps({"events": [event(1, **over)]}, allow_nan=True).encode()
+    answer = api.raw(body, "application/json")
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["error"].startswith(field)
+    everyone_still_served(api)
+
+
+def test_sums_past_64_bits_cannot_break_the_page(api):
+    """Many events at the largest count: SQLite's sum() would overflow; the page must not."""
+    events = [event(n, count=MAX_COUNT) for n in range(1100)]
+    assert api.post({"events": events}).status_code == 200
+    everyone_still_served(api)
+    page = api.client.get("/").text
+    assert str(1100 * MAX_COUNT) in page
+
+
+def test_stats_counts_past_the_bound_are_refused(api):
+    row = {"pack": "p", "pattern": "q", "matches": 2**63 - 1}
+    answer = api.post({"host": "h", "stats": [row, row]}, path=STATS)
+    assert answer.status_code == 422
+    assert answer.json()["error"] == "stats[0].matches must be between 0 and 2**53"
+    everyone_still_served(api)
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\x81\xa6events\xdd" + (3_000_000).to_bytes(4, "big") + b"\x80" * 3_000_000,  # 3 MB of {}
+        msgpack.packb({"events": [{str(n): n for n in range(20_000)}]}),  # a map past it
+        b"\x91" * 100_000 + b"\xc0",  # nested 100,000 deep
+        msgpack.packb({"events": [], "x": b"\0" * 2_000_000}),  # bin past the string bound
+    ],
+    ids=["long-array", "wide-map", "deep", "big-bin"],
+)
+def test_a_body_that_would_expand_in_memory_is_refused_by_the_decoder(api, body):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    answer = api.raw(body)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert answer.status_code in (400, 413), answer.text
+    assert grown_mb < 100
+    everyone_still_served(api)
+
+
+scalars = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=20),
+)
+values = st.recursive(
+    scalars,
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "id",
+                "host",
+                "owner",
+                "pack",
+                "pattern",
+                "status",
+                "fingerprint",
+                "count",
+                "first_seen",
+                "last_seen",
+                "lines",
+                "fields",
+                "attempts",
+                "key",
+                "severity",
+            ]
+        ),
+        values,
+        max_size=8,
+    )
+)
+def test_no_event_body_whatsoever_gets_a_500(api, over):
+    body = json.dumps({"events": [event(1, **over)]}, allow_nan=True).encode()
+    answer = api.raw(body, "application/json")
+    assert answer.status_code in (200, 400, 413, 422), answer.text
+    assert api.client.get(ESCALATIONS, headers=api.auth()).status_code == 200
