@@ -154,3 +154,31 @@ def test_stats_are_totals_per_host_and_bad_ones_are_refused(receiver):
     ).json()["stats"]
     assert (total["hosts"], total["matches"], total["resolved"]) == (2, 20, 3)
     assert "fixed on the host" in httpx.get(receiver.url + "/").text
+
+
+def test_healthz_is_honest_when_the_database_refuses_writes(receiver):
+    """A receiver whose database cannot be written says so (503), so no one trusts it."""
+    import resource
+
+    assert httpx.get(f"{receiver.url}/healthz", timeout=5).json() == {"ok": True}
+    assert receiver.proc is not None
+    pid = receiver.proc.pid
+    unlimited = resource.prlimit(pid, resource.RLIMIT_FSIZE)
+    resource.prlimit(pid, resource.RLIMIT_FSIZE, (1, unlimited[1]))  # every write fails: EFBIG
+    try:
+        answer = httpx.get(f"{receiver.url}/healthz", timeout=15)
+        assert answer.status_code == 503
+        assert answer.json()["ok"] is False
+        assert "the database refuses writes" in answer.json()["error"]
+    finally:
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, unlimited)
+    assert httpx.get(f"{receiver.url}/healthz", timeout=5).status_code == 200
+
+
+def test_a_damaged_receiver_database_is_a_clear_error_at_start(tmp_path, capsys):
+    db = tmp_path / "receiver.db"
+    db.write_bytes(b"this is not a database, but it is long enough to look like one" * 20)
+    assert main(["receiver", "--listen", "127.0.0.1:0", "--db", str(db)]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: {db}: cannot open the receiver database")
+    assert "move it aside" in err and "Traceback" not in err

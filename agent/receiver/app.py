@@ -195,6 +195,10 @@ def create_app(
         return HTMLResponse("".join(parts))
 
     async def health(request: Request) -> Response:
+        """Honest: 200 only if the database takes a write, else 503 saying why."""
+        problem = store.writable()
+        if problem is not None:
+            return JSONResponse({"ok": False, "error": problem}, status_code=503)
         return JSONResponse({"ok": True})
 
     return Starlette(
@@ -255,13 +259,13 @@ def serve(
     """
     import uvicorn
 
+    store = ReceiverStore(db)  # a damaged database is an error before anything listens
     host, port = parse_listen(listen)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
     sock.listen(1024)
-    store = ReceiverStore(db)
     bound = sock.getsockname()[1]
     shown = f"[{host}]" if ":" in host else host
     scheme = "https" if tls_cert else "http"

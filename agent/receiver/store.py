@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent.errors import StateError
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tokens (
     hash TEXT PRIMARY KEY, owner TEXT NOT NULL, created REAL NOT NULL);
@@ -22,6 +24,8 @@ CREATE TABLE IF NOT EXISTS escalations (
     count INTEGER NOT NULL, first_seen REAL NOT NULL, last_seen REAL NOT NULL,
     body TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS escalations_owner ON escalations (owner, pattern);
+CREATE TABLE IF NOT EXISTS health (
+    one INTEGER PRIMARY KEY CHECK (one = 1), checked REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS stats (
     host TEXT NOT NULL, pack TEXT NOT NULL, pattern TEXT NOT NULL, owner TEXT NOT NULL,
     matches INTEGER NOT NULL, incidents INTEGER NOT NULL, resolved INTEGER NOT NULL,
@@ -39,11 +43,26 @@ class ReceiverStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
-        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA busy_timeout=10000")
-        self._db.executescript(SCHEMA)
+        try:
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA busy_timeout=10000")
+            self._db.executescript(SCHEMA)
+        except sqlite3.Error as exc:
+            raise StateError(
+                f"{path}: cannot open the receiver database ({exc}); if it is damaged,"
+                " restore it from a backup or move it aside to start an empty one"
+            ) from exc
+
+    def writable(self) -> str | None:
+        """Why the database cannot take a write now (for /healthz), or None if it can."""
+        try:
+            with self._lock:
+                self._db.execute("INSERT OR REPLACE INTO health VALUES (1, ?)", (time.time(),))
+        except sqlite3.Error as exc:
+            return f"the database refuses writes: {exc}"
+        return None
 
     def close(self) -> None:
         with self._lock:
