@@ -325,6 +325,9 @@ def cmd_receiver(args: argparse.Namespace) -> int:
         args.tls_cert,
         args.tls_key,
         args.client_ca,
+        header_timeout=args.header_timeout,
+        per_client=args.per_client,
+        max_connections=args.max_connections,
     )
 
 
@@ -400,6 +403,18 @@ def build_parser() -> argparse.ArgumentParser:
     receiver.add_argument("--tls-key", type=Path, help="the certificate's key")
     receiver.add_argument(
         "--client-ca", type=Path, help="require client certificates signed by this CA (mTLS)"
+    )
+    receiver.add_argument(
+        "--header-timeout",
+        type=float,
+        default=10.0,
+        help="seconds a request's headers may take (its body gets --body-timeout in the app)",
+    )
+    receiver.add_argument(
+        "--per-client", type=int, default=64, help="connections one client address may hold"
+    )
+    receiver.add_argument(
+        "--max-connections", type=int, default=4096, help="connections at once, in all"
     )
     receiver.set_defaults(func=cmd_receiver)
     receiver_sub = receiver.add_subparsers(dest="receiver_command")

@@ -182,3 +182,73 @@ def test_a_damaged_receiver_database_is_a_clear_error_at_start(tmp_path, capsys)
     err = capsys.readouterr().err
     assert err.startswith(f"error: {db}: cannot open the receiver database")
     assert "move it aside" in err and "Traceback" not in err
+
+
+def test_idle_and_trickling_connections_neither_hold_descriptors_nor_delay_healthz(tmp_path):
+    """A thousand connections that send nothing or trickle their headers: /healthz answers
+    within a second, a trickle is cut off at the header deadline, and one address cannot
+    hold more than its share."""
+    import socket
+    import time
+
+    from tests.helpers import make_receiver, wait_for
+
+    receiver = make_receiver(tmp_path)
+    receiver.args = ("--header-timeout", "2", "--per-client", "60")
+    receiver.start()
+    sockets: list[socket.socket] = []
+    try:
+        for n in range(1000):  # from 20 loopback addresses, 50 each
+            sock = socket.socket()
+            sock.bind((f"127.0.0.{2 + n % 20}", 0))
+            sock.connect(("127.0.0.1", receiver.port))
+            sockets.append(sock)
+        started = time.monotonic()
+        assert httpx.get(f"{receiver.url}/healthz", timeout=5).status_code == 200
+        assert time.monotonic() - started < 1.0
+        trickle = socket.create_connection(("127.0.0.1", receiver.port))
+        trickle.sendall(b"POST /v1/escalations HTTP/1.1\r\nHost: x\r\n")
+        opened = time.monotonic()
+        closed_after = None
+        for _ in range(40):  # one header byte every 0.25 s, for at most 10 s
+            try:
+                trickle.sendall(b"X")
+                if trickle.recv(1, socket.MSG_DONTWAIT) == b"":
+                    closed_after = time.monotonic() - opened
+                    break
+            except BlockingIOError:
+                pass
+            except OSError:
+                closed_after = time.monotonic() - opened
+                break
+            time.sleep(0.25)
+        assert closed_after is not None and 1.5 <= closed_after <= 4.0, closed_after
+        greedy = []
+        for _ in range(70):  # one more address, past its share of 60
+            sock = socket.socket()
+            sock.bind(("127.0.0.99", 0))
+            sock.connect(("127.0.0.1", receiver.port))
+            greedy.append(sock)
+        for sock in greedy:
+            sock.setblocking(False)
+        closed: set[int] = set()
+
+        def refused() -> int:
+            for index, sock in enumerate(greedy):
+                try:
+                    if sock.recv(1) == b"":
+                        closed.add(index)
+                except BlockingIOError:
+                    pass
+                except OSError:
+                    closed.add(index)
+            return len(closed)
+
+        wait_for(lambda: refused() >= 10, timeout=5)
+        assert refused() == 10  # exactly those past the cap
+        sockets.extend(greedy)
+        assert httpx.get(f"{receiver.url}/healthz", timeout=5).status_code == 200
+    finally:
+        for sock in sockets:
+            sock.close()
+        receiver.stop()

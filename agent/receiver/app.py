@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import html
 import math
+import resource
 import socket
 import ssl
 import time
@@ -19,10 +20,12 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from agent.notify import Notifier
+from agent.receiver.guard import HEADER_TIMEOUT, PER_CLIENT, GuardedH11
 from agent.receiver.limits import MAX_EVENTS, InvalidEvent, decode, validate, validate_stats
 from agent.receiver.store import ReceiverStore
 
 MAX_BODY = 4 * 1024 * 1024
+BODY_TIMEOUT = 30.0  # seconds for a whole body: 4 MiB needs only 140 KB/s
 MAX_PAGE = 10000
 FILTERS = ("owner", "pattern", "host", "pack", "status", "fingerprint")
 
@@ -56,15 +59,24 @@ class RateLimit:
         return (1.0 - level) / self.rate
 
 
-async def _body(request: Request, limit: int) -> bytes:
+class BodyTooSlow(Exception):
+    pass
+
+
+async def _body(request: Request, limit: int, deadline: float = BODY_TIMEOUT) -> bytes:
+    """The whole body within `limit` bytes and `deadline` seconds (a trickle is cut off)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise BodyTooLarge
     chunks = bytearray()
-    async for chunk in request.stream():
-        chunks += chunk
-        if len(chunks) > limit:
-            raise BodyTooLarge
+    try:
+        async with asyncio.timeout(deadline):
+            async for chunk in request.stream():
+                chunks += chunk
+                if len(chunks) > limit:
+                    raise BodyTooLarge
+    except TimeoutError:
+        raise BodyTooSlow from None
     return bytes(chunks)
 
 
@@ -98,6 +110,8 @@ def create_app(
             body = await _body(request, max_body)
         except BodyTooLarge:
             return _error(413, f"body larger than {max_body} bytes")
+        except BodyTooSlow:
+            return _error(408, f"body not received within {BODY_TIMEOUT:g} seconds")
         try:
             return who, decode(body, request.headers.get("content-type", ""))
         except Exception as exc:  # any decoding failure is the client's
@@ -237,6 +251,15 @@ def _systemd_lifespan(url: str) -> Any:
     return lifespan
 
 
+def _raise_descriptor_limit(connections: int) -> None:
+    """Room for `connections` sockets plus the database and logs, up to the hard limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = connections + 256
+    if soft < wanted:
+        limit = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (limit, hard))
+
+
 def parse_listen(listen: str) -> tuple[str, int]:
     host, _, port = listen.rpartition(":")
     return host.strip("[]") or "127.0.0.1", int(port)
@@ -251,6 +274,10 @@ def serve(
     tls_cert: Path | None = None,
     tls_key: Path | None = None,
     client_ca: Path | None = None,
+    *,
+    header_timeout: float = HEADER_TIMEOUT,
+    per_client: int = PER_CLIENT,
+    max_connections: int = 4096,
 ) -> int:
     """Serve until SIGTERM/SIGINT; prints the bound address first (port 0 picks one).
 
@@ -277,7 +304,17 @@ def serve(
             tls.update(ssl_ca_certs=str(client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
     app = create_app(store, max_body, rate, burst)
     app.router.lifespan_context = _systemd_lifespan(f"{scheme}://{shown}:{bound}")
-    config = uvicorn.Config(app, log_level="warning", access_log=False, **tls)
+    GuardedH11.header_timeout, GuardedH11.per_client = header_timeout, per_client
+    _raise_descriptor_limit(max_connections)
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        http=GuardedH11,
+        limit_concurrency=max_connections,
+        timeout_keep_alive=5,
+        **tls,
+    )
     server = uvicorn.Server(config)
     server.run(sockets=[sock])
     store.close()
