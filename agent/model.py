@@ -56,6 +56,7 @@ class Incident:
     outcome: Outcome | None = None
     raw_fields: dict[str, str] | None = None  # unredacted, for the fix; never stored
     escalate_as: Wire | None = None  # decided when it opened; never stored
+    hits: list[float] = field(default_factory=list)  # while waiting: hit times in the window
 
 
 @dataclass(slots=True)

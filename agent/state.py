@@ -39,7 +39,7 @@ CREATE TABLE IF NOT EXISTS incidents (
     status TEXT NOT NULL, count INTEGER NOT NULL,
     first_seen REAL NOT NULL, last_seen REAL NOT NULL,
     samples TEXT NOT NULL, fields TEXT NOT NULL, attempts TEXT NOT NULL DEFAULT '[]',
-    outcome TEXT, updated REAL NOT NULL, event BLOB);
+    outcome TEXT, updated REAL NOT NULL, event BLOB, hits TEXT NOT NULL DEFAULT '[]');
 CREATE INDEX IF NOT EXISTS incidents_active ON incidents (status)
     WHERE status IN ('waiting', 'remediating', 'verifying');
 CREATE INDEX IF NOT EXISTS incidents_fp ON incidents (fingerprint, updated);
@@ -68,6 +68,7 @@ CREATE TABLE IF NOT EXISTS spool (
 # columns added since the first release, for state files written by it
 MIGRATIONS = (
     ("incidents", "event", "BLOB"),
+    ("incidents", "hits", "TEXT NOT NULL DEFAULT '[]'"),
     ("pattern_stats", "incidents", "INTEGER NOT NULL DEFAULT 0"),
     ("pattern_stats", "resolved", "INTEGER NOT NULL DEFAULT 0"),
     ("pattern_stats", "failed", "INTEGER NOT NULL DEFAULT 0"),
@@ -93,6 +94,7 @@ def _incident(row: sqlite3.Row) -> Incident:
         fields=json.loads(row["fields"]),
         attempts=json.loads(row["attempts"]),
         outcome=Outcome(row["outcome"]) if row["outcome"] else None,
+        hits=json.loads(row["hits"]),  # the column is added to older files at open
     )
 
 
@@ -219,10 +221,11 @@ class Store:
             )
             db.executemany(
                 "INSERT INTO incidents (id, fingerprint, pack, pattern, key, source, status, count,"
-                " first_seen, last_seen, samples, fields, attempts, outcome, updated)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (id) DO UPDATE SET"
+                " first_seen, last_seen, samples, fields, attempts, outcome, updated, hits)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT (id) DO UPDATE SET"
                 " status=excluded.status, count=excluded.count, last_seen=excluded.last_seen,"
-                " samples=excluded.samples, outcome=excluded.outcome, updated=excluded.updated",
+                " samples=excluded.samples, outcome=excluded.outcome, updated=excluded.updated,"
+                " hits=excluded.hits",
                 [
                     (
                         i.id,
@@ -240,6 +243,7 @@ class Store:
                         json.dumps(i.attempts),
                         i.outcome,
                         now,
+                        json.dumps(i.hits),
                     )
                     for i in batch.incidents.values()
                 ],

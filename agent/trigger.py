@@ -55,15 +55,19 @@ class Trigger:
     ) -> None:
         """Rebuild from the state database after a restart.
 
-        A waiting incident's hit times are not stored; its count is taken as
-        hits at its first and last sighting, so a restart never loses progress
-        toward a threshold (it may reach it a little early).
+        A waiting incident's hit times within its window are stored with it
+        (`Incident.hits`), so a restart neither loses progress toward a
+        threshold nor brings back hits that had left the window. A state file
+        of a release before that has only the count: its hits are taken at
+        the first and last sighting (it may reach the threshold a little early).
         """
         for fp, (until, incident_id) in cooldowns.items():
             self._active[fp] = _Active(incident_id, until)
         for incident in open_incidents:
             if incident.status == Status.WAITING:
-                hits = deque([incident.first_seen] + [incident.last_seen] * (incident.count - 1))
+                hits = deque(incident.hits) or deque(
+                    [incident.first_seen] + [incident.last_seen] * (incident.count - 1)
+                )
                 window = within.get((incident.pack, incident.pattern), 0.0)
                 self._waiting[incident.fingerprint] = _Waiting(incident, window, hits)
             else:
@@ -125,6 +129,7 @@ class Trigger:
             incident.last_seen = now
             if len(incident.samples) < self.max_samples:
                 incident.samples.append(self._redactor(pattern)(line))
+        incident.hits = list(waiting.hits)  # stored, so a restart resumes the window exactly
         batch.incidents[incident.id] = incident
         if len(waiting.hits) < pattern.count:
             return None

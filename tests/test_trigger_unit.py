@@ -368,12 +368,6 @@ def test_a_restart_keeps_waiting_progress_cooldowns_remedies_and_budgets(tmp_pat
     store.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="restore() rebuilds a waiting incident's window from its cumulative count: hits that "
-    "had already left the window come back as hits at last_seen, so a rate that never met the "
-    "threshold opens an incident at the first hit after a restart",
-)
 def test_a_restart_does_not_open_what_a_steady_sub_threshold_rate_never_opened(
     tmp_path, pack, patterns
 ):
