@@ -28,6 +28,7 @@ from agent.alerts import AlertSink
 from agent.config import Config, load_config
 from agent.errors import ConfigErrors, LogmendError, StateError, unexpected
 from agent.escalate import Sender
+from agent.filewatch import watch_sources
 from agent.fixes import FixJob, Remediator
 from agent.ledger import Counters, FixLedger
 from agent.metrics import Snapshot
@@ -119,7 +120,6 @@ class Agent:
         self.metrics_server: Any = None
         self.metrics_port = 0
         self._watchdog: Any = None
-        self._flushed: dict[tuple[str, str], tuple[int, int, int, float]] = {}
         self._last_stats = monotonic()
 
     @property
@@ -188,7 +188,9 @@ class Agent:
         if self.alerts is not None:
             self.alerts.start()
         if self.config.limits.file_events:
-            self._watch()
+            self._watchdog = watch_sources(
+                self.config.sources, self.wake, self.config.limits.sweep_interval
+            )
         reader.tailer.sweep()
         self._act(reader.housekeeping())
         self.start_metrics()
@@ -229,40 +231,6 @@ class Agent:
         """
         threading.Thread(target=self.wake.set, name="signal-wake", daemon=True).start()
 
-    def _watch(self) -> None:
-        """watchdog only wakes the loop early; the periodic sweep stays the truth."""
-        try:
-            from watchdog.events import FileSystemEventHandler
-            from watchdog.observers import Observer as FileObserver
-        except ImportError:
-            return
-        wake = self.wake
-
-        class Wake(FileSystemEventHandler):
-            def on_any_event(self, event: Any) -> None:
-                wake.set()
-
-        directories = set()
-        for source in self.config.sources:
-            directory = Path(source.path)
-            while any(ch in str(directory) for ch in "*?["):
-                directory = directory.parent
-            directories.add(directory if directory != Path(source.path) else directory.parent)
-        observer = FileObserver()
-        try:
-            for directory in directories:
-                if directory.is_dir():
-                    observer.schedule(Wake(), str(directory), recursive=False)
-            observer.daemon = True
-            observer.start()
-            self._watchdog = observer
-        except OSError as exc:
-            log.warning(
-                "file events unavailable (%s); polling every %.1fs",
-                exc,
-                self.config.limits.sweep_interval,
-            )
-
     def shutdown(self) -> None:
         self.notify.stopping()
         if self.metrics_server is not None:
@@ -283,34 +251,8 @@ class Agent:
 
     def flush_stats(self) -> None:
         """Persist what each pattern cost since the last flush (for `logmend status`)."""
-        rows = []
-        flushed = {}
-        for matcher in {id(m): m for m in self.reader.matchers}.values():
-            for pattern, stats in matcher.pattern_stats():
-                key = (pattern.pack, pattern.id)
-                last = self._flushed.get(key, (0, 0, 0, 0.0))
-                now = (stats.matches, stats.confirms, stats.timeouts, stats.seconds)
-                if now != last:
-                    rows.append(
-                        (
-                            pattern.pack,
-                            pattern.id,
-                            now[0] - last[0],
-                            now[1] - last[1],
-                            now[2] - last[2],
-                            now[3] - last[3],
-                            stats.quarantined,
-                        )
-                    )
-                    flushed[key] = now
         self._last_stats = self.monotonic()
-        if rows:
-            try:
-                self.store.add_pattern_stats(rows, self.clock())
-            except StateError as exc:
-                log.error("cannot write pattern statistics (kept for the next try): %s", exc)
-                return
-            self._flushed.update(flushed)
+        self.reader.flush_pattern_stats()
 
     # health, for systemd and Prometheus --------------------------------------------
     def status_line(self) -> str:
@@ -424,7 +366,6 @@ class Agent:
         self.config = config
         reader = self.reader
         reader.adopt(config, packs)
-        self._flushed = {}
         self.remediator.reconfigure(packs, identities)
         self.store.spool_limits = spool_limits(config)
         if config.sources != old.sources or config.limits != old.limits:

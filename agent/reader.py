@@ -110,11 +110,17 @@ class Reader:
         self.bytes_by_source: dict[str, int] = {}
         self.unsaved: Batch | None = None
         self._last_store_error = float("-inf")
+        self._flushed: dict[tuple[str, str], tuple[int, int, int, float]] = {}
         self._joiners: dict[tuple[int, int], EventJoiner] = {}
 
     def adopt(self, config: Config, packs: list[Pack]) -> None:
-        """A reload: new config and packs between records; incidents and positions stay."""
+        """A reload: new config and packs between records; incidents and positions stay.
+
+        Flush the old matchers' statistics first (`flush_pattern_stats`): the new
+        matchers count from zero.
+        """
         self._take(config, packs)
+        self._flushed = {}
         self.trigger.redactors = self.redactors
         self._quarantined.clear()
 
@@ -151,6 +157,30 @@ class Reader:
         self.tailer.close()
         self.tailer = self.new_tailer()
         self.tailer.sweep()
+
+    def flush_pattern_stats(self) -> None:
+        """Store what each pattern cost since the last flush; kept for the next try on error."""
+        rows = []
+        flushed = {}
+        for matcher in {id(m): m for m in self.matchers}.values():
+            for pattern, stats in matcher.pattern_stats():
+                key = (pattern.pack, pattern.id)
+                last = self._flushed.get(key, (0, 0, 0, 0.0))
+                now = (stats.matches, stats.confirms, stats.timeouts, stats.seconds)
+                if now != last:
+                    deltas = (now[0] - last[0], now[1] - last[1], now[2] - last[2])
+                    rows.append(
+                        (pattern.pack, pattern.id, *deltas, now[3] - last[3], stats.quarantined)
+                    )
+                    flushed[key] = now
+        if not rows:
+            return
+        try:
+            self.store.add_pattern_stats(rows, self.clock())
+        except StateError as exc:
+            log.error("cannot write pattern statistics (kept for the next try): %s", exc)
+            return
+        self._flushed.update(flushed)
 
     # passes ------------------------------------------------------------------------
     def pass_once(self, fixes_behind: bool = False) -> Produced:
