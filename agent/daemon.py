@@ -66,7 +66,6 @@ class Agent:
         identities = identities_for(config, packs)
         self.own_log = own_log_identity()
         refuse_own_log(config, self.own_log)
-        self.config = config
         self.clock = clock
         self.monotonic = monotonic
         self.transport = transport
@@ -79,6 +78,7 @@ class Agent:
         self.stopping = threading.Event()
         self.wake = threading.Event()
         self._reload_asked = threading.Event()
+        self._signalled = threading.Event()  # set by signal handlers only
         self._stop_signal: int | None = None
         self.reloads = {"ok": 0, "failed": 0}
         self.ledger = FixLedger(
@@ -121,6 +121,10 @@ class Agent:
         self.metrics_port = 0
         self._watchdog: Any = None
         self._last_stats = monotonic()
+
+    @property
+    def config(self) -> Config:
+        return self.reader.config
 
     @property
     def packs(self) -> list[Pack]:
@@ -210,26 +214,31 @@ class Agent:
                 os._exit(130)
             self._stop_signal = signum  # logged by the loop: a handler must not write a stream
             self.stopping.set()
-            self._wake_from_signal()
+            self._signalled.set()
 
         def reload(signum: int, frame: FrameType | None) -> None:
             self._reload_asked.set()
-            self._wake_from_signal()
+            self._signalled.set()
 
+        threading.Thread(target=self._relay_signals, name="signals", daemon=True).start()
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         signal.signal(signal.SIGHUP, reload)
 
-    def _wake_from_signal(self) -> None:
-        """Wake the loop from a signal handler without taking `wake`'s lock here.
+    def _relay_signals(self) -> None:
+        """Wake the loop for the signal handlers, from a thread of its own.
 
         A handler runs on the main thread between two bytecodes, possibly while
-        that same thread holds the lock inside `wake.wait()`; `wake.set()` would
-        then wait for itself for ever (seen: an agent deaf to SIGTERM). Another
-        thread takes the lock once the main thread lets it go. (`stopping` and
-        `_reload_asked` are safe to set here: the main thread never waits on them.)
+        that same thread holds a lock: the one inside `wake.wait()` (seen: an
+        agent deaf to SIGTERM), or threading's own while it starts a thread. So
+        a handler only sets events the main thread never takes the lock of
+        (`stopping`, `_reload_asked`, `_signalled`), and this thread, blocked on
+        `_signalled`, does the `wake.set()`.
         """
-        threading.Thread(target=self.wake.set, name="signal-wake", daemon=True).start()
+        while True:
+            self._signalled.wait()
+            self._signalled.clear()
+            self.wake.set()
 
     def shutdown(self) -> None:
         self.notify.stopping()
@@ -345,6 +354,10 @@ class Agent:
             where = self.config.file
             identities = identities_for(config, packs)
             refuse_own_log(config, self.own_log)
+            old = self.config
+            tailer = None
+            if config.sources != old.sources or config.limits != old.limits:
+                tailer = self.reader.new_tailer(config)  # reads the store: may be refused
         except ConfigErrors as exc:
             errors = [str(e) for e in exc.errors]
         except LogmendError as exc:
@@ -362,14 +375,12 @@ class Agent:
             self.notify.ready(self.status_line())
             return False
         self.flush_stats()
-        old = self.config
-        self.config = config
         reader = self.reader
         reader.adopt(config, packs)
         self.remediator.reconfigure(packs, identities)
         self.store.spool_limits = spool_limits(config)
-        if config.sources != old.sources or config.limits != old.limits:
-            reader.retail()  # resumes at the committed checkpoints
+        if tailer is not None:
+            reader.retail(tailer)  # resumes at the committed checkpoints
             self._act(reader.housekeeping())
         self._swap_sinks(old)
         self.reloads["ok"] += 1

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from agent import events, policy
 from agent.fixes import FixJob
 from agent.policy import Status
-from agent.redact import Redactor
+from agent.redact import BUILTIN_REDACTOR, Redactor
 from agent.remedy import Attempt, Outcome
 from agent.state import Store
 
@@ -65,9 +65,13 @@ class FixLedger:
             "%s %s: %s -> %s",
             attempt.phase,
             job.pattern.qualified,
-            self.redactors()[job.pack.name](" ".join(attempt.argv[1:]) or attempt.argv[0]),
+            self._redactor(job)(" ".join(attempt.argv[1:]) or attempt.argv[0]),
             how,
         )
+
+    def _redactor(self, job: FixJob) -> Redactor:
+        """The pack's redactor; the built-in one if a reload dropped the pack mid-fix."""
+        return self.redactors().get(job.pack.name, BUILTIN_REDACTOR)
 
     def verifying(self, job: FixJob) -> None:
         self.store.set_status(job.incident.id, Status.VERIFYING, self.clock())
@@ -78,7 +82,7 @@ class FixLedger:
         remedy = pattern.remedy
         assert remedy is not None
         now = self.clock()
-        redact = self.redactors()[pack.name]
+        redact = self._redactor(job)
         attempts = [redact.attempt(a.as_dict()) for a in outcome.attempts]
         fresh = self.store.incident(incident.id) or incident
         fresh.attempts = attempts

@@ -133,17 +133,30 @@ class Reader:
         self.matchers = matchers_for(config, packs)
         self.max_line = config.limits.max_line_bytes
         self.redactors = {p.name: Redactor(p.redact, entropy=p.redact_entropy) for p in packs}
+        self._multiline = {
+            index: (
+                regex.compile(source.multiline.start) if source.multiline.start else None,
+                regex.compile(source.multiline.continuation)
+                if source.multiline.continuation
+                else None,
+            )
+            for index, source in enumerate(config.sources)
+            if source.multiline is not None
+        }
         names = set(self.pack_by_name)
         for source in config.sources:
             for name in source.packs or ():
                 if name not in names:
                     log.warning("source %s names pack %r, which is not loaded", source.path, name)
 
-    def new_tailer(self) -> Tailer:
+    def new_tailer(self, config: Config | None = None) -> Tailer:
+        """A tailer for `config`'s sources from the committed checkpoints (StateError if the
+        store cannot be read)."""
+        config = config or self.config
         tailer = Tailer(
-            self.config.sources,
+            config.sources,
             self.store.checkpoints(),
-            self.config.limits.max_line_bytes,
+            config.limits.max_line_bytes,
             self.store.done_files(),
             monotonic=self.monotonic,
         )
@@ -151,11 +164,11 @@ class Reader:
             tailer.exclude.add(self.exclude)
         return tailer
 
-    def retail(self) -> None:
-        """Sources or limits changed: follow anew from the committed checkpoints."""
+    def retail(self, tailer: Tailer) -> None:
+        """Sources or limits changed: follow with `tailer` (made before anything was swapped)."""
         self._joiners.clear()
         self.tailer.close()
-        self.tailer = self.new_tailer()
+        self.tailer = tailer
         self.tailer.sweep()
 
     def flush_pattern_stats(self) -> None:
@@ -298,9 +311,10 @@ class Reader:
         if multiline is not None:
             joiner = self._joiners.get(followed.identity)
             if joiner is None:
+                start, continuation = self._multiline[followed.source]
                 joiner = self._joiners[followed.identity] = EventJoiner(
-                    regex.compile(multiline.start) if multiline.start else None,
-                    regex.compile(multiline.continuation) if multiline.continuation else None,
+                    start,
+                    continuation,
                     multiline.max_lines,
                     multiline.max_bytes,
                     self.config.limits.regex_timeout,
