@@ -160,19 +160,23 @@ def test_healthz_is_honest_when_the_database_refuses_writes(receiver):
     """A receiver whose database cannot be written says so (503), so no one trusts it."""
     import resource
 
+    from tests.helpers import wait_for
+
     assert httpx.get(f"{receiver.url}/healthz", timeout=5).json() == {"ok": True}
     assert receiver.proc is not None
     pid = receiver.proc.pid
     unlimited = resource.prlimit(pid, resource.RLIMIT_FSIZE)
     resource.prlimit(pid, resource.RLIMIT_FSIZE, (1, unlimited[1]))  # every write fails: EFBIG
-    try:
-        answer = httpx.get(f"{receiver.url}/healthz", timeout=15)
-        assert answer.status_code == 503
-        assert answer.json()["ok"] is False
+    def health() -> httpx.Response:
+        return httpx.get(f"{receiver.url}/healthz", timeout=15)
+
+    try:  # the write is probed at most once a second: the next probe sees it
+        answer = wait_for(lambda: (a := health()).status_code == 503 and a, timeout=10)
+        assert answer and answer.json()["ok"] is False
         assert "the database refuses writes" in answer.json()["error"]
     finally:
         resource.prlimit(pid, resource.RLIMIT_FSIZE, unlimited)
-    assert httpx.get(f"{receiver.url}/healthz", timeout=5).status_code == 200
+    assert wait_for(lambda: health().status_code == 200, timeout=10)
 
 
 def test_a_damaged_receiver_database_is_a_clear_error_at_start(tmp_path, capsys):
