@@ -19,7 +19,7 @@ import regex
 _parser: Any = importlib.import_module("re._parser")
 _C: Any = importlib.import_module("re._constants")
 
-LONG_REPEAT = 255  # `.{0,100000}` is as loose as `.*`
+LONG_REPEAT = 32  # `.{0,255}` holds a forged field as well as `.*` does
 _COMPLEMENTS = {
     frozenset({"CATEGORY_SPACE", "CATEGORY_NOT_SPACE"}),
     frozenset({"CATEGORY_DIGIT", "CATEGORY_NOT_DIGIT"}),
@@ -99,17 +99,33 @@ def _either(results: Any) -> tuple[bool, bool]:
 
 
 def _anything(items: Any) -> bool:
-    """Whether these items can match any character (`.`, `[\\s\\S]`, ...), at any depth."""
+    """Whether these items can match free text, spaces and letters both, at any depth.
+
+    `.`, `[\\s\\S]`, `[^"]`, `[^\\x00]`, `\\D` can carry a forged copy of the rest of
+    a line; `\\S`, `\\w`, `[^ ]`, `\\d` cannot cross a space, so they cannot.
+    """
     for op, av in items:
         if op is _C.ANY:
             return True
-        if op is _C.IN:
-            categories = {str(v) for o, v in av if o is _C.CATEGORY}
-            if any(pair <= categories for pair in _COMPLEMENTS):
-                return True
+        if op is _C.NOT_LITERAL and av != ord(" "):
+            return True
+        if op is _C.IN and _loose_set(av):
+            return True
         if any(_anything(child) for child in _children(op, av)):
             return True
     return False
+
+
+def _loose_set(members: Any) -> bool:
+    categories = {str(v) for o, v in members if o is _C.CATEGORY}
+    if any(o is _C.NEGATE for o, _ in members):  # [^...]: loose unless it excludes a space
+        excluded_space = "CATEGORY_SPACE" in categories or any(
+            o is _C.LITERAL and v == ord(" ") for o, v in members
+        )
+        return not excluded_space
+    return "CATEGORY_NOT_DIGIT" in categories or any(
+        pair <= categories for pair in _COMPLEMENTS
+    )
 
 
 def _children(op: Any, av: Any) -> list[Any]:

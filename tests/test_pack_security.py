@@ -112,6 +112,9 @@ def test_each_lint_names_its_place_and_reason(tmp_path, change, expected):
         "^ERROR .{0,100000}\\[(?P<pid>\\d+)\\] (?P<dir>/\\S+)",
         "^ERROR (?>.*)\\[(?P<pid>\\d+)\\] (?P<dir>/\\S+)",
         "^ERROR \\p{L}+ \\[(?P<pid>\\d+)\\] (?P<dir>/\\S+)",  # the lint cannot read it
+        "^ERROR [^\\x00]*\\[(?P<pid>\\d+)\\] (?P<dir>/\\S+)",  # a negated set is loose too
+        "^ERROR \\D*\\[(?P<pid>\\d+)\\] (?P<dir>/\\S+)",
+        "^ERROR .{0,255}\\[(?P<pid>\\d+)\\] (?P<dir>/\\S+)",  # 255 holds a forged field
         # `note` is captured before the fields and its .* comes before `dir`
         "^ERROR (?P<note>.*) \\[(?P<pid>\\d+)\\] (?P<dir>/\\S+)",
     ],
@@ -124,6 +127,23 @@ def test_ways_round_the_anchoring_lint_are_refused(tmp_path, match):
     assert match in body
     found = messages(tmp_path, body)
     assert any(m.startswith("pattern[0].match: ") for m in found), found
+
+
+@pytest.mark.parametrize(
+    "match",
+    [
+        "^ERROR \\S+ \\[(?P<pid>\\d+)\\] (?P<dir>/\\S+)",  # \\S cannot cross a space
+        "^ERROR [^ ]* \\[(?P<pid>\\d+)\\] (?P<dir>/\\S+)",
+        "^ERROR \\w{1,64} \\[(?P<pid>\\d+)\\] (?P<dir>/\\S+)",
+    ],
+)
+def test_classes_that_cannot_cross_a_space_are_not_loose(tmp_path, match):
+    body = ANCHORED.replace(
+        "match = '''^ERROR \\[(?P<pid>\\d+)\\] (?P<dir>/\\S+) (?P<note>.*)$'''",
+        f"match = '''{match}'''",
+    ).replace('line = "ERROR [42] /srv/a/x it broke"', 'line = "ERROR web [42] /srv/a/x"')
+    assert match in body
+    load_pack(write_pack(tmp_path, "p", body, FIX))
 
 
 def test_a_field_declared_for_the_env_only_is_protected_by_the_lint_too(tmp_path):
