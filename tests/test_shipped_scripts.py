@@ -226,3 +226,25 @@ def test_gunicorn_reload_signals_only_a_gunicorn_master(tmp_path):
         for proc in (master, other):
             proc.send_signal(signal.SIGKILL)
             proc.wait()
+
+
+def test_disk_prune_refuses_a_folder_swapped_for_a_symlink_below_its_root(tmp_path):
+    """The agent checked the path; a middle component swapped for a symlink afterwards is
+    caught by the script, which works from the folder as it resolves now."""
+    logs, victim = tmp_path / "logs", tmp_path / "victim"
+    logs.mkdir()
+    (victim / "deep").mkdir(parents=True)
+    for n in range(1, 6):
+        (victim / "deep" / f"app.log.{n}").write_text("keep")
+    (logs / "mid").symlink_to(victim)  # swapped in after the check, before the fix
+    result = run(
+        "disk-space/scripts/prune-rotated.sh",
+        f"{logs}/mid/deep/app.log",
+        "0",
+        log_dirs=[str(logs)],
+        min_use_percent="0",
+    )
+    assert result.returncode == 2 and "outside" in result.stderr, result.stderr
+    assert sorted(p.name for p in (victim / "deep").iterdir()) == [
+        f"app.log.{n}" for n in range(1, 6)
+    ]

@@ -32,6 +32,14 @@ if [ -L "$dir" ] || [ ! -d "$dir" ]; then
   echo "refusing $log: $dir is not a real directory" >&2
   exit 1
 fi
+# the folder as it resolves now (a component swapped for a symlink after the agent's check
+# shows here) must still lie in the resolved configured folder; work from it, not the name
+real=$(cd -P -- "$dir" && pwd -P) || exit 1
+root_real=$(cd -P -- "$inside" && pwd -P) || exit 1
+case "$real/" in
+  "$root_real"/*) dir=$real ;;
+  *) echo "refusing $log: $dir resolves to $real, outside $inside" >&2; exit 2 ;;
+esac
 # a line can be forged; a full disk cannot: prune only while the filesystem is full
 min=${LOGMEND_PARAM_MIN_USE_PERCENT:-90}
 case "$min" in ''|*[!0-9]*) echo "min_use_percent must be a number" >&2; exit 2 ;; esac
