@@ -333,10 +333,50 @@ def cmd_receiver(args: argparse.Namespace) -> int:
 
 def cmd_token_create(args: argparse.Namespace) -> int:
     from agent.receiver.store import ReceiverStore
+    from agent.tomlsrc import parse_duration
+
+    expires = None
+    if args.expires is not None:
+        seconds = parse_duration(args.expires)
+        if seconds is None or seconds <= 0:
+            raise LogmendError(f'--expires: not a duration like "30d" or "12h": {args.expires!r}')
+        expires = time.time() + seconds
+    store = ReceiverStore(args.db)
+    print(store.create_token(args.owner, expires))
+    store.close()
+    return 0
+
+
+def cmd_token_list(args: argparse.Namespace) -> int:
+    from agent.receiver.store import ReceiverStore
 
     store = ReceiverStore(args.db)
-    print(store.create_token(args.owner))
+    rows = store.tokens()
     store.close()
+    now = time.time()
+    print(f"{'id':<13}{'owner':<24}{'created':<21}state")
+    for row in rows:
+        if row["revoked"] is not None:
+            state = f"revoked {_t(row['revoked'])}"
+        elif row["expires"] is not None:
+            state = ("expired " if row["expires"] <= now else "expires ") + _t(row["expires"])
+        else:
+            state = "live"
+        print(f"{row['id']:<13}{row['owner']:<24}{_t(row['created']):<21}{state}")
+    return 0
+
+
+def cmd_token_revoke(args: argparse.Namespace) -> int:
+    from agent.receiver.store import ReceiverStore
+
+    store = ReceiverStore(args.db)
+    try:
+        owner = store.revoke(args.id)
+    except LookupError as exc:
+        raise LogmendError(f"token revoke: {exc}") from None
+    finally:
+        store.close()
+    print(f"revoked token {args.id} of {owner}: refused from its next request")
     return 0
 
 
@@ -422,8 +462,16 @@ def build_parser() -> argparse.ArgumentParser:
     token_sub = token.add_subparsers(dest="token_command", required=True)
     create = token_sub.add_parser("create", help="create a token; prints it once")
     create.add_argument("--owner", required=True)
+    create.add_argument("--expires", help='valid for this long, e.g. "90d" (default: no end)')
     create.add_argument("--db", type=Path, default=Path("receiver.db"))
     create.set_defaults(func=cmd_token_create)
+    listing = token_sub.add_parser("list", help="every token by id, owner and state")
+    listing.add_argument("--db", type=Path, default=Path("receiver.db"))
+    listing.set_defaults(func=cmd_token_list)
+    revoke = token_sub.add_parser("revoke", help="refuse a token from its next request")
+    revoke.add_argument("id", help="the token's id, as `token list` shows it")
+    revoke.add_argument("--db", type=Path, default=Path("receiver.db"))
+    revoke.set_defaults(func=cmd_token_revoke)
 
     demo = sub.add_parser("demo", help="a receiver, an agent and a log that breaks, in 30s")
     demo.add_argument("--packs", type=Path, default=None, help="default: the shipped patterns/")

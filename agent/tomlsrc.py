@@ -30,6 +30,12 @@ MAX_KEY_PARTS = 64  # longer key paths are scanned past, not recorded
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)?\s*$")
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, None: 1.0}
 
+
+def parse_duration(text: str) -> float | None:
+    """Seconds from "250ms", "30s", "10m", "2h", "1d" or bare seconds; None if it is none."""
+    match = _DURATION.match(text)
+    return float(match.group(1)) * _UNITS[match.group(2)] if match else None
+
 # The scanner's regexes are single character classes or fixed-length
 # alternatives: each is linear in what it consumes and never backtracks.
 _BARE = re.compile(r"[A-Za-z0-9_-]+")

@@ -167,6 +167,7 @@ def test_healthz_is_honest_when_the_database_refuses_writes(receiver):
     pid = receiver.proc.pid
     unlimited = resource.prlimit(pid, resource.RLIMIT_FSIZE)
     resource.prlimit(pid, resource.RLIMIT_FSIZE, (1, unlimited[1]))  # every write fails: EFBIG
+
     def health() -> httpx.Response:
         return httpx.get(f"{receiver.url}/healthz", timeout=15)
 
@@ -255,4 +256,57 @@ def test_idle_and_trickling_connections_neither_hold_descriptors_nor_delay_healt
     finally:
         for sock in sockets:
             sock.close()
+        receiver.stop()
+
+
+def test_tokens_are_listed_revoked_at_once_and_expire(tmp_path, capsys):
+    """Ops can see every token (never the token itself), revoke one with effect from the
+    next request, and give one an end."""
+    import time
+
+    from agent.receiver.store import ReceiverStore
+    from tests.helpers import make_receiver
+
+    receiver = make_receiver(tmp_path).start()
+    db = str(receiver.db)
+    try:
+        assert main(["receiver", "token", "create", "--owner", "team-b", "--db", db]) == 0
+        other = capsys.readouterr().out.strip()
+        args = ["receiver", "token", "create", "--owner", "t", "--expires", "30d", "--db", db]
+        assert main(args) == 0
+        capsys.readouterr()
+        store = ReceiverStore(receiver.db)
+        ended = store.create_token("old-fleet", expires=time.time() - 1)  # its end has passed
+        store.close()
+
+        def status(token: str) -> int:
+            answer = httpx.get(
+                f"{receiver.url}/v1/escalations",
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=5,
+            )
+            return answer.status_code
+
+        assert status(receiver.token) == status(other) == 200
+        assert status(ended) == 401
+        assert main(["receiver", "token", "list", "--db", db]) == 0
+        listing = capsys.readouterr().out
+        rows = {line.split()[1]: line for line in listing.splitlines()[1:]}
+        assert set(rows) == {"test-hosts", "team-b", "t", "old-fleet"}
+        assert rows["test-hosts"].endswith("live") and " expires " in rows["t"]
+        assert " expired " in rows["old-fleet"]
+        assert receiver.token not in listing and other not in listing and ended not in listing
+        token_id = rows["team-b"].split()[0]
+        assert main(["receiver", "token", "revoke", token_id, "--db", db]) == 0
+        assert f"revoked token {token_id} of team-b" in capsys.readouterr().out
+        assert status(other) == 401  # at once: the running receiver checks every request
+        assert status(receiver.token) == 200
+        assert main(["receiver", "token", "list", "--db", db]) == 0
+        assert " revoked " in next(
+            line for line in capsys.readouterr().out.splitlines() if "team-b" in line
+        )
+        assert main(["receiver", "token", "revoke", "abc", "--db", db]) == 1  # too short
+        assert main(["receiver", "token", "revoke", "ffffffffffff", "--db", db]) == 1
+        assert "no token with id ffffffffffff" in capsys.readouterr().err
+    finally:
         receiver.stop()

@@ -16,7 +16,8 @@ from agent.errors import StateError
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS tokens (
-    hash TEXT PRIMARY KEY, owner TEXT NOT NULL, created REAL NOT NULL);
+    hash TEXT PRIMARY KEY, owner TEXT NOT NULL, created REAL NOT NULL,
+    expires REAL, revoked REAL);
 CREATE TABLE IF NOT EXISTS escalations (
     id TEXT PRIMARY KEY, received REAL NOT NULL, submitted_by TEXT NOT NULL,
     host TEXT NOT NULL, owner TEXT NOT NULL, pack TEXT NOT NULL, pattern TEXT NOT NULL,
@@ -49,6 +50,10 @@ class ReceiverStore:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA busy_timeout=10000")
             self._db.executescript(SCHEMA)
+            have = {r[1] for r in self._db.execute("PRAGMA table_info(tokens)")}
+            for column in ("expires", "revoked"):  # databases of earlier releases
+                if column not in have:
+                    self._db.execute(f"ALTER TABLE tokens ADD COLUMN {column} REAL")
         except sqlite3.Error as exc:
             raise StateError(
                 f"{path}: cannot open the receiver database ({exc}); if it is damaged,"
@@ -68,22 +73,61 @@ class ReceiverStore:
         with self._lock:
             self._db.close()
 
-    def create_token(self, owner: str) -> str:
+    def create_token(self, owner: str, expires: float | None = None) -> str:
+        """A new token for `owner`, valid until `expires` (Unix time) if given; shown once."""
         token = "lm_" + secrets.token_urlsafe(32)
         with self._lock:
             self._db.execute(
-                "INSERT INTO tokens VALUES (?,?,?)", (token_hash(token), owner, time.time())
+                "INSERT INTO tokens (hash, owner, created, expires) VALUES (?,?,?,?)",
+                (token_hash(token), owner, time.time(), expires),
             )
         return token
 
+    def tokens(self) -> list[dict[str, Any]]:
+        """Every token by its id (the first 12 characters of its hash), never the token."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT substr(hash, 1, 12) AS id, owner, created, expires, revoked FROM tokens"
+                " ORDER BY created"
+            ).fetchall()
+        return [dict(r) for r in rows]
+
+    def revoke(self, token_id: str) -> str:
+        """Revoke the one token whose id starts with `token_id`; returns its owner.
+
+        Takes effect at once: every request checks the database.
+        """
+        if len(token_id) < 6 or not all(c in "0123456789abcdef" for c in token_id):
+            raise LookupError("a token id is at least 6 hex characters, as `token list` shows")
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT hash, owner FROM tokens WHERE substr(hash, 1, ?) = ?",
+                (len(token_id), token_id),
+            ).fetchall()
+            if len(rows) != 1:
+                raise LookupError(
+                    f"no token with id {token_id}"
+                    if not rows
+                    else f"{len(rows)} tokens start with {token_id}: give more of the id"
+                )
+            self._db.execute(
+                "UPDATE tokens SET revoked=coalesce(revoked, ?) WHERE hash=?",
+                (time.time(), rows[0]["hash"]),
+            )
+        return str(rows[0]["owner"])
+
     def authenticate(self, token: str) -> str | None:
-        """The owner of a token, or None; compared on hashes in constant time."""
+        """The owner of a live token (not revoked, not expired), or None; compared on hashes."""
         wanted = token_hash(token)
         with self._lock:
             row = self._db.execute(
-                "SELECT hash, owner FROM tokens WHERE hash=?", (wanted,)
+                "SELECT hash, owner, expires, revoked FROM tokens WHERE hash=?", (wanted,)
             ).fetchone()
         if row is None or not hmac.compare_digest(row["hash"], wanted):
+            return None
+        if row["revoked"] is not None or (
+            row["expires"] is not None and row["expires"] <= time.time()
+        ):
             return None
         return str(row["owner"])
 
