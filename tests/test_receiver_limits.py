@@ -150,3 +150,21 @@ def test_no_event_body_whatsoever_gets_a_500(api, over):
     answer = api.raw(body, "application/json")
     assert answer.status_code in (200, 400, 413, 422), answer.text
     assert api.client.get(ESCALATIONS, headers=api.auth()).status_code == 200
+
+
+def test_every_answer_forbids_caching_framing_and_scripts(api):
+    """Escalations carry log lines and fix output: nothing is cached; the page runs no script."""
+    assert api.post({"events": [event(1, pattern="<script>alert(1)</script>")]}).status_code == 200
+    for answer in (
+        api.client.get("/"),
+        api.client.get(ESCALATIONS, headers=api.auth()),
+        api.client.get(ESCALATIONS),  # a 401 too
+        api.client.get("/healthz"),
+    ):
+        assert answer.headers["cache-control"] == "no-store"
+        policy = answer.headers["content-security-policy"]
+        assert "default-src 'none'" in policy and "frame-ancestors 'none'" in policy
+        assert "script-src" not in policy  # none allowed, by default-src
+        assert answer.headers["x-content-type-options"] == "nosniff"
+    page = api.client.get("/").text
+    assert "&lt;script&gt;alert(1)" in page and "<script>" not in page  # shown, escaped

@@ -15,9 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.datastructures import MutableHeaders
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent.notify import Notifier
 from agent.receiver.guard import HEADER_TIMEOUT, PER_CLIENT, GuardedH11
@@ -29,6 +32,33 @@ HEALTH_EVERY = 1.0  # seconds between two write probes of /healthz
 BODY_TIMEOUT = 30.0  # seconds for a whole body: 4 MiB needs only 140 KB/s
 MAX_PAGE = 10000
 FILTERS = ("owner", "pattern", "host", "pack", "status", "fingerprint")
+SECURITY_HEADERS = {
+    # the page is server-rendered with inline styles only: no script, no frames, no forms out
+    "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; "
+    "frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "Cache-Control": "no-store",  # escalations carry lines and fix output
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
+class SecurityHeaders:
+    """Nothing the receiver answers is cached or framed, and its page runs no script."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                MutableHeaders(scope=message).update(SECURITY_HEADERS)
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 class BodyTooLarge(Exception):
@@ -226,7 +256,7 @@ def create_app(
             return JSONResponse({"ok": False, "error": problem}, status_code=503)
         return JSONResponse({"ok": True})
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/v1/escalations", post_escalations, methods=["POST"]),
             Route("/v1/escalations", get_escalations, methods=["GET"]),
@@ -234,8 +264,10 @@ def create_app(
             Route("/v1/stats", get_stats, methods=["GET"]),
             Route("/healthz", health),
             Route("/", page),
-        ]
+        ],
+        middleware=[Middleware(SecurityHeaders)],
     )
+    return app
 
 
 def _systemd_lifespan(url: str) -> Any:
