@@ -117,6 +117,19 @@ def wire_event(n: int, **over: Any) -> dict[str, Any]:
     }
 
 
+STATS_ROW: dict[str, Any] = {
+    "pack": "nginx",
+    "owner": "web",
+    "pattern": "p",
+    "matches": 10,
+    "incidents": 2,
+    "resolved": 2,
+    "failed": 0,
+    "escalated": 0,
+}
+"""One pattern's totals as an agent posts them to /v1/stats."""
+
+
 def make_receiver(tmp: Path) -> Receiver:
     db = tmp / "receiver.db"
     store = ReceiverStore(db)

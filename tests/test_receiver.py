@@ -10,6 +10,7 @@ import httpx
 import msgpack
 
 from agent.cli import main
+from tests.helpers import STATS_ROW
 from tests.helpers import wire_event as event
 
 
@@ -133,16 +134,7 @@ def test_stats_are_totals_per_host_and_bad_ones_are_refused(receiver):
             timeout=10,
         )
 
-    row = {
-        "pack": "nginx",
-        "owner": "web",
-        "pattern": "p",
-        "matches": 10,
-        "incidents": 2,
-        "resolved": 2,
-        "failed": 0,
-        "escalated": 0,
-    }
+    row = STATS_ROW
     assert send({"host": "a", "stats": [row]}).status_code == 200
     assert send({"host": "a", "stats": [{**row, "matches": 4}]}).status_code == 200  # older
     assert send({"host": "b", "stats": [{**row, "resolved": 1}]}).status_code == 200

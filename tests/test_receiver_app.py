@@ -20,6 +20,7 @@ import pytest
 
 from agent.receiver.app import RateLimit, create_app
 from agent.receiver.store import ReceiverStore
+from tests.helpers import STATS_ROW
 from tests.helpers import wire_event as event
 
 with warnings.catch_warnings():  # starlette asks for httpx2; httpx is what the project has
@@ -30,8 +31,6 @@ pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.te
 
 ESCALATIONS = "/v1/escalations"
 STATS = "/v1/stats"
-
-
 
 
 class Api:
@@ -239,7 +238,12 @@ def test_more_events_than_one_request_may_carry_is_413(api):
             422,
             "events[0].owner must be a non-empty string",
         ),
-        (msgpack.packb({"events": [event(1, id="x" * 201)]}), "", 422, "events[0].id is too long (at most 200 characters)"),
+        (
+            msgpack.packb({"events": [event(1, id="x" * 201)]}),
+            "",
+            422,
+            "events[0].id is too long (at most 200 characters)",
+        ),
         (
             msgpack.packb({"events": [event(1, count="3")]}),
             "",
@@ -343,16 +347,7 @@ def test_paging_that_is_not_an_integer_is_400(api, params):
 # statistics -------------------------------------------------------------------------------
 
 
-ROW = {
-    "pack": "nginx",
-    "owner": "web",
-    "pattern": "p",
-    "matches": 10,
-    "incidents": 2,
-    "resolved": 2,
-    "failed": 0,
-    "escalated": 0,
-}
+ROW = STATS_ROW
 
 
 def test_stats_keep_the_highest_total_per_host_and_sum_over_hosts(api):

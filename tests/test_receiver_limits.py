@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import resource
-import warnings
 from pathlib import Path
 
 import msgpack
@@ -20,9 +19,6 @@ from hypothesis import strategies as st
 from agent.receiver.limits import MAX_COUNT
 from tests.helpers import wire_event as event
 from tests.test_receiver_app import ESCALATIONS, STATS, Api
-
-with warnings.catch_warnings():
-    warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")
 
 pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
 
