@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from agent import __version__
 from agent.config import Config, load_config
@@ -20,6 +20,9 @@ from agent.errors import ConfigErrors, LogmendError, unexpected
 from agent.observe import from_environment
 from agent.packs import Pack, find_pack_dirs, load_packs
 from agent.policy import Outcome
+
+if TYPE_CHECKING:
+    from agent.receiver.store import ReceiverStore
 
 log = logging.getLogger("logmend")
 T = TypeVar("T")
@@ -331,8 +334,18 @@ def cmd_receiver(args: argparse.Namespace) -> int:
     )
 
 
-def cmd_token_create(args: argparse.Namespace) -> int:
+def _receiver_store(db: Path) -> ReceiverStore:
+    """The receiver database, upgraded in place if older; what the upgrade did goes to stderr."""
     from agent.receiver.store import ReceiverStore
+
+    store = ReceiverStore(db)
+    for note in store.notes:
+        print(f"logmend receiver: {db}: {note}", file=sys.stderr)
+    return store
+
+
+def cmd_token_create(args: argparse.Namespace) -> int:
+    from agent.receiver.scopes import Scope
     from agent.tomlsrc import parse_duration
 
     expires = None
@@ -341,20 +354,25 @@ def cmd_token_create(args: argparse.Namespace) -> int:
         if seconds is None or seconds <= 0:
             raise LogmendError(f'--expires: not a duration like "30d" or "12h": {args.expires!r}')
         expires = time.time() + seconds
-    store = ReceiverStore(args.db)
-    print(store.create_token(args.owner, expires))
-    store.close()
+    store = _receiver_store(args.db)
+    try:
+        token = store.create_token(
+            Scope(args.scope), args.name or "", tuple(args.owner), tuple(args.host), expires
+        )
+    except ValueError as exc:
+        raise LogmendError(f"token create: {exc}") from None
+    finally:
+        store.close()
+    print(token)
     return 0
 
 
 def cmd_token_list(args: argparse.Namespace) -> int:
-    from agent.receiver.store import ReceiverStore
-
-    store = ReceiverStore(args.db)
+    store = _receiver_store(args.db)
     rows = store.tokens()
     store.close()
     now = time.time()
-    print(f"{'id':<13}{'owner':<24}{'created':<21}state")
+    print(f"{'id':<13}{'name':<20}{'scope':<8}{'created':<21}{'state':<30}bound to")
     for row in rows:
         if row["revoked"] is not None:
             state = f"revoked {_t(row['revoked'])}"
@@ -362,21 +380,27 @@ def cmd_token_list(args: argparse.Namespace) -> int:
             state = ("expired " if row["expires"] <= now else "expires ") + _t(row["expires"])
         else:
             state = "live"
-        print(f"{row['id']:<13}{row['owner']:<24}{_t(row['created']):<21}{state}")
+        bound = "; ".join(
+            f"{what} {', '.join(values)}"
+            for what, values in (("owners", row["owners"]), ("hosts", row["hosts"]))
+            if values
+        )
+        print(
+            f"{row['id']:<13}{row['name']:<20}{row['scope']:<8}{_t(row['created']):<21}"
+            f"{state:<30}{bound or 'every owner (admin)'}"
+        )
     return 0
 
 
 def cmd_token_revoke(args: argparse.Namespace) -> int:
-    from agent.receiver.store import ReceiverStore
-
-    store = ReceiverStore(args.db)
+    store = _receiver_store(args.db)
     try:
-        owner = store.revoke(args.id)
+        name = store.revoke(args.id)
     except LookupError as exc:
         raise LogmendError(f"token revoke: {exc}") from None
     finally:
         store.close()
-    print(f"revoked token {args.id} of {owner}: refused from its next request")
+    print(f"revoked token {args.id} ({name}): refused from its next request")
     return 0
 
 
@@ -458,14 +482,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     receiver.set_defaults(func=cmd_receiver)
     receiver_sub = receiver.add_subparsers(dest="receiver_command")
-    token = receiver_sub.add_parser("token", help="manage ingest tokens")
+    token = receiver_sub.add_parser("token", help="manage the receiver's tokens")
     token_sub = token.add_subparsers(dest="token_command", required=True)
-    create = token_sub.add_parser("create", help="create a token; prints it once")
-    create.add_argument("--owner", required=True)
+    create = token_sub.add_parser(
+        "create",
+        help="create a token; prints it once",
+        description="ingest: agents post for --host and --owner; read/write: one team's"
+        " (--owner TEAM); admin: the central team, every owner",
+    )
+    create.add_argument("--scope", required=True, choices=["ingest", "read", "write", "admin"])
+    create.add_argument(
+        "--owner", action="append", default=[], help="an owner it is bound to (repeat; '*': any)"
+    )
+    create.add_argument(
+        "--host", action="append", default=[], help="ingest: a host or pattern (repeat; '*': any)"
+    )
+    create.add_argument(
+        "--name", help="what it submits under (default: its id); give a replacement the same"
+    )
     create.add_argument("--expires", help='valid for this long, e.g. "90d" (default: no end)')
     create.add_argument("--db", type=Path, default=Path("receiver.db"))
     create.set_defaults(func=cmd_token_create)
-    listing = token_sub.add_parser("list", help="every token by id, owner and state")
+    listing = token_sub.add_parser("list", help="every token: id, name, scope, state, bindings")
     listing.add_argument("--db", type=Path, default=Path("receiver.db"))
     listing.set_defaults(func=cmd_token_list)
     revoke = token_sub.add_parser("revoke", help="refuse a token from its next request")

@@ -27,7 +27,7 @@ from agent import __version__, events
 from agent.alerts import AlertSink
 from agent.config import Config, load_config
 from agent.errors import ConfigErrors, LogmendError, StateError, unexpected
-from agent.escalate import Sender
+from agent.escalate import Sender, read_token
 from agent.filewatch import watch_sources
 from agent.fixes import FixJob, Remediator
 from agent.ledger import Counters, FixLedger
@@ -354,6 +354,7 @@ class Agent:
             where = self.config.file
             identities = identities_for(config, packs)
             refuse_own_log(config, self.own_log)
+            token = read_token(config.escalation) if config.escalation else ""
             old = self.config
             tailer = None
             if config.sources != old.sources or config.limits != old.limits:
@@ -382,7 +383,7 @@ class Agent:
         if tailer is not None:
             reader.retail(tailer)  # resumes at the committed checkpoints
             self._act(reader.housekeeping())
-        self._swap_sinks(old)
+        self._swap_sinks(old, token)
         self.reloads["ok"] += 1
         self._record_reload([])
         log.info(
@@ -394,10 +395,12 @@ class Agent:
         self.notify.ready(self.status_line())
         return True
 
-    def _swap_sinks(self, old: Config) -> None:
-        """New sinks where their config changed; the others take the new packs in place."""
+    def _swap_sinks(self, old: Config, token: str) -> None:
+        """New sinks where their config (or the token in its file) changed; the others
+        take the new packs in place."""
         config, reader = self.config, self.reader
-        if config.escalation != old.escalation or config.host != old.host:
+        rotated = self.sender is not None and token != self.sender.token
+        if config.escalation != old.escalation or config.host != old.host or rotated:
             if self.sender is not None:
                 self.sender.stop(flush_seconds=2.0)
             self.sender = self._new_sender()

@@ -23,6 +23,8 @@ from typing import IO
 
 import httpx
 
+from agent.packs import load_packs
+from agent.receiver.scopes import Scope
 from agent.receiver.store import ReceiverStore
 
 DEADLINE = 25.0
@@ -84,7 +86,9 @@ def _demo(tmp: Path, packs: Path, procs: list[subprocess.Popen[str]], started: f
     print(f"== logmend demo in {tmp} with packs from {packs}")
     receiver_db = tmp / "receiver.db"
     store = ReceiverStore(receiver_db)
-    token = store.create_token("demo-hosts")
+    owners = tuple(sorted({pack.owner for pack in load_packs((packs,), trust=False)}))
+    token = store.create_token(Scope.INGEST, "demo-hosts", owners, hosts=("*",))
+    viewer = store.create_token(Scope.ADMIN, "demo-admin")
     store.close()
     token_file = tmp / "token"
     token_file.write_text(token + "\n")
@@ -219,7 +223,7 @@ sweep_interval = "200ms"
             "SIGKILL! Perhaps out of memory?\n"
         )
 
-    headers = {"Authorization": f"Bearer {token}"}
+    headers = {"Authorization": f"Bearer {viewer}"}
     expected = 3  # a live lock (fix refused), upstream timeouts, OOM kill
 
     def stored() -> list[dict[str, object]]:
@@ -267,7 +271,10 @@ sweep_interval = "200ms"
             f"  {s['owner']}: {s['pack']}/{s['pattern']} fixed on the host {s['resolved']}"
             f" time(s) on {s['hosts']} host(s)"
         )
-    print(f"== done in {time.monotonic() - started:.1f}s; the receiver's page was {url}/")
+    print(
+        f"== done in {time.monotonic() - started:.1f}s; the receiver's page was {url}/"
+        f" (Authorization: Bearer {viewer})"
+    )
     if not done:
         print("demo incomplete: not everything arrived in time", file=sys.stderr)
         return 1

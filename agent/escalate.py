@@ -94,6 +94,17 @@ def _acknowledged(response: httpx.Response) -> tuple[set[str] | None, int]:
     return set(ids), len(duplicates)
 
 
+def _refusal(response: httpx.Response) -> str:
+    """What a 403 says (its "error"), or the start of its body."""
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = None
+    if isinstance(answer, dict) and isinstance(answer.get("error"), str):
+        return str(answer["error"])[:300]
+    return response.text[:200]
+
+
 def read_token(config: Escalation) -> str:
     """The bearer token from its file; an unreadable or empty file is a config error."""
     if config.token_file is None:
@@ -147,7 +158,7 @@ class Sender(Courier):
         self.heartbeat = monotonic()  # the loop is alive (not wedged) as of this
         self.grace = 3 * config.timeout + 10.0
         self.stats = SenderStats()
-        token = read_token(config)
+        self.token = token = read_token(config)
         headers = {
             "Content-Type": "application/msgpack",
             "Accept": "application/json",
@@ -251,6 +262,20 @@ class Sender(Courier):
                 return False
             return True
         reason = f"HTTP {code}: {response.text[:200]}"
+        if code == 403:  # this token may not report some of them: keep those, retry later
+            taken, duplicates = _acknowledged(response)
+            done = [i.seq for i in items if taken is not None and i.id in taken]
+            self.store.delivered(done)
+            self.stats.sent += len(done)
+            self.stats.duplicates += duplicates
+            log.error(
+                "receiver refused %d event(s) this agent's token may not report; kept, they go"
+                " again once the token allows them: %s",
+                len(seqs) - len(done),
+                _refusal(response),
+            )
+            self._later(sorted(set(seqs) - set(done)), now, None, reason)
+            return False
         if code in PERMANENT:
             self.stats.parked += len(seqs)
             self.store.park(seqs, reason)

@@ -42,9 +42,14 @@ def remedy_pattern_problem(compiled: regex.Pattern[str], used: set[str]) -> str 
             r"write it without regex-only syntax (e.g. [^\W\d_] for \p{L})"
         )
     first = list(parsed)[:1]
-    if not first or first[0][0] is not _C.AT or first[0][1] not in (
-        _C.AT_BEGINNING,
-        _C.AT_BEGINNING_STRING,
+    if (
+        not first
+        or first[0][0] is not _C.AT
+        or first[0][1]
+        not in (
+            _C.AT_BEGINNING,
+            _C.AT_BEGINNING_STRING,
+        )
     ):
         return (
             "feeds a fix, so it must be anchored to the program's own line format "
@@ -123,9 +128,7 @@ def _loose_set(members: Any) -> bool:
             o is _C.LITERAL and v == ord(" ") for o, v in members
         )
         return not excluded_space
-    return "CATEGORY_NOT_DIGIT" in categories or any(
-        pair <= categories for pair in _COMPLEMENTS
-    )
+    return "CATEGORY_NOT_DIGIT" in categories or any(pair <= categories for pair in _COMPLEMENTS)
 
 
 def _children(op: Any, av: Any) -> list[Any]:

@@ -24,6 +24,7 @@ EARLIER_RELEASES = {
     "incidents": {"id", "fingerprint", "pack", "pattern", "key", "status"},
 }
 
+
 def _start_fresh(path: Path) -> str:
     return (
         f"to start fresh, move it aside (mv {path} {path}.bad, and its -wal and -shm files"

@@ -36,6 +36,7 @@ def parse_duration(text: str) -> float | None:
     match = _DURATION.match(text)
     return float(match.group(1)) * _UNITS[match.group(2)] if match else None
 
+
 # The scanner's regexes are single character classes or fixed-length
 # alternatives: each is linear in what it consumes and never backtracks.
 _BARE = re.compile(r"[A-Za-z0-9_-]+")

@@ -20,6 +20,7 @@ from typing import Any
 
 import httpx
 
+from agent.receiver.scopes import Scope
 from agent.receiver.store import ReceiverStore
 
 PYTHON = sys.executable
@@ -51,7 +52,8 @@ def wait_len(fetch: Callable[[], list[Any]], count: int, timeout: float = 15.0) 
 @dataclass
 class Receiver:
     db: Path
-    token: str
+    token: str  # ingest, for any owner and host: what the agents use
+    admin: str  # reads every team's rows
     url: str = ""
     proc: subprocess.Popen[str] | None = None
     port: int = 0
@@ -88,14 +90,24 @@ class Receiver:
             self.proc.wait(timeout=10)
 
     def escalations(self, **filters: str) -> list[dict[str, Any]]:
-        answer = httpx.get(
-            f"{self.url}/v1/escalations",
-            params={"limit": "10000", **filters},
-            headers={"Authorization": f"Bearer {self.token}"},
-            timeout=5,
-        )
-        answer.raise_for_status()
-        return list(answer.json()["escalations"])
+        """Every stored escalation (the admin's view), page by page as the API gives them.
+
+        Newest first: rows arriving while paging shift the offsets, so a row can
+        show on two pages; it is the same row (same `ref`), kept once.
+        """
+        found: dict[str, dict[str, Any]] = {}
+        offset: int | None = 0
+        while offset is not None:
+            answer = httpx.get(
+                f"{self.url}/v1/escalations",
+                params={"limit": "1000", "offset": str(offset), **filters},
+                headers={"Authorization": f"Bearer {self.admin}"},
+                timeout=5,
+            )
+            answer.raise_for_status()
+            found.update((e["ref"], e) for e in answer.json()["escalations"])
+            offset = answer.json().get("next_offset")
+        return list(found.values())
 
 
 def wire_event(n: int, **over: Any) -> dict[str, Any]:
@@ -133,9 +145,10 @@ STATS_ROW: dict[str, Any] = {
 def make_receiver(tmp: Path) -> Receiver:
     db = tmp / "receiver.db"
     store = ReceiverStore(db)
-    token = store.create_token("test-hosts")
+    token = store.create_token(Scope.INGEST, "test-hosts", ("*",), ("*",))
+    admin = store.create_token(Scope.ADMIN, "central")
     store.close()
-    return Receiver(db=db, token=token)
+    return Receiver(db=db, token=token, admin=admin)
 
 
 @dataclass

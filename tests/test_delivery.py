@@ -347,7 +347,7 @@ def receiver_get(receiver: Receiver, path: str) -> dict:
     import httpx
 
     answer = httpx.get(
-        receiver.url + path, headers={"Authorization": f"Bearer {receiver.token}"}, timeout=5
+        receiver.url + path, headers={"Authorization": f"Bearer {receiver.admin}"}, timeout=5
     )
     answer.raise_for_status()
     return dict(answer.json())
@@ -582,3 +582,49 @@ def test_a_locked_state_database_is_reported_and_waited_out(tmp_path, receiver):
     assert wait_for(lambda: agent.saw("the state database takes writes again"), 30), agent.log()
     assert_once(booms(receiver, 20), [str(n) for n in range(20)])
     assert agent.stop() == 0
+
+
+def test_a_token_bound_to_one_owner_delivers_its_own_keeps_the_rest_until_rotated(
+    tmp_path, receiver
+):
+    """An agent whose token may report for team-a only: team-a's escalation is stored,
+    team-b's is refused (403 naming it) and kept in the spool. A replacement token of the
+    same name that allows both, put in the token file and reloaded, delivers it."""
+    from agent.receiver.scopes import Scope
+    from agent.receiver.store import ReceiverStore
+    from tests.helpers import write_config, write_pack
+
+    packs = tmp_path / "packs"
+    for team in ("a", "b"):
+        write_pack(
+            packs,
+            f"pack-{team}",
+            f"[[pattern]]\nid = 'broke'\nmatch = '''^{team} broke (?P<n>\\d+)'''\n"
+            f"key = '{{n}}'\n\n[[pattern.example]]\nline = '{team} broke 1'\n",
+            owner=f"team-{team}",
+        )
+    log = tmp_path / "app.log"
+    log.touch()
+    config = write_config(tmp_path, [(str(log), None)], packs, receiver)
+    store = ReceiverStore(receiver.db)
+    bound = store.create_token(Scope.INGEST, "fleet", ("team-a",), ("test-host",))
+    (tmp_path / "token").write_text(bound)
+    agent = AgentProc(config).start()
+    try:
+        append(log, "a broke 1", "b broke 2")
+        assert wait_len(lambda: receiver.escalations(owner="team-a"), 1)[0]["key"] == "1"
+        assert wait_for(lambda: agent.saw("may not report for owner 'team-b'")), agent.log()
+        assert spool(config)["queued"] == 1 and receiver.escalations(owner="team-b") == []
+        both = store.create_token(Scope.INGEST, "fleet", ("team-a", "team-b"), ("test-host",))
+        (tmp_path / "token").write_text(both)
+        assert agent.proc is not None
+        agent.proc.send_signal(signal.SIGHUP)
+        [b] = wait_len(lambda: receiver.escalations(owner="team-b"), 1, timeout=30)
+        assert (b["key"], b["submitted_by"]) == ("2", "fleet")
+        assert wait_for(lambda: spool(config)["queued"] == 0)
+        store.revoke(next(t["id"] for t in store.tokens() if t["owners"] == ["team-a"]))
+        assert agent.stop() == 0
+    finally:
+        store.close()
+        if agent.proc and agent.proc.poll() is None:
+            agent.stop()

@@ -80,18 +80,19 @@ def test_filters_and_page(receiver):
     assert [e["id"] for e in receiver.escalations(owner="team-b")] == ["ev-2"]
     assert [e["id"] for e in receiver.escalations(pattern="upstream-timeout")] == ["ev-1"]
     assert [e["id"] for e in receiver.escalations(host="h2")] == ["ev-2"]
-    page = httpx.get(f"{receiver.url}/").text
+    page = httpx.get(f"{receiver.url}/", headers={"Authorization": f"Bearer {receiver.admin}"}).text
     assert "<h2>team-a</h2>" in page and "<h2>team-b</h2>" in page and "upstream-timeout" in page
 
 
 def test_tokens_are_stored_hashed(tmp_path, capsys):
     db = tmp_path / "r.db"
-    assert main(["receiver", "token", "create", "--owner", "ops", "--db", str(db)]) == 0
+    args = ["receiver", "token", "create", "--scope", "read", "--owner", "ops", "--db", str(db)]
+    assert main(args) == 0
     token = capsys.readouterr().out.strip()
     assert token.startswith("lm_") and len(token) > 30
     assert token.encode() not in db.read_bytes()
     with sqlite3.connect(db) as conn:
-        assert conn.execute("SELECT owner FROM tokens").fetchall() == [("ops",)]
+        assert conn.execute("SELECT scope, owners FROM tokens").fetchall() == [("read", '["ops"]')]
 
 
 def test_a_later_count_updates_the_event_and_an_older_one_is_a_duplicate(receiver):
@@ -103,10 +104,7 @@ def test_a_later_count_updates_the_event_and_an_older_one_is_a_duplicate(receive
     assert send(1)["accepted"] == ["ev-9"]
     assert send(40)["accepted"] == ["ev-9"]
     assert send(7)["duplicates"] == ["ev-9"]
-    [stored] = httpx.get(
-        f"{receiver.url}/v1/escalations",
-        headers={"Authorization": f"Bearer {receiver.token}"},
-    ).json()["escalations"]
+    [stored] = receiver.escalations()
     assert stored["count"] == 40 and stored["last_seen"] == 40
 
 
@@ -136,16 +134,16 @@ def test_stats_are_totals_per_host_and_bad_ones_are_refused(receiver):
 
     row = STATS_ROW
     assert send({"host": "a", "stats": [row]}).status_code == 200
-    assert send({"host": "a", "stats": [{**row, "matches": 4}]}).status_code == 200  # older
+    # the latest report wins: an agent whose state was reset is right to report less
+    assert send({"host": "a", "stats": [{**row, "matches": 4}]}).status_code == 200
     assert send({"host": "b", "stats": [{**row, "resolved": 1}]}).status_code == 200
     assert send({"host": "a", "stats": [{**row, "matches": -1}]}).status_code == 422
     assert send(["nope"]).status_code == 400
     assert httpx.post(f"{receiver.url}/v1/stats", content=b"{}").status_code == 401
-    [total] = httpx.get(
-        f"{receiver.url}/v1/stats", headers={"Authorization": f"Bearer {receiver.token}"}
-    ).json()["stats"]
-    assert (total["hosts"], total["matches"], total["resolved"]) == (2, 20, 3)
-    assert "fixed on the host" in httpx.get(receiver.url + "/").text
+    admin = {"Authorization": f"Bearer {receiver.admin}"}
+    [total] = httpx.get(f"{receiver.url}/v1/stats", headers=admin).json()["stats"]
+    assert (total["hosts"], total["matches"], total["resolved"]) == (2, 14, 3)
+    assert "fixed on the host" in httpx.get(receiver.url + "/", headers=admin).text
 
 
 def test_healthz_is_honest_when_the_database_refuses_writes(receiver):
@@ -256,19 +254,23 @@ def test_tokens_are_listed_revoked_at_once_and_expire(tmp_path, capsys):
     next request, and give one an end."""
     import time
 
+    from agent.receiver.scopes import Scope
     from agent.receiver.store import ReceiverStore
     from tests.helpers import make_receiver
 
     receiver = make_receiver(tmp_path).start()
     db = str(receiver.db)
     try:
-        assert main(["receiver", "token", "create", "--owner", "team-b", "--db", db]) == 0
+        create = ["receiver", "token", "create", "--db", db]
+        assert main([*create, "--scope", "read", "--owner", "team-b", "--name", "team-b"]) == 0
         other = capsys.readouterr().out.strip()
-        args = ["receiver", "token", "create", "--owner", "t", "--expires", "30d", "--db", db]
-        assert main(args) == 0
+        assert (
+            main([*create, "--scope", "write", "--owner", "t", "--name", "t", "--expires", "30d"])
+            == 0
+        )
         capsys.readouterr()
         store = ReceiverStore(receiver.db)
-        ended = store.create_token("old-fleet", expires=time.time() - 1)  # its end has passed
+        ended = store.create_token(Scope.ADMIN, "old-fleet", expires=time.time() - 1)  # past
         store.close()
 
         def status(token: str) -> int:
@@ -279,20 +281,23 @@ def test_tokens_are_listed_revoked_at_once_and_expire(tmp_path, capsys):
             )
             return answer.status_code
 
-        assert status(receiver.token) == status(other) == 200
+        assert status(receiver.admin) == status(other) == 200
         assert status(ended) == 401
         assert main(["receiver", "token", "list", "--db", db]) == 0
         listing = capsys.readouterr().out
         rows = {line.split()[1]: line for line in listing.splitlines()[1:]}
-        assert set(rows) == {"test-hosts", "team-b", "t", "old-fleet"}
-        assert rows["test-hosts"].endswith("live") and " expires " in rows["t"]
+        assert set(rows) == {"test-hosts", "central", "team-b", "t", "old-fleet"}
+        assert " live " in rows["test-hosts"] and " expires " in rows["t"]
+        assert rows["test-hosts"].split()[2] == "ingest" and rows["team-b"].split()[2] == "read"
+        assert rows["test-hosts"].endswith("owners *; hosts *")
+        assert rows["team-b"].endswith("owners team-b")
         assert " expired " in rows["old-fleet"]
         assert receiver.token not in listing and other not in listing and ended not in listing
         token_id = rows["team-b"].split()[0]
         assert main(["receiver", "token", "revoke", token_id, "--db", db]) == 0
-        assert f"revoked token {token_id} of team-b" in capsys.readouterr().out
+        assert f"revoked token {token_id} (team-b)" in capsys.readouterr().out
         assert status(other) == 401  # at once: the running receiver checks every request
-        assert status(receiver.token) == 200
+        assert status(receiver.admin) == 200
         assert main(["receiver", "token", "list", "--db", db]) == 0
         assert " revoked " in next(
             line for line in capsys.readouterr().out.splitlines() if "team-b" in line

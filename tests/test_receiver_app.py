@@ -19,6 +19,7 @@ import msgpack
 import pytest
 
 from agent.receiver.app import RateLimit, create_app
+from agent.receiver.scopes import Scope
 from agent.receiver.store import ReceiverStore
 from tests.helpers import STATS_ROW
 from tests.helpers import wire_event as event
@@ -36,7 +37,8 @@ STATS = "/v1/stats"
 class Api:
     def __init__(self, tmp: Path, **options: Any) -> None:
         self.store = ReceiverStore(tmp / "receiver.db")
-        self.token = self.store.create_token("test-hosts")
+        self.token = self.store.create_token(Scope.INGEST, "test-hosts", ("*",), ("*",))
+        self.admin = self.store.create_token(Scope.ADMIN, "central")
         self.client = TestClient(create_app(self.store, **options), raise_server_exceptions=False)
 
     def auth(self, token: str | None = None) -> dict[str, str]:
@@ -59,7 +61,7 @@ class Api:
         )
 
     def listed(self, **params: str) -> list[dict[str, Any]]:
-        answer = self.client.get(ESCALATIONS, params=params, headers=self.auth())
+        answer = self.client.get(ESCALATIONS, params=params, headers=self.auth(self.admin))
         assert answer.status_code == 200, answer.text
         return list(answer.json()["escalations"])
 
@@ -108,7 +110,7 @@ def test_every_api_route_refuses_a_missing_or_wrong_token_with_401(api, headers)
         assert (answer.status_code, answer.json()) == (401, NEED_TOKEN), (method, path)
     answer = api.client.get(STATS, headers=headers)
     assert (answer.status_code, answer.json()) == (401, NEED_TOKEN)
-    assert api.store.query({}) == []
+    assert api.store.query({}, None) == ([], False)
 
 
 def test_the_bearer_scheme_is_case_insensitive_and_the_token_names_the_submitter(api):
@@ -121,9 +123,10 @@ def test_the_bearer_scheme_is_case_insensitive_and_the_token_names_the_submitter
     assert column(api, "submitted_by") == ["test-hosts"]  # who sent it is kept beside it
 
 
-def test_health_and_page_need_no_token(api):
+def test_health_needs_no_token_and_the_page_does(api):
     assert api.client.get("/healthz").json() == {"ok": True}
-    assert "No escalations yet." in api.client.get("/").text
+    assert api.client.get("/").status_code == 401
+    assert "No escalations yet." in api.client.get("/", headers=api.auth(api.admin)).text
 
 
 # ingest ---------------------------------------------------------------------------------
@@ -143,6 +146,8 @@ def test_an_escalation_is_stored_once_by_id_and_sent_again_is_a_duplicate(api, a
     assert sorted(stored) == ["ev-1", "ev-2", "ev-3"]
     received = stored["ev-1"].pop("received")
     assert isinstance(received, float) and received > 0
+    assert stored["ev-1"].pop("submitted_by") == "test-hosts"  # the token's name
+    assert len(stored["ev-1"].pop("ref")) == 20  # the receiver's own id of it
     assert stored["ev-1"] == event(1)
 
 
@@ -162,7 +167,7 @@ def test_a_higher_count_updates_the_stored_event_and_a_lower_or_equal_one_does_n
     assert (stored["count"], stored["last_seen"], stored["lines"]) == (40, 9.0, ["40"])
     # an update never moves last_seen back
     assert send(41, 1.0)["accepted"] == ["ev-9"]
-    assert api.store.query({})[0]["count"] == 41
+    assert api.store.query({}, None)[0][0]["count"] == 41
     assert column(api, "last_seen") == [9.0]
 
 
@@ -278,7 +283,7 @@ def test_a_malformed_body_is_refused_naming_what_is_wrong_and_stores_nothing(
     assert answer.status_code == code, answer.text
     message = answer.json()["error"]
     assert message == error or (error.endswith(": ") and message.startswith(error)), message
-    assert api.store.query({}) == []
+    assert api.store.query({}, None) == ([], False)
 
 
 def test_a_nan_timestamp_is_refused_not_answered_as_a_duplicate(api):
@@ -289,7 +294,7 @@ def test_a_nan_timestamp_is_refused_not_answered_as_a_duplicate(api):
 
 def test_an_infinite_timestamp_does_not_break_the_listing(api):
     assert api.post({"events": [event(1, last_seen=math.inf), event(2)]}).status_code in (200, 422)
-    answer = api.client.get(ESCALATIONS, headers=api.auth())
+    answer = api.client.get(ESCALATIONS, headers=api.auth(api.admin))
     assert answer.status_code == 200
 
 
@@ -337,7 +342,7 @@ def test_the_newest_received_comes_first(api):
 
 @pytest.mark.parametrize("params", [{"limit": "ten"}, {"offset": "1.5"}])
 def test_paging_that_is_not_an_integer_is_400(api, params):
-    answer = api.client.get(ESCALATIONS, params=params, headers=api.auth())
+    answer = api.client.get(ESCALATIONS, params=params, headers=api.auth(api.admin))
     assert (answer.status_code, answer.json()) == (
         400,
         {"error": "limit and offset must be integers"},
@@ -350,17 +355,18 @@ def test_paging_that_is_not_an_integer_is_400(api, params):
 ROW = STATS_ROW
 
 
-def test_stats_keep_the_highest_total_per_host_and_sum_over_hosts(api):
+def test_stats_keep_the_latest_total_per_host_and_sum_over_hosts(api):
     def send(host: str, **over: Any) -> Any:
         return api.post({"host": host, "stats": [{**ROW, **over}]}, path=STATS)
 
     assert send("a").json() == {"stored": 1}
-    assert send("a", matches=4, failed=1).status_code == 200  # older totals do not lower them
+    # the latest totals replace the earlier ones: an agent whose state was reset reports less
+    assert send("a", matches=4, failed=1, resolved=1).status_code == 200
     assert send("b", resolved=1, matches=5).status_code == 200
     assert api.post(
         {"host": "c", "stats": [{"pack": "nginx", "pattern": "p"}]}, path=STATS
     ).json() == {"stored": 1}  # missing totals count as 0, a missing owner as ""
-    answer = api.client.get(STATS, headers=api.auth())
+    answer = api.client.get(STATS, headers=api.auth(api.admin))
     rows = answer.json()["stats"]
     by_owner = {r["owner"]: r for r in rows}
     web = by_owner["web"]
@@ -368,12 +374,12 @@ def test_stats_keep_the_highest_total_per_host_and_sum_over_hosts(api):
         "pack": "nginx",
         "pattern": "p",
         "hosts": 2,
-        "matches": 15,
-        "resolved": 3,
+        "matches": 9,
+        "resolved": 2,
         "failed": 1,
     }
     assert by_owner[""]["hosts"] == 1 and by_owner[""]["matches"] == 0
-    assert "fixed on the host" in api.client.get("/").text
+    assert "fixed on the host" in api.client.get("/", headers=api.auth(api.admin)).text
 
 
 @pytest.mark.parametrize(
@@ -418,7 +424,7 @@ def test_stats_keep_the_highest_total_per_host_and_sum_over_hosts(api):
 def test_bad_stats_are_refused_naming_the_field(api, doc, code, error):
     answer = api.post(doc, path=STATS)
     assert (answer.status_code, answer.json()) == (code, {"error": error})
-    assert api.store.stats() == []
+    assert api.store.stats(None) == []
 
 
 # rate limit -------------------------------------------------------------------------------
@@ -427,7 +433,7 @@ def test_bad_stats_are_refused_naming_the_field(api, doc, code, error):
 def test_a_token_past_its_burst_gets_429_with_retry_after_and_others_do_not(tmp_path):
     api = Api(tmp_path, rate=0.001, burst=2)  # a token a thousand seconds: no refill in a test
     try:
-        other = api.store.create_token("other-hosts")
+        other = api.store.create_token(Scope.INGEST, "other-hosts", ("*",), ("*",))
         assert api.client.post(ESCALATIONS, content=b"x").status_code == 401  # takes no token
         codes = [api.post({"events": [event(n)]}).status_code for n in range(2)]
         assert codes == [200, 200]
@@ -437,7 +443,7 @@ def test_a_token_past_its_burst_gets_429_with_retry_after_and_others_do_not(tmp_
         assert refused.headers["retry-after"] == "1000"
         assert api.post({"host": "a", "stats": [ROW]}, path=STATS).status_code == 429  # same bucket
         assert api.post({"events": [event(3)]}, token=other).status_code == 200
-        # reading is not limited, and the refused one was not stored
+        # the admin token reading has a bucket of its own, and the refused one was not stored
         assert sorted(api.ids()) == ["ev-0", "ev-1", "ev-3"]
     finally:
         api.close()

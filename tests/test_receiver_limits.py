@@ -31,9 +31,9 @@ def api(tmp_path: Path):
 
 
 def everyone_still_served(api: Api) -> None:
-    assert api.client.get(ESCALATIONS, headers=api.auth()).status_code == 200
-    assert api.client.get(STATS, headers=api.auth()).status_code == 200
-    assert api.client.get("/").status_code == 200
+    assert api.client.get(ESCALATIONS, headers=api.auth(api.admin)).status_code == 200
+    assert api.client.get(STATS, headers=api.auth(api.admin)).status_code == 200
+    assert api.client.get("/", headers=api.auth(api.admin)).status_code == 200
 
 
 @pytest.mark.parametrize(
@@ -66,7 +66,7 @@ def test_sums_past_64_bits_cannot_break_the_page(api):
     events = [event(n, count=MAX_COUNT) for n in range(1100)]
     assert api.post({"events": events}).status_code == 200
     everyone_still_served(api)
-    page = api.client.get("/").text
+    page = api.client.get("/", headers=api.auth(api.admin)).text
     assert str(1100 * MAX_COUNT) in page
 
 
@@ -103,6 +103,7 @@ scalars = st.one_of(
     st.integers(min_value=-(2**70), max_value=2**70),
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=20),
+    st.binary(max_size=20),  # msgpack's bin; JSON gets its repr
 )
 values = st.recursive(
     scalars,
@@ -142,18 +143,39 @@ values = st.recursive(
     )
 )
 def test_no_event_body_whatsoever_gets_a_500(api, over):
-    body = json.dumps({"events": [event(1, **over)]}, allow_nan=True).encode()
+    doc = {"events": [event(1, **over)]}
+    body = json.dumps(doc, allow_nan=True, default=repr).encode()
     answer = api.raw(body, "application/json")
     assert answer.status_code in (200, 400, 413, 422), answer.text
-    assert api.client.get(ESCALATIONS, headers=api.auth()).status_code == 200
+    try:
+        packed = msgpack.packb(doc)
+    except (OverflowError, ValueError):
+        packed = None  # an integer past 64 bits has no msgpack form
+    if packed is not None:
+        answer = api.raw(packed)
+        assert answer.status_code in (200, 400, 413, 422), answer.text
+    assert api.client.get(ESCALATIONS, headers=api.auth(api.admin)).status_code == 200
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.binary(max_size=200))
+def test_no_bytes_whatsoever_get_a_500(api, body):
+    for kind in ("application/msgpack", "application/json"):
+        answer = api.raw(b"\x81\xa6events" + body, kind)
+        assert answer.status_code in (200, 400, 413, 422), answer.text
+        answer = api.raw(body, kind)
+        assert answer.status_code in (200, 400, 413, 422), answer.text
 
 
 def test_every_answer_forbids_caching_framing_and_scripts(api):
     """Escalations carry log lines and fix output: nothing is cached; the page runs no script."""
     assert api.post({"events": [event(1, pattern="<script>alert(1)</script>")]}).status_code == 200
     for answer in (
-        api.client.get("/"),
-        api.client.get(ESCALATIONS, headers=api.auth()),
+        api.client.get("/", headers=api.auth(api.admin)),
+        api.client.get("/"),  # a 401
+        api.client.get(ESCALATIONS, headers=api.auth(api.admin)),
         api.client.get(ESCALATIONS),  # a 401 too
         api.client.get("/healthz"),
     ):
@@ -162,5 +184,5 @@ def test_every_answer_forbids_caching_framing_and_scripts(api):
         assert "default-src 'none'" in policy and "frame-ancestors 'none'" in policy
         assert "script-src" not in policy  # none allowed, by default-src
         assert answer.headers["x-content-type-options"] == "nosniff"
-    page = api.client.get("/").text
+    page = api.client.get("/", headers=api.auth(api.admin)).text
     assert "&lt;script&gt;alert(1)" in page and "<script>" not in page  # shown, escaped

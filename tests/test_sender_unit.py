@@ -206,6 +206,38 @@ def test_an_id_the_receiver_did_not_acknowledge_stays_in_the_spool(rig):
     assert [item.id for item in rig.store.due(float("inf"), 100)] == ["e2"]
 
 
+def test_a_403_deletes_what_the_receiver_took_and_keeps_what_the_token_may_not_send(
+    rig, ceilings, caplog
+):
+    """A token bound to other owners or hosts: what it may send is stored and leaves the
+    spool; the rest stays, backs off, and goes again once the token allows it."""
+    rig.spool("e1", "e2", "e3")
+    refusal = "events[1]: token 'web' may not report for owner 'team-b' (it may for team-a)"
+    rig.receiver.plan = [
+        lambda request: httpx.Response(
+            403,
+            json={
+                "error": refusal + " (and 1 more)",
+                "accepted": ["e1"],
+                "duplicates": [],
+                "refused": {"e2": refusal, "e3": refusal},
+            },
+        ),
+        status(403),  # a token of the wrong scope: names nothing, so nothing is deleted
+    ]
+    assert rig.sender.send_due() == 0.05
+    assert [item.id for item in rig.store.due(float("inf"), 100)] == ["e2", "e3"]
+    assert rig.sender.stats.sent == 1 and rig.sender.stats.parked == 0
+    assert refusal in caplog.text
+    rig.clock.now += rig.wait()
+    rig.sender.send_due()
+    assert [item.id for item in rig.store.due(float("inf"), 100)] == ["e2", "e3"]
+    assert ceilings[-1] == (1.0, 4.0)  # backing off, like any failure
+    rig.clock.now += rig.wait()
+    rig.sender.send_due()  # the token now allows them: the plan is empty, all acknowledged
+    assert rig.store.spool_summary()["queued"] == 0 and rig.sender.stats.sent == 3
+
+
 def test_server_and_network_errors_back_off_exponentially_up_to_the_maximum(rig, ceilings):
     rig.spool("e1")
     rig.receiver.plan = [

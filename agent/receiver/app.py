@@ -9,12 +9,15 @@ import math
 import resource
 import socket
 import ssl
+import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.requests import Request
@@ -25,12 +28,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from agent.notify import Notifier
 from agent.receiver.guard import HEADER_TIMEOUT, PER_CLIENT, GuardedH11
 from agent.receiver.limits import MAX_EVENTS, InvalidEvent, decode, validate, validate_stats
+from agent.receiver.scopes import Action, Forbidden, Identity
 from agent.receiver.store import ReceiverStore
 
 MAX_BODY = 4 * 1024 * 1024
 HEALTH_EVERY = 1.0  # seconds between two write probes of /healthz
 BODY_TIMEOUT = 30.0  # seconds for a whole body: 4 MiB needs only 140 KB/s
-MAX_PAGE = 10000
+MAX_PAGE = 1000  # rows; and a page stops at 8 MiB of bodies (store.query)
 FILTERS = ("owner", "pattern", "host", "pack", "status", "fingerprint")
 SECURITY_HEADERS = {
     # the page is server-rendered with inline styles only: no script, no frames, no forms out
@@ -75,23 +79,29 @@ class RateLimit:
         self.burst = burst
         self.clock = clock
         self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()  # requests are authenticated on the thread pool
 
     def wait(self, token: str) -> float:
         """0 if a request may pass now (and take a token), else seconds until one may."""
         if self.rate <= 0:
             return 0.0
-        now = self.clock()
-        level, then = self._buckets.get(token, (float(self.burst), now))
-        level = min(float(self.burst), level + (now - then) * self.rate)
-        if level >= 1.0:
-            self._buckets[token] = (level - 1.0, now)
-            return 0.0
-        self._buckets[token] = (level, now)
-        return (1.0 - level) / self.rate
+        with self._lock:
+            now = self.clock()
+            level, then = self._buckets.get(token, (float(self.burst), now))
+            level = min(float(self.burst), level + (now - then) * self.rate)
+            if level >= 1.0:
+                self._buckets[token] = (level - 1.0, now)
+                return 0.0
+            self._buckets[token] = (level, now)
+            return (1.0 - level) / self.rate
 
 
 class BodyTooSlow(Exception):
     pass
+
+
+class InvalidBody(ValueError):
+    """Not msgpack or JSON, or past the decoder's bounds: a 400."""
 
 
 async def _body(request: Request, limit: int, deadline: float = BODY_TIMEOUT) -> bytes:
@@ -120,39 +130,54 @@ def create_app(
 ) -> Starlette:
     limiter = RateLimit(rate, burst)
 
-    def auth(request: Request) -> str | None:
+    def auth(request: Request, action: Action) -> Identity | Response:
+        """The caller's identity if its token is live, its scope allows `action`
+        and it is within its rate; else the answer: 401, 403 (saying what the
+        scope allows) or 429.
+        """
         header = request.headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return None
-        return store.authenticate(token.strip())
-
-    async def admit(request: Request) -> tuple[str, Any] | Response:
-        """Authenticate, rate-limit and decode a POST body; an error response if any fails."""
-        who = auth(request)
+        who = store.authenticate(token.strip()) if scheme.lower() == "bearer" else None
         if who is None:
-            return _error(401, "a valid bearer token is required")
-        wait = limiter.wait(request.headers["authorization"].partition(" ")[2].strip())
+            response = _error(401, "a valid bearer token is required")
+            response.headers["WWW-Authenticate"] = 'Bearer realm="logmend"'
+            return response
+        try:
+            who.require(action)
+        except Forbidden as exc:
+            return _error(403, str(exc))
+        wait = limiter.wait(who.token_id)
         if wait > 0:
             response = _error(429, "too many requests for this token")
             response.headers["Retry-After"] = str(max(1, math.ceil(wait)))
             return response
+        return who
+
+    async def admit(request: Request) -> tuple[Identity, bytes] | Response:
+        """Authenticate and rate-limit (off the loop: the database may be busy), then
+        read the body within its size and time; an error response if any fails."""
+        who = await run_in_threadpool(auth, request, Action.INGEST)
+        if isinstance(who, Response):
+            return who
         try:
-            body = await _body(request, max_body)
+            return who, await _body(request, max_body)
         except BodyTooLarge:
             return _error(413, f"body larger than {max_body} bytes")
         except BodyTooSlow:
             return _error(408, f"body not received within {BODY_TIMEOUT:g} seconds")
-        try:
-            return who, decode(body, request.headers.get("content-type", ""))
-        except Exception as exc:  # any decoding failure is the client's
-            return _error(400, f"body is not valid msgpack or JSON: {type(exc).__name__}")
 
-    async def post_escalations(request: Request) -> Response:
-        admitted = await admit(request)
-        if isinstance(admitted, Response):
-            return admitted
-        who, doc = admitted
+    def decoded(body: bytes, request: Request) -> Any:
+        try:
+            return decode(body, request.headers.get("content-type", ""))
+        except Exception as exc:  # any decoding failure is the client's
+            raise InvalidBody(f"body is not valid msgpack or JSON: {type(exc).__name__}") from None
+
+    def ingest_escalations(who: Identity, body: bytes, request: Request) -> Response:
+        """Decode, check, decide owners and store: CPU and database, so off the loop."""
+        try:
+            doc = decoded(body, request)
+        except InvalidBody as exc:
+            return _error(400, str(exc))
         if not isinstance(doc, dict) or not isinstance(doc.get("events"), list):
             return _error(400, 'body must be an object with an "events" list')
         if len(doc["events"]) > MAX_EVENTS:
@@ -162,38 +187,93 @@ def create_app(
             events = [validate(e, i, now) for i, e in enumerate(doc["events"])]
         except InvalidEvent as exc:
             return _error(422, str(exc))
-        accepted, duplicates = store.store(events, who)
-        return JSONResponse({"accepted": accepted, "duplicates": duplicates})
+        allowed, refused = [], {}
+        for index, event in enumerate(events):
+            try:
+                who.check_host(event["host"], f"events[{index}]")
+                event["owner"] = who.owner_for(event["owner"], f"events[{index}]")
+            except Forbidden as exc:
+                refused[event["id"]] = str(exc)
+                continue
+            allowed.append(event)
+        accepted, duplicates = store.store(allowed, who) if allowed else ([], [])
+        answer: dict[str, Any] = {"accepted": accepted, "duplicates": duplicates}
+        if not refused:
+            return JSONResponse(answer)
+        # what this token may send is stored; the rest is named, and the agent keeps it
+        first = next(iter(refused.values()))
+        more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+        return JSONResponse({"error": first + more, **answer, "refused": refused}, status_code=403)
+
+    def ingest_stats(who: Identity, body: bytes, request: Request) -> Response:
+        try:
+            doc = decoded(body, request)
+        except InvalidBody as exc:
+            return _error(400, str(exc))
+        try:
+            host, rows = validate_stats(doc)
+        except InvalidEvent as exc:
+            return _error(422 if isinstance(doc, dict) else 400, str(exc))
+        try:
+            who.check_host(host, "host")
+            for index, row in enumerate(rows):
+                row["owner"] = who.owner_for(row["owner"], f"stats[{index}]")
+        except Forbidden as exc:
+            return _error(403, str(exc))
+        store.store_stats(who, host, rows)
+        return JSONResponse({"stored": len(rows)})
+
+    async def post_escalations(request: Request) -> Response:
+        admitted = await admit(request)
+        if isinstance(admitted, Response):
+            return admitted
+        return await run_in_threadpool(ingest_escalations, *admitted, request)
 
     async def post_stats(request: Request) -> Response:
         admitted = await admit(request)
         if isinstance(admitted, Response):
             return admitted
-        try:
-            host, rows = validate_stats(admitted[1])
-        except InvalidEvent as exc:
-            return _error(422 if isinstance(admitted[1], dict) else 400, str(exc))
-        store.store_stats(host, rows)
-        return JSONResponse({"stored": len(rows)})
+        return await run_in_threadpool(ingest_stats, *admitted, request)
 
-    async def get_stats(request: Request) -> Response:
-        if auth(request) is None:
-            return _error(401, "a valid bearer token is required")
-        return JSONResponse({"stats": store.stats()})
+    # Plain functions: Starlette runs them in its thread pool, so a busy database or a
+    # big page never holds up the event loop (and with it /healthz and every upload).
 
-    async def get_escalations(request: Request) -> Response:
-        if auth(request) is None:
-            return _error(401, "a valid bearer token is required")
+    def get_stats(request: Request) -> Response:
+        who = auth(request, Action.READ)
+        if isinstance(who, Response):
+            return who
+        return JSONResponse({"stats": store.stats(who.visible_owners())})
+
+    def get_escalations(request: Request) -> Response:
+        who = auth(request, Action.READ)
+        if isinstance(who, Response):
+            return who
         filters = {k: v for k, v in request.query_params.items() if k in FILTERS}
         try:
             limit = min(MAX_PAGE, max(1, int(request.query_params.get("limit", "500"))))
             offset = max(0, int(request.query_params.get("offset", "0")))
         except ValueError:
             return _error(400, "limit and offset must be integers")
-        return JSONResponse({"escalations": store.query(filters, limit, offset)})
+        found, more = store.query(filters, who.visible_owners(), limit, offset)
+        answer: dict[str, Any] = {"escalations": found}
+        if more:  # the page ended at `limit` rows or at its byte budget
+            answer["next_offset"] = offset + len(found)
+        return JSONResponse(answer)
 
-    async def page(request: Request) -> Response:
-        rows = store.summary()
+    def get_escalation(request: Request) -> Response:
+        who = auth(request, Action.READ)
+        if isinstance(who, Response):
+            return who
+        found = store.get(request.path_params["ref"], who.visible_owners())
+        if found is None:  # another team's is as absent as one that never was
+            return _error(404, "no such escalation")
+        return JSONResponse(found)
+
+    def page(request: Request) -> Response:
+        who = auth(request, Action.READ)
+        if isinstance(who, Response):
+            return who
+        rows = store.summary(who.visible_owners())
         groups: dict[str, list[dict[str, Any]]] = {}
         for row in rows:
             groups.setdefault(row["owner"], []).append(row)
@@ -204,7 +284,7 @@ def create_app(
             ".resolved{color:#080}.no-remedy,.remedy-failed{color:#b00}</style>",
             "<h1>logmend: escalations by owner and pattern</h1>",
         ]
-        healed = store.stats()
+        healed = store.stats(who.visible_owners())
         if healed:
             parts.append(
                 "<h2>What tier 1 did on the hosts</h2><table><tr><th>owner</th><th>pack</th>"
@@ -260,6 +340,7 @@ def create_app(
         routes=[
             Route("/v1/escalations", post_escalations, methods=["POST"]),
             Route("/v1/escalations", get_escalations, methods=["GET"]),
+            Route("/v1/escalations/{ref}", get_escalation, methods=["GET"]),
             Route("/v1/stats", post_stats, methods=["POST"]),
             Route("/v1/stats", get_stats, methods=["GET"]),
             Route("/healthz", health),
@@ -330,6 +411,8 @@ def serve(
     import uvicorn
 
     store = ReceiverStore(db)  # a damaged database is an error before anything listens
+    for note in store.notes:  # what an upgrade of its schema did
+        print(f"logmend receiver: {db}: {note}", file=sys.stderr, flush=True)
     host, port = parse_listen(listen)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

@@ -1,4 +1,9 @@
-"""Receiver storage on SQLite: tokens (hashed) and escalations (idempotent by id)."""
+"""Receiver storage on SQLite: tokens (hashed, scoped) and escalations (idempotent by id).
+
+Every read takes the owners the caller may see (None: all) and every write
+the identity that makes it, so tenancy is enforced where the rows are, not
+only in the routes.
+"""
 
 from __future__ import annotations
 
@@ -13,26 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import StateError
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS tokens (
-    hash TEXT PRIMARY KEY, owner TEXT NOT NULL, created REAL NOT NULL,
-    expires REAL, revoked REAL);
-CREATE TABLE IF NOT EXISTS escalations (
-    id TEXT PRIMARY KEY, received REAL NOT NULL, submitted_by TEXT NOT NULL,
-    host TEXT NOT NULL, owner TEXT NOT NULL, pack TEXT NOT NULL, pattern TEXT NOT NULL,
-    severity TEXT NOT NULL, status TEXT NOT NULL, fingerprint TEXT NOT NULL,
-    count INTEGER NOT NULL, first_seen REAL NOT NULL, last_seen REAL NOT NULL,
-    body TEXT NOT NULL);
-CREATE INDEX IF NOT EXISTS escalations_owner ON escalations (owner, pattern);
-CREATE TABLE IF NOT EXISTS health (
-    one INTEGER PRIMARY KEY CHECK (one = 1), checked REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS stats (
-    host TEXT NOT NULL, pack TEXT NOT NULL, pattern TEXT NOT NULL, owner TEXT NOT NULL,
-    matches INTEGER NOT NULL, incidents INTEGER NOT NULL, resolved INTEGER NOT NULL,
-    failed INTEGER NOT NULL, escalated INTEGER NOT NULL, updated REAL NOT NULL,
-    PRIMARY KEY (host, pack, pattern));
-"""
+from agent.receiver.schema import escalation_ref, migrate
+from agent.receiver.scopes import Identity, Scope, binding_problem
 
 
 def token_hash(token: str) -> str:
@@ -49,11 +36,7 @@ class ReceiverStore:
             self._db.row_factory = sqlite3.Row
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA busy_timeout=10000")
-            self._db.executescript(SCHEMA)
-            have = {r[1] for r in self._db.execute("PRAGMA table_info(tokens)")}
-            for column in ("expires", "revoked"):  # databases of earlier releases
-                if column not in have:
-                    self._db.execute(f"ALTER TABLE tokens ADD COLUMN {column} REAL")
+            self.notes = migrate(self._db, str(path))
         except sqlite3.Error as exc:
             raise StateError(
                 f"{path}: cannot open the receiver database ({exc}); if it is damaged,"
@@ -73,13 +56,37 @@ class ReceiverStore:
         with self._lock:
             self._db.close()
 
-    def create_token(self, owner: str, expires: float | None = None) -> str:
-        """A new token for `owner`, valid until `expires` (Unix time) if given; shown once."""
+    def create_token(
+        self,
+        scope: Scope,
+        name: str = "",
+        owners: tuple[str, ...] = (),
+        hosts: tuple[str, ...] = (),
+        expires: float | None = None,
+    ) -> str:
+        """A new token (shown once) for `scope`, bound to `owners` and `hosts`.
+
+        `name` defaults to the token's id; raises ValueError for a binding
+        the scope cannot have (see scopes.binding_problem).
+        """
+        problem = binding_problem(scope, owners, hosts)
+        if problem is not None:
+            raise ValueError(problem)
         token = "lm_" + secrets.token_urlsafe(32)
+        hashed = token_hash(token)
         with self._lock:
             self._db.execute(
-                "INSERT INTO tokens (hash, owner, created, expires) VALUES (?,?,?,?)",
-                (token_hash(token), owner, time.time(), expires),
+                "INSERT INTO tokens (hash, name, scope, owners, hosts, created, expires)"
+                " VALUES (?,?,?,?,?,?,?)",
+                (
+                    hashed,
+                    name or hashed[:12],
+                    str(scope),
+                    json.dumps(list(owners)),
+                    json.dumps(list(hosts)),
+                    time.time(),
+                    expires,
+                ),
             )
         return token
 
@@ -87,13 +94,18 @@ class ReceiverStore:
         """Every token by its id (the first 12 characters of its hash), never the token."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT substr(hash, 1, 12) AS id, owner, created, expires, revoked FROM tokens"
-                " ORDER BY created"
+                "SELECT substr(hash, 1, 12) AS id, name, scope, owners, hosts, created, expires,"
+                " revoked FROM tokens ORDER BY created"
             ).fetchall()
-        return [dict(r) for r in rows]
+        listed = []
+        for row in rows:
+            item = dict(row)
+            item["owners"], item["hosts"] = json.loads(row["owners"]), json.loads(row["hosts"])
+            listed.append(item)
+        return listed
 
     def revoke(self, token_id: str) -> str:
-        """Revoke the one token whose id starts with `token_id`; returns its owner.
+        """Revoke the one token whose id starts with `token_id`; returns its name.
 
         Takes effect at once: every request checks the database.
         """
@@ -101,7 +113,7 @@ class ReceiverStore:
             raise LookupError("a token id is at least 6 hex characters, as `token list` shows")
         with self._lock:
             rows = self._db.execute(
-                "SELECT hash, owner FROM tokens WHERE substr(hash, 1, ?) = ?",
+                "SELECT hash, name FROM tokens WHERE substr(hash, 1, ?) = ?",
                 (len(token_id), token_id),
             ).fetchall()
             if len(rows) != 1:
@@ -114,14 +126,16 @@ class ReceiverStore:
                 "UPDATE tokens SET revoked=coalesce(revoked, ?) WHERE hash=?",
                 (time.time(), rows[0]["hash"]),
             )
-        return str(rows[0]["owner"])
+        return str(rows[0]["name"])
 
-    def authenticate(self, token: str) -> str | None:
-        """The owner of a live token (not revoked, not expired), or None; compared on hashes."""
+    def authenticate(self, token: str) -> Identity | None:
+        """Who a live token (not revoked, not expired) is, or None; compared on hashes."""
         wanted = token_hash(token)
         with self._lock:
             row = self._db.execute(
-                "SELECT hash, owner, expires, revoked FROM tokens WHERE hash=?", (wanted,)
+                "SELECT hash, name, scope, owners, hosts, expires, revoked FROM tokens"
+                " WHERE hash=?",
+                (wanted,),
             ).fetchone()
         if row is None or not hmac.compare_digest(row["hash"], wanted):
             return None
@@ -129,14 +143,22 @@ class ReceiverStore:
             row["expires"] is not None and row["expires"] <= time.time()
         ):
             return None
-        return str(row["owner"])
+        return Identity(
+            token_id=wanted[:12],
+            name=str(row["name"]),
+            scope=Scope(row["scope"]),
+            owners=tuple(json.loads(row["owners"])),
+            hosts=tuple(json.loads(row["hosts"])),
+        )
 
-    def store(self, events: list[dict[str, Any]], submitted_by: str) -> tuple[list[str], list[str]]:
-        """Insert each event once; returns (accepted ids, duplicate ids).
+    def store(self, events: list[dict[str, Any]], who: Identity) -> tuple[list[str], list[str]]:
+        """Insert each event once under `who`'s name; returns (accepted ids, duplicate ids).
 
-        An event sent again with a higher count (more matches since it was
-        first sent) updates the stored one; anything else with a known id is a
-        duplicate and changes nothing.
+        Ids are namespaced by the submitting identity: the same id from another
+        token's name is another escalation, so none can overwrite or pre-claim
+        another's. An event sent again with a higher count (more matches since
+        it was first sent) updates the stored one; anything else with a known
+        id is a duplicate and changes nothing. Owners must be decided already.
         """
         accepted: list[str] = []
         duplicates: list[str] = []
@@ -148,11 +170,12 @@ class ReceiverStore:
                     count = int(e.get("count", 1))
                     updated = self._db.execute(
                         "UPDATE escalations SET count=?, last_seen=max(last_seen, ?), body=?"
-                        " WHERE id=? AND count<?",
+                        " WHERE submitted_by=? AND id=? AND count<?",
                         (
                             count,
                             float(e.get("last_seen", now)),
-                            json.dumps(e, default=str),
+                            json.dumps(e),
+                            who.name,
                             e["id"],
                             count,
                         ),
@@ -161,11 +184,12 @@ class ReceiverStore:
                         accepted.append(e["id"])
                         continue
                     cursor = self._db.execute(
-                        "INSERT OR IGNORE INTO escalations VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                        "INSERT OR IGNORE INTO escalations VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                         (
+                            who.name,
                             e["id"],
+                            escalation_ref(who.name, e["id"]),
                             now,
-                            submitted_by,
                             e["host"],
                             e["owner"],
                             e["pack"],
@@ -176,7 +200,7 @@ class ReceiverStore:
                             count,
                             float(e.get("first_seen", now)),
                             float(e.get("last_seen", now)),
-                            json.dumps(e, default=str),
+                            json.dumps(e),
                         ),
                     )
                     (accepted if cursor.rowcount else duplicates).append(e["id"])
@@ -186,18 +210,24 @@ class ReceiverStore:
                 raise
         return accepted, duplicates
 
-    def store_stats(self, host: str, rows: list[dict[str, Any]]) -> None:
-        """Cumulative totals per host and pattern; an older (smaller) report changes nothing."""
+    def store_stats(self, who: Identity, host: str, rows: list[dict[str, Any]]) -> None:
+        """A host's cumulative totals per pattern, as its agent last reported them.
+
+        The latest report wins (an agent whose state was reset reports lower
+        totals, and is right to); only the identity that posted a row can
+        replace it, so no token can overwrite another host's figures.
+        """
         now = time.time()
         with self._lock:
             self._db.executemany(
-                "INSERT INTO stats VALUES (?,?,?,?,?,?,?,?,?,?) ON CONFLICT (host, pack, pattern)"
-                " DO UPDATE SET owner=excluded.owner, matches=max(matches, excluded.matches),"
-                " incidents=max(incidents, excluded.incidents),"
-                " resolved=max(resolved, excluded.resolved), failed=max(failed, excluded.failed),"
-                " escalated=max(escalated, excluded.escalated), updated=excluded.updated",
+                "INSERT INTO stats VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+                " ON CONFLICT (submitted_by, host, pack, pattern) DO UPDATE SET"
+                " owner=excluded.owner, matches=excluded.matches,"
+                " incidents=excluded.incidents, resolved=excluded.resolved,"
+                " failed=excluded.failed, escalated=excluded.escalated, updated=excluded.updated",
                 [
                     (
+                        who.name,
                         host,
                         r["pack"],
                         r["pattern"],
@@ -213,46 +243,91 @@ class ReceiverStore:
                 ],
             )
 
-    def stats(self) -> list[dict[str, Any]]:
-        """Totals per owner, pack and pattern, summed over hosts."""
+    def stats(self, owners: tuple[str, ...] | None) -> list[dict[str, Any]]:
+        """Totals per owner, pack and pattern, summed over hosts, of the owners given."""
+        where, args = _owned(owners)
         with self._lock:
             rows = self._db.execute(
-                "SELECT owner, pack, pattern, count(*) AS hosts, total(matches) AS matches,"
-                " total(incidents) AS incidents, total(resolved) AS resolved,"
-                " total(failed) AS failed, total(escalated) AS escalated,"
-                " max(updated) AS updated FROM stats"
-                " GROUP BY owner, pack, pattern ORDER BY owner, pack, pattern"
+                "SELECT owner, pack, pattern, count(DISTINCT host) AS hosts,"  # noqa: S608
+                " total(matches) AS matches, total(incidents) AS incidents,"
+                " total(resolved) AS resolved, total(failed) AS failed,"
+                f" total(escalated) AS escalated, max(updated) AS updated FROM stats {where}"
+                " GROUP BY owner, pack, pattern ORDER BY owner, pack, pattern",
+                args,
             ).fetchall()
         return [
             _whole(dict(r), "matches", "incidents", "resolved", "failed", "escalated") for r in rows
         ]
 
     def query(
-        self, filters: dict[str, str], limit: int = 500, offset: int = 0
-    ) -> list[dict[str, Any]]:
-        clauses = [f"{k}=?" for k in filters]
-        where = f"WHERE {' AND '.join(clauses)}" if clauses else ""
-        with self._lock:
-            rows = self._db.execute(
-                f"SELECT body, received, submitted_by FROM escalations {where}"  # noqa: S608
-                " ORDER BY received DESC, id LIMIT ? OFFSET ?",
-                (*filters.values(), limit, offset),
-            ).fetchall()
-        out = []
-        for row in rows:
-            event = json.loads(row["body"])
-            event["received"] = row["received"]
-            out.append(event)
-        return out
+        self,
+        filters: dict[str, str],
+        owners: tuple[str, ...] | None,
+        limit: int = 500,
+        offset: int = 0,
+        budget: int = 8 * 1024 * 1024,
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """A page of escalations, newest first, of the owners given, matching `filters`,
+        and whether more follow.
 
-    def summary(self) -> list[dict[str, Any]]:
+        At most `limit` rows and, past the first, `budget` bytes of stored
+        bodies: a page of big events ends early instead of filling memory.
+        """
+        where, args = _owned(owners, [f"{k}=?" for k in filters], list(filters.values()))
+        page: list[dict[str, Any]] = []
+        with self._lock:
+            cursor = self._db.execute(
+                f"SELECT body, received, submitted_by, ref FROM escalations {where}"  # noqa: S608
+                " ORDER BY received DESC, submitted_by, id LIMIT ? OFFSET ?",
+                (*args, limit + 1, offset),
+            )
+            more = False
+            for row in cursor:
+                budget -= len(row["body"])
+                if len(page) == limit or (page and budget < 0):
+                    more = True
+                    break
+                page.append(_event(row))
+            cursor.close()
+        return page, more
+
+    def get(self, ref: str, owners: tuple[str, ...] | None) -> dict[str, Any] | None:
+        """One escalation by its receiver id, if one of the owners given owns it."""
+        where, args = _owned(owners, ["ref=?"], [ref])
+        with self._lock:
+            row = self._db.execute(
+                f"SELECT body, received, submitted_by, ref FROM escalations {where}",  # noqa: S608
+                args,
+            ).fetchone()
+        return None if row is None else _event(row)
+
+    def summary(self, owners: tuple[str, ...] | None) -> list[dict[str, Any]]:
+        where, args = _owned(owners)
         with self._lock:
             rows = self._db.execute(
-                "SELECT owner, pack, pattern, status, count(*) AS n, total(count) AS lines,"
-                " count(DISTINCT host) AS hosts, max(last_seen) AS last FROM escalations"
-                " GROUP BY owner, pack, pattern, status ORDER BY owner, pack, pattern, status"
+                "SELECT owner, pack, pattern, status, count(*) AS n, total(count) AS lines,"  # noqa: S608
+                f" count(DISTINCT host) AS hosts, max(last_seen) AS last FROM escalations {where}"
+                " GROUP BY owner, pack, pattern, status ORDER BY owner, pack, pattern, status",
+                args,
             ).fetchall()
         return [_whole(dict(r), "lines") for r in rows]
+
+
+def _owned(  # only fixed column names and placeholders reach the SQL it makes
+    owners: tuple[str, ...] | None, clauses: list[str] | None = None, args: list[Any] | None = None
+) -> tuple[str, list[Any]]:
+    """A WHERE clause limited to `owners` (None: every owner) and the clauses given."""
+    clauses, args = list(clauses or []), list(args or [])
+    if owners is not None:
+        clauses.append(f"owner IN ({','.join('?' * len(owners))})" if owners else "0")
+        args += owners
+    return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), args
+
+
+def _event(row: sqlite3.Row) -> dict[str, Any]:
+    event: dict[str, Any] = json.loads(row["body"])
+    event.update(received=row["received"], submitted_by=row["submitted_by"], ref=row["ref"])
+    return event
 
 
 def _whole(row: dict[str, Any], *keys: str) -> dict[str, Any]:

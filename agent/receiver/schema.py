@@ -1,0 +1,119 @@
+"""The receiver database's schema and its upgrades in place, each in one transaction.
+
+A database records the version it was written at; a newer one than this code
+knows is refused (an older receiver must not half-understand it), an older one
+is upgraded step by step. Databases from before versions existed are 1.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sqlite3
+from collections.abc import Callable
+
+from agent.errors import StateError
+
+LATEST = 2
+
+TABLES = """
+CREATE TABLE tokens (
+    hash TEXT PRIMARY KEY, name TEXT NOT NULL, scope TEXT NOT NULL,
+    owners TEXT NOT NULL, hosts TEXT NOT NULL, created REAL NOT NULL,
+    expires REAL, revoked REAL);
+CREATE TABLE escalations (
+    submitted_by TEXT NOT NULL, id TEXT NOT NULL, ref TEXT NOT NULL UNIQUE,
+    received REAL NOT NULL, host TEXT NOT NULL, owner TEXT NOT NULL, pack TEXT NOT NULL,
+    pattern TEXT NOT NULL, severity TEXT NOT NULL, status TEXT NOT NULL,
+    fingerprint TEXT NOT NULL, count INTEGER NOT NULL, first_seen REAL NOT NULL,
+    last_seen REAL NOT NULL, body TEXT NOT NULL, PRIMARY KEY (submitted_by, id));
+CREATE INDEX escalations_owner ON escalations (owner, pattern);
+CREATE INDEX escalations_received ON escalations (received);
+CREATE TABLE stats (
+    submitted_by TEXT NOT NULL, host TEXT NOT NULL, pack TEXT NOT NULL,
+    pattern TEXT NOT NULL, owner TEXT NOT NULL, matches INTEGER NOT NULL,
+    incidents INTEGER NOT NULL, resolved INTEGER NOT NULL, failed INTEGER NOT NULL,
+    escalated INTEGER NOT NULL, updated REAL NOT NULL,
+    PRIMARY KEY (submitted_by, host, pack, pattern));
+CREATE TABLE IF NOT EXISTS health (one INTEGER PRIMARY KEY CHECK (one = 1), checked REAL NOT NULL);
+CREATE TABLE schema_version (version INTEGER NOT NULL);
+"""
+
+
+def escalation_ref(submitted_by: str, event_id: str) -> str:
+    """The receiver's own id of an escalation: one per submitting identity and event id."""
+    return hashlib.sha256(f"{submitted_by}\0{event_id}".encode()).hexdigest()[:20]
+
+
+def _to_2(db: sqlite3.Connection) -> list[str]:
+    """Scopes and namespaced ids (issue 13).
+
+    Tokens from before scopes become ingest tokens for any owner and host, so
+    agents keep delivering; stats are dropped, as agents resend their full
+    totals every `stats_interval`, now under their token's name.
+    """
+    have = {r[1] for r in db.execute("PRAGMA table_info(tokens)")}
+    for column in ("expires", "revoked"):  # added by releases before versions existed
+        if column not in have:
+            db.execute(f"ALTER TABLE tokens ADD COLUMN {column} REAL")
+    db.execute("ALTER TABLE tokens RENAME COLUMN owner TO name")
+    db.execute("ALTER TABLE tokens ADD COLUMN scope TEXT NOT NULL DEFAULT 'ingest'")
+    db.execute("""ALTER TABLE tokens ADD COLUMN owners TEXT NOT NULL DEFAULT '["*"]'""")
+    db.execute("""ALTER TABLE tokens ADD COLUMN hosts TEXT NOT NULL DEFAULT '["*"]'""")
+    db.execute("ALTER TABLE escalations RENAME TO escalations_v1")
+    db.execute("DROP INDEX IF EXISTS escalations_owner")
+    db.execute("DROP TABLE stats")
+    for statement in TABLES.split(";"):
+        if "CREATE TABLE tokens" in statement:
+            continue
+        if statement.strip():
+            db.execute(statement)
+    db.create_function("escalation_ref", 2, escalation_ref, deterministic=True)
+    db.execute(
+        "INSERT INTO escalations SELECT submitted_by, id, escalation_ref(submitted_by, id),"
+        " received, host, owner, pack, pattern, severity, status, fingerprint, count,"
+        " first_seen, last_seen, body FROM escalations_v1"
+    )
+    db.execute("DROP TABLE escalations_v1")
+    legacy = db.execute("SELECT count(*) FROM tokens").fetchone()[0]
+    if not legacy:
+        return []
+    return [
+        f"{legacy} token(s) from before scopes are now ingest tokens for any owner and"
+        " host; replace them with tokens bound to their hosts and owners"
+        " (`logmend receiver token create --scope ingest ...`, docs/operations.md)"
+    ]
+
+
+UPGRADES: dict[int, Callable[[sqlite3.Connection], list[str]]] = {1: _to_2}
+
+
+def migrate(db: sqlite3.Connection, where: str) -> list[str]:
+    """Bring the database to LATEST; returns what an operator should know about it."""
+    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    notes: list[str] = []
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        if "tokens" not in tables:
+            for statement in TABLES.split(";"):
+                if statement.strip():
+                    db.execute(statement)
+            db.execute("INSERT INTO schema_version VALUES (?)", (LATEST,))
+        else:
+            version = 1
+            if "schema_version" in tables:
+                version = int(db.execute("SELECT max(version) FROM schema_version").fetchone()[0])
+            if version > LATEST:
+                raise StateError(
+                    f"{where}: written by a newer receiver (schema {version}; this one knows"
+                    f" up to {LATEST}); run the newer release"
+                )
+            while version < LATEST:
+                notes += UPGRADES[version](db)
+                version += 1
+                db.execute("DELETE FROM schema_version")
+                db.execute("INSERT INTO schema_version VALUES (?)", (version,))
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return notes
