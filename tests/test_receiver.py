@@ -8,17 +8,20 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import msgpack
+import pytest
 
 from agent.cli import main
 from tests.helpers import STATS_ROW
 from tests.helpers import wire_event as event
 
 
-def post(receiver, body: bytes, content_type: str = "application/msgpack") -> httpx.Response:
+def post(
+    receiver, body: bytes, content_type: str = "application/msgpack", timeout: float = 10
+) -> httpx.Response:
     return httpx.post(
         f"{receiver.url}/v1/escalations",
         content=body,
-        timeout=10,
+        timeout=timeout,
         headers={"Authorization": f"Bearer {receiver.token}", "Content-Type": content_type},
     )
 
@@ -306,4 +309,74 @@ def test_tokens_are_listed_revoked_at_once_and_expire(tmp_path, capsys):
         assert main(["receiver", "token", "revoke", "ffffffffffff", "--db", db]) == 1
         assert "no token with id ffffffffffff" in capsys.readouterr().err
     finally:
+        receiver.stop()
+
+
+HEALTH_POLLER = """
+import sys, time, httpx
+url, seconds = sys.argv[1], float(sys.argv[2])
+until, worst = time.monotonic() + seconds, 0.0
+with httpx.Client() as client:
+    assert client.get(url + "/healthz", timeout=30).status_code == 200
+    print("ready", flush=True)
+    while time.monotonic() < until:
+        started = time.monotonic()
+        assert client.get(url + "/healthz", timeout=30).status_code == 200
+        worst = max(worst, time.monotonic() - started)
+        time.sleep(0.02)
+print(worst)
+"""
+
+
+def _peak_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM")) / 1024
+
+
+@pytest.mark.parametrize("kind", ["empty-maps", "big-events"])
+def test_forty_parallel_4mib_bodies_keep_memory_and_healthz_bounded(tmp_path, kind):
+    """Before: 40 bodies of 4 MiB at once reached 434 MB and an 8.4 s /healthz. Uploads
+    are taken a few at a time now: peak RSS stays within 150 MB of idle, and /healthz,
+    polled from another process the whole time, answers within a second."""
+    import subprocess
+    import sys
+
+    from tests.helpers import make_receiver
+
+    receiver = make_receiver(tmp_path)
+    receiver.args = ("--rate", "0")
+    receiver.start()
+    assert receiver.proc is not None
+    idle = _peak_mb(receiver.proc.pid)
+    if kind == "empty-maps":  # 4 million {} in 4 MB: refused by the decoder's own bounds
+        body = b"\x81\xa6events\xdd" + (4_000_000).to_bytes(4, "big") + b"\x80" * 4_000_000
+        bodies, expected = [body] * 40, {400}
+    else:  # valid: 4 events of 900 kB each, 3.4 MiB a body, all stored
+        bodies = [
+            msgpack.packb({"events": [event(10 * i + n, lines=["x" * 900_000]) for n in range(4)]})
+            for i in range(40)
+        ]
+        expected = {200}
+    poller = subprocess.Popen(
+        [sys.executable, "-c", HEALTH_POLLER, receiver.url, "6"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert poller.stdout is not None and poller.stdout.readline() == "ready\n"
+        with ThreadPoolExecutor(40) as pool:
+            codes = set(pool.map(lambda b: post(receiver, b, timeout=60).status_code, bodies))
+        out, _ = poller.communicate(timeout=30)
+        assert poller.returncode == 0
+        assert codes == expected
+        assert float(out) < 1.0, f"/healthz took {float(out):.2f}s at worst"
+        assert _peak_mb(receiver.proc.pid) - idle < 150
+        if kind == "big-events":
+            assert stored_rows(receiver) == 160
+            page = httpx.get(
+                f"{receiver.url}/v1/escalations?limit=1000",
+                headers={"Authorization": f"Bearer {receiver.admin}"},
+                timeout=30,
+            ).json()
+            assert len(page["escalations"]) < 10 and page["next_offset"] == len(page["escalations"])
+    finally:
+        poller.kill()
         receiver.stop()

@@ -475,3 +475,24 @@ def test_the_token_bucket_refills_at_its_rate_up_to_its_burst():
 def test_a_rate_of_zero_turns_the_limit_off():
     limit = RateLimit(rate=0.0, burst=0, clock=Clock())
     assert {limit.wait("t") for _ in range(1000)} == {0.0}
+
+
+def test_a_lane_turns_away_what_waits_past_its_patience_and_frees_its_slots():
+    import asyncio
+
+    from agent.receiver.guard import Busy, Lane
+
+    async def scenario() -> list[str]:
+        lane = Lane(2, patience=0.05)
+        seen = []
+        async with lane.slot(), lane.slot():
+            try:
+                async with lane.slot():
+                    seen.append("third got in")
+            except Busy:
+                seen.append("third turned away")
+        async with lane.slot(), lane.slot():  # both freed, even after the refusal
+            seen.append("two again")
+        return seen
+
+    assert asyncio.run(scenario()) == ["third turned away", "two again"]

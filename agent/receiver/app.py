@@ -26,13 +26,16 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent.notify import Notifier
-from agent.receiver.guard import HEADER_TIMEOUT, PER_CLIENT, GuardedH11
+from agent.receiver.guard import HEADER_TIMEOUT, PER_CLIENT, Busy, GuardedH11, Lane
 from agent.receiver.limits import MAX_EVENTS, InvalidEvent, decode, validate, validate_stats
 from agent.receiver.scopes import Action, Forbidden, Identity
 from agent.receiver.store import ReceiverStore
 
 MAX_BODY = 4 * 1024 * 1024
 HEALTH_EVERY = 1.0  # seconds between two write probes of /healthz
+HEALTH_STALL = 5.0  # a probe waiting this long on the database is an answer: 503
+UPLOADS = 8  # bodies being received or worked on at once (each up to MAX_BODY)
+QUEUE_PATIENCE = 10.0  # seconds a request waits for a slot before a 503 with Retry-After
 BODY_TIMEOUT = 30.0  # seconds for a whole body: 4 MiB needs only 140 KB/s
 MAX_PAGE = 1000  # rows; and a page stops at 8 MiB of bodies (store.query)
 FILTERS = ("owner", "pattern", "host", "pack", "status", "fingerprint")
@@ -125,10 +128,19 @@ def _error(code: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=code)
 
 
+def _busy() -> JSONResponse:
+    response = _error(503, "the receiver is busy; try again shortly")
+    response.headers["Retry-After"] = "2"
+    return response
+
+
 def create_app(
     store: ReceiverStore, max_body: int = MAX_BODY, rate: float = 50.0, burst: int = 100
 ) -> Starlette:
     limiter = RateLimit(rate, burst)
+    uploads = Lane(UPLOADS, patience=QUEUE_PATIENCE)  # bodies in memory at once
+    work = Lane(2, patience=BODY_TIMEOUT)  # decoding and storing: CPU and the database
+    reads = Lane(4, patience=QUEUE_PATIENCE)
 
     def auth(request: Request, action: Action) -> Identity | Response:
         """The caller's identity if its token is live, its scope allows `action`
@@ -153,18 +165,27 @@ def create_app(
             return response
         return who
 
-    async def admit(request: Request) -> tuple[Identity, bytes] | Response:
-        """Authenticate and rate-limit (off the loop: the database may be busy), then
-        read the body within its size and time; an error response if any fails."""
+    async def upload(
+        request: Request, ingest: Callable[[Identity, bytes, Request], Response]
+    ) -> Response:
+        """Authenticate and rate-limit (off the loop: the database may be busy), then,
+        in one of a few upload slots, read the body within its size and time and
+        hand it to `ingest` on the thread pool, one of two at a time."""
         who = await run_in_threadpool(auth, request, Action.INGEST)
         if isinstance(who, Response):
             return who
         try:
-            return who, await _body(request, max_body)
-        except BodyTooLarge:
-            return _error(413, f"body larger than {max_body} bytes")
-        except BodyTooSlow:
-            return _error(408, f"body not received within {BODY_TIMEOUT:g} seconds")
+            async with uploads.slot():
+                try:
+                    body = await _body(request, max_body)
+                except BodyTooLarge:
+                    return _error(413, f"body larger than {max_body} bytes")
+                except BodyTooSlow:
+                    return _error(408, f"body not received within {BODY_TIMEOUT:g} seconds")
+                async with work.slot():
+                    return await run_in_threadpool(ingest, who, body, request)
+        except Busy:
+            return _busy()
 
     def decoded(body: bytes, request: Request) -> Any:
         try:
@@ -224,19 +245,23 @@ def create_app(
         return JSONResponse({"stored": len(rows)})
 
     async def post_escalations(request: Request) -> Response:
-        admitted = await admit(request)
-        if isinstance(admitted, Response):
-            return admitted
-        return await run_in_threadpool(ingest_escalations, *admitted, request)
+        return await upload(request, ingest_escalations)
 
     async def post_stats(request: Request) -> Response:
-        admitted = await admit(request)
-        if isinstance(admitted, Response):
-            return admitted
-        return await run_in_threadpool(ingest_stats, *admitted, request)
+        return await upload(request, ingest_stats)
 
-    # Plain functions: Starlette runs them in its thread pool, so a busy database or a
-    # big page never holds up the event loop (and with it /healthz and every upload).
+    def reading(endpoint: Callable[[Request], Response]) -> Callable[[Request], Any]:
+        """A read on the thread pool, a few at a time: a busy database or a big page
+        never holds up the event loop, nor takes every thread."""
+
+        async def read(request: Request) -> Response:
+            try:
+                async with reads.slot():
+                    return await run_in_threadpool(endpoint, request)
+            except Busy:
+                return _busy()
+
+        return read
 
     def get_stats(request: Request) -> Response:
         who = auth(request, Action.READ)
@@ -319,19 +344,27 @@ def create_app(
             parts.append("</table>")
         return HTMLResponse("".join(parts))
 
-    checked: list[tuple[float, str | None]] = []  # the last probe: when, and what was wrong
+    last: list[tuple[float, str | None]] = [(-math.inf, None)]  # the last probe: when, what
+    probing = asyncio.Lock()
+    started: list[float] = [0.0]
 
-    def health(request: Request) -> Response:
+    async def health(request: Request) -> Response:
         """Honest: 200 only if the database takes a write, else 503 saying why.
 
-        A plain function, so Starlette runs it off the event loop; and the write
-        is probed at most once a second, so a flood of unauthenticated checks
-        neither fsyncs without end nor stalls the loop on a locked database.
+        The write is probed at most once a second, one probe at a time on the
+        thread pool, so a flood of unauthenticated checks neither fsyncs without
+        end nor stalls the loop; while a probe runs, the last answer stands,
+        unless the probe has been waiting on the database for too long.
         """
         now = time.monotonic()
-        if not checked or now - checked[-1][0] >= HEALTH_EVERY:
-            checked[:] = [(now, store.writable())]
-        problem = checked[-1][1]
+        if now - last[-1][0] >= HEALTH_EVERY and not probing.locked():
+            async with probing:
+                started[0] = now
+                last[:] = [(now, await run_in_threadpool(store.writable))]
+        elif probing.locked() and now - started[0] > HEALTH_STALL:
+            problem: str | None = f"the database has not taken a write for {now - started[0]:.0f} s"
+            return JSONResponse({"ok": False, "error": problem}, status_code=503)
+        problem = last[-1][1]
         if problem is not None:
             return JSONResponse({"ok": False, "error": problem}, status_code=503)
         return JSONResponse({"ok": True})
@@ -339,12 +372,12 @@ def create_app(
     app = Starlette(
         routes=[
             Route("/v1/escalations", post_escalations, methods=["POST"]),
-            Route("/v1/escalations", get_escalations, methods=["GET"]),
-            Route("/v1/escalations/{ref}", get_escalation, methods=["GET"]),
+            Route("/v1/escalations", reading(get_escalations), methods=["GET"]),
+            Route("/v1/escalations/{ref}", reading(get_escalation), methods=["GET"]),
             Route("/v1/stats", post_stats, methods=["POST"]),
-            Route("/v1/stats", get_stats, methods=["GET"]),
+            Route("/v1/stats", reading(get_stats), methods=["GET"]),
             Route("/healthz", health),
-            Route("/", page),
+            Route("/", reading(page)),
         ],
         middleware=[Middleware(SecurityHeaders)],
     )

@@ -5,13 +5,16 @@ connection and sends nothing, or trickles its headers a byte at a time; a few
 hundred of those hold every descriptor. This protocol (uvicorn's own, with
 two additions) gives a request's headers a deadline from its first byte or the
 connection's start, and caps the connections one client address may hold.
-Bodies get their deadline in the app. Behind a reverse proxy these are a
+Bodies get their deadline in the app, and work that holds memory or a thread
+goes through a `Lane` of bounded width. Behind a reverse proxy these are a
 second line; on its own the receiver still holds.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
@@ -72,3 +75,35 @@ class GuardedH11(H11Protocol):
         self._deadline = None
         if not self._in_request():
             self.transport.close()
+
+
+class Busy(Exception):
+    """No slot came free in time: answered 503 with Retry-After, and the client retries."""
+
+
+class Lane:
+    """At most `width` requests at once do this kind of work; one that waits past
+    `patience` seconds for a slot is turned away.
+
+    Uploads are held to a few at a time so that the bodies in memory are
+    bounded (each up to --max-body, and decoding multiplies it), and so that
+    work on the thread pool never takes every thread: /healthz and the other
+    lanes always find one.
+    """
+
+    def __init__(self, width: int, patience: float) -> None:
+        self.width = width
+        self.patience = patience
+        self._slots = asyncio.Semaphore(width)
+
+    @contextlib.asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        try:
+            async with asyncio.timeout(self.patience):
+                await self._slots.acquire()
+        except TimeoutError:
+            raise Busy from None
+        try:
+            yield
+        finally:
+            self._slots.release()
