@@ -334,10 +334,19 @@ def cmd_receiver(args: argparse.Namespace) -> int:
     )
 
 
-def _receiver_store(db: Path) -> ReceiverStore:
-    """The receiver database, upgraded in place if older; what the upgrade did goes to stderr."""
+MAX_TOKEN_LIFE = 3650 * 86400.0
+
+
+def _receiver_store(db: Path, create: bool = False) -> ReceiverStore:
+    """The receiver database, upgraded in place if older; what the upgrade did goes to
+    stderr. Only `token create` may start a new one (and says so): a mistyped --db
+    for `list` or `revoke` is an error, not an empty database."""
     from agent.receiver.store import ReceiverStore
 
+    if not db.exists():
+        if not create:
+            raise LogmendError(f"{db}: no receiver database here (check --db)")
+        print(f"logmend receiver: {db}: created a new receiver database", file=sys.stderr)
     store = ReceiverStore(db)
     for note in store.notes:
         print(f"logmend receiver: {db}: {note}", file=sys.stderr)
@@ -353,8 +362,10 @@ def cmd_token_create(args: argparse.Namespace) -> int:
         seconds = parse_duration(args.expires)
         if seconds is None or seconds <= 0:
             raise LogmendError(f'--expires: not a duration like "30d" or "12h": {args.expires!r}')
+        if seconds > MAX_TOKEN_LIFE:
+            raise LogmendError("--expires: at most 3650d (leave it out for a token with no end)")
         expires = time.time() + seconds
-    store = _receiver_store(args.db)
+    store = _receiver_store(args.db, create=True)
     try:
         token = store.create_token(
             Scope(args.scope), args.name or "", tuple(args.owner), tuple(args.host), expires

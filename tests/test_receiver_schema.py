@@ -74,14 +74,16 @@ def test_a_release_1_database_is_upgraded_in_place_and_loses_no_escalation(tmp_p
         assert (who.name, who.owners, who.hosts) == ("web-hosts", ("*",), ("*",))
         rows, more = store.query({}, None)
         assert not more and sorted(r["id"] for r in rows) == ["ev-1", "ev-2"]
-        assert {r["ref"] for r in rows} == {escalation_ref("web-hosts", f"ev-{n}") for n in (1, 2)}
+        assert {r["ref"] for r in rows} == {
+            escalation_ref("web-hosts", "team-a", "h1", f"ev-{n}") for n in (1, 2)
+        }
         # the same agent goes on updating its escalations under the same name
         accepted, _ = store.store([{**wire_event(1, owner="team-a"), "count": 9}], who)
         assert accepted == ["ev-1"]
         assert [r["count"] for r in store.query({"host": "h1"}, None)[0] if r["id"] == "ev-1"] == [
             9
         ]
-        assert store.stats(None) == []  # totals come back with the agents' next report
+        assert store.stats(None) == ([], False)  # totals come back with the agents' next report
     finally:
         store.close()
     with sqlite3.connect(db) as conn:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import html
 import math
+import re
 import resource
 import socket
 import ssl
@@ -28,6 +28,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from agent.notify import Notifier
 from agent.receiver.guard import HEADER_TIMEOUT, PER_CLIENT, Busy, GuardedH11, Lane
 from agent.receiver.limits import MAX_EVENTS, InvalidEvent, decode, validate, validate_stats
+from agent.receiver.page import render_summary
 from agent.receiver.scopes import Action, Forbidden, Identity
 from agent.receiver.store import ReceiverStore
 
@@ -37,7 +38,11 @@ HEALTH_STALL = 5.0  # a probe waiting this long on the database is an answer: 50
 UPLOADS = 8  # bodies being received or worked on at once (each up to MAX_BODY)
 QUEUE_PATIENCE = 10.0  # seconds a request waits for a slot before a 503 with Retry-After
 BODY_TIMEOUT = 30.0  # seconds for a whole body: 4 MiB needs only 140 KB/s
-MAX_PAGE = 1000  # rows; and a page stops at 8 MiB of bodies (store.query)
+MAX_PAGE = 1000  # rows; and a page stops at 4 MiB of bodies (store.query)
+MAX_OFFSET = 10_000_000  # past this, narrow the listing with filters
+PAGE_GROUPS = 500  # rows in each table of the page
+READS_PER_TOKEN = 2  # answers of one token being made or sent at once
+SEND_TIMEOUT = 30.0  # seconds for a client to take an answer
 FILTERS = ("owner", "pattern", "host", "pack", "status", "fingerprint")
 SECURITY_HEADERS = {
     # the page is server-rendered with inline styles only: no script, no frames, no forms out
@@ -128,6 +133,78 @@ def _error(code: int, message: str) -> JSONResponse:
     return JSONResponse({"error": message}, status_code=code)
 
 
+TOKEN_SHAPE = re.compile(r"lm_[A-Za-z0-9_-]{20,100}")
+
+
+def _bearer(request: Request) -> str | None:
+    """The bearer token, if the header holds one of the shape the receiver issues;
+    anything else is refused without a look at the database."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not TOKEN_SHAPE.fullmatch(token):
+        return None
+    return token
+
+
+class BadQuery(ValueError):
+    """A query parameter out of its range: a 400 naming it."""
+
+
+def _paging(request: Request) -> tuple[int, int]:
+    """`limit` (1..MAX_PAGE, default 500) and `offset` (0..MAX_OFFSET) of a listing."""
+    try:
+        limit = int(request.query_params.get("limit", "500"))
+        offset = int(request.query_params.get("offset", "0"))
+    except ValueError:
+        raise BadQuery("limit and offset must be integers") from None
+    if not 0 <= offset <= MAX_OFFSET:
+        raise BadQuery(f"offset must be between 0 and {MAX_OFFSET}; narrow with filters")
+    return min(MAX_PAGE, max(1, limit)), offset
+
+
+def _paged(name: str, found: list[dict[str, Any]], more: bool, offset: int) -> dict[str, Any]:
+    answer: dict[str, Any] = {name: found}
+    if more:  # the page ended at its limit or at its byte budget
+        answer["next_offset"] = offset + len(found)
+    return answer
+
+
+class InFlight:
+    """How many answers each token has being made or sent; at most `most` at once."""
+
+    def __init__(self, most: int) -> None:
+        self.most = most
+        self._count: dict[str, int] = {}  # touched on the event loop only
+
+    def enter(self, key: str) -> bool:
+        if self._count.get(key, 0) >= self.most:
+            return False
+        self._count[key] = self._count.get(key, 0) + 1
+        return True
+
+    def leave(self, key: str) -> None:
+        left = self._count.pop(key) - 1
+        if left:
+            self._count[key] = left
+
+
+class Sent(Response):
+    """An answer that calls `done` once it is sent, or once the client has taken longer
+    than `deadline` seconds to take it (then the connection is dropped)."""
+
+    def __init__(self, inner: Response, done: Callable[[], None], deadline: float) -> None:
+        self.inner, self.done, self.deadline = inner, done, deadline
+        self.status_code = inner.status_code
+        self.background = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            async with asyncio.timeout(self.deadline):
+                await self.inner(scope, receive, send)
+        finally:
+            self.done()
+
+
 def _busy() -> JSONResponse:
     response = _error(503, "the receiver is busy; try again shortly")
     response.headers["Retry-After"] = "2"
@@ -147,9 +224,8 @@ def create_app(
         and it is within its rate; else the answer: 401, 403 (saying what the
         scope allows) or 429.
         """
-        header = request.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        who = store.authenticate(token.strip()) if scheme.lower() == "bearer" else None
+        token = _bearer(request)
+        who = store.authenticate(token) if token is not None else None
         if who is None:
             response = _error(401, "a valid bearer token is required")
             response.headers["WWW-Authenticate"] = 'Bearer realm="logmend"'
@@ -183,9 +259,23 @@ def create_app(
                 except BodyTooSlow:
                     return _error(408, f"body not received within {BODY_TIMEOUT:g} seconds")
                 async with work.slot():
-                    return await run_in_threadpool(ingest, who, body, request)
+                    return await run_in_threadpool(still_live, who, body, request, ingest)
         except Busy:
             return _busy()
+
+    def still_live(
+        who: Identity,
+        body: bytes,
+        request: Request,
+        ingest: Callable[[Identity, bytes, Request], Response],
+    ) -> Response:
+        """A body takes up to BODY_TIMEOUT to arrive: a token revoked or expired
+        meanwhile stores nothing."""
+        token = _bearer(request)
+        now = store.authenticate(token) if token is not None else None
+        if now is None or now.token_id != who.token_id:
+            return _error(401, "the token was revoked or expired while the body arrived")
+        return ingest(now, body, request)
 
     def decoded(body: bytes, request: Request) -> Any:
         try:
@@ -250,99 +340,55 @@ def create_app(
     async def post_stats(request: Request) -> Response:
         return await upload(request, ingest_stats)
 
-    def reading(endpoint: Callable[[Request], Response]) -> Callable[[Request], Any]:
-        """A read on the thread pool, a few at a time: a busy database or a big page
-        never holds up the event loop, nor takes every thread."""
+    in_flight = InFlight(READS_PER_TOKEN)
+
+    def reading(endpoint: Callable[[Request, Identity], Response]) -> Callable[[Request], Any]:
+        """A read for a read, write or admin token: on the thread pool, a few at a time,
+        so a busy database or a big page never holds up the event loop nor takes every
+        thread; and at most READS_PER_TOKEN answers of one token in flight until they
+        are sent, so a client that never reads them cannot pile up pages in memory."""
 
         async def read(request: Request) -> Response:
+            who = await run_in_threadpool(auth, request, Action.READ)
+            if isinstance(who, Response):
+                return who
+            if not in_flight.enter(who.token_id):
+                return _error(429, f"at most {READS_PER_TOKEN} reads of one token at once")
             try:
                 async with reads.slot():
-                    return await run_in_threadpool(endpoint, request)
+                    answer = await run_in_threadpool(endpoint, request, who)
+            except BadQuery as exc:
+                answer = _error(400, str(exc))
             except Busy:
-                return _busy()
+                answer = _busy()
+            except BaseException:
+                in_flight.leave(who.token_id)
+                raise
+            return Sent(answer, lambda: in_flight.leave(who.token_id), SEND_TIMEOUT)
 
         return read
 
-    def get_stats(request: Request) -> Response:
-        who = auth(request, Action.READ)
-        if isinstance(who, Response):
-            return who
-        return JSONResponse({"stats": store.stats(who.visible_owners())})
+    def get_stats(request: Request, who: Identity) -> Response:
+        limit, offset = _paging(request)
+        found, more = store.stats(who.visible_owners(), limit, offset)
+        return JSONResponse(_paged("stats", found, more, offset))
 
-    def get_escalations(request: Request) -> Response:
-        who = auth(request, Action.READ)
-        if isinstance(who, Response):
-            return who
+    def get_escalations(request: Request, who: Identity) -> Response:
         filters = {k: v for k, v in request.query_params.items() if k in FILTERS}
-        try:
-            limit = min(MAX_PAGE, max(1, int(request.query_params.get("limit", "500"))))
-            offset = max(0, int(request.query_params.get("offset", "0")))
-        except ValueError:
-            return _error(400, "limit and offset must be integers")
+        limit, offset = _paging(request)
         found, more = store.query(filters, who.visible_owners(), limit, offset)
-        answer: dict[str, Any] = {"escalations": found}
-        if more:  # the page ended at `limit` rows or at its byte budget
-            answer["next_offset"] = offset + len(found)
-        return JSONResponse(answer)
+        return JSONResponse(_paged("escalations", found, more, offset))
 
-    def get_escalation(request: Request) -> Response:
-        who = auth(request, Action.READ)
-        if isinstance(who, Response):
-            return who
+    def get_escalation(request: Request, who: Identity) -> Response:
         found = store.get(request.path_params["ref"], who.visible_owners())
         if found is None:  # another team's is as absent as one that never was
             return _error(404, "no such escalation")
         return JSONResponse(found)
 
-    def page(request: Request) -> Response:
-        who = auth(request, Action.READ)
-        if isinstance(who, Response):
-            return who
-        rows = store.summary(who.visible_owners())
-        groups: dict[str, list[dict[str, Any]]] = {}
-        for row in rows:
-            groups.setdefault(row["owner"], []).append(row)
-        parts = [
-            "<!doctype html><meta charset=utf-8><title>logmend escalations</title>",
-            "<style>body{font:14px system-ui;margin:2em}table{border-collapse:collapse}"
-            "td,th{padding:4px 10px;border-bottom:1px solid #ddd;text-align:left}"
-            ".resolved{color:#080}.no-remedy,.remedy-failed{color:#b00}</style>",
-            "<h1>logmend: escalations by owner and pattern</h1>",
-        ]
-        healed = store.stats(who.visible_owners())
-        if healed:
-            parts.append(
-                "<h2>What tier 1 did on the hosts</h2><table><tr><th>owner</th><th>pack</th>"
-                "<th>pattern</th><th>hosts</th><th>lines matched</th><th>incidents</th>"
-                "<th>fixed on the host</th><th>fixes failed</th><th>escalated</th></tr>"
-            )
-            for s in healed:
-                parts.append(
-                    f"<tr><td>{html.escape(s['owner'])}</td><td>{html.escape(s['pack'])}</td>"
-                    f"<td>{html.escape(s['pattern'])}</td><td>{s['hosts']}</td>"
-                    f"<td>{s['matches']}</td><td>{s['incidents']}</td>"
-                    f"<td class='resolved'>{s['resolved']}</td><td>{s['failed']}</td>"
-                    f"<td>{s['escalated']}</td></tr>"
-                )
-            parts.append("</table>")
-        if not groups:
-            parts.append("<p>No escalations yet.</p>")
-        for owner, items in groups.items():
-            parts.append(
-                f"<h2>{html.escape(owner)}</h2><table><tr><th>pack</th><th>pattern</th>"
-                "<th>status</th><th>escalations</th><th>lines</th><th>hosts</th>"
-                "<th>last seen</th></tr>"
-            )
-            for r in items:
-                last = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(r["last"] or 0))
-                parts.append(
-                    f"<tr><td>{html.escape(r['pack'])}</td><td>{html.escape(r['pattern'])}</td>"
-                    f"<td class='{html.escape(r['status'])}'>{html.escape(r['status'])}</td>"
-                    f"<td>{r['n']}</td><td>{r['lines']}</td><td>{r['hosts']}</td>"
-                    f"<td>{last} UTC</td></tr>"
-                )
-            parts.append("</table>")
-        return HTMLResponse("".join(parts))
+    def page(request: Request, who: Identity) -> Response:
+        healed, more_healed = store.stats(who.visible_owners(), limit=PAGE_GROUPS)
+        groups, more_groups = store.summary(who.visible_owners(), limit=PAGE_GROUPS)
+        return HTMLResponse(render_summary(healed, more_healed, groups, more_groups))
 
     last: list[tuple[float, str | None]] = [(-math.inf, None)]  # the last probe: when, what
     probing = asyncio.Lock()

@@ -24,7 +24,9 @@ MAX_TEXT = 1024 * 1024
 EARLIEST = 0.0  # the epoch: a negative time is no time
 FUTURE_SLACK = 7 * 86400.0  # clocks drift; a week ahead is a broken clock, not a drift
 
-NAMES = ("host", "owner", "pack", "pattern", "status", "fingerprint")
+NAMES = ("host", "pack", "pattern", "status", "fingerprint")
+MAX_DEPTH = 16  # nesting anywhere in an event: attempts hold lists of maps, no more
+MAX_INT = 2**63 - 1
 STATS_FIELDS = ("matches", "incidents", "resolved", "failed", "escalated")
 
 
@@ -89,6 +91,8 @@ def validate(event: Any, index: int, now: float | None = None) -> dict[str, Any]
     text(event.get("id"), f"{at}.id", MAX_ID)
     for name in NAMES:
         text(event.get(name), f"{at}.{name}", MAX_NAME)
+    # an event may leave its owner to the receiver (a token bound to one owner)
+    event["owner"] = text(event.get("owner", ""), f"{at}.owner", MAX_NAME, required=False)
     if "severity" in event:
         text(event["severity"], f"{at}.severity", MAX_NAME)
     for name in ("key", "source", "outcome", "article", "pack_version"):
@@ -110,6 +114,7 @@ def validate(event: Any, index: int, now: float | None = None) -> dict[str, Any]
         text(value, f"{at}.fields.{text(name, f'{at}.fields', MAX_NAME)}", MAX_TEXT, False)
     if not isinstance(event.get("attempts", []), list):
         raise InvalidEvent(f"{at}.attempts must be a list")
+    _everything(event, at, 0)
     try:
         size = len(json.dumps(event, allow_nan=False))
     except (TypeError, ValueError) as exc:
@@ -117,6 +122,37 @@ def validate(event: Any, index: int, now: float | None = None) -> dict[str, Any]
     if size > MAX_EVENT_BYTES:
         raise InvalidEvent(f"{at} is larger than {MAX_EVENT_BYTES} bytes as stored")
     return event
+
+
+def _everything(value: Any, where: str, depth: int) -> None:
+    """Every value anywhere in an event, the keys no one checks by name included, is
+    one that can be stored and answered again: bounded nesting, valid UTF-8 strings,
+    finite numbers, 64-bit integers, string keys. One bad value would otherwise be a
+    500 on every page that holds it, for every reader."""
+    if isinstance(value, str):
+        text(value, where, MAX_TEXT, required=False)
+    elif isinstance(value, bool) or value is None:
+        pass
+    elif isinstance(value, int):
+        if not -MAX_INT <= value <= MAX_INT:
+            raise InvalidEvent(f"{where} is an integer past 64 bits")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise InvalidEvent(f"{where} must be a finite number")
+    elif isinstance(value, list | dict):
+        if depth >= MAX_DEPTH:
+            raise InvalidEvent(f"{where} is nested deeper than {MAX_DEPTH} levels")
+        if isinstance(value, list):
+            for n, item in enumerate(value):
+                _everything(item, f"{where}[{n}]", depth + 1)
+        else:
+            for key, item in value.items():
+                if not isinstance(key, str):
+                    raise InvalidEvent(f"{where} has a key that is not a string")
+                name = text(key, f"{where} key", MAX_NAME, required=False)
+                _everything(item, f"{where}.{name}", depth + 1)
+    else:
+        raise InvalidEvent(f"{where} has a value of type {type(value).__name__}")
 
 
 def validate_stats(doc: Any) -> tuple[str, list[dict[str, Any]]]:

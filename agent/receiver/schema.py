@@ -21,27 +21,29 @@ CREATE TABLE tokens (
     owners TEXT NOT NULL, hosts TEXT NOT NULL, created REAL NOT NULL,
     expires REAL, revoked REAL);
 CREATE TABLE escalations (
-    submitted_by TEXT NOT NULL, id TEXT NOT NULL, ref TEXT NOT NULL UNIQUE,
-    received REAL NOT NULL, host TEXT NOT NULL, owner TEXT NOT NULL, pack TEXT NOT NULL,
+    submitted_by TEXT NOT NULL, owner TEXT NOT NULL, host TEXT NOT NULL, id TEXT NOT NULL,
+    ref TEXT NOT NULL UNIQUE, received REAL NOT NULL, pack TEXT NOT NULL,
     pattern TEXT NOT NULL, severity TEXT NOT NULL, status TEXT NOT NULL,
     fingerprint TEXT NOT NULL, count INTEGER NOT NULL, first_seen REAL NOT NULL,
-    last_seen REAL NOT NULL, body TEXT NOT NULL, PRIMARY KEY (submitted_by, id));
+    last_seen REAL NOT NULL, body TEXT NOT NULL,
+    PRIMARY KEY (submitted_by, owner, host, id));
 CREATE INDEX escalations_owner ON escalations (owner, pattern);
 CREATE INDEX escalations_received ON escalations (received);
 CREATE TABLE stats (
-    submitted_by TEXT NOT NULL, host TEXT NOT NULL, pack TEXT NOT NULL,
-    pattern TEXT NOT NULL, owner TEXT NOT NULL, matches INTEGER NOT NULL,
-    incidents INTEGER NOT NULL, resolved INTEGER NOT NULL, failed INTEGER NOT NULL,
-    escalated INTEGER NOT NULL, updated REAL NOT NULL,
-    PRIMARY KEY (submitted_by, host, pack, pattern));
+    owner TEXT NOT NULL, host TEXT NOT NULL, pack TEXT NOT NULL, pattern TEXT NOT NULL,
+    submitted_by TEXT NOT NULL, matches INTEGER NOT NULL, incidents INTEGER NOT NULL,
+    resolved INTEGER NOT NULL, failed INTEGER NOT NULL, escalated INTEGER NOT NULL,
+    updated REAL NOT NULL, PRIMARY KEY (owner, host, pack, pattern));
 CREATE TABLE IF NOT EXISTS health (one INTEGER PRIMARY KEY CHECK (one = 1), checked REAL NOT NULL);
 CREATE TABLE schema_version (version INTEGER NOT NULL);
 """
 
 
-def escalation_ref(submitted_by: str, event_id: str) -> str:
-    """The receiver's own id of an escalation: one per submitting identity and event id."""
-    return hashlib.sha256(f"{submitted_by}\0{event_id}".encode()).hexdigest()[:20]
+def escalation_ref(submitted_by: str, owner: str, host: str, event_id: str) -> str:
+    """The receiver's own id of an escalation: one per submitting identity, owner, host
+    and event id (the key), so no other token, team or host can reach another's."""
+    key = "\0".join((submitted_by, owner, host, event_id))
+    return hashlib.sha256(key.encode()).hexdigest()[:20]
 
 
 def _to_2(db: sqlite3.Connection) -> list[str]:
@@ -61,17 +63,17 @@ def _to_2(db: sqlite3.Connection) -> list[str]:
     db.execute("""ALTER TABLE tokens ADD COLUMN hosts TEXT NOT NULL DEFAULT '["*"]'""")
     db.execute("ALTER TABLE escalations RENAME TO escalations_v1")
     db.execute("DROP INDEX IF EXISTS escalations_owner")
-    db.execute("DROP TABLE stats")
+    db.execute("DROP TABLE IF EXISTS stats")  # the earliest releases had none
     for statement in TABLES.split(";"):
         if "CREATE TABLE tokens" in statement:
             continue
         if statement.strip():
             db.execute(statement)
-    db.create_function("escalation_ref", 2, escalation_ref, deterministic=True)
+    db.create_function("escalation_ref", 4, escalation_ref, deterministic=True)
     db.execute(
-        "INSERT INTO escalations SELECT submitted_by, id, escalation_ref(submitted_by, id),"
-        " received, host, owner, pack, pattern, severity, status, fingerprint, count,"
-        " first_seen, last_seen, body FROM escalations_v1"
+        "INSERT INTO escalations SELECT submitted_by, owner, host, id,"
+        " escalation_ref(submitted_by, owner, host, id), received, pack, pattern, severity,"
+        " status, fingerprint, count, first_seen, last_seen, body FROM escalations_v1"
     )
     db.execute("DROP TABLE escalations_v1")
     legacy = db.execute("SELECT count(*) FROM tokens").fetchone()[0]
@@ -88,11 +90,15 @@ UPGRADES: dict[int, Callable[[sqlite3.Connection], list[str]]] = {1: _to_2}
 
 
 def migrate(db: sqlite3.Connection, where: str) -> list[str]:
-    """Bring the database to LATEST; returns what an operator should know about it."""
-    tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    """Bring the database to LATEST; returns what an operator should know about it.
+
+    The write lock is taken before anything is read, so two processes opening
+    the same new or old file at once do not both create or both upgrade it.
+    """
     notes: list[str] = []
     db.execute("BEGIN IMMEDIATE")
     try:
+        tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         if "tokens" not in tables:
             for statement in TABLES.split(";"):
                 if statement.strip():
@@ -101,7 +107,10 @@ def migrate(db: sqlite3.Connection, where: str) -> list[str]:
         else:
             version = 1
             if "schema_version" in tables:
-                version = int(db.execute("SELECT max(version) FROM schema_version").fetchone()[0])
+                found = db.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+                if not isinstance(found, int):
+                    raise StateError(f"{where}: its schema_version table is empty or damaged")
+                version = found
             if version > LATEST:
                 raise StateError(
                     f"{where}: written by a newer receiver (schema {version}; this one knows"

@@ -62,7 +62,7 @@ class Identity:
 
     def require(self, action: Action) -> None:
         if action not in ALLOWED[self.scope]:
-            raise Forbidden(f"a {self.scope} token may not {action}: {_HINT[action]}")
+            raise Forbidden(f"{_a(self.scope)} token may not {action}: {_HINT[action]}")
 
     def visible_owners(self) -> tuple[str, ...] | None:
         """The owners whose rows this identity sees; None for all (admin)."""
@@ -94,6 +94,10 @@ class Identity:
         )
 
 
+def _a(scope: Scope) -> str:
+    return f"an {scope}" if scope[0] in "aeiou" else f"a {scope}"
+
+
 _HINT = {
     Action.INGEST: "agents post with an ingest token",
     Action.READ: "reading takes a team's read or write token, or an admin token",
@@ -101,12 +105,14 @@ _HINT = {
 }
 
 
-def binding_problem(scope: Scope, owners: tuple[str, ...], hosts: tuple[str, ...]) -> str | None:
-    """Why a token cannot be created with these bindings, or None.
+def binding_problem(
+    scope: Scope, owners: tuple[str, ...], hosts: tuple[str, ...], name: str = ""
+) -> str | None:
+    """Why a token cannot be created with this name and these bindings, or None.
 
     Checked when a token is created, so every stored token means one thing.
     """
-    for value in (*owners, *hosts):
+    for value in (*owners, *hosts, *((name,) if name else ())):
         if not value or len(value) > MAX_LABEL or not value.isprintable() or value != value.strip():
             return f"{value!r} is not a name: printable, no surrounding spaces, 1..256 characters"
     if scope is Scope.INGEST:
@@ -121,4 +127,6 @@ def binding_problem(scope: Scope, owners: tuple[str, ...], hosts: tuple[str, ...
         return "an admin token sees every owner: no --owner" if owners else None
     if len(owners) != 1 or ANY in owners[0]:
         return f"a {scope} token is one team's: exactly one --owner, without '*'"
+    if owners[0] == AGENT_OWNER:
+        return f"the agents' own reports (owner {AGENT_OWNER}) are the central team's: use admin"
     return None

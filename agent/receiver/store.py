@@ -21,6 +21,8 @@ from agent.errors import StateError
 from agent.receiver.schema import escalation_ref, migrate
 from agent.receiver.scopes import Identity, Scope, binding_problem
 
+PAGE_BYTES = 4 * 1024 * 1024  # a listing page ends past this much of stored bodies
+
 
 def token_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
@@ -69,7 +71,7 @@ class ReceiverStore:
         `name` defaults to the token's id; raises ValueError for a binding
         the scope cannot have (see scopes.binding_problem).
         """
-        problem = binding_problem(scope, owners, hosts)
+        problem = binding_problem(scope, owners, hosts, name)
         if problem is not None:
             raise ValueError(problem)
         token = "lm_" + secrets.token_urlsafe(32)
@@ -154,11 +156,13 @@ class ReceiverStore:
     def store(self, events: list[dict[str, Any]], who: Identity) -> tuple[list[str], list[str]]:
         """Insert each event once under `who`'s name; returns (accepted ids, duplicate ids).
 
-        Ids are namespaced by the submitting identity: the same id from another
-        token's name is another escalation, so none can overwrite or pre-claim
-        another's. An event sent again with a higher count (more matches since
-        it was first sent) updates the stored one; anything else with a known
-        id is a duplicate and changes nothing. Owners must be decided already.
+        An escalation's key is (submitting token's name, owner, host, id): the
+        same id from another name, for another owner or from another host is
+        another escalation, so none can overwrite or pre-claim another's, and a
+        stored row's owner and host never change. An event sent again with a
+        higher count (more matches since it was first sent) updates the stored
+        one; anything else with a known key is a duplicate and changes nothing.
+        Owners must be decided already.
         """
         accepted: list[str] = []
         duplicates: list[str] = []
@@ -168,17 +172,11 @@ class ReceiverStore:
             try:
                 for e in events:
                     count = int(e.get("count", 1))
+                    key = (who.name, e["owner"], e["host"], e["id"])
                     updated = self._db.execute(
                         "UPDATE escalations SET count=?, last_seen=max(last_seen, ?), body=?"
-                        " WHERE submitted_by=? AND id=? AND count<?",
-                        (
-                            count,
-                            float(e.get("last_seen", now)),
-                            json.dumps(e),
-                            who.name,
-                            e["id"],
-                            count,
-                        ),
+                        " WHERE submitted_by=? AND owner=? AND host=? AND id=? AND count<?",
+                        (count, float(e.get("last_seen", now)), json.dumps(e), *key, count),
                     )
                     if updated.rowcount:
                         accepted.append(e["id"])
@@ -186,12 +184,9 @@ class ReceiverStore:
                     cursor = self._db.execute(
                         "INSERT OR IGNORE INTO escalations VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                         (
-                            who.name,
-                            e["id"],
-                            escalation_ref(who.name, e["id"]),
+                            *key,
+                            escalation_ref(*key),
                             now,
-                            e["host"],
-                            e["owner"],
                             e["pack"],
                             e["pattern"],
                             str(e.get("severity", "error")),
@@ -214,24 +209,25 @@ class ReceiverStore:
         """A host's cumulative totals per pattern, as its agent last reported them.
 
         The latest report wins (an agent whose state was reset reports lower
-        totals, and is right to); only the identity that posted a row can
-        replace it, so no token can overwrite another host's figures.
+        totals, and is right to). Rows are kept per owner, host and pattern, so
+        a host moved to another token replaces its figures instead of counting
+        twice; only a token bound to that host and owner can post them.
         """
         now = time.time()
         with self._lock:
             self._db.executemany(
                 "INSERT INTO stats VALUES (?,?,?,?,?,?,?,?,?,?,?)"
-                " ON CONFLICT (submitted_by, host, pack, pattern) DO UPDATE SET"
-                " owner=excluded.owner, matches=excluded.matches,"
+                " ON CONFLICT (owner, host, pack, pattern) DO UPDATE SET"
+                " submitted_by=excluded.submitted_by, matches=excluded.matches,"
                 " incidents=excluded.incidents, resolved=excluded.resolved,"
                 " failed=excluded.failed, escalated=excluded.escalated, updated=excluded.updated",
                 [
                     (
-                        who.name,
+                        r["owner"],
                         host,
                         r["pack"],
                         r["pattern"],
-                        r["owner"],
+                        who.name,
                         r["matches"],
                         r["incidents"],
                         r["resolved"],
@@ -243,8 +239,11 @@ class ReceiverStore:
                 ],
             )
 
-    def stats(self, owners: tuple[str, ...] | None) -> list[dict[str, Any]]:
-        """Totals per owner, pack and pattern, summed over hosts, of the owners given."""
+    def stats(
+        self, owners: tuple[str, ...] | None, limit: int = 1000, offset: int = 0
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """Totals per owner, pack and pattern, summed over hosts, of the owners given:
+        a page of at most `limit`, and whether more follow."""
         where, args = _owned(owners)
         with self._lock:
             rows = self._db.execute(
@@ -252,12 +251,14 @@ class ReceiverStore:
                 " total(matches) AS matches, total(incidents) AS incidents,"
                 " total(resolved) AS resolved, total(failed) AS failed,"
                 f" total(escalated) AS escalated, max(updated) AS updated FROM stats {where}"
-                " GROUP BY owner, pack, pattern ORDER BY owner, pack, pattern",
-                args,
+                " GROUP BY owner, pack, pattern ORDER BY owner, pack, pattern LIMIT ? OFFSET ?",
+                (*args, limit + 1, offset),
             ).fetchall()
-        return [
-            _whole(dict(r), "matches", "incidents", "resolved", "failed", "escalated") for r in rows
+        page = [
+            _whole(dict(r), "matches", "incidents", "resolved", "failed", "escalated")
+            for r in rows[:limit]
         ]
+        return page, len(rows) > limit
 
     def query(
         self,
@@ -265,7 +266,7 @@ class ReceiverStore:
         owners: tuple[str, ...] | None,
         limit: int = 500,
         offset: int = 0,
-        budget: int = 8 * 1024 * 1024,
+        budget: int = PAGE_BYTES,
     ) -> tuple[list[dict[str, Any]], bool]:
         """A page of escalations, newest first, of the owners given, matching `filters`,
         and whether more follow.
@@ -301,16 +302,21 @@ class ReceiverStore:
             ).fetchone()
         return None if row is None else _event(row)
 
-    def summary(self, owners: tuple[str, ...] | None) -> list[dict[str, Any]]:
+    def summary(
+        self, owners: tuple[str, ...] | None, limit: int = 500
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """Escalations counted per owner, pack, pattern and status (most recent first):
+        at most `limit` groups, and whether more follow."""
         where, args = _owned(owners)
         with self._lock:
             rows = self._db.execute(
                 "SELECT owner, pack, pattern, status, count(*) AS n, total(count) AS lines,"  # noqa: S608
                 f" count(DISTINCT host) AS hosts, max(last_seen) AS last FROM escalations {where}"
-                " GROUP BY owner, pack, pattern, status ORDER BY owner, pack, pattern, status",
-                args,
+                " GROUP BY owner, pack, pattern, status ORDER BY last DESC LIMIT ?",
+                (*args, limit + 1),
             ).fetchall()
-        return [_whole(dict(r), "lines") for r in rows]
+        ordered = sorted(rows[:limit], key=lambda r: (r["owner"], r["pack"], r["pattern"]))
+        return [_whole(dict(r), "lines") for r in ordered], len(rows) > limit
 
 
 def _owned(  # only fixed column names and placeholders reach the SQL it makes
