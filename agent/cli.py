@@ -524,7 +524,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="a receiver, an agent and a log that breaks, in 30s")
     demo.add_argument("--packs", type=Path, default=None, help="default: the shipped patterns/")
-    demo.add_argument("--keep", action="store_true", help="keep the temp directory")
+    demo.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the receiver and its console running until Ctrl-C, and the temp directory",
+    )
     demo.set_defaults(func=cmd_demo)
     return parser
 

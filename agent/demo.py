@@ -66,7 +66,10 @@ def run_demo(packs: Path | None = None, keep: bool = False) -> int:
     procs: list[subprocess.Popen[str]] = []
     started = time.monotonic()
     try:
-        return _demo(tmp, packs, procs, started)
+        code = _demo(tmp, packs, procs, started)
+        if keep and code == 0:
+            _serve_until_interrupted(procs[0])
+        return code
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -80,6 +83,20 @@ def run_demo(packs: Path | None = None, keep: bool = False) -> int:
             print(f"kept {tmp}")
         else:
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _serve_until_interrupted(receiver: subprocess.Popen[str]) -> None:
+    """--keep: the receiver (and its console) stays up until Ctrl-C or SIGTERM."""
+    print("== the receiver keeps running; Ctrl-C to stop it", flush=True)
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        while not stop.is_set() and receiver.poll() is None:
+            stop.wait(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _demo(tmp: Path, packs: Path, procs: list[subprocess.Popen[str]], started: float) -> int:
@@ -271,10 +288,8 @@ sweep_interval = "200ms"
             f"  {s['owner']}: {s['pack']}/{s['pattern']} fixed on the host {s['resolved']}"
             f" time(s) on {s['hosts']} host(s)"
         )
-    print(
-        f"== done in {time.monotonic() - started:.1f}s; the receiver's page was {url}/"
-        f" (Authorization: Bearer {viewer})"
-    )
+    print(f"== done in {time.monotonic() - started:.1f}s")
+    print(f"the console: {url}/login  (log in with this admin token: {viewer})")
     if not done:
         print("demo incomplete: not everything arrived in time", file=sys.stderr)
         return 1

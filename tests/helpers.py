@@ -151,6 +151,11 @@ def make_receiver(tmp: Path) -> Receiver:
     return Receiver(db=db, token=token, admin=admin)
 
 
+STARTED: list[AgentProc] = []
+"""Every agent a test started; conftest kills those still running when the test ends,
+so a test that fails before its own stop leaves no agent behind."""
+
+
 @dataclass
 class AgentProc:
     config: Path
@@ -159,6 +164,7 @@ class AgentProc:
 
     def start(self, *extra: str) -> AgentProc:
         self.lines = []
+        STARTED.append(self)
         self.proc = subprocess.Popen(
             [PYTHON, "-m", "agent", "run", "-c", str(self.config), *extra],
             stdout=subprocess.DEVNULL,

@@ -83,7 +83,8 @@ def test_filters_and_page(receiver):
     assert [e["id"] for e in receiver.escalations(owner="team-b")] == ["ev-2"]
     assert [e["id"] for e in receiver.escalations(pattern="upstream-timeout")] == ["ev-1"]
     assert [e["id"] for e in receiver.escalations(host="h2")] == ["ev-2"]
-    page = httpx.get(f"{receiver.url}/", headers={"Authorization": f"Bearer {receiver.admin}"}).text
+    admin = {"Authorization": f"Bearer {receiver.admin}"}
+    page = httpx.get(f"{receiver.url}/tier1", headers=admin).text
     assert "<h2>team-a</h2>" in page and "<h2>team-b</h2>" in page and "upstream-timeout" in page
 
 
@@ -146,7 +147,7 @@ def test_stats_are_totals_per_host_and_bad_ones_are_refused(receiver):
     admin = {"Authorization": f"Bearer {receiver.admin}"}
     [total] = httpx.get(f"{receiver.url}/v1/stats", headers=admin).json()["stats"]
     assert (total["hosts"], total["matches"], total["resolved"]) == (2, 14, 3)
-    assert "fixed on the host" in httpx.get(receiver.url + "/", headers=admin).text
+    assert "fixed on the host" in httpx.get(receiver.url + "/tier1", headers=admin).text
 
 
 def test_healthz_is_honest_when_the_database_refuses_writes(receiver):

@@ -125,8 +125,9 @@ def test_the_bearer_scheme_is_case_insensitive_and_the_token_names_the_submitter
 
 def test_health_needs_no_token_and_the_page_does(api):
     assert api.client.get("/healthz").json() == {"ok": True}
-    assert api.client.get("/").status_code == 401
-    assert "No escalations yet." in api.client.get("/", headers=api.auth(api.admin)).text
+    page = api.client.get("/", follow_redirects=False)
+    assert (page.status_code, page.headers["location"]) == (303, "/login")
+    assert "No escalations yet." in api.client.get("/tier1", headers=api.auth(api.admin)).text
 
 
 # ingest ---------------------------------------------------------------------------------
@@ -380,7 +381,7 @@ def test_stats_keep_the_latest_total_per_host_and_sum_over_hosts(api):
         "failed": 1,
     }
     assert by_owner[""]["hosts"] == 1 and by_owner[""]["matches"] == 0
-    assert "fixed on the host" in api.client.get("/", headers=api.auth(api.admin)).text
+    assert "fixed on the host" in api.client.get("/tier1", headers=api.auth(api.admin)).text
 
 
 @pytest.mark.parametrize(
@@ -497,3 +498,53 @@ def test_a_lane_turns_away_what_waits_past_its_patience_and_frees_its_slots():
         return seen
 
     assert asyncio.run(scenario()) == ["third turned away", "two again"]
+
+
+# the workflow of a group, through the API ------------------------------------------------
+
+
+def test_a_team_works_an_escalation_and_a_resolved_one_that_recurs_is_a_regression(api):
+    write = api.store.create_token(Scope.WRITE, "wendy", ("team-a",))
+    other = api.store.create_token(Scope.WRITE, "bob", ("team-b",))
+    reader = api.store.create_token(Scope.READ, "rita", ("team-a",))
+    assert api.post({"events": [event(1, key="k")]}).status_code == 200
+    [row] = api.listed()
+
+    def patch(token: str, doc: Any) -> Any:
+        return api.client.patch(f"{ESCALATIONS}/{row['ref']}", json=doc, headers=api.auth(token))
+
+    def group() -> dict[str, Any]:
+        answer = api.client.get(f"{ESCALATIONS}/{row['ref']}", headers=api.auth(reader))
+        assert answer.status_code == 200, answer.text
+        return dict(answer.json()["group"])
+
+    assert (group()["state"], group()["timeline"], group()["key"]) == ("open", [], "k")
+    assert patch(write, {"action": "acknowledge"}).json()["state"] == "acknowledged"
+    again = patch(write, {"action": "acknowledge"})
+    assert again.status_code == 409 and "only an open group" in again.json()["error"]
+    assert patch(write, {"action": "assign", "assignee": "dana"}).json()["assignee"] == "dana"
+    assert patch(write, {"action": "note", "note": "disk on db-1 replaced"}).status_code == 200
+    assert patch(write, {"action": "resolve"}).json()["state"] == "resolved"
+    assert patch(reader, {"action": "reopen"}).status_code == 403  # read may not write
+    assert patch(other, {"action": "reopen"}).status_code == 404  # another team's: absent
+    assert patch(write, {"action": "dance"}).status_code == 422
+    assert patch(write, {"action": "snooze", "until": "soon"}).status_code == 422
+    assert patch(write, {"action": "note", "note": ""}).status_code == 422
+    bad = api.client.patch(f"{ESCALATIONS}/{row['ref']}", content=b"{", headers=api.auth(write))
+    assert bad.status_code == 400
+    assert group()["state"] == "resolved"  # none of the refused changed anything
+    # the agent reports the same incident again, with more matches: a regression
+    assert api.post({"events": [event(1, key="k", count=9)]}).status_code == 200
+    back = group()
+    assert (back["state"], back["regression"]) == ("open", True)
+    timeline = [(a["who"], a["verb"], a["detail"]) for a in back["timeline"]]
+    assert timeline == [
+        ("wendy", "acknowledge", ""),
+        ("wendy", "assign", "to dana"),
+        ("wendy", "note", "disk on db-1 replaced"),
+        ("wendy", "resolve", ""),
+        ("receiver", "regressed", "reported by h1"),
+    ]
+    # a duplicate changes nothing: no second regression
+    assert api.post({"events": [event(1, key="k", count=9)]}).json()["duplicates"] == ["ev-1"]
+    assert len(group()["timeline"]) == 5

@@ -17,7 +17,7 @@ import pytest
 
 from agent.cli import main
 from agent.errors import StateError
-from agent.receiver.schema import LATEST, escalation_ref
+from agent.receiver.schema import LATEST, escalation_ref, group_ref
 from agent.receiver.scopes import Scope
 from agent.receiver.store import ReceiverStore, token_hash
 from tests.helpers import wire_event
@@ -84,6 +84,10 @@ def test_a_release_1_database_is_upgraded_in_place_and_loses_no_escalation(tmp_p
             9
         ]
         assert store.stats(None) == ([], False)  # totals come back with the agents' next report
+        for n in (1, 2):  # each escalation in an open group of its owner and fingerprint
+            group = store.group(group_ref("team-a", f"fp{n}"), ("team-a",))
+            assert group is not None and group["state"] == "open"
+            assert [e["id"] for e in group["escalations"]] == [f"ev-{n}"]
     finally:
         store.close()
     with sqlite3.connect(db) as conn:

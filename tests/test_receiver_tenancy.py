@@ -37,6 +37,10 @@ class Fleet:
             method, self.receiver.url + path, content=content, headers=headers, timeout=10
         )
 
+    def call_json(self, who: str | None, method: str, path: str, body: Any) -> httpx.Response:
+        headers = {"Authorization": f"Bearer {self.tokens.get(who, who)}"} if who else {}
+        return httpx.request(method, self.receiver.url + path, json=body, headers=headers)
+
     def post(self, who: str, *events: dict[str, Any]) -> httpx.Response:
         return self.call(who, "POST", "/v1/escalations", {"events": list(events)})
 
@@ -88,20 +92,21 @@ ENDPOINTS = [
     ("POST", "/v1/stats"),
     ("GET", "/v1/escalations"),
     ("GET", "/v1/escalations/{ref}"),
+    ("PATCH", "/v1/escalations/{ref}"),
     ("GET", "/v1/stats"),
     ("GET", "/"),
     ("GET", "/healthz"),
 ]
 EXPECTED: dict[str | None, list[int]] = {
-    # POST esc, POST stats, GET list, GET one, GET stats, page, health
-    None: [401, 401, 401, 401, 401, 401, 200],
-    "lm_not-a-token": [401, 401, 401, 401, 401, 401, 200],
-    "revoked": [401, 401, 401, 401, 401, 401, 200],
-    "expired": [401, 401, 401, 401, 401, 401, 200],
-    "a-ingest": [200, 200, 403, 403, 403, 403, 200],
-    "a-read": [403, 403, 200, 200, 200, 200, 200],
-    "a-write": [403, 403, 200, 200, 200, 200, 200],
-    "admin": [403, 403, 200, 200, 200, 200, 200],
+    # POST esc, POST stats, GET list, GET one, PATCH one, GET stats, page, health
+    None: [401, 401, 401, 401, 401, 401, 303, 200],  # a browser goes to the login page
+    "lm_not-a-token": [401, 401, 401, 401, 401, 401, 401, 200],
+    "revoked": [401, 401, 401, 401, 401, 401, 401, 200],
+    "expired": [401, 401, 401, 401, 401, 401, 401, 200],
+    "a-ingest": [200, 200, 403, 403, 403, 403, 403, 200],
+    "a-read": [403, 403, 200, 200, 403, 200, 200, 200],
+    "a-write": [403, 403, 200, 200, 200, 200, 200, 200],
+    "admin": [403, 403, 200, 200, 200, 200, 200, 200],
 }
 
 
@@ -111,13 +116,18 @@ def test_every_scope_against_every_endpoint(fleet, who):
     assert answer.status_code == 200, answer.text
     [mine] = fleet.listed("admin", host="web-1", pattern="upstream-timeout")[:1]
     bodies = {
-        "/v1/escalations": {"events": [a_event(901, count=5)]},
-        "/v1/stats": {"host": "web-1", "stats": [{**STATS_ROW, "owner": "team-a"}]},
+        ("POST", "/v1/escalations"): {"events": [a_event(901, count=5)]},
+        ("POST", "/v1/stats"): {"host": "web-1", "stats": [{**STATS_ROW, "owner": "team-a"}]},
+        ("PATCH", "/v1/escalations/{ref}"): {"action": "note", "note": "seen"},
     }
     got = []
     for method, path in ENDPOINTS:
+        body = bodies.get((method, path))
         path = path.format(ref=mine["ref"])
-        answer = fleet.call(who, method, path, bodies.get(path) if method == "POST" else None)
+        if method == "PATCH":
+            answer = fleet.call_json(who, method, path, body)
+        else:
+            answer = fleet.call(who, method, path, body)
         got.append(answer.status_code)
         if answer.status_code == 401:
             assert answer.json() == {"error": "a valid bearer token is required"}
@@ -222,7 +232,9 @@ def test_stats_for_another_host_cannot_be_posted_or_overwritten(fleet):
 
 
 def test_the_page_needs_a_token(fleet):
-    """Before: the page at / needed no token at all."""
+    """Before: the page at / needed no token at all. Now a browser without a session is
+    sent to the login page, and a tool without a token gets nothing."""
     answer = fleet.call(None, "GET", "/")
-    assert answer.status_code == 401 and "team-" not in answer.text
+    assert answer.status_code == 303 and answer.headers["location"] == "/login"
+    assert "team-" not in answer.text
     assert fleet.call("a-ingest", "GET", "/").status_code == 403  # an agent's token reads nothing

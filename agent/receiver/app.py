@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import re
 import resource
@@ -21,16 +22,19 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import MutableHeaders
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agent.notify import Notifier
+from agent.receiver.console import Console
 from agent.receiver.guard import HEADER_TIMEOUT, PER_CLIENT, Busy, GuardedH11, Lane
 from agent.receiver.limits import MAX_EVENTS, InvalidEvent, decode, validate, validate_stats
-from agent.receiver.page import render_summary
+from agent.receiver.schema import group_ref
 from agent.receiver.scopes import Action, Forbidden, Identity
 from agent.receiver.store import ReceiverStore
+from agent.receiver.workflow import PEOPLE_VERBS, BadAction, Verb, WorkflowError
+from agent.receiver.workflow import Action as WorkflowAction
 
 MAX_BODY = 4 * 1024 * 1024
 HEALTH_EVERY = 1.0  # seconds between two write probes of /healthz
@@ -40,7 +44,6 @@ QUEUE_PATIENCE = 10.0  # seconds a request waits for a slot before a 503 with Re
 BODY_TIMEOUT = 30.0  # seconds for a whole body: 4 MiB needs only 140 KB/s
 MAX_PAGE = 1000  # rows; and a page stops at 4 MiB of bodies (store.query)
 MAX_OFFSET = 10_000_000  # past this, narrow the listing with filters
-PAGE_GROUPS = 500  # rows in each table of the page
 READS_PER_TOKEN = 2  # answers of one token being made or sent at once
 SEND_TIMEOUT = 30.0  # seconds for a client to take an answer
 FILTERS = ("owner", "pattern", "host", "pack", "status", "fingerprint")
@@ -203,6 +206,41 @@ class Sent(Response):
                 await self.inner(scope, receive, send)
         finally:
             self.done()
+
+
+MAX_ACTION_BODY = 16 * 1024
+MAX_FORM = 16 * 1024
+
+
+def _action(doc: Any) -> WorkflowAction:
+    """A person's action from a PATCH body; ValueError (BadAction) naming what is wrong."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("action"), str):
+        raise BadAction('body must be an object with an "action" string')
+    try:
+        verb = Verb(doc["action"])
+    except ValueError:
+        raise BadAction(f"action must be one of {', '.join(sorted(PEOPLE_VERBS))}") from None
+    until = doc.get("until")
+    if until is not None and (
+        not isinstance(until, int | float) or isinstance(until, bool) or not math.isfinite(until)
+    ):
+        raise BadAction("until must be a Unix time")
+    for name in ("assignee", "note"):
+        if not isinstance(doc.get(name, ""), str):
+            raise BadAction(f"{name} must be a string")
+    return WorkflowAction(
+        verb, assignee=doc.get("assignee", ""), note=doc.get("note", ""), until=until
+    )
+
+
+def _why(exc: Exception) -> str:
+    if isinstance(exc, BodyTooLarge):
+        return f"body larger than {MAX_ACTION_BODY} bytes"
+    if isinstance(exc, BodyTooSlow):
+        return "body not received in time"
+    if isinstance(exc, BadAction):
+        return str(exc)
+    return "body is not JSON"
 
 
 def _busy() -> JSONResponse:
@@ -383,12 +421,84 @@ def create_app(
         found = store.get(request.path_params["ref"], who.visible_owners())
         if found is None:  # another team's is as absent as one that never was
             return _error(404, "no such escalation")
+        group = store.group(group_ref(found["owner"], found["fingerprint"]), None, 0)
+        if group is not None:  # the workflow of its group: state, assignee, timeline
+            del group["escalations"]
+            found["group"] = group
         return JSONResponse(found)
 
-    def page(request: Request, who: Identity) -> Response:
-        healed, more_healed = store.stats(who.visible_owners(), limit=PAGE_GROUPS)
-        groups, more_groups = store.summary(who.visible_owners(), limit=PAGE_GROUPS)
-        return HTMLResponse(render_summary(healed, more_healed, groups, more_groups))
+    async def patch_escalation(request: Request) -> Response:
+        """A person's action on the escalation's group, with a write or admin token:
+        {"action": "acknowledge" | "assign" | "note" | "resolve" | "reopen" | "snooze",
+        "assignee": "...", "note": "...", "until": UNIX_TIME}."""
+        who = await run_in_threadpool(auth, request, Action.WRITE)
+        if isinstance(who, Response):
+            return who
+        try:
+            doc = json.loads(await _body(request, MAX_ACTION_BODY))
+            action = _action(doc)
+        except (BodyTooLarge, BodyTooSlow, ValueError) as exc:
+            return _error(422 if isinstance(exc, BadAction) else 400, _why(exc))
+
+        def apply() -> Response:
+            found = store.get(request.path_params["ref"], who.visible_owners())
+            if found is None:
+                return _error(404, "no such escalation")
+            ref = group_ref(found["owner"], found["fingerprint"])
+            try:
+                group = store.act(ref, who.visible_owners(), action, who.name)
+            except BadAction as exc:
+                return _error(422, str(exc))
+            except WorkflowError as exc:
+                return _error(409, str(exc))
+            if group is None:
+                return _error(404, "no such escalation")
+            del group["escalations"]
+            return JSONResponse(group)
+
+        try:
+            async with work.slot():
+                return await run_in_threadpool(apply)
+        except Busy:
+            return _busy()
+
+    console = Console(store, auth)
+
+    def html(page: Callable[[Request], Response]) -> Callable[[Request], Any]:
+        """A console page on the thread pool, a few at a time, like the API's reads."""
+
+        async def show(request: Request) -> Response:
+            try:
+                async with reads.slot():
+                    return await run_in_threadpool(page, request)
+            except Busy:
+                return _busy()
+
+        return show
+
+    def form(handler: Callable[[Request, dict[str, str]], Response]) -> Callable[[Request], Any]:
+        """A console form post: small (16 KiB, a few fields, no files), then the handler
+        on the thread pool, one of the two writers at a time."""
+
+        async def post(request: Request) -> Response:
+            declared = request.headers.get("content-length", "")
+            if not declared.isdigit() or int(declared) > MAX_FORM:
+                return _error(413, f"a form is at most {MAX_FORM} bytes")
+            try:
+                async with asyncio.timeout(BODY_TIMEOUT):
+                    fields = await request.form(max_files=0, max_fields=16, max_part_size=MAX_FORM)
+            except TimeoutError:
+                return _error(408, f"body not received within {BODY_TIMEOUT:g} seconds")
+            except Exception:  # a malformed form is the client's
+                return _error(400, "not a form")
+            values = {k: v for k, v in fields.items() if isinstance(v, str)}
+            try:
+                async with work.slot():
+                    return await run_in_threadpool(handler, request, values)
+            except Busy:
+                return _busy()
+
+        return post
 
     last: list[tuple[float, str | None]] = [(-math.inf, None)]  # the last probe: when, what
     probing = asyncio.Lock()
@@ -420,10 +530,17 @@ def create_app(
             Route("/v1/escalations", post_escalations, methods=["POST"]),
             Route("/v1/escalations", reading(get_escalations), methods=["GET"]),
             Route("/v1/escalations/{ref}", reading(get_escalation), methods=["GET"]),
+            Route("/v1/escalations/{ref}", patch_escalation, methods=["PATCH"]),
             Route("/v1/stats", post_stats, methods=["POST"]),
             Route("/v1/stats", reading(get_stats), methods=["GET"]),
             Route("/healthz", health),
-            Route("/", reading(page)),
+            Route("/", html(console.inbox)),
+            Route("/g/{ref}", html(console.detail), methods=["GET"]),
+            Route("/g/{ref}", form(console.act), methods=["POST"]),
+            Route("/login", html(console.login_form), methods=["GET"]),
+            Route("/login", form(console.login), methods=["POST"]),
+            Route("/logout", form(console.logout), methods=["POST"]),
+            Route("/tier1", html(console.tier1)),
         ],
         middleware=[Middleware(SecurityHeaders)],
     )

@@ -13,8 +13,10 @@ from collections.abc import Callable
 
 from agent.errors import StateError
 
-LATEST = 2
+LATEST = 3
 
+# The tables as schema 2 made them; a new database starts from these and takes
+# every upgrade after, so a new and an upgraded database are the same.
 TABLES = """
 CREATE TABLE tokens (
     hash TEXT PRIMARY KEY, name TEXT NOT NULL, scope TEXT NOT NULL,
@@ -37,6 +39,14 @@ CREATE TABLE stats (
 CREATE TABLE IF NOT EXISTS health (one INTEGER PRIMARY KEY CHECK (one = 1), checked REAL NOT NULL);
 CREATE TABLE schema_version (version INTEGER NOT NULL);
 """
+
+
+def _script(db: sqlite3.Connection, script: str, skip: str = "") -> None:
+    """Each statement of `script` in the caller's transaction (executescript would
+    commit it), but those containing `skip`."""
+    for statement in script.split(";"):
+        if statement.strip() and not (skip and skip in statement):
+            db.execute(statement)
 
 
 def escalation_ref(submitted_by: str, owner: str, host: str, event_id: str) -> str:
@@ -64,11 +74,7 @@ def _to_2(db: sqlite3.Connection) -> list[str]:
     db.execute("ALTER TABLE escalations RENAME TO escalations_v1")
     db.execute("DROP INDEX IF EXISTS escalations_owner")
     db.execute("DROP TABLE IF EXISTS stats")  # the earliest releases had none
-    for statement in TABLES.split(";"):
-        if "CREATE TABLE tokens" in statement:
-            continue
-        if statement.strip():
-            db.execute(statement)
+    _script(db, TABLES, skip="CREATE TABLE tokens")
     db.create_function("escalation_ref", 4, escalation_ref, deterministic=True)
     db.execute(
         "INSERT INTO escalations SELECT submitted_by, owner, host, id,"
@@ -86,7 +92,45 @@ def _to_2(db: sqlite3.Connection) -> list[str]:
     ]
 
 
-UPGRADES: dict[int, Callable[[sqlite3.Connection], list[str]]] = {1: _to_2}
+GROUPS = """
+CREATE TABLE groups (
+    owner TEXT NOT NULL, fingerprint TEXT NOT NULL, ref TEXT NOT NULL UNIQUE,
+    pack TEXT NOT NULL, pattern TEXT NOT NULL, key TEXT NOT NULL, severity TEXT NOT NULL,
+    state TEXT NOT NULL, assignee TEXT NOT NULL, snoozed_until REAL,
+    regression INTEGER NOT NULL, first_seen REAL NOT NULL, last_seen REAL NOT NULL,
+    updated REAL NOT NULL, occurrences INTEGER NOT NULL, lines INTEGER NOT NULL,
+    PRIMARY KEY (owner, fingerprint));
+CREATE INDEX groups_recent ON groups (owner, last_seen);
+CREATE TABLE actions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, owner TEXT NOT NULL, fingerprint TEXT NOT NULL,
+    at REAL NOT NULL, who TEXT NOT NULL, verb TEXT NOT NULL, detail TEXT NOT NULL);
+CREATE INDEX actions_group ON actions (owner, fingerprint, seq);
+CREATE INDEX escalations_group ON escalations (owner, fingerprint);
+CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+def group_ref(owner: str, fingerprint: str) -> str:
+    """The receiver's id of a group: one owner's escalations of one fingerprint."""
+    return hashlib.sha256(f"{owner}\0{fingerprint}".encode()).hexdigest()[:20]
+
+
+def _to_3(db: sqlite3.Connection) -> list[str]:
+    """Groups of escalations a team works (state, assignee, snooze, regression), the
+    actions taken on them, and the receiver's own settings (issue 14). Every existing
+    escalation lands in an open group."""
+    _script(db, GROUPS)
+    db.create_function("group_ref", 2, group_ref, deterministic=True)
+    db.execute(
+        "INSERT INTO groups SELECT owner, fingerprint, group_ref(owner, fingerprint), pack,"
+        " pattern, coalesce(json_extract(body, '$.key'), ''), max(severity), 'open', '',"
+        " NULL, 0, min(first_seen), max(last_seen), max(received), count(*), sum(count)"
+        " FROM escalations GROUP BY owner, fingerprint"
+    )
+    return []
+
+
+UPGRADES: dict[int, Callable[[sqlite3.Connection], list[str]]] = {1: _to_2, 2: _to_3}
 
 
 def migrate(db: sqlite3.Connection, where: str) -> list[str]:
@@ -99,28 +143,26 @@ def migrate(db: sqlite3.Connection, where: str) -> list[str]:
     db.execute("BEGIN IMMEDIATE")
     try:
         tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if "tokens" not in tables:
-            for statement in TABLES.split(";"):
-                if statement.strip():
-                    db.execute(statement)
-            db.execute("INSERT INTO schema_version VALUES (?)", (LATEST,))
-        else:
-            version = 1
-            if "schema_version" in tables:
-                found = db.execute("SELECT max(version) FROM schema_version").fetchone()[0]
-                if not isinstance(found, int):
-                    raise StateError(f"{where}: its schema_version table is empty or damaged")
-                version = found
-            if version > LATEST:
-                raise StateError(
-                    f"{where}: written by a newer receiver (schema {version}; this one knows"
-                    f" up to {LATEST}); run the newer release"
-                )
-            while version < LATEST:
-                notes += UPGRADES[version](db)
-                version += 1
-                db.execute("DELETE FROM schema_version")
-                db.execute("INSERT INTO schema_version VALUES (?)", (version,))
+        if "tokens" not in tables:  # a new database: the tables of 2, then every upgrade
+            _script(db, TABLES)
+            db.execute("INSERT INTO schema_version VALUES (2)")
+            tables.add("schema_version")
+        version = 1
+        if "schema_version" in tables:
+            found = db.execute("SELECT max(version) FROM schema_version").fetchone()[0]
+            if not isinstance(found, int):
+                raise StateError(f"{where}: its schema_version table is empty or damaged")
+            version = found
+        if version > LATEST:
+            raise StateError(
+                f"{where}: written by a newer receiver (schema {version}; this one knows"
+                f" up to {LATEST}); run the newer release"
+            )
+        while version < LATEST:
+            notes += UPGRADES[version](db)
+            version += 1
+            db.execute("DELETE FROM schema_version")
+            db.execute("INSERT INTO schema_version VALUES (?)", (version,))
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")

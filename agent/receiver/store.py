@@ -18,10 +18,14 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import StateError
-from agent.receiver.schema import escalation_ref, migrate
+from agent.receiver import workflow
+from agent.receiver.inbox import InboxView
+from agent.receiver.schema import escalation_ref, group_ref, migrate
 from agent.receiver.scopes import Identity, Scope, binding_problem
+from agent.receiver.workflow import Action, Group, State, Verb
 
 PAGE_BYTES = 4 * 1024 * 1024  # a listing page ends past this much of stored bodies
+SPARK = 14  # bars in an inbox row's sparkline, over the view's window
 
 
 def token_hash(token: str) -> str:
@@ -132,26 +136,88 @@ class ReceiverStore:
 
     def authenticate(self, token: str) -> Identity | None:
         """Who a live token (not revoked, not expired) is, or None; compared on hashes."""
-        wanted = token_hash(token)
+        return self.identity(token_hash(token))
+
+    def identity(self, hashed: str) -> Identity | None:
+        """Who the live token with this hash is (a console session holds the hash, never
+        the token), or None: revoked and expired tokens end their sessions at once."""
         with self._lock:
             row = self._db.execute(
                 "SELECT hash, name, scope, owners, hosts, expires, revoked FROM tokens"
                 " WHERE hash=?",
-                (wanted,),
+                (hashed,),
             ).fetchone()
-        if row is None or not hmac.compare_digest(row["hash"], wanted):
+        if row is None or not hmac.compare_digest(row["hash"], hashed):
             return None
         if row["revoked"] is not None or (
             row["expires"] is not None and row["expires"] <= time.time()
         ):
             return None
         return Identity(
-            token_id=wanted[:12],
+            token_id=hashed[:12],
             name=str(row["name"]),
             scope=Scope(row["scope"]),
             owners=tuple(json.loads(row["owners"])),
             hosts=tuple(json.loads(row["hosts"])),
         )
+
+    def secret(self, name: str) -> str:
+        """A random secret kept in the database (made on first use), so every receiver
+        on it signs and checks the same session cookies."""
+        with self._lock:
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta VALUES (?, ?)", (name, secrets.token_hex(32))
+            )
+            row = self._db.execute("SELECT value FROM meta WHERE key=?", (name,)).fetchone()
+        return str(row["value"])
+
+    def inbox(
+        self,
+        owners: tuple[str, ...] | None,
+        view: InboxView,
+        now: float,
+        limit: int = 50,
+        offset: int = 0,
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """A page of groups as a team's inbox shows them, with hosts and a sparkline of
+        their escalations over the view's window; and whether more follow."""
+        clauses, args = view.where(now)
+        where, args = _owned(owners, clauses, args)
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT * FROM groups {where} ORDER BY {view.order()}"  # noqa: S608
+                " LIMIT ? OFFSET ?",
+                (*args, limit + 1, offset),
+            ).fetchall()
+            page = [dict(r) for r in rows[:limit]]
+            keys = [(g["owner"], g["fingerprint"]) for g in page]
+            hosts: dict[tuple[str, str], int] = {}
+            spark: dict[tuple[str, str], list[int]] = {k: [0] * SPARK for k in keys}
+            if keys:
+                pairs = ",".join("(?,?)" for _ in keys)
+                flat = [v for k in keys for v in k]
+                for r in self._db.execute(
+                    "SELECT owner, fingerprint, count(DISTINCT host) AS n FROM escalations"  # noqa: S608
+                    f" WHERE (owner, fingerprint) IN (VALUES {pairs}) GROUP BY 1, 2",
+                    flat,
+                ):
+                    hosts[(r["owner"], r["fingerprint"])] = r["n"]
+                start, width = now - view.window_seconds(), view.window_seconds() / SPARK
+                for r in self._db.execute(
+                    "SELECT owner, fingerprint, CAST((first_seen - ?) / ? AS INTEGER) AS b,"  # noqa: S608
+                    " count(*) AS n FROM escalations"
+                    f" WHERE (owner, fingerprint) IN (VALUES {pairs}) AND first_seen >= ?"
+                    " GROUP BY 1, 2, 3",
+                    (start, width, *flat, start),
+                ):
+                    if 0 <= r["b"] < SPARK:
+                        spark[(r["owner"], r["fingerprint"])][r["b"]] = r["n"]
+        for g in page:
+            key = (g["owner"], g["fingerprint"])
+            g["hosts"], g["spark"] = hosts.get(key, 0), spark[key]
+            g["regression"] = bool(g["regression"])
+            g["shown_state"] = str(_group_of(g).shown_state(now))
+        return page, len(rows) > limit
 
     def store(self, events: list[dict[str, Any]], who: Identity) -> tuple[list[str], list[str]]:
         """Insert each event once under `who`'s name; returns (accepted ids, duplicate ids).
@@ -173,16 +239,25 @@ class ReceiverStore:
                 for e in events:
                     count = int(e.get("count", 1))
                     key = (who.name, e["owner"], e["host"], e["id"])
-                    updated = self._db.execute(
-                        "UPDATE escalations SET count=?, last_seen=max(last_seen, ?), body=?"
-                        " WHERE submitted_by=? AND owner=? AND host=? AND id=? AND count<?",
-                        (count, float(e.get("last_seen", now)), json.dumps(e), *key, count),
-                    )
-                    if updated.rowcount:
+                    before = self._db.execute(
+                        "SELECT count FROM escalations"
+                        " WHERE submitted_by=? AND owner=? AND host=? AND id=?",
+                        key,
+                    ).fetchone()
+                    if before is not None:
+                        if before["count"] >= count:
+                            duplicates.append(e["id"])
+                            continue
+                        self._db.execute(
+                            "UPDATE escalations SET count=?, last_seen=max(last_seen, ?), body=?"
+                            " WHERE submitted_by=? AND owner=? AND host=? AND id=?",
+                            (count, float(e.get("last_seen", now)), json.dumps(e), *key),
+                        )
                         accepted.append(e["id"])
+                        self._recur(e, now, new=0, more=count - before["count"])
                         continue
-                    cursor = self._db.execute(
-                        "INSERT OR IGNORE INTO escalations VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                    self._db.execute(
+                        "INSERT INTO escalations VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                         (
                             *key,
                             escalation_ref(*key),
@@ -198,12 +273,138 @@ class ReceiverStore:
                             json.dumps(e),
                         ),
                     )
-                    (accepted if cursor.rowcount else duplicates).append(e["id"])
+                    accepted.append(e["id"])
+                    self._recur(e, now, new=1, more=count)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
         return accepted, duplicates
+
+    def _recur(self, e: dict[str, Any], now: float, new: int, more: int) -> None:
+        """The event's group, made or grown by `new` escalations and `more` lines; one a
+        person resolved that comes back reopens as a regression (in the caller's
+        transaction)."""
+        owner, fingerprint = e["owner"], e["fingerprint"]
+        first, last = float(e.get("first_seen", now)), float(e.get("last_seen", now))
+        self._db.execute(
+            "INSERT INTO groups VALUES (?,?,?,?,?,?,?,'open','',NULL,0,?,?,?,?,?)"
+            " ON CONFLICT (owner, fingerprint) DO UPDATE SET"
+            " first_seen=min(first_seen, excluded.first_seen),"
+            " last_seen=max(last_seen, excluded.last_seen), severity=excluded.severity,"
+            " updated=excluded.updated, occurrences=occurrences+excluded.occurrences,"
+            " lines=lines+excluded.lines",
+            (
+                owner,
+                fingerprint,
+                group_ref(owner, fingerprint),
+                e["pack"],
+                e["pattern"],
+                str(e.get("key", "")),
+                str(e.get("severity", "error")),
+                first,
+                last,
+                now,
+                new,
+                more,
+            ),
+        )
+        row = self._db.execute(
+            "SELECT state, assignee, snoozed_until, regression FROM groups"
+            " WHERE owner=? AND fingerprint=?",
+            (owner, fingerprint),
+        ).fetchone()
+        after, verb = workflow.recurred(_group(row), now)
+        if verb is not None:
+            self._set_group(owner, fingerprint, after, now)
+            self._record(owner, fingerprint, now, "receiver", verb, f"reported by {e['host']}")
+
+    def _set_group(self, owner: str, fingerprint: str, group: Group, now: float) -> None:
+        self._db.execute(
+            "UPDATE groups SET state=?, assignee=?, snoozed_until=?, regression=?, updated=?"
+            " WHERE owner=? AND fingerprint=?",
+            (
+                str(group.state),
+                group.assignee,
+                group.snoozed_until,
+                int(group.regression),
+                now,
+                owner,
+                fingerprint,
+            ),
+        )
+
+    def _record(
+        self, owner: str, fingerprint: str, now: float, who: str, verb: Verb, detail: str
+    ) -> None:
+        self._db.execute(
+            "INSERT INTO actions (owner, fingerprint, at, who, verb, detail) VALUES (?,?,?,?,?,?)",
+            (owner, fingerprint, now, who, str(verb), detail),
+        )
+
+    def group(
+        self, ref: str, owners: tuple[str, ...] | None, occurrences: int = 200
+    ) -> dict[str, Any] | None:
+        """One group by its ref, if one of the owners given owns it: its state, its
+        timeline of actions, and its latest `occurrences` escalations."""
+        where, args = _owned(owners, ["ref=?"], [ref])
+        with self._lock:
+            row = self._db.execute(f"SELECT * FROM groups {where}", args).fetchone()  # noqa: S608
+            if row is None:
+                return None
+            key = (row["owner"], row["fingerprint"])
+            timeline = self._db.execute(
+                "SELECT at, who, verb, detail FROM actions WHERE owner=? AND fingerprint=?"
+                " ORDER BY seq",
+                key,
+            ).fetchall()
+            rows: list[sqlite3.Row] = []
+            budget = PAGE_BYTES
+            for r in self._db.execute(
+                "SELECT body, received, submitted_by, ref FROM escalations"
+                " WHERE owner=? AND fingerprint=? ORDER BY last_seen DESC LIMIT ?",
+                (*key, occurrences),
+            ):
+                budget -= len(r["body"])
+                if rows and budget < 0:  # big bodies: fewer of them
+                    break
+                rows.append(r)
+        found = dict(row)
+        found["regression"] = bool(found["regression"])
+        found["timeline"] = [dict(a) for a in timeline]
+        found["escalations"] = [_event(r) for r in rows]
+        return found
+
+    def act(
+        self, ref: str, owners: tuple[str, ...] | None, action: Action, who: str
+    ) -> dict[str, Any] | None:
+        """A person's action on a group they may see; None if there is no such group.
+
+        Raises WorkflowError (nothing changed) if the action does not apply.
+        """
+        now = time.time()
+        where, args = _owned(owners, ["ref=?"], [ref])
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute(
+                    f"SELECT owner, fingerprint, state, assignee, snoozed_until, regression"  # noqa: S608
+                    f" FROM groups {where}",
+                    args,
+                ).fetchone()
+                if row is None:
+                    self._db.execute("ROLLBACK")
+                    return None
+                after = workflow.act(_group(row), action, now)
+                self._set_group(row["owner"], row["fingerprint"], after, now)
+                self._record(
+                    row["owner"], row["fingerprint"], now, who, action.verb, _detail(action)
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return self.group(ref, owners, occurrences=0)
 
     def store_stats(self, who: Identity, host: str, rows: list[dict[str, Any]]) -> None:
         """A host's cumulative totals per pattern, as its agent last reported them.
@@ -328,6 +529,33 @@ def _owned(  # only fixed column names and placeholders reach the SQL it makes
         clauses.append(f"owner IN ({','.join('?' * len(owners))})" if owners else "0")
         args += owners
     return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), args
+
+
+def _group_of(g: dict[str, Any]) -> Group:
+    return Group(
+        state=State(g["state"]),
+        assignee=str(g["assignee"]),
+        snoozed_until=g["snoozed_until"],
+        regression=bool(g["regression"]),
+    )
+
+
+def _group(row: sqlite3.Row) -> Group:
+    return Group(
+        state=State(row["state"]),
+        assignee=str(row["assignee"]),
+        snoozed_until=row["snoozed_until"],
+        regression=bool(row["regression"]),
+    )
+
+
+def _detail(action: Action) -> str:
+    """What the timeline says beside the verb."""
+    if action.verb is Verb.ASSIGN:
+        return f"to {action.assignee}" if action.assignee else "unassigned"
+    if action.verb is Verb.SNOOZE and action.until is not None:
+        return "until " + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(action.until))
+    return action.note
 
 
 def _event(row: sqlite3.Row) -> dict[str, Any]:

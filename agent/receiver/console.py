@@ -1,0 +1,364 @@
+"""The tier-2 console: a team's inbox of escalation groups, each group's detail, and
+the workflow on it, as server-rendered pages.
+
+People log in with their team's token once; the browser then holds a signed,
+HttpOnly, SameSite=Strict session cookie with the token's hash (never the
+token), checked against the database on every request, so revoking the token
+ends the session at once. Every form carries a CSRF token bound to the session.
+Templates are Jinja2 with autoescaping; knowledge articles are rendered from
+Markdown and sanitised with nh3 (ammonia's allow-list). No script runs.
+"""
+
+from __future__ import annotations
+
+import hmac
+import math
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import nh3
+from itsdangerous import BadSignature, URLSafeTimedSerializer
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markdown_it import MarkdownIt
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from agent.receiver.inbox import BadView, InboxView
+from agent.receiver.page import render_summary
+from agent.receiver.schema import group_ref
+from agent.receiver.scopes import Action, Forbidden, Identity
+from agent.receiver.store import ReceiverStore, token_hash
+from agent.receiver.workflow import Action as WorkflowAction
+from agent.receiver.workflow import BadAction, Verb, WorkflowError
+
+SESSION = "logmend_session"
+LOGIN = "logmend_login"
+SESSION_AGE = 12 * 3600  # seconds a login lasts (the token's own end comes first)
+LOGIN_AGE = 600
+PAGE_SIZE = 50
+SUMMARY_ROWS = 500
+OCCURRENCES = 20  # escalations on a detail page, the most recent
+REFRESH = 60  # seconds between the inbox's own reloads
+SNOOZES = {"1h": 3600.0, "1d": 86400.0, "1w": 7 * 86400.0}
+ARTICLE_TAGS = {
+    "p", "h1", "h2", "h3", "h4", "ul", "ol", "li", "code", "pre", "em", "strong",
+    "a", "blockquote", "table", "thead", "tbody", "tr", "th", "td", "hr", "br",
+}  # fmt: skip
+
+_markdown = MarkdownIt("commonmark", {"html": False}).enable("table")
+
+
+def render_article(text: str) -> str:
+    """A pack's article, Markdown to HTML, with only harmless tags and http(s) links."""
+    return nh3.clean(
+        _markdown.render(text),
+        tags=ARTICLE_TAGS,
+        attributes={"a": {"href"}},
+        url_schemes={"http", "https"},
+        link_rel="noopener noreferrer nofollow",
+    )
+
+
+def _when(at: float | None) -> str:
+    if at is None or not math.isfinite(at):
+        return ""
+    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(at)) + " UTC"
+
+
+def _ago(at: float | None, now: float) -> str:
+    if at is None:
+        return ""
+    seconds = max(0.0, now - at)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit} ago"
+    return "just now"
+
+
+def _spark(counts: list[int]) -> str:
+    """Bars as an inline SVG path: no script, no image request."""
+    top = max(counts) or 1
+    bars = [
+        f"M{i * 4 + 1},16V{16 - max(1, round(14 * n / top)) if n else 16}"
+        for i, n in enumerate(counts)
+    ]
+    return " ".join(bars)
+
+
+class Console:
+    """The console's routes over one store; `auth` is the API's bearer check, reused."""
+
+    def __init__(
+        self,
+        store: ReceiverStore,
+        bearer: Callable[[Request, Action], Identity | Response],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.bearer = bearer
+        self.clock = clock
+        self.signer = URLSafeTimedSerializer(store.secret("session"), salt="logmend-console")
+        self.env = Environment(
+            loader=FileSystemLoader(Path(__file__).parent / "templates"),
+            autoescape=select_autoescape(default=True, default_for_string=True),
+        )
+        self.env.globals.update(when=_when, spark=_spark)
+
+    # sessions -----------------------------------------------------------------------
+
+    def _session(self, request: Request) -> tuple[Identity, str] | None:
+        """The identity of a live session and its CSRF token, or None."""
+        cookie = request.cookies.get(SESSION)
+        if not cookie:
+            return None
+        try:
+            data = self.signer.loads(cookie, max_age=SESSION_AGE)
+        except BadSignature:
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("h"), str):
+            return None
+        who = self.store.identity(data["h"])
+        return (who, str(data.get("c", ""))) if who is not None else None
+
+    def _who(self, request: Request, action: Action) -> tuple[Identity, str] | Response:
+        """A page's reader: the session's (or a bearer token's, for tools), else the
+        login page; 403 if the token's scope may not do `action`."""
+        if "authorization" in request.headers:
+            who = self.bearer(request, action)
+            return who if isinstance(who, Response) else (who, "")
+        session = self._session(request)
+        if session is None:
+            return RedirectResponse("/login", status_code=303)
+        try:
+            session[0].require(action)
+        except Forbidden as exc:
+            return self._page("error.html", request, None, status=403, message=str(exc))
+        return session
+
+    def _cookie(
+        self, request: Request, response: Response, name: str, value: str, age: int
+    ) -> None:
+        response.set_cookie(
+            name,
+            value,
+            max_age=age,
+            httponly=True,
+            samesite="strict",
+            secure=request.url.scheme == "https",
+            path="/",
+        )
+
+    def _page(
+        self,
+        template: str,
+        request: Request,
+        who: tuple[Identity, str] | None,
+        status: int = 200,
+        **values: Any,
+    ) -> HTMLResponse:
+        body = self.env.get_template(template).render(
+            who=who[0] if who else None, csrf=who[1] if who else "", request=request, **values
+        )
+        return HTMLResponse(body, status_code=status)
+
+    # routes (plain functions: the app runs them on its thread pool) -----------------
+
+    def login_form(self, request: Request) -> Response:
+        csrf = secrets.token_urlsafe(24)
+        response = self._page("login.html", request, None, login_csrf=csrf)
+        self._cookie(request, response, LOGIN, self.signer.dumps({"c": csrf}), LOGIN_AGE)
+        return response
+
+    def login(self, request: Request, form: dict[str, str]) -> Response:
+        """A token typed once: a live read, write or admin token opens a session."""
+        try:
+            expected = self.signer.loads(request.cookies.get(LOGIN, ""), max_age=LOGIN_AGE)["c"]
+        except (BadSignature, KeyError, TypeError):
+            expected = None
+        if not expected or not hmac.compare_digest(str(expected), form.get("csrf", "")):
+            return self._refused(request, "the login form expired; try again")
+        token = form.get("token", "").strip()
+        who = self.store.authenticate(token) if token.startswith("lm_") else None
+        if who is None:
+            return self._refused(request, "that token is not valid (or was revoked or expired)")
+        try:
+            who.require(Action.READ)
+        except Forbidden:
+            return self._refused(request, "an agent's ingest token cannot log in to the console")
+        response = RedirectResponse("/", status_code=303)
+        session = {"h": token_hash(token), "c": secrets.token_urlsafe(24)}
+        self._cookie(request, response, SESSION, self.signer.dumps(session), SESSION_AGE)
+        response.delete_cookie(LOGIN, path="/")
+        return response
+
+    def _refused(self, request: Request, message: str) -> Response:
+        csrf = secrets.token_urlsafe(24)
+        response = self._page("login.html", request, None, 401, login_csrf=csrf, message=message)
+        self._cookie(request, response, LOGIN, self.signer.dumps({"c": csrf}), LOGIN_AGE)
+        return response
+
+    def logout(self, request: Request, form: dict[str, str]) -> Response:
+        session = self._session(request)
+        if session is not None and not hmac.compare_digest(session[1], form.get("csrf", "")):
+            return self._page("error.html", request, None, 403, message="stale form; reload")
+        response = RedirectResponse("/login", status_code=303)
+        response.delete_cookie(SESSION, path="/")
+        return response
+
+    def inbox(self, request: Request) -> Response:
+        who = self._who(request, Action.READ)
+        if isinstance(who, Response):
+            return who
+        try:
+            view = InboxView.parse(request.query_params)
+        except BadView as exc:
+            return self._page("error.html", request, who, 400, message=str(exc))
+        now = self.clock()
+        groups, more = self.store.inbox(
+            who[0].visible_owners(), view, now, PAGE_SIZE, (view.page - 1) * PAGE_SIZE
+        )
+        for g in groups:
+            g["last_ago"] = _ago(g["last_seen"], now)
+        return self._page(
+            "inbox.html", request, who, view=view, groups=groups, more=more, refresh=REFRESH
+        )
+
+    def detail(self, request: Request) -> Response:
+        who = self._who(request, Action.READ)
+        if isinstance(who, Response):
+            return who
+        ref = request.path_params["ref"]
+        group = self.store.group(ref, who[0].visible_owners(), OCCURRENCES)
+        if group is None:  # another team's is as absent as one that never was
+            return self._page("error.html", request, who, 404, message="no such escalation")
+        escalations = group["escalations"]
+        article = next((e["article_text"] for e in escalations if e.get("article_text")), "")
+        group["shown_state"] = _shown(group, self.clock())
+        return self._page(
+            "detail.html",
+            request,
+            who,
+            group=group,
+            hosts=sorted({str(e["host"]) for e in escalations}),
+            timeline=timeline(group),
+            article=render_article(str(article)) if article else "",
+            may_write=_may(who[0], Action.WRITE),
+        )
+
+    def tier1(self, request: Request) -> Response:
+        """What tier 1 did on the hosts, and escalations by owner, pattern and status."""
+        who = self._who(request, Action.READ)
+        if isinstance(who, Response):
+            return who
+        owners = who[0].visible_owners()
+        healed, more_healed = self.store.stats(owners, limit=SUMMARY_ROWS)
+        rows, more_rows = self.store.summary(owners, limit=SUMMARY_ROWS)
+        return HTMLResponse(render_summary(healed, more_healed, rows, more_rows))
+
+    def act(self, request: Request, form: dict[str, str]) -> Response:
+        """A workflow form: CSRF checked, then the action, then back to the group."""
+        who = self._who(request, Action.WRITE)
+        if isinstance(who, Response):
+            return who
+        if "authorization" not in request.headers and not hmac.compare_digest(
+            who[1], form.get("csrf", "")
+        ):
+            return self._page("error.html", request, who, 403, message="stale form; reload")
+        ref = request.path_params["ref"]
+        try:
+            action = _form_action(form, self.clock())
+            found = self.store.act(ref, who[0].visible_owners(), action, who[0].name)
+        except (BadAction, WorkflowError) as exc:
+            return self._page("error.html", request, who, 409, message=str(exc), back=ref)
+        if found is None:
+            return self._page("error.html", request, who, 404, message="no such escalation")
+        return RedirectResponse(f"/g/{ref}", status_code=303)
+
+
+TIMELINE = 300  # entries on a detail page
+
+
+def timeline(group: dict[str, Any]) -> list[dict[str, Any]]:
+    """The group's story in time order: each escalation matched on its host, what tier 1
+    tried and how it ended, when it reached the receiver; then what people and the
+    receiver did (acknowledged, resolved, regressed ...)."""
+    entries: list[dict[str, Any]] = []
+    for e in group["escalations"]:
+        host = e.get("host", "")
+        entries.append({"at": e.get("first_seen"), "what": f"matched on {host}", "who": ""})
+        for a in e.get("attempts") or []:
+            if isinstance(a, dict) and isinstance(a.get("started"), int | float):
+                code = "timed out" if a.get("timed_out") else f"exit {a.get('exit_code')}"
+                entries.append(
+                    {
+                        "at": a["started"],
+                        "what": f"{a.get('phase', 'fix')} on {host}: {code}",
+                        "who": "",
+                    }
+                )
+        entries.append(
+            {
+                "at": e.get("received"),
+                "what": f"escalated from {host}: {e.get('status')}",
+                "who": "",
+            }
+        )
+    for a in group["timeline"]:
+        entries.append({"at": a["at"], "what": _said(a["verb"], a["detail"]), "who": a["who"]})
+    entries = [t for t in entries if isinstance(t["at"], int | float)]
+    entries.sort(key=lambda t: t["at"])
+    return entries[-TIMELINE:]
+
+
+DONE = {
+    "acknowledge": "acknowledged",
+    "resolve": "resolved",
+    "reopen": "reopened",
+    "snooze": "snoozed",
+    "woke": "the snooze ended; reported again",
+}
+
+
+def _said(verb: str, detail: str) -> str:
+    """A timeline entry as a sentence: "assigned to dana", "snoozed until ...", "note: ..."."""
+    if verb == "assign":
+        return "unassigned" if detail == "unassigned" else f"assigned {detail}"
+    if verb == "snooze":
+        return f"snoozed {detail}".strip()
+    said = DONE.get(verb, verb)
+    return f"{said}: {detail}" if detail else said
+
+
+def _shown(group: dict[str, Any], now: float) -> str:
+    if group["state"] == "snoozed" and (group["snoozed_until"] or 0.0) <= now:
+        return "open"
+    return str(group["state"])
+
+
+def _may(who: Identity, action: Action) -> bool:
+    try:
+        who.require(action)
+    except Forbidden:
+        return False
+    return True
+
+
+def _form_action(form: dict[str, str], now: float) -> WorkflowAction:
+    try:
+        verb = Verb(form.get("action", ""))
+    except ValueError:
+        raise BadAction("unknown action") from None
+    until = None
+    if verb is Verb.SNOOZE:
+        if form.get("for") not in SNOOZES:
+            raise BadAction(f"snooze for one of {', '.join(SNOOZES)}")
+        until = now + SNOOZES[form["for"]]
+    return WorkflowAction(
+        verb, assignee=form.get("assignee", ""), note=form.get("note", ""), until=until
+    )
+
+
+__all__ = ["Console", "group_ref", "render_article"]
