@@ -166,6 +166,19 @@ class Browser:
     def text(self) -> str:
         return str(self.find("body").text)
 
+    def reads(self, css: str, text: str) -> bool:
+        """Whether the element shows `text` now; False while a page is being replaced
+        (a click that posts a form navigates, and the old element goes stale)."""
+        from selenium.common.exceptions import (
+            NoSuchElementException,
+            StaleElementReferenceException,
+        )
+
+        try:
+            return text in str(self.find(css).text)
+        except (NoSuchElementException, StaleElementReferenceException):
+            return False
+
     def shot(self, name: str) -> None:
         self.shots.mkdir(parents=True, exist_ok=True)
         assert self.driver.save_screenshot(str(self.shots / f"{name}.png"))
@@ -218,7 +231,7 @@ def test_a_team_lead_works_an_escalation_in_a_real_browser(site, tmp_path):
         assert browser.driver.current_url.endswith("/login")
         browser.find("#token").send_keys(tokens["lead"])
         browser.find("#login").click()
-        assert wait_for(lambda: browser.all("#groups"), timeout=10)
+        assert wait_for(lambda: browser.reads("#groups", "postgresql"), timeout=10)
         inbox = browser.text()
         assert "stale-postmaster-pid" in inbox and "too-many-connections" in inbox
         assert "upstream-timeout" not in inbox  # web-platform's: not this team's
@@ -229,10 +242,10 @@ def test_a_team_lead_works_an_escalation_in_a_real_browser(site, tmp_path):
         browser.find("input[name=pattern]").send_keys("stale-postmaster-pid")
         browser.find("#apply").click()
         assert wait_for(lambda: "pattern=stale-postmaster-pid" in browser.driver.current_url)
-        assert len(browser.all("tr.group")) == 1
+        assert wait_for(lambda: len(browser.all("tr.group")) == 1)
 
         browser.find("tr.group a").click()
-        assert wait_for(lambda: browser.all("#timeline"), timeout=10)
+        assert wait_for(lambda: browser.reads("#timeline", "matched on"), timeout=10)
         detail = browser.text()
         assert "db-01" in detail and "db-02" in detail and "remedy-failed" in detail
         assert "postmaster.pid names a live process" in detail  # the fix's output tail
@@ -241,16 +254,16 @@ def test_a_team_lead_works_an_escalation_in_a_real_browser(site, tmp_path):
         group_url = browser.driver.current_url
 
         browser.find("#do-acknowledge").click()
-        assert wait_for(lambda: browser.find("#state").text == "acknowledged")
+        assert wait_for(lambda: browser.reads("#state", "acknowledged"))
         browser.find("#assignee-input").send_keys("dana")
         browser.find("#do-assign").click()
-        assert wait_for(lambda: browser.all("#assignee"))
+        assert wait_for(lambda: browser.reads("#assignee", "dana"))
         browser.find("#note-input").send_keys("db-01's disk was replaced; watching")
         browser.find("#do-note").click()
-        assert wait_for(lambda: "watching" in browser.text())
+        assert wait_for(lambda: browser.reads("#timeline", "watching"))
         browser.shot("detail")
         browser.find("#do-resolve").click()
-        assert wait_for(lambda: browser.find("#state").text == "resolved")
+        assert wait_for(lambda: browser.reads("#state", "resolved"))
 
         # the agent on db-01 reports the same incident again: a regression
         again = {**EVENTS[0], "count": 9, "last_seen": time.time()}
@@ -262,7 +275,7 @@ def test_a_team_lead_works_an_escalation_in_a_real_browser(site, tmp_path):
         )
         assert answer.json()["accepted"] == [again["id"]]
         browser.driver.get(group_url)
-        assert wait_for(lambda: browser.find("#state").text == "open")
+        assert wait_for(lambda: browser.reads("#state", "open"))
         assert browser.find("#regression").text == "regression"
         assert "regressed: reported by db-01" in browser.text()
 
@@ -275,8 +288,7 @@ def test_a_team_lead_works_an_escalation_in_a_real_browser(site, tmp_path):
         browser.open("/login")
         browser.find("#token").send_keys(tokens["web"])
         browser.find("#login").click()
-        assert wait_for(lambda: browser.all("#groups"), timeout=10)
-        assert "upstream-timeout" in browser.text()
+        assert wait_for(lambda: browser.reads("#groups", "upstream-timeout"), timeout=10)
         browser.driver.get(group_url)
         assert "no such escalation" in browser.find("#refused").text
     finally:
