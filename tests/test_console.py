@@ -229,3 +229,127 @@ def test_articles_keep_only_harmless_markup():
     assert "<iframe" not in html and "<a " not in html  # no frame, no link made of these
     assert "&lt;iframe" in html  # shown as text: Markdown's raw HTML is off
     assert "&lt;b&gt;code&lt;/b&gt;" in html
+
+
+def test_a_silence_keeps_a_pattern_out_of_the_inbox_and_from_regressing_until_lifted(console):
+    console.post({"events": [event(1, key="k", host="db-1")]})
+    console.login(console.a_write)
+    [ref] = re.findall(r'data-ref="([0-9a-f]+)"', console.client.get("/").text)
+    csrf = console.csrf(f"/g/{ref}")
+
+    def act(**form: str) -> Any:
+        answer = console.client.post(f"/g/{ref}", data={"csrf": csrf, **form})
+        assert answer.status_code == 303, answer.text
+        return answer
+
+    act(action="resolve")
+    act(action="silence", host="", note="maintenance window", **{"for": "1d"})
+    assert console.client.get("/").text.count('class="group"') == 0  # out of the inbox
+    assert console.client.get("/?state=silenced").text.count('class="group"') == 1
+    console.post({"events": [event(1, key="k", host="db-1", count=5)]})  # comes back, silenced
+    detail = console.client.get(f"/g/{ref}").text
+    assert 'id="state">resolved<' in detail and 'id="regression"' not in detail
+    assert 'id="silenced"' in detail and "silenced everywhere until" in detail
+    assert "maintenance window" in detail
+    [silence] = re.findall(r'name="silence" value="(\d+)"', detail)
+    act(action="unsilence", silence=silence)
+    assert console.client.get("/?state=all").text.count("silenced</span>") == 0
+    console.post({"events": [event(1, key="k", host="db-1", count=9)]})  # back, not silenced
+    detail = console.client.get(f"/g/{ref}").text
+    assert 'id="state">open<' in detail and 'id="regression"' in detail
+    assert f"lifted silence {silence}" in detail
+
+
+def test_a_silence_on_one_host_does_not_hide_another_host(console):
+    console.post({"events": [event(1, key="k", host="db-1")]})
+    console.login(console.a_write)
+    [ref] = re.findall(r'data-ref="([0-9a-f]+)"', console.client.get("/").text)
+    csrf = console.csrf(f"/g/{ref}")
+    form = {"csrf": csrf, "action": "silence", "host": "db-1", "for": "1h"}
+    assert console.client.post(f"/g/{ref}", data=form).status_code == 303
+    assert console.client.get("/").text.count('class="group"') == 0  # its only host
+    console.post({"events": [event(1, key="k", host="db-1", count=4)]})
+    assert console.client.get("/").text.count('class="group"') == 0
+    console.post({"events": [event(2, key="k", host="db-2")]})  # the same problem, elsewhere
+    assert console.client.get("/").text.count('class="group"') == 1
+
+
+@pytest.mark.parametrize(
+    ("doc", "code"),
+    [
+        ({"action": "silence", "until": NOW + 91 * 86400}, 422),
+        ({"action": "silence"}, 422),
+        ({"action": "silence", "until": NOW + 60, "host": "a\nb"}, 422),
+        ({"action": "unsilence", "silence": 2**70}, 422),
+        ({"action": "unsilence", "silence": 12345}, 409),
+        ({"action": "unsilence"}, 422),
+        ({"action": "silence", "until": NOW + 60, "host": "db-1"}, 200),
+    ],
+)
+def test_silences_through_the_api_are_checked(console, doc, code):
+    console.post({"events": [event(1)]})
+    [row] = console.listed()
+    answer = console.client.patch(
+        f"/v1/escalations/{row['ref']}", json=doc, headers=console.auth(console.a_write)
+    )
+    assert answer.status_code == code, answer.text
+
+
+def test_hosts_show_when_each_was_heard_from_its_packs_and_flag_the_quiet_ones(console):
+    import sqlite3
+
+    from tests.helpers import STATS_ROW
+
+    doc = {
+        "agent": {"host": "web-1", "version": "0.9.1"},
+        "events": [event(1, host="web-1", pack="nginx", pack_version="2.0.0")],
+    }
+    assert console.post(doc).status_code == 200
+    row = {**STATS_ROW, "owner": "team-a", "pack": "gunicorn", "matches": 12, "resolved": 3}
+    assert console.post({"host": "web-2", "stats": [row]}, path="/v1/stats").status_code == 200
+    console.post({"events": [event(2, host="db-9", owner="team-b")]})
+    with sqlite3.connect(console.store.path) as db:  # web-2 last spoke an hour ago
+        db.execute("UPDATE hosts SET last_heard = last_heard - 3600 WHERE host = 'web-2'")
+    console.login(console.a_write)
+    page = console.client.get("/hosts").text
+    assert "web-1" in page and "web-2" in page and "db-9" not in page  # not team-b's
+    assert page.count('class="host quiet"') == 1 and page.index("web-2") < page.index("web-1")
+    assert "nginx 2.0.0" in page and "0.9.1" in page and "gunicorn" in page
+    assert ">12</td>" in page and ">3</td>" in page
+
+
+def test_an_admin_creates_lists_and_revokes_tokens_and_sees_the_owners(console):
+    console.post({"events": [event(1), event(2, owner="team-b", fingerprint="b")]})
+    console.login(console.admin)
+    csrf = console.csrf("/admin/tokens")
+    form = {"csrf": csrf, "scope": "ingest", "name": "db-fleet", "owners": "team-b",
+            "hosts": "db-*", "expires": "30"}  # fmt: skip
+    made = console.client.post("/admin/tokens", data=form)
+    assert made.status_code == 201
+    [token] = re.findall(r'<pre id="new-token">(lm_[^<]+)</pre>', made.text)
+    assert console.post({"events": [event(3, owner="team-b", host="db-1")]}, token=token).json()[
+        "accepted"
+    ] == ["ev-3"]
+    page = console.client.get("/admin/tokens").text
+    assert "db-fleet" in page and token not in page  # listed by id, never shown again
+    assert "owners team-b; hosts db-*" in page and "live, until" in page
+    assert ">team-a</a>" in page and ">team-b</a>" in page  # the owners
+    bad = console.client.post("/admin/tokens", data={**form, "owners": ""})
+    assert bad.status_code == 400 and "needs --owner" in bad.text
+    [token_id] = [t["id"] for t in console.store.tokens() if t["name"] == "db-fleet"]
+    forged = console.client.post("/admin/tokens/revoke", data={"csrf": "x", "id": token_id})
+    assert forged.status_code == 403
+    revoked = console.client.post("/admin/tokens/revoke", data={"csrf": csrf, "id": token_id})
+    assert revoked.status_code == 303
+    assert console.post({"events": [event(4, owner="team-b")]}, token=token).status_code == 401
+
+
+def test_a_team_token_gets_no_admin_page(console):
+    console.login(console.a_write)
+    assert console.client.get("/admin/tokens").status_code == 403
+    csrf = console.csrf("/")
+    answer = console.client.post(
+        "/admin/tokens", data={"csrf": csrf, "scope": "admin", "name": "me-too"}
+    )
+    assert answer.status_code == 403
+    assert "me-too" not in {t["name"] for t in console.store.tokens()}

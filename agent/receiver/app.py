@@ -225,11 +225,21 @@ def _action(doc: Any) -> WorkflowAction:
         not isinstance(until, int | float) or isinstance(until, bool) or not math.isfinite(until)
     ):
         raise BadAction("until must be a Unix time")
-    for name in ("assignee", "note"):
+    for name in ("assignee", "note", "host"):
         if not isinstance(doc.get(name, ""), str):
             raise BadAction(f"{name} must be a string")
+    silence = doc.get("silence")
+    if silence is not None and (
+        not isinstance(silence, int) or isinstance(silence, bool) or not 0 < silence < 2**62
+    ):
+        raise BadAction("silence must be the id of a silence")
     return WorkflowAction(
-        verb, assignee=doc.get("assignee", ""), note=doc.get("note", ""), until=until
+        verb,
+        assignee=doc.get("assignee", ""),
+        note=doc.get("note", ""),
+        until=until,
+        host=doc.get("host", ""),
+        silence=silence,
     )
 
 
@@ -345,7 +355,10 @@ def create_app(
                 refused[event["id"]] = str(exc)
                 continue
             allowed.append(event)
-        accepted, duplicates = store.store(allowed, who) if allowed else ([], [])
+        agent = doc.get("agent")
+        version = agent.get("version") if isinstance(agent, dict) else None
+        version = version[:64] if isinstance(version, str) and version.isprintable() else ""
+        accepted, duplicates = store.store(allowed, who, version) if allowed else ([], [])
         answer: dict[str, Any] = {"accepted": accepted, "duplicates": duplicates}
         if not refused:
             return JSONResponse(answer)
@@ -541,6 +554,10 @@ def create_app(
             Route("/login", form(console.login), methods=["POST"]),
             Route("/logout", form(console.logout), methods=["POST"]),
             Route("/tier1", html(console.tier1)),
+            Route("/hosts", html(console.hosts)),
+            Route("/admin/tokens", html(console.tokens), methods=["GET"]),
+            Route("/admin/tokens", form(console.create_token), methods=["POST"]),
+            Route("/admin/tokens/revoke", form(console.revoke_token), methods=["POST"]),
         ],
         middleware=[Middleware(SecurityHeaders)],
     )

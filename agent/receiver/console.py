@@ -29,7 +29,7 @@ from starlette.responses import HTMLResponse, RedirectResponse, Response
 from agent.receiver.inbox import BadView, InboxView
 from agent.receiver.page import render_summary
 from agent.receiver.schema import group_ref
-from agent.receiver.scopes import Action, Forbidden, Identity
+from agent.receiver.scopes import Action, Forbidden, Identity, Scope
 from agent.receiver.store import ReceiverStore, token_hash
 from agent.receiver.workflow import Action as WorkflowAction
 from agent.receiver.workflow import BadAction, Verb, WorkflowError
@@ -40,9 +40,10 @@ SESSION_AGE = 12 * 3600  # seconds a login lasts (the token's own end comes firs
 LOGIN_AGE = 600
 PAGE_SIZE = 50
 SUMMARY_ROWS = 500
+QUIET = 15 * 60  # seconds without a word from a host before it is flagged
 OCCURRENCES = 20  # escalations on a detail page, the most recent
 REFRESH = 60  # seconds between the inbox's own reloads
-SNOOZES = {"1h": 3600.0, "1d": 86400.0, "1w": 7 * 86400.0}
+SNOOZES = {"1h": 3600.0, "1d": 86400.0, "1w": 7 * 86400.0, "30d": 30 * 86400.0}
 ARTICLE_TAGS = {
     "p", "h1", "h2", "h3", "h4", "ul", "ol", "li", "code", "pre", "em", "strong",
     "a", "blockquote", "table", "thead", "tbody", "tr", "th", "td", "hr", "br",
@@ -223,7 +224,14 @@ class Console:
         for g in groups:
             g["last_ago"] = _ago(g["last_seen"], now)
         return self._page(
-            "inbox.html", request, who, view=view, groups=groups, more=more, refresh=REFRESH
+            "inbox.html",
+            request,
+            who,
+            view=view,
+            groups=groups,
+            more=more,
+            refresh=REFRESH,
+            now=now,
         )
 
     def detail(self, request: Request) -> Response:
@@ -246,6 +254,7 @@ class Console:
             timeline=timeline(group),
             article=render_article(str(article)) if article else "",
             may_write=_may(who[0], Action.WRITE),
+            now=self.clock(),
         )
 
     def tier1(self, request: Request) -> Response:
@@ -257,6 +266,79 @@ class Console:
         healed, more_healed = self.store.stats(owners, limit=SUMMARY_ROWS)
         rows, more_rows = self.store.summary(owners, limit=SUMMARY_ROWS)
         return HTMLResponse(render_summary(healed, more_healed, rows, more_rows))
+
+    def hosts(self, request: Request) -> Response:
+        """Every host heard from: when, which packs and versions, what tier 1 did there;
+        a host quiet for longer than QUIET is flagged."""
+        who = self._who(request, Action.READ)
+        if isinstance(who, Response):
+            return who
+        now = self.clock()
+        found, _ = self.store.hosts(who[0].visible_owners(), limit=SUMMARY_ROWS)
+        for h in found:
+            h["ago"], h["quiet"] = _ago(h["last_heard"], now), now - h["last_heard"] > QUIET
+        return self._page("hosts.html", request, who, hosts=found, quiet_minutes=QUIET // 60)
+
+    def tokens(self, request: Request, created: str = "", message: str = "") -> Response:
+        """The admin's page: every token (never the token itself), create, revoke; owners."""
+        who = self._who(request, Action.READ)
+        if isinstance(who, Response):
+            return who
+        if who[0].scope is not Scope.ADMIN:
+            return self._page("error.html", request, who, 403, message="the admin's page")
+        now = self.clock()
+        return self._page(
+            "tokens.html",
+            request,
+            who,
+            status=201 if created else 400 if message else 200,
+            tokens=self.store.tokens(),
+            owners=self.store.owners(now),
+            created=created,
+            message=message,
+            now=now,
+        )
+
+    def create_token(self, request: Request, form: dict[str, str]) -> Response:
+        refused = self._admin_form(request, form)
+        if refused is not None:
+            return refused
+        try:
+            scope = Scope(form.get("scope", ""))
+            days = form.get("expires", "").strip()
+            if days and (not days.isdigit() or not 0 < int(days) <= 3650):
+                raise ValueError("expires: a number of days from 1 to 3650, or empty")
+            token = self.store.create_token(
+                scope,
+                form.get("name", "").strip(),
+                tuple(form.get("owners", "").split()),
+                tuple(form.get("hosts", "").split()),
+                self.clock() + int(days) * 86400 if days else None,
+            )
+        except ValueError as exc:
+            return self.tokens(request, message=str(exc))
+        return self.tokens(request, created=token)
+
+    def revoke_token(self, request: Request, form: dict[str, str]) -> Response:
+        refused = self._admin_form(request, form)
+        if refused is not None:
+            return refused
+        try:
+            self.store.revoke(form.get("id", ""))
+        except LookupError as exc:
+            return self.tokens(request, message=str(exc))
+        return RedirectResponse("/admin/tokens", status_code=303)
+
+    def _admin_form(self, request: Request, form: dict[str, str]) -> Response | None:
+        """None if this is an admin's session and the form is its own; else the refusal."""
+        session = self._session(request)
+        if session is None:
+            return RedirectResponse("/login", status_code=303)
+        if session[0].scope is not Scope.ADMIN:
+            return self._page("error.html", request, session, 403, message="the admin's page")
+        if not hmac.compare_digest(session[1], form.get("csrf", "")):
+            return self._page("error.html", request, session, 403, message="stale form; reload")
+        return None
 
     def act(self, request: Request, form: dict[str, str]) -> Response:
         """A workflow form: CSRF checked, then the action, then back to the group."""
@@ -328,6 +410,10 @@ def _said(verb: str, detail: str) -> str:
         return "unassigned" if detail == "unassigned" else f"assigned {detail}"
     if verb == "snooze":
         return f"snoozed {detail}".strip()
+    if verb == "silence":
+        return f"silenced {detail}".strip()
+    if verb == "unsilence":
+        return detail or "lifted a silence"
     said = DONE.get(verb, verb)
     return f"{said}: {detail}" if detail else said
 
@@ -352,12 +438,18 @@ def _form_action(form: dict[str, str], now: float) -> WorkflowAction:
     except ValueError:
         raise BadAction("unknown action") from None
     until = None
-    if verb is Verb.SNOOZE:
+    if verb in (Verb.SNOOZE, Verb.SILENCE):
         if form.get("for") not in SNOOZES:
-            raise BadAction(f"snooze for one of {', '.join(SNOOZES)}")
+            raise BadAction(f"{verb} for one of {', '.join(SNOOZES)}")
         until = now + SNOOZES[form["for"]]
+    silence = form.get("silence", "")
     return WorkflowAction(
-        verb, assignee=form.get("assignee", ""), note=form.get("note", ""), until=until
+        verb,
+        assignee=form.get("assignee", ""),
+        note=form.get("note", ""),
+        until=until,
+        host=form.get("host", ""),
+        silence=int(silence) if silence.isdigit() and len(silence) < 12 else None,
     )
 
 

@@ -17,11 +17,12 @@ MAX_FILTER = 256
 
 
 class StateFilter(StrEnum):
-    OPEN = "open"  # open, acknowledged, or snoozed past its end: what needs someone
+    OPEN = "open"  # open, acknowledged, or snoozed past its end, and not silenced
     ACKNOWLEDGED = "acknowledged"
     SNOOZED = "snoozed"
     RESOLVED = "resolved"
     REGRESSION = "regression"
+    SILENCED = "silenced"
     ALL = "all"
 
 
@@ -104,6 +105,10 @@ class InboxView:
             clauses.append(
                 "(state IN ('open', 'acknowledged') OR (state = 'snoozed' AND snoozed_until <= ?))"
             )
+            clauses.append("(silenced_until IS NULL OR silenced_until <= ?)")
+            args += [now, now]
+        elif self.state is StateFilter.SILENCED:
+            clauses.append("silenced_until > ?")
             args.append(now)
         elif self.state is StateFilter.SNOOZED:
             clauses.append("state = 'snoozed' AND snoozed_until > ?")

@@ -99,7 +99,7 @@ CREATE TABLE groups (
     state TEXT NOT NULL, assignee TEXT NOT NULL, snoozed_until REAL,
     regression INTEGER NOT NULL, first_seen REAL NOT NULL, last_seen REAL NOT NULL,
     updated REAL NOT NULL, occurrences INTEGER NOT NULL, lines INTEGER NOT NULL,
-    PRIMARY KEY (owner, fingerprint));
+    silenced_until REAL, PRIMARY KEY (owner, fingerprint));
 CREATE INDEX groups_recent ON groups (owner, last_seen);
 CREATE TABLE actions (
     seq INTEGER PRIMARY KEY AUTOINCREMENT, owner TEXT NOT NULL, fingerprint TEXT NOT NULL,
@@ -107,6 +107,21 @@ CREATE TABLE actions (
 CREATE INDEX actions_group ON actions (owner, fingerprint, seq);
 CREATE INDEX escalations_group ON escalations (owner, fingerprint);
 CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE silences (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, owner TEXT NOT NULL, pack TEXT NOT NULL,
+    pattern TEXT NOT NULL, host TEXT NOT NULL, until REAL NOT NULL, who TEXT NOT NULL,
+    created REAL NOT NULL, reason TEXT NOT NULL);
+CREATE INDEX silences_match ON silences (owner, pack, pattern, until);
+CREATE TABLE stats_history (
+    owner TEXT NOT NULL, host TEXT NOT NULL, pack TEXT NOT NULL, pattern TEXT NOT NULL,
+    hour INTEGER NOT NULL, matches INTEGER NOT NULL, incidents INTEGER NOT NULL,
+    resolved INTEGER NOT NULL, failed INTEGER NOT NULL, escalated INTEGER NOT NULL,
+    PRIMARY KEY (owner, pack, pattern, host, hour));
+CREATE INDEX stats_history_hour ON stats_history (hour);
+CREATE TABLE hosts (
+    owner TEXT NOT NULL, host TEXT NOT NULL, last_heard REAL NOT NULL,
+    submitted_by TEXT NOT NULL, agent_version TEXT NOT NULL, packs TEXT NOT NULL,
+    PRIMARY KEY (owner, host));
 """
 
 
@@ -116,16 +131,23 @@ def group_ref(owner: str, fingerprint: str) -> str:
 
 
 def _to_3(db: sqlite3.Connection) -> list[str]:
-    """Groups of escalations a team works (state, assignee, snooze, regression), the
-    actions taken on them, and the receiver's own settings (issue 14). Every existing
+    """Groups of escalations a team works (state, assignee, snooze, regression,
+    silence), the actions taken on them, silences of a pattern on a host or
+    everywhere, the hosts heard from, each host's totals hour by hour (for what tier 1
+    did over time), and the receiver's own settings (issue 14). Every existing
     escalation lands in an open group."""
     _script(db, GROUPS)
     db.create_function("group_ref", 2, group_ref, deterministic=True)
     db.execute(
         "INSERT INTO groups SELECT owner, fingerprint, group_ref(owner, fingerprint), pack,"
         " pattern, coalesce(json_extract(body, '$.key'), ''), max(severity), 'open', '',"
-        " NULL, 0, min(first_seen), max(last_seen), max(received), count(*), sum(count)"
-        " FROM escalations GROUP BY owner, fingerprint"
+        " NULL, 0, min(first_seen), max(last_seen), max(received), count(*), sum(count),"
+        " NULL FROM escalations GROUP BY owner, fingerprint"
+    )
+    db.execute(
+        "INSERT INTO hosts SELECT owner, host, max(received), max(submitted_by), '',"
+        " json_group_object(pack, coalesce(json_extract(body, '$.pack_version'), ''))"
+        " FROM escalations GROUP BY owner, host"
     )
     return []
 

@@ -22,10 +22,11 @@ from agent.receiver import workflow
 from agent.receiver.inbox import InboxView
 from agent.receiver.schema import escalation_ref, group_ref, migrate
 from agent.receiver.scopes import Identity, Scope, binding_problem
-from agent.receiver.workflow import Action, Group, State, Verb
+from agent.receiver.workflow import Action, Group, State, Verb, WorkflowError
 
 PAGE_BYTES = 4 * 1024 * 1024  # a listing page ends past this much of stored bodies
 SPARK = 14  # bars in an inbox row's sparkline, over the view's window
+HISTORY_HOURS = 35 * 24  # hourly totals per host and pattern kept for the tier-1 view
 
 
 def token_hash(token: str) -> str:
@@ -37,6 +38,7 @@ class ReceiverStore:
         path.parent.mkdir(parents=True, exist_ok=True)
         self.path = path
         self._lock = threading.Lock()
+        self._pruned = 0  # the hour the stats history was last pruned
         try:
             self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
             self._db.row_factory = sqlite3.Row
@@ -219,7 +221,9 @@ class ReceiverStore:
             g["shown_state"] = str(_group_of(g).shown_state(now))
         return page, len(rows) > limit
 
-    def store(self, events: list[dict[str, Any]], who: Identity) -> tuple[list[str], list[str]]:
+    def store(
+        self, events: list[dict[str, Any]], who: Identity, agent_version: str = ""
+    ) -> tuple[list[str], list[str]]:
         """Insert each event once under `who`'s name; returns (accepted ids, duplicate ids).
 
         An escalation's key is (submitting token's name, owner, host, id): the
@@ -275,6 +279,12 @@ class ReceiverStore:
                     )
                     accepted.append(e["id"])
                     self._recur(e, now, new=1, more=count)
+                heard: dict[tuple[str, str], dict[str, str]] = {}
+                for e in events:
+                    packs = heard.setdefault((e["owner"], e["host"]), {})
+                    packs[e["pack"]] = str(e.get("pack_version", ""))
+                for (owner, host), packs in heard.items():
+                    self._heard(owner, host, who.name, agent_version, packs, now)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -283,12 +293,13 @@ class ReceiverStore:
 
     def _recur(self, e: dict[str, Any], now: float, new: int, more: int) -> None:
         """The event's group, made or grown by `new` escalations and `more` lines; one a
-        person resolved that comes back reopens as a regression (in the caller's
-        transaction)."""
+        person resolved that comes back reopens as a regression, unless a silence
+        covers the event's pattern and host: then it is counted, and the group stays
+        as it is, silenced (in the caller's transaction)."""
         owner, fingerprint = e["owner"], e["fingerprint"]
         first, last = float(e.get("first_seen", now)), float(e.get("last_seen", now))
         self._db.execute(
-            "INSERT INTO groups VALUES (?,?,?,?,?,?,?,'open','',NULL,0,?,?,?,?,?)"
+            "INSERT INTO groups VALUES (?,?,?,?,?,?,?,'open','',NULL,0,?,?,?,?,?,NULL)"
             " ON CONFLICT (owner, fingerprint) DO UPDATE SET"
             " first_seen=min(first_seen, excluded.first_seen),"
             " last_seen=max(last_seen, excluded.last_seen), severity=excluded.severity,"
@@ -309,6 +320,17 @@ class ReceiverStore:
                 more,
             ),
         )
+        silenced = self._db.execute(
+            "SELECT max(until) FROM silences WHERE owner=? AND pack=? AND pattern=?"
+            " AND until>? AND host IN ('', ?)",
+            (owner, e["pack"], e["pattern"], now, e["host"]),
+        ).fetchone()[0]
+        self._db.execute(
+            "UPDATE groups SET silenced_until=? WHERE owner=? AND fingerprint=?",
+            (silenced, owner, fingerprint),
+        )
+        if silenced is not None:
+            return
         row = self._db.execute(
             "SELECT state, assignee, snoozed_until, regression FROM groups"
             " WHERE owner=? AND fingerprint=?",
@@ -372,6 +394,7 @@ class ReceiverStore:
         found = dict(row)
         found["regression"] = bool(found["regression"])
         found["timeline"] = [dict(a) for a in timeline]
+        found["silences"] = self.silences(row["owner"], row["pack"], row["pattern"], time.time())
         found["escalations"] = [_event(r) for r in rows]
         return found
 
@@ -388,8 +411,8 @@ class ReceiverStore:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 row = self._db.execute(
-                    f"SELECT owner, fingerprint, state, assignee, snoozed_until, regression"  # noqa: S608
-                    f" FROM groups {where}",
+                    "SELECT owner, fingerprint, pack, pattern, state, assignee, snoozed_until,"  # noqa: S608
+                    f" regression FROM groups {where}",
                     args,
                 ).fetchone()
                 if row is None:
@@ -397,14 +420,146 @@ class ReceiverStore:
                     return None
                 after = workflow.act(_group(row), action, now)
                 self._set_group(row["owner"], row["fingerprint"], after, now)
-                self._record(
-                    row["owner"], row["fingerprint"], now, who, action.verb, _detail(action)
-                )
+                detail = _detail(action)
+                if action.verb is Verb.SILENCE:
+                    self._silence(row, action, who, now)
+                elif action.verb is Verb.UNSILENCE:
+                    detail = self._unsilence(row, action, now)
+                self._record(row["owner"], row["fingerprint"], now, who, action.verb, detail)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
         return self.group(ref, owners, occurrences=0)
+
+    def _heard(
+        self,
+        owner: str,
+        host: str,
+        by: str,
+        agent_version: str,
+        packs: dict[str, str],
+        now: float,
+    ) -> None:
+        """A host was heard from: when, through which token, which packs (and versions,
+        when the post says) it runs. In the caller's transaction."""
+        row = self._db.execute(
+            "SELECT agent_version, packs FROM hosts WHERE owner=? AND host=?", (owner, host)
+        ).fetchone()
+        known: dict[str, str] = json.loads(row["packs"]) if row else {}
+        for pack, version in packs.items():
+            if version or pack not in known:
+                known[pack] = version
+        version = agent_version or (row["agent_version"] if row else "")
+        self._db.execute(
+            "INSERT INTO hosts VALUES (?,?,?,?,?,?) ON CONFLICT (owner, host) DO UPDATE SET"
+            " last_heard=excluded.last_heard, submitted_by=excluded.submitted_by,"
+            " agent_version=excluded.agent_version, packs=excluded.packs",
+            (owner, host, now, by, version, json.dumps(dict(sorted(known.items())))),
+        )
+
+    def hosts(
+        self, owners: tuple[str, ...] | None, limit: int = 500, offset: int = 0
+    ) -> tuple[list[dict[str, Any]], bool]:
+        """The hosts heard from, quietest first, with what tier 1 did on each."""
+        where, args = _owned(owners, column="hosts.owner")
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT hosts.*, total(s.matches) AS matches, total(s.resolved) AS resolved,"  # noqa: S608
+                " total(s.failed) AS failed, total(s.escalated) AS escalated FROM hosts"
+                " LEFT JOIN stats s ON s.owner = hosts.owner AND s.host = hosts.host"
+                f" {where}"
+                " GROUP BY hosts.owner, hosts.host ORDER BY last_heard, hosts.owner, hosts.host"
+                " LIMIT ? OFFSET ?",
+                (*args, limit + 1, offset),
+            ).fetchall()
+        page = []
+        for r in rows[:limit]:
+            item = _whole(dict(r), "matches", "resolved", "failed", "escalated")
+            item["packs"] = json.loads(r["packs"])
+            page.append(item)
+        return page, len(rows) > limit
+
+    def history(
+        self, owners: tuple[str, ...] | None, owner: str, start_hour: int
+    ) -> tuple[list[sqlite3.Row], list[sqlite3.Row]]:
+        """Hourly totals since `start_hour`, and for each host and pattern the last
+        totals before it (the baseline the first hour in the window is counted from)."""
+        clauses, args = (["owner = ?"], [owner]) if owner else ([], [])
+        where, args = _owned(owners, [*clauses, "hour >= ?"], [*args, start_hour])
+        before, before_args = _owned(owners, [*clauses, "hour < ?"], [*args[:-1], start_hour])
+        with self._lock:
+            rows = self._db.execute(
+                f"SELECT * FROM stats_history {where}"  # noqa: S608
+                " ORDER BY owner, pack, pattern, host, hour",
+                args,
+            ).fetchall()
+            base = self._db.execute(
+                f"SELECT *, max(hour) FROM stats_history {before}"  # noqa: S608
+                " GROUP BY owner, pack, pattern, host",
+                before_args,
+            ).fetchall()
+        return rows, base
+
+    def owners(self, now: float) -> list[dict[str, Any]]:
+        """Every owner with groups or hosts: how many groups, how many open, hosts."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT owner, count(*) AS groups, total(state IN ('open', 'acknowledged')"
+                " OR (state = 'snoozed' AND snoozed_until <= ?)) AS open,"
+                " (SELECT count(*) FROM hosts h WHERE h.owner = g.owner) AS hosts"
+                " FROM groups g GROUP BY owner ORDER BY owner",
+                (now,),
+            ).fetchall()
+        return [_whole(dict(r), "open") for r in rows]
+
+    def _silence(self, group: sqlite3.Row, action: Action, who: str, now: float) -> None:
+        """Keep the silence; the group itself is silenced at once if it covers every
+        host the group was seen on."""
+        key = (group["owner"], group["pack"], group["pattern"])
+        self._db.execute(
+            "INSERT INTO silences (owner, pack, pattern, host, until, who, created, reason)"
+            " VALUES (?,?,?,?,?,?,?,?)",
+            (*key, action.host, action.until, who, now, action.note),
+        )
+        hosts = {
+            r[0]
+            for r in self._db.execute(
+                "SELECT DISTINCT host FROM escalations WHERE owner=? AND fingerprint=?",
+                (group["owner"], group["fingerprint"]),
+            )
+        }
+        if not action.host or hosts <= {action.host}:
+            self._db.execute(
+                "UPDATE groups SET silenced_until=max(coalesce(silenced_until, 0), ?)"
+                " WHERE owner=? AND fingerprint=?",
+                (action.until, group["owner"], group["fingerprint"]),
+            )
+
+    def _unsilence(self, group: sqlite3.Row, action: Action, now: float) -> str:
+        """Lift one of the silences of the group's pattern; its groups show again."""
+        lifted = self._db.execute(
+            "UPDATE silences SET until=? WHERE id=? AND owner=? AND pack=? AND pattern=?"
+            " AND until>?",
+            (now, action.silence, group["owner"], group["pack"], group["pattern"], now),
+        )
+        if not lifted.rowcount:
+            raise WorkflowError("no such silence in force on this pattern")
+        self._db.execute(
+            "UPDATE groups SET silenced_until=NULL WHERE owner=? AND pack=? AND pattern=?",
+            (group["owner"], group["pack"], group["pattern"]),
+        )
+        return f"lifted silence {action.silence}"
+
+    def silences(self, owner: str, pack: str, pattern: str, now: float) -> list[dict[str, Any]]:
+        """The silences in force on a pattern of an owner."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, host, until, who, created, reason FROM silences"
+                " WHERE owner=? AND pack=? AND pattern=? AND until>? ORDER BY id",
+                (owner, pack, pattern, now),
+            ).fetchall()
+        return [dict(r) for r in rows]
 
     def store_stats(self, who: Identity, host: str, rows: list[dict[str, Any]]) -> None:
         """A host's cumulative totals per pattern, as its agent last reported them.
@@ -416,29 +571,43 @@ class ReceiverStore:
         """
         now = time.time()
         with self._lock:
-            self._db.executemany(
-                "INSERT INTO stats VALUES (?,?,?,?,?,?,?,?,?,?,?)"
-                " ON CONFLICT (owner, host, pack, pattern) DO UPDATE SET"
-                " submitted_by=excluded.submitted_by, matches=excluded.matches,"
-                " incidents=excluded.incidents, resolved=excluded.resolved,"
-                " failed=excluded.failed, escalated=excluded.escalated, updated=excluded.updated",
-                [
-                    (
-                        r["owner"],
-                        host,
-                        r["pack"],
-                        r["pattern"],
-                        who.name,
-                        r["matches"],
-                        r["incidents"],
-                        r["resolved"],
-                        r["failed"],
-                        r["escalated"],
-                        now,
-                    )
-                    for r in rows
-                ],
-            )
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                heard: dict[str, dict[str, str]] = {}
+                for r in rows:
+                    heard.setdefault(r["owner"], {})[r["pack"]] = ""
+                for owner, packs in heard.items():
+                    self._heard(owner, host, who.name, "", packs, now)
+                self._stats_rows(who, host, rows, now)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def _stats_rows(self, who: Identity, host: str, rows: list[dict[str, Any]], now: float) -> None:
+        self._db.executemany(
+            "INSERT INTO stats VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+            " ON CONFLICT (owner, host, pack, pattern) DO UPDATE SET"
+            " submitted_by=excluded.submitted_by, matches=excluded.matches,"
+            " incidents=excluded.incidents, resolved=excluded.resolved,"
+            " failed=excluded.failed, escalated=excluded.escalated, updated=excluded.updated",
+            [
+                (
+                    r["owner"],
+                    host,
+                    r["pack"],
+                    r["pattern"],
+                    who.name,
+                    r["matches"],
+                    r["incidents"],
+                    r["resolved"],
+                    r["failed"],
+                    r["escalated"],
+                    now,
+                )
+                for r in rows
+            ],
+        )
 
     def stats(
         self, owners: tuple[str, ...] | None, limit: int = 1000, offset: int = 0
@@ -521,12 +690,15 @@ class ReceiverStore:
 
 
 def _owned(  # only fixed column names and placeholders reach the SQL it makes
-    owners: tuple[str, ...] | None, clauses: list[str] | None = None, args: list[Any] | None = None
+    owners: tuple[str, ...] | None,
+    clauses: list[str] | None = None,
+    args: list[Any] | None = None,
+    column: str = "owner",
 ) -> tuple[str, list[Any]]:
     """A WHERE clause limited to `owners` (None: every owner) and the clauses given."""
     clauses, args = list(clauses or []), list(args or [])
     if owners is not None:
-        clauses.append(f"owner IN ({','.join('?' * len(owners))})" if owners else "0")
+        clauses.append(f"{column} IN ({','.join('?' * len(owners))})" if owners else "0")
         args += owners
     return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), args
 
@@ -554,8 +726,16 @@ def _detail(action: Action) -> str:
     if action.verb is Verb.ASSIGN:
         return f"to {action.assignee}" if action.assignee else "unassigned"
     if action.verb is Verb.SNOOZE and action.until is not None:
-        return "until " + time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(action.until))
+        return "until " + _utc(action.until)
+    if action.verb is Verb.SILENCE and action.until is not None:
+        where = f"on {action.host}" if action.host else "everywhere"
+        reason = f" ({action.note})" if action.note else ""
+        return f"{where} until {_utc(action.until)}{reason}"
     return action.note
+
+
+def _utc(at: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(at))
 
 
 def _event(row: sqlite3.Row) -> dict[str, Any]:

@@ -32,12 +32,23 @@ class Verb(StrEnum):
     RESOLVE = "resolve"
     REOPEN = "reopen"
     SNOOZE = "snooze"
+    SILENCE = "silence"  # its pattern, on a host or everywhere, for a while
+    UNSILENCE = "unsilence"
     REGRESSED = "regressed"  # the receiver's: a resolved group came back
     WOKE = "woke"  # the receiver's: a snooze ended with the problem still coming
 
 
 PEOPLE_VERBS = frozenset(
-    {Verb.ACKNOWLEDGE, Verb.ASSIGN, Verb.NOTE, Verb.RESOLVE, Verb.REOPEN, Verb.SNOOZE}
+    {
+        Verb.ACKNOWLEDGE,
+        Verb.ASSIGN,
+        Verb.NOTE,
+        Verb.RESOLVE,
+        Verb.REOPEN,
+        Verb.SNOOZE,
+        Verb.SILENCE,
+        Verb.UNSILENCE,
+    }
 )
 
 
@@ -65,12 +76,15 @@ class Group:
 
 @dataclass(frozen=True)
 class Action:
-    """What a person asked: a verb and what it needs (an assignee, a note, an end)."""
+    """What a person asked: a verb and what it needs (an assignee, a note, an end, the
+    host a silence is for ("" everywhere), the silence to lift)."""
 
     verb: Verb
     assignee: str = ""
     note: str = ""
     until: float | None = None
+    host: str = ""
+    silence: int | None = None
 
 
 def act(group: Group, action: Action, now: float) -> Group:
@@ -81,6 +95,18 @@ def act(group: Group, action: Action, now: float) -> Group:
     if verb is Verb.NOTE:
         if not action.note.strip() or len(action.note) > MAX_NOTE:
             raise BadAction(f"a note is 1 to {MAX_NOTE} characters")
+        return group
+    if verb is Verb.SILENCE:  # the store keeps the silence; the group's state is its own
+        if action.until is None or not now < action.until <= now + MAX_SNOOZE:
+            raise BadAction("a silence ends in the future, at most 90 days from now")
+        if len(action.host) > 256 or not action.host.isprintable():
+            raise BadAction("a silence's host is a printable name of at most 256 characters")
+        if len(action.note) > MAX_NOTE:
+            raise BadAction(f"a silence's reason is at most {MAX_NOTE} characters")
+        return group
+    if verb is Verb.UNSILENCE:
+        if action.silence is None:
+            raise BadAction("say which silence to lift")
         return group
     if verb is Verb.ASSIGN:
         if len(action.assignee) > 256 or not action.assignee.isprintable():
