@@ -24,7 +24,7 @@ NOW = time.time()
 
 
 def event(n: int, **over: Any) -> dict[str, Any]:
-    return wire_event(n, first_seen=NOW - 600, last_seen=NOW - 60, **over)
+    return wire_event(n, **{"first_seen": NOW - 600, "last_seen": NOW - 60, **over})
 
 
 class Console(Api):
@@ -137,7 +137,7 @@ def test_a_group_is_worked_through_its_forms_and_a_stale_form_changes_nothing(co
     assert "note: &lt;b&gt;looking&lt;/b&gt;" in detail and "<b>looking</b>" not in detail
     assert "wendy" in detail and "matched on h1" in detail
     assert act(action="resolve").status_code == 303
-    console.post({"events": [event(1, key="k", count=7)]})  # it comes back
+    console.post({"events": [event(1, key="k", count=7, last_seen=time.time())]})  # back
     detail = console.client.get(f"/g/{ref}").text
     assert 'id="state">open<' in detail and 'id="regression"' in detail
     assert "regressed: reported by h1" in detail
@@ -254,7 +254,8 @@ def test_a_silence_keeps_a_pattern_out_of_the_inbox_and_from_regressing_until_li
     [silence] = re.findall(r'name="silence" value="(\d+)"', detail)
     act(action="unsilence", silence=silence)
     assert console.client.get("/?state=all").text.count("silenced</span>") == 0
-    console.post({"events": [event(1, key="k", host="db-1", count=9)]})  # back, not silenced
+    back = event(1, key="k", host="db-1", count=9, last_seen=time.time())
+    console.post({"events": [back]})  # back, not silenced
     detail = console.client.get(f"/g/{ref}").text
     assert 'id="state">open<' in detail and 'id="regression"' in detail
     assert f"lifted silence {silence}" in detail
@@ -353,3 +354,26 @@ def test_a_team_token_gets_no_admin_page(console):
     )
     assert answer.status_code == 403
     assert "me-too" not in {t["name"] for t in console.store.tokens()}
+
+
+def test_a_backlog_from_before_a_resolution_does_not_reopen_it(console):
+    """An agent that was cut off delivers, after the group was resolved, updates of
+    what it saw before: those are not the problem coming back."""
+    console.post({"events": [event(1, key="k")]})
+    [row] = console.listed()
+    answer = console.client.patch(
+        f"/v1/escalations/{row['ref']}",
+        json={"action": "resolve"},
+        headers=console.auth(console.a_write),
+    )
+    assert answer.json()["state"] == "resolved"
+    console.post({"events": [event(1, key="k", count=8, last_seen=NOW - 30)]})  # seen before
+    group = console.client.get(
+        f"/v1/escalations/{row['ref']}", headers=console.auth(console.a_write)
+    ).json()["group"]
+    assert (group["state"], group["regression"]) == ("resolved", False)
+    console.post({"events": [event(1, key="k", count=9, last_seen=time.time() + 1)]})
+    group = console.client.get(
+        f"/v1/escalations/{row['ref']}", headers=console.auth(console.a_write)
+    ).json()["group"]
+    assert (group["state"], group["regression"]) == ("open", True)

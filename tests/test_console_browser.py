@@ -280,7 +280,8 @@ def test_a_team_lead_works_an_escalation_in_a_real_browser(site, tmp_path):
         assert "regressed: reported by db-01" in browser.text()
 
         browser.open("/tier1")
-        assert "fixed on the host" in browser.text()
+        assert "4 fixed on the host" in browser.text() and browser.find("#rate").text == "67%"
+        assert browser.reads("#failing", "db-01")  # where fixes fail most
         browser.shot("tier1")
 
         # another team's escalation, by its URL, is refused

@@ -477,15 +477,27 @@ def create_app(
 
     console = Console(store, auth)
 
+    pages = Lane(4, patience=QUEUE_PATIENCE)  # console pages: apart from the API's reads
+    viewing = InFlight(READS_PER_TOKEN)
+
     def html(page: Callable[[Request], Response]) -> Callable[[Request], Any]:
-        """A console page on the thread pool, a few at a time, like the API's reads."""
+        """A console page on the thread pool, a few at a time, in a lane of their own
+        (one team's slow pages do not hold up another's API reads), and at most
+        READS_PER_TOKEN of one session or token being made or sent at once."""
 
         async def show(request: Request) -> Response:
+            visitor = await run_in_threadpool(console.visitor, request)
+            if not viewing.enter(visitor):
+                return _error(429, f"at most {READS_PER_TOKEN} pages of one visitor at once")
             try:
-                async with reads.slot():
-                    return await run_in_threadpool(page, request)
+                async with pages.slot():
+                    answer = await run_in_threadpool(page, request)
             except Busy:
-                return _busy()
+                answer = _busy()
+            except BaseException:
+                viewing.leave(visitor)
+                raise
+            return Sent(answer, lambda: viewing.leave(visitor), SEND_TIMEOUT)
 
         return show
 

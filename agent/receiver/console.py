@@ -27,10 +27,11 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from agent.receiver.inbox import BadView, InboxView
-from agent.receiver.page import render_summary
 from agent.receiver.schema import group_ref
 from agent.receiver.scopes import Action, Forbidden, Identity, Scope
 from agent.receiver.store import ReceiverStore, token_hash
+from agent.receiver.tier1 import WINDOWS as TIER1_WINDOWS
+from agent.receiver.tier1 import added_up
 from agent.receiver.workflow import Action as WorkflowAction
 from agent.receiver.workflow import BadAction, Verb, WorkflowError
 
@@ -42,6 +43,9 @@ PAGE_SIZE = 50
 SUMMARY_ROWS = 500
 QUIET = 15 * 60  # seconds without a word from a host before it is flagged
 OCCURRENCES = 20  # escalations on a detail page, the most recent
+ARTICLE_CHARS = 10_000  # of an article rendered on a page
+ATTEMPTS = 20  # attempts shown of each escalation, the last
+LINES = 50  # sample lines shown of each escalation
 REFRESH = 60  # seconds between the inbox's own reloads
 SNOOZES = {"1h": 3600.0, "1d": 86400.0, "1w": 7 * 86400.0, "30d": 30 * 86400.0}
 ARTICLE_TAGS = {
@@ -63,10 +67,32 @@ def render_article(text: str) -> str:
     )
 
 
-def _when(at: float | None) -> str:
-    if at is None or not math.isfinite(at):
+def _when(at: Any) -> str:
+    """A time as people read it; anything that is not a plausible time reads as nothing."""
+    if not isinstance(at, int | float) or isinstance(at, bool) or not math.isfinite(at):
         return ""
-    return time.strftime("%Y-%m-%d %H:%M", time.gmtime(at)) + " UTC"
+    try:
+        return time.strftime("%Y-%m-%d %H:%M", time.gmtime(at)) + " UTC"
+    except (OverflowError, OSError, ValueError):
+        return ""
+
+
+def _clip(value: Any, most: int) -> str:
+    """At most `most` characters of a value an agent sent, marked when cut."""
+    text = value if isinstance(value, str) else "" if value is None else str(value)
+    return text if len(text) <= most else text[:most] + f" … ({len(text) - most} more)"
+
+
+def _argv(value: Any) -> str:
+    """An attempt's argv as one line, whatever an agent put there."""
+    if isinstance(value, list):
+        return _clip(" ".join(str(part) for part in value[:64]), 2000)
+    return _clip(value, 2000)
+
+
+def _few(value: Any, most: int) -> list[Any]:
+    """The last `most` items of a list an agent sent (nothing if it is not a list)."""
+    return value[-most:] if isinstance(value, list) else []
 
 
 def _ago(at: float | None, now: float) -> str:
@@ -101,28 +127,41 @@ class Console:
         self.store = store
         self.bearer = bearer
         self.clock = clock
-        self.signer = URLSafeTimedSerializer(store.secret("session"), salt="logmend-console")
+        secret = store.secret("session")
+        self.sessions = URLSafeTimedSerializer(secret, salt="logmend-session")
+        self.logins = URLSafeTimedSerializer(secret, salt="logmend-login")
         self.env = Environment(
             loader=FileSystemLoader(Path(__file__).parent / "templates"),
             autoescape=select_autoescape(default=True, default_for_string=True),
         )
-        self.env.globals.update(when=_when, spark=_spark)
+        self.env.globals.update(when=_when, spark=_spark, few=_few)
+        self.env.filters.update(clip=_clip, argv=_argv)
 
     # sessions -----------------------------------------------------------------------
 
-    def _session(self, request: Request) -> tuple[Identity, str] | None:
-        """The identity of a live session and its CSRF token, or None."""
-        cookie = request.cookies.get(SESSION)
-        if not cookie:
-            return None
+    def _session_id(self, request: Request) -> str | None:
         try:
-            data = self.signer.loads(cookie, max_age=SESSION_AGE)
+            sid = self.sessions.loads(request.cookies.get(SESSION, ""), max_age=SESSION_AGE)
         except BadSignature:
             return None
-        if not isinstance(data, dict) or not isinstance(data.get("h"), str):
-            return None
-        who = self.store.identity(data["h"])
-        return (who, str(data.get("c", ""))) if who is not None else None
+        return sid if isinstance(sid, str) else None
+
+    def visitor(self, request: Request) -> str:
+        """Whom a page is for, to bound how many one visitor has at once: the token
+        behind its session or header, else its address."""
+        header = request.headers.get("authorization")
+        if header is not None:  # checked by the page itself; here only told apart
+            return "bearer:" + token_hash(header)[:16]
+        session = self._session(request)
+        if session is not None:
+            return session[0].token_id
+        return "address:" + (request.client.host if request.client else "")
+
+    def _session(self, request: Request) -> tuple[Identity, str] | None:
+        """The identity of a live session and its CSRF token, or None. The cookie holds
+        a signed random id; the database, only its hash (a copy opens nothing)."""
+        sid = self._session_id(request)
+        return self.store.session(sid) if sid else None
 
     def _who(self, request: Request, action: Action) -> tuple[Identity, str] | Response:
         """A page's reader: the session's (or a bearer token's, for tools), else the
@@ -170,16 +209,16 @@ class Console:
     def login_form(self, request: Request) -> Response:
         csrf = secrets.token_urlsafe(24)
         response = self._page("login.html", request, None, login_csrf=csrf)
-        self._cookie(request, response, LOGIN, self.signer.dumps({"c": csrf}), LOGIN_AGE)
+        self._cookie(request, response, LOGIN, self.logins.dumps({"c": csrf}), LOGIN_AGE)
         return response
 
     def login(self, request: Request, form: dict[str, str]) -> Response:
         """A token typed once: a live read, write or admin token opens a session."""
         try:
-            expected = self.signer.loads(request.cookies.get(LOGIN, ""), max_age=LOGIN_AGE)["c"]
+            expected = self.logins.loads(request.cookies.get(LOGIN, ""), max_age=LOGIN_AGE)["c"]
         except (BadSignature, KeyError, TypeError):
             expected = None
-        if not expected or not hmac.compare_digest(str(expected), form.get("csrf", "")):
+        if not expected or not _same(str(expected), form.get("csrf", "")):
             return self._refused(request, "the login form expired; try again")
         token = form.get("token", "").strip()
         who = self.store.authenticate(token) if token.startswith("lm_") else None
@@ -190,24 +229,33 @@ class Console:
         except Forbidden:
             return self._refused(request, "an agent's ingest token cannot log in to the console")
         response = RedirectResponse("/", status_code=303)
-        session = {"h": token_hash(token), "c": secrets.token_urlsafe(24)}
-        self._cookie(request, response, SESSION, self.signer.dumps(session), SESSION_AGE)
-        response.delete_cookie(LOGIN, path="/")
+        sid, _ = self.store.open_session(token, SESSION_AGE)
+        self._cookie(request, response, SESSION, self.sessions.dumps(sid), SESSION_AGE)
+        self._forget(request, response, LOGIN)
         return response
 
     def _refused(self, request: Request, message: str) -> Response:
         csrf = secrets.token_urlsafe(24)
         response = self._page("login.html", request, None, 401, login_csrf=csrf, message=message)
-        self._cookie(request, response, LOGIN, self.signer.dumps({"c": csrf}), LOGIN_AGE)
+        self._cookie(request, response, LOGIN, self.logins.dumps({"c": csrf}), LOGIN_AGE)
         return response
 
     def logout(self, request: Request, form: dict[str, str]) -> Response:
-        session = self._session(request)
-        if session is not None and not hmac.compare_digest(session[1], form.get("csrf", "")):
+        """Ends the session in the database (a copy of the cookie opens nothing after),
+        and only for a post carrying the session's own CSRF token: another site's post
+        arrives without the cookie and changes nothing."""
+        sid, session = self._session_id(request), self._session(request)
+        if sid is None or session is None:
+            return RedirectResponse("/login", status_code=303)
+        if not _same(session[1], form.get("csrf", "")):
             return self._page("error.html", request, None, 403, message="stale form; reload")
+        self.store.close_session(sid)
         response = RedirectResponse("/login", status_code=303)
-        response.delete_cookie(SESSION, path="/")
+        self._forget(request, response, SESSION)
         return response
+
+    def _forget(self, request: Request, response: Response, name: str) -> None:
+        self._cookie(request, response, name, "", 0)
 
     def inbox(self, request: Request) -> Response:
         who = self._who(request, Action.READ)
@@ -244,13 +292,14 @@ class Console:
             return self._page("error.html", request, who, 404, message="no such escalation")
         escalations = group["escalations"]
         article = next((e["article_text"] for e in escalations if e.get("article_text")), "")
+        article = _clip(article, ARTICLE_CHARS)  # Markdown costs ~20 µs a character
         group["shown_state"] = _shown(group, self.clock())
         return self._page(
             "detail.html",
             request,
             who,
             group=group,
-            hosts=sorted({str(e["host"]) for e in escalations}),
+            hosts=group["hosts"],
             timeline=timeline(group),
             article=render_article(str(article)) if article else "",
             may_write=_may(who[0], Action.WRITE),
@@ -258,14 +307,23 @@ class Console:
         )
 
     def tier1(self, request: Request) -> Response:
-        """What tier 1 did on the hosts, and escalations by owner, pattern and status."""
+        """What tier 1 did over a window: per pattern, per bar of time, and where fixes
+        fail most, from the hosts' hourly totals."""
         who = self._who(request, Action.READ)
         if isinstance(who, Response):
             return who
-        owners = who[0].visible_owners()
-        healed, more_healed = self.store.stats(owners, limit=SUMMARY_ROWS)
-        rows, more_rows = self.store.summary(owners, limit=SUMMARY_ROWS)
-        return HTMLResponse(render_summary(healed, more_healed, rows, more_rows))
+        window = request.query_params.get("window", "7d")
+        owner = request.query_params.get("owner", "")
+        if window not in TIER1_WINDOWS or len(owner) > 256:
+            return self._page("error.html", request, who, 400, message="window: 24h, 7d or 30d")
+        hours = TIER1_WINDOWS[window][0]
+        start = int(self.clock() // 3600) - hours + 1
+        rows, base = self.store.history(who[0].visible_owners(), owner, start)
+        done = added_up(rows, base, start, window)
+        top = max((sum(bar.values()) for bar in done.bars), default=0) or 1
+        return self._page(
+            "tier1.html", request, who, t=done, window=window, owner=owner, chart_top=top
+        )
 
     def hosts(self, request: Request) -> Response:
         """Every host heard from: when, which packs and versions, what tier 1 did there;
@@ -306,7 +364,7 @@ class Console:
         try:
             scope = Scope(form.get("scope", ""))
             days = form.get("expires", "").strip()
-            if days and (not days.isdigit() or not 0 < int(days) <= 3650):
+            if days and not (days.isascii() and days.isdigit() and 0 < int(days) <= 3650):
                 raise ValueError("expires: a number of days from 1 to 3650, or empty")
             token = self.store.create_token(
                 scope,
@@ -336,7 +394,7 @@ class Console:
             return RedirectResponse("/login", status_code=303)
         if session[0].scope is not Scope.ADMIN:
             return self._page("error.html", request, session, 403, message="the admin's page")
-        if not hmac.compare_digest(session[1], form.get("csrf", "")):
+        if not _same(session[1], form.get("csrf", "")):
             return self._page("error.html", request, session, 403, message="stale form; reload")
         return None
 
@@ -345,9 +403,7 @@ class Console:
         who = self._who(request, Action.WRITE)
         if isinstance(who, Response):
             return who
-        if "authorization" not in request.headers and not hmac.compare_digest(
-            who[1], form.get("csrf", "")
-        ):
+        if "authorization" not in request.headers and not _same(who[1], form.get("csrf", "")):
             return self._page("error.html", request, who, 403, message="stale form; reload")
         ref = request.path_params["ref"]
         try:
@@ -371,8 +427,9 @@ def timeline(group: dict[str, Any]) -> list[dict[str, Any]]:
     for e in group["escalations"]:
         host = e.get("host", "")
         entries.append({"at": e.get("first_seen"), "what": f"matched on {host}", "who": ""})
-        for a in e.get("attempts") or []:
-            if isinstance(a, dict) and isinstance(a.get("started"), int | float):
+        host = _clip(host, 200)
+        for a in _few(e.get("attempts"), ATTEMPTS):
+            if isinstance(a, dict) and _when(a.get("started")):
                 code = "timed out" if a.get("timed_out") else f"exit {a.get('exit_code')}"
                 entries.append(
                     {
@@ -390,7 +447,7 @@ def timeline(group: dict[str, Any]) -> list[dict[str, Any]]:
         )
     for a in group["timeline"]:
         entries.append({"at": a["at"], "what": _said(a["verb"], a["detail"]), "who": a["who"]})
-    entries = [t for t in entries if isinstance(t["at"], int | float)]
+    entries = [t for t in entries if _when(t["at"])]
     entries.sort(key=lambda t: t["at"])
     return entries[-TIMELINE:]
 
@@ -424,6 +481,16 @@ def _shown(group: dict[str, Any], now: float) -> str:
     return str(group["state"])
 
 
+def _number(text: str) -> bool:
+    """ASCII digits only ("²" is a digit to Python, and not a number to int)."""
+    return text.isascii() and text.isdigit() and len(text) < 12
+
+
+def _same(expected: str, given: str) -> bool:
+    """A CSRF check in constant time, for any text a form may carry."""
+    return bool(expected) and hmac.compare_digest(expected.encode(), given.encode())
+
+
 def _may(who: Identity, action: Action) -> bool:
     try:
         who.require(action)
@@ -449,7 +516,9 @@ def _form_action(form: dict[str, str], now: float) -> WorkflowAction:
         note=form.get("note", ""),
         until=until,
         host=form.get("host", ""),
-        silence=int(silence) if silence.isdigit() and len(silence) < 12 else None,
+        silence=int(silence)
+        if silence.isascii() and silence.isdigit() and len(silence) < 12
+        else None,
     )
 
 

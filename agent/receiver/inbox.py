@@ -76,7 +76,7 @@ class InboxView:
         if window not in WINDOWS:
             raise BadView(f"window: one of {', '.join(WINDOWS)}")
         page = pick("page", "1")
-        if not page.isdigit() or not 1 <= int(page) <= 10_000:
+        if not (page.isascii() and page.isdigit() and 1 <= int(page) <= 10_000):
             raise BadView("page: a number from 1 to 10000")
         return cls(
             state=state,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
+import unicodedata
 from typing import Any
 
 import msgpack
@@ -65,6 +66,16 @@ def text(value: Any, where: str, limit: int, required: bool = True) -> str:
     return value
 
 
+def name(value: Any, where: str, limit: int = MAX_NAME, required: bool = True) -> str:
+    """A name (host, owner, pack, pattern, id ...): text, and no control or format
+    character — a NUL would let two names join into one key, a direction mark would
+    reorder what a page shows after it."""
+    checked = text(value, where, limit, required)
+    if any(unicodedata.category(c) in ("Cc", "Cf") for c in checked):
+        raise InvalidEvent(f"{where} has a control or format character")
+    return checked
+
+
 def count(value: Any, where: str) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise InvalidEvent(f"{where} must be an integer")
@@ -88,21 +99,23 @@ def validate(event: Any, index: int, now: float | None = None) -> dict[str, Any]
     if not isinstance(event, dict):
         raise InvalidEvent(f"{at} must be an object")
     now = time.time() if now is None else now
-    text(event.get("id"), f"{at}.id", MAX_ID)
-    for name in NAMES:
-        text(event.get(name), f"{at}.{name}", MAX_NAME)
+    name(event.get("id"), f"{at}.id", MAX_ID)
+    for field in NAMES:
+        name(event.get(field), f"{at}.{field}")
     # an event may leave its owner to the receiver (a token bound to one owner)
-    event["owner"] = text(event.get("owner", ""), f"{at}.owner", MAX_NAME, required=False)
+    event["owner"] = name(event.get("owner", ""), f"{at}.owner", required=False)
     if "severity" in event:
-        text(event["severity"], f"{at}.severity", MAX_NAME)
-    for name in ("key", "source", "outcome", "article", "pack_version"):
-        if name in event:
-            text(event[name], f"{at}.{name}", MAX_TEXT, required=False)
+        name(event["severity"], f"{at}.severity")
+    if "pack_version" in event:
+        name(event["pack_version"], f"{at}.pack_version", required=False)
+    for field in ("key", "source", "outcome", "article"):
+        if field in event:
+            text(event[field], f"{at}.{field}", MAX_TEXT, required=False)
     if "count" in event:
         count(event["count"], f"{at}.count")
-    for name in ("first_seen", "last_seen"):
-        if name in event:
-            moment(event[name], f"{at}.{name}", now)
+    for field in ("first_seen", "last_seen"):
+        if field in event:
+            moment(event[field], f"{at}.{field}", now)
     if not isinstance(event.get("lines", []), list):
         raise InvalidEvent(f"{at}.lines must be a list")
     for n, line in enumerate(event.get("lines", [])):
@@ -110,8 +123,8 @@ def validate(event: Any, index: int, now: float | None = None) -> dict[str, Any]
     fields = event.get("fields", {})
     if not isinstance(fields, dict):
         raise InvalidEvent(f"{at}.fields must be an object")
-    for name, value in fields.items():
-        text(value, f"{at}.fields.{text(name, f'{at}.fields', MAX_NAME)}", MAX_TEXT, False)
+    for field, value in fields.items():
+        text(value, f"{at}.fields.{text(field, f'{at}.fields', MAX_NAME)}", MAX_TEXT, False)
     if not isinstance(event.get("attempts", []), list):
         raise InvalidEvent(f"{at}.attempts must be a list")
     _everything(event, at, 0)
@@ -149,8 +162,8 @@ def _everything(value: Any, where: str, depth: int) -> None:
             for key, item in value.items():
                 if not isinstance(key, str):
                     raise InvalidEvent(f"{where} has a key that is not a string")
-                name = text(key, f"{where} key", MAX_NAME, required=False)
-                _everything(item, f"{where}.{name}", depth + 1)
+                label = text(key, f"{where} key", MAX_NAME, required=False)
+                _everything(item, f"{where}.{label}", depth + 1)
     else:
         raise InvalidEvent(f"{where} has a value of type {type(value).__name__}")
 
@@ -159,7 +172,7 @@ def validate_stats(doc: Any) -> tuple[str, list[dict[str, Any]]]:
     """A host's cumulative per-pattern totals; raises InvalidEvent naming the field."""
     if not isinstance(doc, dict):
         raise InvalidEvent('body must be an object with a "host" string')
-    host = text(doc.get("host"), "host", MAX_NAME)
+    host = name(doc.get("host"), "host")
     rows = doc.get("stats")
     if not isinstance(rows, list):
         raise InvalidEvent('body must have a "stats" list')
@@ -170,8 +183,8 @@ def validate_stats(doc: Any) -> tuple[str, list[dict[str, Any]]]:
         if not isinstance(row, dict):
             raise InvalidEvent(f"{at} must be an object")
         for key in ("pack", "pattern"):
-            text(row.get(key), f"{at}.{key}", MAX_NAME)
-        row["owner"] = text(row.get("owner", ""), f"{at}.owner", MAX_NAME, required=False)
+            name(row.get(key), f"{at}.{key}")
+        row["owner"] = name(row.get("owner", ""), f"{at}.owner", required=False)
         for key in STATS_FIELDS:
             row[key] = count(row.get(key, 0), f"{at}.{key}")
     return host, rows

@@ -112,6 +112,9 @@ CREATE TABLE silences (
     pattern TEXT NOT NULL, host TEXT NOT NULL, until REAL NOT NULL, who TEXT NOT NULL,
     created REAL NOT NULL, reason TEXT NOT NULL);
 CREATE INDEX silences_match ON silences (owner, pack, pattern, until);
+CREATE TABLE sessions (
+    id_hash TEXT PRIMARY KEY, token_hash TEXT NOT NULL, csrf TEXT NOT NULL,
+    expires REAL NOT NULL);
 CREATE TABLE stats_history (
     owner TEXT NOT NULL, host TEXT NOT NULL, pack TEXT NOT NULL, pattern TEXT NOT NULL,
     hour INTEGER NOT NULL, matches INTEGER NOT NULL, incidents INTEGER NOT NULL,

@@ -19,6 +19,7 @@ from enum import StrEnum
 ANY = "*"
 AGENT_OWNER = "logmend"  # the agent's own events (a spool overflow): the central team's
 MAX_LABEL = 256
+RESERVED_NAME = "receiver"  # who the receiver's own actions are by
 
 
 class Scope(StrEnum):
@@ -112,6 +113,8 @@ def binding_problem(
 
     Checked when a token is created, so every stored token means one thing.
     """
+    if name == RESERVED_NAME:
+        return f"{RESERVED_NAME!r} is the receiver's own name in timelines"
     for value in (*owners, *hosts, *((name,) if name else ())):
         if not value or len(value) > MAX_LABEL or not value.isprintable() or value != value.strip():
             return f"{value!r} is not a name: printable, no surrounding spaces, 1..256 characters"

@@ -26,6 +26,7 @@ from agent.receiver.workflow import Action, Group, State, Verb, WorkflowError
 
 PAGE_BYTES = 4 * 1024 * 1024  # a listing page ends past this much of stored bodies
 SPARK = 14  # bars in an inbox row's sparkline, over the view's window
+TIMELINE = 200  # actions of a group answered, the latest
 HISTORY_HOURS = 35 * 24  # hourly totals per host and pattern kept for the tier-1 view
 
 
@@ -162,6 +163,34 @@ class ReceiverStore:
             owners=tuple(json.loads(row["owners"])),
             hosts=tuple(json.loads(row["hosts"])),
         )
+
+    def open_session(self, token: str, age: float) -> tuple[str, str]:
+        """A console session for a live token: (its id, its CSRF token). Only the id's
+        hash is kept, so a copy of the database opens no session."""
+        session, csrf, now = secrets.token_urlsafe(32), secrets.token_urlsafe(24), time.time()
+        with self._lock:
+            self._db.execute("DELETE FROM sessions WHERE expires <= ?", (now,))
+            self._db.execute(
+                "INSERT INTO sessions VALUES (?,?,?,?)",
+                (token_hash(session), token_hash(token), csrf, now + age),
+            )
+        return session, csrf
+
+    def session(self, session: str) -> tuple[Identity, str] | None:
+        """Who a live session is (its token live too) and its CSRF token, or None."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT token_hash, csrf, expires FROM sessions WHERE id_hash=?",
+                (token_hash(session),),
+            ).fetchone()
+        if row is None or row["expires"] <= time.time():
+            return None
+        who = self.identity(row["token_hash"])
+        return (who, str(row["csrf"])) if who is not None else None
+
+    def close_session(self, session: str) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM sessions WHERE id_hash=?", (token_hash(session),))
 
     def secret(self, name: str) -> str:
         """A random secret kept in the database (made on first use), so every receiver
@@ -336,6 +365,13 @@ class ReceiverStore:
             " WHERE owner=? AND fingerprint=?",
             (owner, fingerprint),
         ).fetchone()
+        if row["state"] == State.RESOLVED:
+            resolved = self._db.execute(
+                "SELECT max(at) FROM actions WHERE owner=? AND fingerprint=? AND verb='resolve'",
+                (owner, fingerprint),
+            ).fetchone()[0]
+            if resolved is not None and last <= resolved:
+                return  # a backlog from before the resolution: it does not come back
         after, verb = workflow.recurred(_group(row), now)
         if verb is not None:
             self._set_group(owner, fingerprint, after, now)
@@ -377,9 +413,17 @@ class ReceiverStore:
             key = (row["owner"], row["fingerprint"])
             timeline = self._db.execute(
                 "SELECT at, who, verb, detail FROM actions WHERE owner=? AND fingerprint=?"
-                " ORDER BY seq",
-                key,
-            ).fetchall()
+                " ORDER BY seq DESC LIMIT ?",
+                (*key, TIMELINE),
+            ).fetchall()[::-1]
+            hosts = [
+                r[0]
+                for r in self._db.execute(
+                    "SELECT DISTINCT host FROM escalations WHERE owner=? AND fingerprint=?"
+                    " ORDER BY host LIMIT 200",
+                    key,
+                )
+            ]
             rows: list[sqlite3.Row] = []
             budget = PAGE_BYTES
             for r in self._db.execute(
@@ -394,6 +438,7 @@ class ReceiverStore:
         found = dict(row)
         found["regression"] = bool(found["regression"])
         found["timeline"] = [dict(a) for a in timeline]
+        found["hosts"] = hosts
         found["silences"] = self.silences(row["owner"], row["pack"], row["pattern"], time.time())
         found["escalations"] = [_event(r) for r in rows]
         return found
@@ -482,12 +527,13 @@ class ReceiverStore:
 
     def history(
         self, owners: tuple[str, ...] | None, owner: str, start_hour: int
-    ) -> tuple[list[sqlite3.Row], list[sqlite3.Row]]:
+    ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """Hourly totals since `start_hour`, and for each host and pattern the last
         totals before it (the baseline the first hour in the window is counted from)."""
-        clauses, args = (["owner = ?"], [owner]) if owner else ([], [])
-        where, args = _owned(owners, [*clauses, "hour >= ?"], [*args, start_hour])
-        before, before_args = _owned(owners, [*clauses, "hour < ?"], [*args[:-1], start_hour])
+        clauses: list[str] = ["owner = ?"] if owner else []
+        values: list[Any] = [owner] if owner else []
+        where, args = _owned(owners, [*clauses, "hour >= ?"], [*values, start_hour])
+        before, before_args = _owned(owners, [*clauses, "hour < ?"], [*values, start_hour])
         with self._lock:
             rows = self._db.execute(
                 f"SELECT * FROM stats_history {where}"  # noqa: S608
@@ -499,7 +545,7 @@ class ReceiverStore:
                 " GROUP BY owner, pack, pattern, host",
                 before_args,
             ).fetchall()
-        return rows, base
+        return [dict(r) for r in rows], [dict(r) for r in base]
 
     def owners(self, now: float) -> list[dict[str, Any]]:
         """Every owner with groups or hosts: how many groups, how many open, hosts."""
@@ -585,6 +631,29 @@ class ReceiverStore:
                 raise
 
     def _stats_rows(self, who: Identity, host: str, rows: list[dict[str, Any]], now: float) -> None:
+        """The latest totals, and this hour's in the history (the tier-1 view's)."""
+        hour = int(now // 3600)
+        self._db.executemany(
+            "INSERT OR REPLACE INTO stats_history VALUES (?,?,?,?,?,?,?,?,?,?)",
+            [
+                (
+                    r["owner"],
+                    host,
+                    r["pack"],
+                    r["pattern"],
+                    hour,
+                    r["matches"],
+                    r["incidents"],
+                    r["resolved"],
+                    r["failed"],
+                    r["escalated"],
+                )
+                for r in rows
+            ],
+        )
+        if hour != self._pruned:  # once an hour: the history keeps HISTORY_HOURS
+            self._db.execute("DELETE FROM stats_history WHERE hour < ?", (hour - HISTORY_HOURS,))
+            self._pruned = hour
         self._db.executemany(
             "INSERT INTO stats VALUES (?,?,?,?,?,?,?,?,?,?,?)"
             " ON CONFLICT (owner, host, pack, pattern) DO UPDATE SET"
@@ -672,22 +741,6 @@ class ReceiverStore:
             ).fetchone()
         return None if row is None else _event(row)
 
-    def summary(
-        self, owners: tuple[str, ...] | None, limit: int = 500
-    ) -> tuple[list[dict[str, Any]], bool]:
-        """Escalations counted per owner, pack, pattern and status (most recent first):
-        at most `limit` groups, and whether more follow."""
-        where, args = _owned(owners)
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT owner, pack, pattern, status, count(*) AS n, total(count) AS lines,"  # noqa: S608
-                f" count(DISTINCT host) AS hosts, max(last_seen) AS last FROM escalations {where}"
-                " GROUP BY owner, pack, pattern, status ORDER BY last DESC LIMIT ?",
-                (*args, limit + 1),
-            ).fetchall()
-        ordered = sorted(rows[:limit], key=lambda r: (r["owner"], r["pack"], r["pattern"]))
-        return [_whole(dict(r), "lines") for r in ordered], len(rows) > limit
-
 
 def _owned(  # only fixed column names and placeholders reach the SQL it makes
     owners: tuple[str, ...] | None,
@@ -724,14 +777,15 @@ def _group(row: sqlite3.Row) -> Group:
 def _detail(action: Action) -> str:
     """What the timeline says beside the verb."""
     if action.verb is Verb.ASSIGN:
-        return f"to {action.assignee}" if action.assignee else "unassigned"
+        assignee = action.assignee.strip()
+        return f"to {assignee}" if assignee else "unassigned"
     if action.verb is Verb.SNOOZE and action.until is not None:
         return "until " + _utc(action.until)
     if action.verb is Verb.SILENCE and action.until is not None:
         where = f"on {action.host}" if action.host else "everywhere"
         reason = f" ({action.note})" if action.note else ""
         return f"{where} until {_utc(action.until)}{reason}"
-    return action.note
+    return action.note if action.verb is Verb.NOTE else ""
 
 
 def _utc(at: float) -> str:
