@@ -377,3 +377,36 @@ def test_a_backlog_from_before_a_resolution_does_not_reopen_it(console):
         f"/v1/escalations/{row['ref']}", headers=console.auth(console.a_write)
     ).json()["group"]
     assert (group["state"], group["regression"]) == ("open", True)
+
+
+def test_silences_cover_groups_by_their_hosts_and_lifting_one_leaves_the_others(console):
+    """A silence on h1 leaves a group seen on h1 and h2 in the inbox, even when h1
+    reports again; an everywhere silence covers every group of the pattern at once;
+    lifting the host silence leaves the everywhere one in force."""
+    console.post({"events": [event(1, host="h1", fingerprint="two"), event(2, host="h2",
+                  fingerprint="two"), event(3, host="h1", fingerprint="other", key="k2")]})  # fmt: skip
+    console.login(console.a_write)
+    refs = dict(
+        zip(
+            re.findall(r'class="key muted">([^<]*)<', console.client.get("/").text),
+            re.findall(r'data-ref="([0-9a-f]+)"', console.client.get("/").text),
+            strict=True,
+        )
+    )
+    ref = refs["k2"]  # the group seen on h1 only
+    csrf = console.csrf(f"/g/{ref}")
+
+    def act(**form: str) -> None:
+        answer = console.client.post(f"/g/{ref}", data={"csrf": csrf, **form})
+        assert answer.status_code == 303, answer.text
+
+    act(action="silence", host="h1", **{"for": "1d"})
+    assert console.client.get("/").text.count('class="group"') == 1  # h1-only group hidden
+    console.post({"events": [event(4, host="h1", fingerprint="two", last_seen=time.time())]})
+    assert console.client.get("/").text.count('class="group"') == 1  # "two" still shows (h2)
+    act(action="silence", host="", **{"for": "1h"})
+    assert console.client.get("/").text.count('class="group"') == 0  # everything, at once
+    detail = console.client.get(f"/g/{ref}").text
+    host_silence = re.findall(r'name="silence" value="(\d+)"', detail)[0]
+    act(action="unsilence", silence=host_silence)
+    assert console.client.get("/").text.count('class="group"') == 0  # everywhere still holds

@@ -1,4 +1,4 @@
-"""The receiver's HTTP API and its first page (Starlette, served by uvicorn)."""
+"""The receiver's HTTP API, and the console's routes wired in (Starlette, served by uvicorn)."""
 
 from __future__ import annotations
 
@@ -222,7 +222,10 @@ def _action(doc: Any) -> WorkflowAction:
         raise BadAction(f"action must be one of {', '.join(sorted(PEOPLE_VERBS))}") from None
     until = doc.get("until")
     if until is not None and (
-        not isinstance(until, int | float) or isinstance(until, bool) or not math.isfinite(until)
+        not isinstance(until, int | float)
+        or isinstance(until, bool)
+        or not -(2**53) <= until <= 2**53  # before isfinite: a huge integer overflows it
+        or not math.isfinite(until)
     ):
         raise BadAction("until must be a Unix time")
     for name in ("assignee", "note", "host"):
@@ -265,6 +268,7 @@ def create_app(
     limiter = RateLimit(rate, burst)
     uploads = Lane(UPLOADS, patience=QUEUE_PATIENCE)  # bodies in memory at once
     work = Lane(2, patience=BODY_TIMEOUT)  # decoding and storing: CPU and the database
+    people = Lane(2, patience=QUEUE_PATIENCE)  # logins, forms, PATCH: apart from uploads
     reads = Lane(4, patience=QUEUE_PATIENCE)
 
     def auth(request: Request, action: Action) -> Identity | Response:
@@ -376,14 +380,17 @@ def create_app(
             host, rows = validate_stats(doc)
         except InvalidEvent as exc:
             return _error(422 if isinstance(doc, dict) else 400, str(exc))
+        # a row of no owner (a pack the agent no longer runs) that the token cannot
+        # decide is left out; any other row the token may not report refuses the post
+        kept = [row for row in rows if row["owner"] or who.single_owner()]
         try:
             who.check_host(host, "host")
-            for index, row in enumerate(rows):
+            for index, row in enumerate(kept):
                 row["owner"] = who.owner_for(row["owner"], f"stats[{index}]")
         except Forbidden as exc:
             return _error(403, str(exc))
-        store.store_stats(who, host, rows)
-        return JSONResponse({"stored": len(rows)})
+        store.store_stats(who, host, kept)
+        return JSONResponse({"stored": len(kept), "skipped": len(rows) - len(kept)})
 
     async def post_escalations(request: Request) -> Response:
         return await upload(request, ingest_escalations)
@@ -442,15 +449,16 @@ def create_app(
 
     async def patch_escalation(request: Request) -> Response:
         """A person's action on the escalation's group, with a write or admin token:
-        {"action": "acknowledge" | "assign" | "note" | "resolve" | "reopen" | "snooze",
-        "assignee": "...", "note": "...", "until": UNIX_TIME}."""
+        {"action": "acknowledge" | "assign" | "note" | "resolve" | "reopen" | "snooze" |
+        "silence" | "unsilence", "assignee": "...", "note": "...", "until": UNIX_TIME,
+        "host": "..." (a silence's; empty: everywhere), "silence": ID (to lift)}."""
         who = await run_in_threadpool(auth, request, Action.WRITE)
         if isinstance(who, Response):
             return who
         try:
             doc = json.loads(await _body(request, MAX_ACTION_BODY))
             action = _action(doc)
-        except (BodyTooLarge, BodyTooSlow, ValueError) as exc:
+        except (BodyTooLarge, BodyTooSlow, ValueError, RecursionError) as exc:
             return _error(422 if isinstance(exc, BadAction) else 400, _why(exc))
 
         def apply() -> Response:
@@ -470,7 +478,7 @@ def create_app(
             return JSONResponse(group)
 
         try:
-            async with work.slot():
+            async with people.slot():
                 return await run_in_threadpool(apply)
         except Busy:
             return _busy()
@@ -487,6 +495,12 @@ def create_app(
 
         async def show(request: Request) -> Response:
             visitor = await run_in_threadpool(console.visitor, request)
+            if not visitor:  # the login page and redirects to it: cheap, not counted
+                try:
+                    async with pages.slot():
+                        return await run_in_threadpool(page, request)
+                except Busy:
+                    return _busy()
             if not viewing.enter(visitor):
                 return _error(429, f"at most {READS_PER_TOKEN} pages of one visitor at once")
             try:
@@ -507,7 +521,9 @@ def create_app(
 
         async def post(request: Request) -> Response:
             declared = request.headers.get("content-length", "")
-            if not declared.isdigit() or int(declared) > MAX_FORM:
+            if not (declared.isascii() and declared.isdigit()):
+                return _error(411, "a form's length is required (Content-Length)")
+            if int(declared) > MAX_FORM:
                 return _error(413, f"a form is at most {MAX_FORM} bytes")
             try:
                 async with asyncio.timeout(BODY_TIMEOUT):
@@ -518,7 +534,7 @@ def create_app(
                 return _error(400, "not a form")
             values = {k: v for k, v in fields.items() if isinstance(v, str)}
             try:
-                async with work.slot():
+                async with people.slot():
                     return await run_in_threadpool(handler, request, values)
             except Busy:
                 return _busy()

@@ -27,13 +27,12 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
 from agent.receiver.inbox import BadView, InboxView
-from agent.receiver.schema import group_ref
 from agent.receiver.scopes import Action, Forbidden, Identity, Scope
 from agent.receiver.store import ReceiverStore, token_hash
 from agent.receiver.tier1 import WINDOWS as TIER1_WINDOWS
 from agent.receiver.tier1 import added_up
 from agent.receiver.workflow import Action as WorkflowAction
-from agent.receiver.workflow import BadAction, Verb, WorkflowError
+from agent.receiver.workflow import BadAction, Group, State, Verb, WorkflowError
 
 SESSION = "logmend_session"
 LOGIN = "logmend_login"
@@ -148,14 +147,15 @@ class Console:
 
     def visitor(self, request: Request) -> str:
         """Whom a page is for, to bound how many one visitor has at once: the token
-        behind its session or header, else its address."""
+        behind its session or header; "" for one with neither (the login page or a
+        redirect to it: cheap, and behind a proxy all such visitors share one address)."""
         header = request.headers.get("authorization")
         if header is not None:  # checked by the page itself; here only told apart
             return "bearer:" + token_hash(header)[:16]
         session = self._session(request)
         if session is not None:
             return session[0].token_id
-        return "address:" + (request.client.host if request.client else "")
+        return ""
 
     def _session(self, request: Request) -> tuple[Identity, str] | None:
         """The identity of a live session and its CSRF token, or None. The cookie holds
@@ -293,7 +293,8 @@ class Console:
         escalations = group["escalations"]
         article = next((e["article_text"] for e in escalations if e.get("article_text")), "")
         article = _clip(article, ARTICLE_CHARS)  # Markdown costs ~20 µs a character
-        group["shown_state"] = _shown(group, self.clock())
+        shown = Group(State(group["state"]), snoozed_until=group["snoozed_until"])
+        group["shown_state"] = str(shown.shown_state(self.clock()))
         return self._page(
             "detail.html",
             request,
@@ -314,8 +315,10 @@ class Console:
             return who
         window = request.query_params.get("window", "7d")
         owner = request.query_params.get("owner", "")
-        if window not in TIER1_WINDOWS or len(owner) > 256:
+        if window not in TIER1_WINDOWS:
             return self._page("error.html", request, who, 400, message="window: 24h, 7d or 30d")
+        if len(owner) > 256:
+            return self._page("error.html", request, who, 400, message="owner: too long")
         hours = TIER1_WINDOWS[window][0]
         start = int(self.clock() // 3600) - hours + 1
         rows, base = self.store.history(who[0].visible_owners(), owner, start)
@@ -364,7 +367,7 @@ class Console:
         try:
             scope = Scope(form.get("scope", ""))
             days = form.get("expires", "").strip()
-            if days and not (days.isascii() and days.isdigit() and 0 < int(days) <= 3650):
+            if days and not (_number(days) and 0 < int(days) <= 3650):
                 raise ValueError("expires: a number of days from 1 to 3650, or empty")
             token = self.store.create_token(
                 scope,
@@ -409,14 +412,16 @@ class Console:
         try:
             action = _form_action(form, self.clock())
             found = self.store.act(ref, who[0].visible_owners(), action, who[0].name)
-        except (BadAction, WorkflowError) as exc:
+        except BadAction as exc:
+            return self._page("error.html", request, who, 422, message=str(exc), back=ref)
+        except WorkflowError as exc:
             return self._page("error.html", request, who, 409, message=str(exc), back=ref)
         if found is None:
             return self._page("error.html", request, who, 404, message="no such escalation")
         return RedirectResponse(f"/g/{ref}", status_code=303)
 
 
-TIMELINE = 300  # entries on a detail page
+TIMELINE_ENTRIES = 300  # entries on a group's page
 
 
 def timeline(group: dict[str, Any]) -> list[dict[str, Any]]:
@@ -449,7 +454,7 @@ def timeline(group: dict[str, Any]) -> list[dict[str, Any]]:
         entries.append({"at": a["at"], "what": _said(a["verb"], a["detail"]), "who": a["who"]})
     entries = [t for t in entries if _when(t["at"])]
     entries.sort(key=lambda t: t["at"])
-    return entries[-TIMELINE:]
+    return entries[-TIMELINE_ENTRIES:]
 
 
 DONE = {
@@ -473,12 +478,6 @@ def _said(verb: str, detail: str) -> str:
         return detail or "lifted a silence"
     said = DONE.get(verb, verb)
     return f"{said}: {detail}" if detail else said
-
-
-def _shown(group: dict[str, Any], now: float) -> str:
-    if group["state"] == "snoozed" and (group["snoozed_until"] or 0.0) <= now:
-        return "open"
-    return str(group["state"])
 
 
 def _number(text: str) -> bool:
@@ -520,6 +519,3 @@ def _form_action(form: dict[str, str], now: float) -> WorkflowAction:
         if silence.isascii() and silence.isdigit() and len(silence) < 12
         else None,
     )
-
-
-__all__ = ["Console", "group_ref", "render_article"]

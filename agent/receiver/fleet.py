@@ -106,7 +106,8 @@ class FleetStore(StoreBase):
                 self._stats_rows(who, host, rows, now)
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite may have rolled back itself
+                    self._db.execute("ROLLBACK")
                 raise
 
     def _stats_rows(self, who: Identity, host: str, rows: list[dict[str, Any]], now: float) -> None:

@@ -3,6 +3,7 @@ reopened as regressions, kept quiet by silences, acted on by people; the inbox."
 
 from __future__ import annotations
 
+import json
 import sqlite3
 import time
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 from agent.receiver import workflow
 from agent.receiver.inbox import InboxView
 from agent.receiver.schema import group_ref
+from agent.receiver.scopes import RESERVED_NAME
 from agent.receiver.storebase import PAGE_BYTES, StoreBase, event_of, owned, whole
 from agent.receiver.workflow import Action, Group, State, Verb, WorkflowError
 
@@ -63,7 +65,7 @@ class GroupStore(StoreBase):
             key = (g["owner"], g["fingerprint"])
             g["hosts"], g["spark"] = hosts.get(key, 0), spark[key]
             g["regression"] = bool(g["regression"])
-            g["shown_state"] = str(_group_of(g).shown_state(now))
+            g["shown_state"] = str(_group(g).shown_state(now))
         return page, len(rows) > limit
 
     def _recur(self, e: dict[str, Any], now: float, new: int, more: int) -> None:
@@ -95,17 +97,14 @@ class GroupStore(StoreBase):
                 more,
             ),
         )
-        silenced = self._db.execute(
-            "SELECT max(until) FROM silences WHERE owner=? AND pack=? AND pattern=?"
-            " AND until>? AND host IN ('', ?)",
+        covered = self._db.execute(
+            "SELECT 1 FROM silences WHERE owner=? AND pack=? AND pattern=?"
+            " AND until>? AND host IN ('', ?) LIMIT 1",
             (owner, e["pack"], e["pattern"], now, e["host"]),
-        ).fetchone()[0]
-        self._db.execute(
-            "UPDATE groups SET silenced_until=? WHERE owner=? AND fingerprint=?",
-            (silenced, owner, fingerprint),
-        )
-        if silenced is not None:
-            return
+        ).fetchone()
+        self._resilence(owner, e["pack"], e["pattern"], now, fingerprint)
+        if covered is not None:
+            return  # counted, and it reopens nothing
         row = self._db.execute(
             "SELECT state, assignee, snoozed_until, regression FROM groups"
             " WHERE owner=? AND fingerprint=?",
@@ -121,7 +120,8 @@ class GroupStore(StoreBase):
         after, verb = workflow.recurred(_group(row), now)
         if verb is not None:
             self._set_group(owner, fingerprint, after, now)
-            self._record(owner, fingerprint, now, "receiver", verb, f"reported by {e['host']}")
+            by = RESERVED_NAME  # the receiver itself
+            self._record(owner, fingerprint, now, by, verb, f"reported by {e['host']}")
 
     def _set_group(self, owner: str, fingerprint: str, group: Group, now: float) -> None:
         self._db.execute(
@@ -219,43 +219,62 @@ class GroupStore(StoreBase):
                 self._record(row["owner"], row["fingerprint"], now, who, action.verb, detail)
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite may have rolled back itself
+                    self._db.execute("ROLLBACK")
                 raise
         return self.group(ref, owners, occurrences=0)
 
     def owners(self, now: float) -> list[dict[str, Any]]:
-        """Every owner with groups or hosts: how many groups, how many open, hosts."""
+        """Every owner with groups: how many, how many open (as the inbox's open view
+        counts them: not silenced), and its hosts."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT owner, count(*) AS groups, total(state IN ('open', 'acknowledged')"
-                " OR (state = 'snoozed' AND snoozed_until <= ?)) AS open,"
+                "SELECT owner, count(*) AS groups, total((state IN ('open', 'acknowledged')"
+                " OR (state = 'snoozed' AND snoozed_until <= ?))"
+                " AND (silenced_until IS NULL OR silenced_until <= ?)) AS open,"
                 " (SELECT count(*) FROM hosts h WHERE h.owner = g.owner) AS hosts"
                 " FROM groups g GROUP BY owner ORDER BY owner",
-                (now,),
+                (now, now),
             ).fetchall()
         return [whole(dict(r), "open") for r in rows]
 
     def _silence(self, group: sqlite3.Row, action: Action, who: str, now: float) -> None:
-        """Keep the silence; the group itself is silenced at once if it covers every
-        host the group was seen on."""
+        """Keep the silence; every group of the pattern it covers wholly is silenced."""
         key = (group["owner"], group["pack"], group["pattern"])
         self._db.execute(
             "INSERT INTO silences (owner, pack, pattern, host, until, who, created, reason)"
             " VALUES (?,?,?,?,?,?,?,?)",
             (*key, action.host, action.until, who, now, action.note),
         )
-        hosts = {
-            r[0]
+        self._resilence(*key, now)
+
+    def _resilence(
+        self, owner: str, pack: str, pattern: str, now: float, fingerprint: str | None = None
+    ) -> None:
+        """Set how long each group of a pattern (or the one given) stays silenced: until
+        the silences in force cover every host it was seen on — for each host, the
+        latest end of those covering it; the group, the earliest of those."""
+        ends = {
+            r["host"]: r["until"]
             for r in self._db.execute(
-                "SELECT DISTINCT host FROM escalations WHERE owner=? AND fingerprint=?",
-                (group["owner"], group["fingerprint"]),
+                "SELECT host, max(until) AS until FROM silences WHERE owner=? AND pack=?"
+                " AND pattern=? AND until>? GROUP BY host",
+                (owner, pack, pattern, now),
             )
         }
-        if not action.host or hosts <= {action.host}:
+        which = "AND fingerprint=?" if fingerprint else ""
+        groups = self._db.execute(
+            "SELECT fingerprint, (SELECT json_group_array(DISTINCT host) FROM escalations e"  # noqa: S608
+            " WHERE e.owner=g.owner AND e.fingerprint=g.fingerprint) AS hosts FROM groups g"
+            f" WHERE owner=? AND pack=? AND pattern=? {which}",
+            (owner, pack, pattern, *((fingerprint,) if fingerprint else ())),
+        ).fetchall()
+        for g in groups:
+            covering = [max(ends.get("", 0.0), ends.get(h, 0.0)) for h in json.loads(g["hosts"])]
+            until = min(covering, default=ends.get("", 0.0)) or None
             self._db.execute(
-                "UPDATE groups SET silenced_until=max(coalesce(silenced_until, 0), ?)"
-                " WHERE owner=? AND fingerprint=?",
-                (action.until, group["owner"], group["fingerprint"]),
+                "UPDATE groups SET silenced_until=? WHERE owner=? AND fingerprint=?",
+                (until, owner, g["fingerprint"]),
             )
 
     def _unsilence(self, group: sqlite3.Row, action: Action, now: float) -> str:
@@ -267,10 +286,7 @@ class GroupStore(StoreBase):
         )
         if not lifted.rowcount:
             raise WorkflowError("no such silence in force on this pattern")
-        self._db.execute(
-            "UPDATE groups SET silenced_until=NULL WHERE owner=? AND pack=? AND pattern=?",
-            (group["owner"], group["pack"], group["pattern"]),
-        )
+        self._resilence(group["owner"], group["pack"], group["pattern"], now)
         return f"lifted silence {action.silence}"
 
     def silences(self, owner: str, pack: str, pattern: str, now: float) -> list[dict[str, Any]]:
@@ -284,16 +300,7 @@ class GroupStore(StoreBase):
         return [dict(r) for r in rows]
 
 
-def _group_of(g: dict[str, Any]) -> Group:
-    return Group(
-        state=State(g["state"]),
-        assignee=str(g["assignee"]),
-        snoozed_until=g["snoozed_until"],
-        regression=bool(g["regression"]),
-    )
-
-
-def _group(row: sqlite3.Row) -> Group:
+def _group(row: sqlite3.Row | dict[str, Any]) -> Group:
     return Group(
         state=State(row["state"]),
         assignee=str(row["assignee"]),

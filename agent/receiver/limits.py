@@ -88,7 +88,8 @@ def moment(value: Any, where: str, now: float) -> float:
     """A Unix time that is finite and plausible: from the epoch to a week from now."""
     if not isinstance(value, int | float) or isinstance(value, bool):
         raise InvalidEvent(f"{where} must be a number (Unix time)")
-    if not math.isfinite(value) or not EARLIEST <= value <= now + FUTURE_SLACK:
+    # compared before any float conversion: a 400-digit integer is no time, not a 500
+    if not EARLIEST <= value <= now + FUTURE_SLACK or not math.isfinite(value):
         raise InvalidEvent(f"{where} must be a Unix time between 0 and a week from now")
     return float(value)
 

@@ -147,6 +147,11 @@ def _to_3(db: sqlite3.Connection) -> list[str]:
         " NULL, 0, min(first_seen), max(last_seen), max(received), count(*), sum(count),"
         " NULL FROM escalations GROUP BY owner, fingerprint"
     )
+    db.execute(  # a baseline an hour back: the tier-1 view counts from it, not from zero
+        "INSERT INTO stats_history SELECT owner, host, pack, pattern,"
+        " CAST(strftime('%s', 'now') AS INTEGER) / 3600 - 1, matches, incidents, resolved,"
+        " failed, escalated FROM stats"
+    )
     db.execute(
         "INSERT INTO hosts SELECT owner, host, max(received), max(submitted_by), '',"
         " json_group_object(pack, coalesce(json_extract(body, '$.pack_version'), ''))"
@@ -190,6 +195,7 @@ def migrate(db: sqlite3.Connection, where: str) -> list[str]:
             db.execute("INSERT INTO schema_version VALUES (?)", (version,))
         db.execute("COMMIT")
     except BaseException:
-        db.execute("ROLLBACK")
+        if db.in_transaction:  # SQLite may have rolled back itself
+            db.execute("ROLLBACK")
         raise
     return notes

@@ -76,6 +76,10 @@ class Identity:
                 f" (it may for {', '.join(self.hosts)})"
             )
 
+    def single_owner(self) -> bool:
+        """Whether the token names exactly one owner (what an ownerless post goes to)."""
+        return len(self.owners) == 1 and self.owners[0] != ANY
+
     def owner_for(self, claimed: str, where: str) -> str:
         """The owner to store: the claimed one if the token may report for it.
 
@@ -85,10 +89,14 @@ class Identity:
         Every ingest token may report the agent's own events (owner
         "logmend"), which only admins see.
         """
+        if not claimed:  # filed under the token's owner, if it names exactly one
+            if self.single_owner():
+                return self.owners[0]
+            raise Forbidden(
+                f"{where}: names no owner, and token {self.name!r} is not bound to exactly one"
+            )
         if ANY in self.owners or claimed in self.owners or claimed == AGENT_OWNER:
             return claimed
-        if not claimed and len(self.owners) == 1:
-            return self.owners[0]
         raise Forbidden(
             f"{where}: token {self.name!r} may not report for owner {claimed!r}"
             f" (it may for {', '.join(self.owners)})"

@@ -7,6 +7,7 @@ only in the routes.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import secrets
@@ -41,7 +42,12 @@ class ReceiverStore(GroupStore, FleetStore):
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA busy_timeout=10000")
             self.notes = migrate(self._db, str(path))
-        except sqlite3.Error as exc:
+        except BaseException as exc:
+            with contextlib.suppress(Exception):
+                self._db.close()
+            if not isinstance(exc, sqlite3.Error):
+                raise
+
             raise StateError(
                 f"{path}: cannot open the receiver database ({exc}); if it is damaged,"
                 " restore it from a backup or move it aside to start an empty one"
@@ -229,9 +235,17 @@ class ReceiverStore(GroupStore, FleetStore):
                             duplicates.append(e["id"])
                             continue
                         self._db.execute(
-                            "UPDATE escalations SET count=?, last_seen=max(last_seen, ?), body=?"
+                            "UPDATE escalations SET count=?, last_seen=max(last_seen, ?), body=?,"
+                            " status=?, severity=?"
                             " WHERE submitted_by=? AND owner=? AND host=? AND id=?",
-                            (count, float(e.get("last_seen", now)), json.dumps(e), *key),
+                            (
+                                count,
+                                float(e.get("last_seen", now)),
+                                json.dumps(e),
+                                e["status"],
+                                str(e.get("severity", "error")),
+                                *key,
+                            ),
                         )
                         accepted.append(e["id"])
                         self._recur(e, now, new=0, more=count - before["count"])
@@ -263,7 +277,8 @@ class ReceiverStore(GroupStore, FleetStore):
                     self._heard(owner, host, who.name, agent_version, packs, now)
                 self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # SQLite may have rolled back itself
+                    self._db.execute("ROLLBACK")
                 raise
         return accepted, duplicates
 
