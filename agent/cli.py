@@ -170,18 +170,29 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"  matcher: {describe_engine(config.limits.matcher, packs)}; regex timeout "
         f"{config.limits.regex_timeout:g}s"
     )
+    for qualified in literal_free(packs):
+        print(
+            f"  warning: {qualified} has no required literal: the prefilter cannot keep it"
+            " off any line, so its regex runs on every line (`logmend test PACK --log FILE`"
+            " shows its cost)"
+        )
     return 0
 
 
-def describe_engine(choice: str, packs: list[Pack]) -> str:
+def literal_free(packs: list[Pack]) -> list[str]:
+    """The patterns no literal prefilter can gate: tried by regex on every line."""
     from agent.literals import requirement
+
+    return [p.qualified for pack in packs for p in pack.patterns if requirement(p.source).always]
+
+
+def describe_engine(choice: str, packs: list[Pack]) -> str:
     from agent.match import available_engines
 
     engine = available_engines()[0] if choice == "auto" else choice
     if engine not in available_engines():
         raise LogmendError(f"matcher {engine!r} is configured but not installed here")
-    patterns = [p for pack in packs for p in pack.patterns]
-    unfiltered = [p.qualified for p in patterns if requirement(p.source).always]
+    unfiltered = literal_free(packs)
     how = {"hyperscan": "Hyperscan literal prefilter", "python": "pure-Python literal prefilter"}
     text = f"{how[engine]} + regex confirm"
     if unfiltered:

@@ -76,7 +76,8 @@ def scan_logs(
     """Match every line of every log against every pattern; the --json document."""
     patterns = [p for pack in packs for p in pack.patterns]
     matcher = Matcher(patterns, timeout, engine)
-    files = []
+    files: list[dict[str, Any]] = []
+    total_lines = 0
     for log_path in logs:
         matches: list[dict[str, Any]] = []
         splitter = LineSplitter(MAX_LINE)
@@ -87,6 +88,7 @@ def scan_logs(
                 lines = _scan_block(matcher, block, lines, matches)
             lines = _scan_block(matcher, splitter.flush(), lines, matches)
         files.append({"path": str(log_path), "lines": lines, "matches": matches})
+        total_lines += lines
     summary = [
         {
             "pack": p.pack,
@@ -94,10 +96,37 @@ def scan_logs(
             "matches": s.matches,
             "seconds": round(s.seconds, 6),
             "timeouts": s.timeouts,
+            "confirms": s.confirms,
         }
         for p, s in matcher.pattern_stats()
     ]
-    return {"files": files, "patterns": summary, "engine": matcher.engine}
+    return {
+        "files": files,
+        "patterns": rank_by_cost(summary, total_lines),
+        "engine": matcher.engine,
+    }
+
+
+DOMINATES = 0.5  # of all the patterns' regex time
+UNGATED = 0.5  # of the lines: the prefilter lets the pattern through on most of them
+
+
+def rank_by_cost(patterns: list[dict[str, Any]], lines: int) -> list[dict[str, Any]]:
+    """Patterns costliest first, each with its regex time per line and the share of
+    lines it was tried on; `costly` says why one would dominate a real log: it takes
+    most of the regex time of the set, or the prefilter cannot keep it off most lines
+    (a pattern with no required literal is tried on every line)."""
+    spent = sum(p["seconds"] for p in patterns)
+    for p in patterns:
+        p["us_per_line"] = round(1e6 * p["seconds"] / lines, 3) if lines else 0.0
+        p["tried_share"] = round(p["confirms"] / lines, 4) if lines else 0.0
+        why = []
+        if len(patterns) > 1 and spent > 0 and p["seconds"] / spent >= DOMINATES:
+            why.append(f"{100 * p['seconds'] / spent:.0f}% of all the patterns' regex time")
+        if lines and p["confirms"] / lines >= UNGATED:
+            why.append(f"tried on {100 * p['confirms'] / lines:.0f}% of lines: no literal gates it")
+        p["costly"] = "; ".join(why)
+    return sorted(patterns, key=lambda p: (-p["seconds"], p["pack"], p["pattern"]))
 
 
 def _scan_block(matcher: Matcher, block: bytes, lines: int, out: list[dict[str, Any]]) -> int:
@@ -137,9 +166,17 @@ def print_scan(report: dict[str, Any], out: TextIO) -> None:
                 f"  line {m['line']}: {m['pack']}/{m['pattern']} {json.dumps(m['fields'])}",
                 file=out,
             )
-    print("per pattern (matches, seconds, regex timeouts):", file=out)
-    for p in sorted(report["patterns"], key=lambda p: -p["seconds"]):
+    print(
+        "per pattern, costliest first (matches, tried on % of lines, µs per line, seconds,"
+        " regex timeouts):",
+        file=out,
+    )
+    for p in report["patterns"]:
         print(
-            f"  {p['pack']}/{p['pattern']}: {p['matches']}  {p['seconds']:.6f}s  {p['timeouts']}",
+            f"  {p['pack']}/{p['pattern']}: {p['matches']}  {100 * p['tried_share']:.1f}%"
+            f"  {p['us_per_line']:.3f}µs  {p['seconds']:.6f}s  {p['timeouts']}",
             file=out,
         )
+    for p in report["patterns"]:
+        if p["costly"]:
+            print(f"COSTLY {p['pack']}/{p['pattern']}: {p['costly']}", file=out)

@@ -230,6 +230,41 @@ def test_logmend_test_log_json(tmp_path):
     assert summary["pack"] == "good" and summary["matches"] == 2 and summary["seconds"] >= 0
 
 
+SHAPED = (
+    GOOD
+    + """
+[[pattern]]
+id = "access"
+match = '''^(?P<ts>\\d{10}) (?P<code>\\d{3}) \\d+$'''
+
+[[pattern.example]]
+line = "1767225600 503 12"
+"""
+)
+
+
+def test_logmend_test_log_ranks_patterns_by_cost_and_flags_the_ungated(tmp_path):
+    """A pattern with no required literal is tried on every line: `test --log` ranks it,
+    says what share of lines it was tried on, and flags it; a literal-gated one is not."""
+    log = tmp_path / "app.log"
+    lines = [f"{1767225600 + n} {200 + n % 300} {n}" for n in range(2000)]
+    lines += ["error for bob", "plain text"] * 50
+    log.write_text("\n".join(lines) + "\n")
+    pack = write_pack(tmp_path, "good", SHAPED, {"fix.sh": "#!/bin/sh\n"})
+    result = run_cli("test", str(pack), "--log", str(log), "--json")
+    assert result.returncode == 0, result.stderr
+    rows = {p["pattern"]: p for p in json.loads(result.stdout)["patterns"]}
+    access, p1 = rows["access"], rows["p1"]
+    assert access["matches"] == 2000 and access["tried_share"] == 1.0
+    assert "tried on 100% of lines: no literal gates it" in access["costly"]
+    assert p1["matches"] == 50 and p1["tried_share"] < 0.03 and "no literal" not in p1["costly"]
+    assert access["us_per_line"] > p1["us_per_line"]
+    human = run_cli("test", str(pack), "--log", str(log))
+    assert "COSTLY good/access: " in human.stdout and "COSTLY good/p1" not in human.stdout
+    first = human.stdout.split("costliest first")[1].splitlines()[1]
+    assert first.strip().startswith("good/access: 2000  100.0%")
+
+
 def test_logmend_test_on_shipped_packs_and_a_real_looking_log(tmp_path):
     log = tmp_path / "mixed.log"
     lines = [
@@ -292,3 +327,17 @@ def test_a_script_owned_by_another_user_is_refused(tmp_path):
     os.chown(pack / "scripts" / "fix.sh", nobody.pw_uid, nobody.pw_gid)
     [error] = _trust_errors(pack)
     assert f"is owned by uid {nobody.pw_uid}, not root or the agent's user" in error
+
+
+def test_check_warns_of_each_pattern_no_literal_can_gate(tmp_path):
+    packs = tmp_path / "packs"
+    write_pack(packs, "good", SHAPED, {"fix.sh": "#!/bin/sh\n"})
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'[agent]\nstate_dir = "{tmp_path / "state"}"\npacks = ["{packs}"]\n'
+        '[[source]]\npath = "/x.log"\npacks = "*"\n'
+    )
+    result = run_cli("check", "-c", str(config))
+    assert result.returncode == 0, result.stderr
+    warnings = [line for line in result.stdout.splitlines() if "warning:" in line]
+    assert len(warnings) == 1 and "good/access has no required literal" in warnings[0]
