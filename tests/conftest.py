@@ -5,17 +5,24 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import STARTED, Receiver, make_receiver
+from tests.helpers import STARTED, STARTED_RECEIVERS, Receiver, make_receiver
 
 
 @pytest.fixture(autouse=True)
-def no_agent_outlives_its_test() -> Iterator[None]:
+def no_process_outlives_its_test() -> Iterator[None]:
+    """Agents and receivers a test started and did not stop are killed when it ends (a
+    failing assertion skips the test's own stop); those of module-scoped fixtures,
+    started before the test, are left to their fixture."""
+    agents, receivers = len(STARTED), len(STARTED_RECEIVERS)
     yield
-    for agent in STARTED:
-        if agent.proc is not None and agent.proc.poll() is None:
-            agent.proc.kill()
-            agent.proc.wait(timeout=10)
-    STARTED.clear()
+    for proc in [a.proc for a in STARTED[agents:]] + [
+        r.proc for r in STARTED_RECEIVERS[receivers:]
+    ]:
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=10)
+    del STARTED[agents:]
+    del STARTED_RECEIVERS[receivers:]
 
 
 @pytest.fixture

@@ -49,6 +49,11 @@ def wait_len(fetch: Callable[[], list[Any]], count: int, timeout: float = 15.0) 
     return last
 
 
+STARTED_RECEIVERS: list[Receiver] = []
+"""Every receiver a test started; conftest stops those still running when the test
+ends, so a test that fails before its own stop leaves no receiver behind."""
+
+
 @dataclass
 class Receiver:
     db: Path
@@ -60,6 +65,7 @@ class Receiver:
     args: tuple[str, ...] = ()
 
     def start(self) -> Receiver:
+        STARTED_RECEIVERS.append(self)
         self.proc = subprocess.Popen(
             [
                 PYTHON,
