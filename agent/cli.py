@@ -327,7 +327,7 @@ def cmd_spool_retry(args: argparse.Namespace) -> int:
 
 
 def cmd_receiver(args: argparse.Namespace) -> int:
-    from agent.receiver.app import serve
+    from agent.receiver.serve import serve
 
     _setup_logging()
     return serve(

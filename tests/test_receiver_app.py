@@ -19,9 +19,10 @@ from typing import Any
 import msgpack
 import pytest
 
-from agent.receiver.app import RateLimit, create_app
+from agent.receiver.app import create_app
 from agent.receiver.scopes import Scope
 from agent.receiver.store import ReceiverStore
+from agent.receiver.web import RateLimit
 from tests.helpers import STATS_ROW
 from tests.helpers import wire_event as event
 
