@@ -162,6 +162,24 @@ STARTED: list[AgentProc] = []
 so a test that fails before its own stop leaves no agent behind."""
 
 
+def receiver_with_tokens(
+    tmp: Path, tokens: dict[str, tuple[Any, ...]], revoked: tuple[str, ...] = ()
+) -> tuple[Receiver, dict[str, str]]:
+    """A receiver (not started) with its admin token and `tokens`: key -> the arguments of
+    ReceiverStore.create_token (scope, name, owners, hosts[, expires]); the tokens of the
+    names in `revoked` are revoked."""
+    receiver = make_receiver(tmp)
+    store = ReceiverStore(receiver.db)
+    try:
+        made = {key: store.create_token(*args) for key, args in tokens.items()}
+        for row in store.tokens():
+            if row["name"] in revoked:
+                store.revoke(row["id"])
+    finally:
+        store.close()
+    return receiver, {"admin": receiver.admin, **made}
+
+
 @dataclass
 class AgentProc:
     config: Path

@@ -22,8 +22,9 @@ import pytest
 
 from agent.receiver.scopes import Scope
 from agent.receiver.store import ReceiverStore, token_hash
-from tests.helpers import PYTHON, Receiver, make_receiver, wait_for
+from tests.helpers import PYTHON, Receiver, make_receiver, receiver_with_tokens, wait_for
 from tests.helpers import wire_event as event
+from tests.test_receiver_schema import RELEASE_1
 
 
 @dataclass
@@ -58,20 +59,22 @@ class Rig:
             store.close()
 
 
+TEAM_A = {
+    "a-ingest": (Scope.INGEST, "a-fleet", ("team-a",), ("web-*",)),
+    "a-read": (Scope.READ, "alice", ("team-a",)),
+}
+
+
 @pytest.fixture(scope="module")
 def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
-    tmp: Path = tmp_path_factory.mktemp("attack")
-    receiver = make_receiver(tmp)
-    store = ReceiverStore(receiver.db)
-    make = store.create_token
-    tokens = {
-        "admin": receiver.admin,
-        "a-ingest": make(Scope.INGEST, "a-fleet", ("team-a",), ("web-*",)),
-        "a-read": make(Scope.READ, "alice", ("team-a",)),
-        "b-ingest": make(Scope.INGEST, "b-fleet", ("team-b",), ("db-*",)),
-        "b-read": make(Scope.READ, "bob", ("team-b",)),
-    }
-    store.close()
+    receiver, tokens = receiver_with_tokens(
+        tmp_path_factory.mktemp("attack"),
+        {
+            **TEAM_A,
+            "b-ingest": (Scope.INGEST, "b-fleet", ("team-b",), ("db-*",)),
+            "b-read": (Scope.READ, "bob", ("team-b",)),
+        },
+    )
     receiver.start()
     try:
         yield Rig(receiver, tokens)
@@ -85,14 +88,7 @@ def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
 @pytest.fixture
 def lone(tmp_path: Path) -> Iterator[Rig]:
     """A receiver of its own: the row this test stores breaks every listing after it."""
-    receiver = make_receiver(tmp_path)
-    store = ReceiverStore(receiver.db)
-    tokens = {
-        "admin": receiver.admin,
-        "a-ingest": store.create_token(Scope.INGEST, "a-fleet", ("team-a",), ("web-*",)),
-        "a-read": store.create_token(Scope.READ, "alice", ("team-a",)),
-    }
-    store.close()
+    receiver, tokens = receiver_with_tokens(tmp_path, TEAM_A)
     receiver.start()
     try:
         yield Rig(receiver, tokens)
@@ -263,16 +259,8 @@ def test_a_token_revoked_while_its_body_uploads_stores_nothing(rig):
 
 # 7. the schema upgrade ----------------------------------------------------------------------
 
-EARLY_RELEASE = """
-CREATE TABLE tokens (hash TEXT PRIMARY KEY, owner TEXT NOT NULL, created REAL NOT NULL);
-CREATE TABLE escalations (
-    id TEXT PRIMARY KEY, received REAL NOT NULL, submitted_by TEXT NOT NULL,
-    host TEXT NOT NULL, owner TEXT NOT NULL, pack TEXT NOT NULL, pattern TEXT NOT NULL,
-    severity TEXT NOT NULL, status TEXT NOT NULL, fingerprint TEXT NOT NULL,
-    count INTEGER NOT NULL, first_seen REAL NOT NULL, last_seen REAL NOT NULL,
-    body TEXT NOT NULL);
-CREATE INDEX escalations_owner ON escalations (owner, pattern);
-"""
+# release 1 as commit 4a5cd53 left it: before the stats table existed
+EARLY_RELEASE = RELEASE_1[: RELEASE_1.index("CREATE TABLE stats")]
 
 
 def test_a_database_from_before_stats_is_upgraded(tmp_path):

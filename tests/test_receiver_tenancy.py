@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,8 +17,7 @@ import msgpack
 import pytest
 
 from agent.receiver.scopes import Scope
-from agent.receiver.store import ReceiverStore
-from tests.helpers import STATS_ROW, Receiver, make_receiver
+from tests.helpers import STATS_ROW, Receiver, receiver_with_tokens
 from tests.helpers import wire_event as event
 
 
@@ -61,23 +59,20 @@ def a_event(n: int, **over: Any) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
-    tmp: Path = tmp_path_factory.mktemp("tenancy")
-    receiver = make_receiver(tmp)
-    store = ReceiverStore(receiver.db)
-    make = store.create_token
-    tokens = {
-        "admin": receiver.admin,
-        "a-ingest": make(Scope.INGEST, "a-fleet", ("team-a",), ("web-*",)),
-        "a-anyhost": make(Scope.INGEST, "a-roaming", ("team-a",), ("*",)),
-        "a-read": make(Scope.READ, "alice", ("team-a",)),
-        "a-write": make(Scope.WRITE, "anna", ("team-a",)),
-        "b-ingest": make(Scope.INGEST, "b-fleet", ("team-b",), ("db-*",)),
-        "b-read": make(Scope.READ, "bob", ("team-b",)),
-        "revoked": make(Scope.ADMIN, "gone"),
-        "expired": make(Scope.ADMIN, "ended", expires=time.time() - 1),
-    }
-    store.revoke(next(t["id"] for t in store.tokens() if t["name"] == "gone"))
-    store.close()
+    receiver, tokens = receiver_with_tokens(
+        tmp_path_factory.mktemp("tenancy"),
+        {
+            "a-ingest": (Scope.INGEST, "a-fleet", ("team-a",), ("web-*",)),
+            "a-anyhost": (Scope.INGEST, "a-roaming", ("team-a",), ("*",)),
+            "a-read": (Scope.READ, "alice", ("team-a",)),
+            "a-write": (Scope.WRITE, "anna", ("team-a",)),
+            "b-ingest": (Scope.INGEST, "b-fleet", ("team-b",), ("db-*",)),
+            "b-read": (Scope.READ, "bob", ("team-b",)),
+            "revoked": (Scope.ADMIN, "gone"),
+            "expired": (Scope.ADMIN, "ended", (), (), time.time() - 1),
+        },
+        revoked=("gone",),
+    )
     receiver.start()
     try:
         yield Fleet(receiver, tokens)

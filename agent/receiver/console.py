@@ -515,7 +515,5 @@ def _form_action(form: dict[str, str], now: float) -> WorkflowAction:
         note=form.get("note", ""),
         until=until,
         host=form.get("host", ""),
-        silence=int(silence)
-        if silence.isascii() and silence.isdigit() and len(silence) < 12
-        else None,
+        silence=int(silence) if _number(silence) else None,
     )
