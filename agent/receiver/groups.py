@@ -97,14 +97,9 @@ class GroupStore(StoreBase):
                 more,
             ),
         )
-        covered = self._db.execute(
-            "SELECT 1 FROM silences WHERE owner=? AND pack=? AND pattern=?"
-            " AND until>? AND host IN ('', ?) LIMIT 1",
-            (owner, e["pack"], e["pattern"], now, e["host"]),
-        ).fetchone()
-        self._resilence(owner, e["pack"], e["pattern"], now, fingerprint)
-        if covered is not None:
-            return  # counted, and it reopens nothing
+        ends = self._resilence(owner, e["pack"], e["pattern"], now, fingerprint)
+        if "" in ends or e["host"] in ends:
+            return  # a silence covers it: counted, and it reopens nothing
         row = self._db.execute(
             "SELECT state, assignee, snoozed_until, regression FROM groups"
             " WHERE owner=? AND fingerprint=?",
@@ -250,10 +245,12 @@ class GroupStore(StoreBase):
 
     def _resilence(
         self, owner: str, pack: str, pattern: str, now: float, fingerprint: str | None = None
-    ) -> None:
+    ) -> dict[str, float]:
         """Set how long each group of a pattern (or the one given) stays silenced: until
         the silences in force cover every host it was seen on — for each host, the
-        latest end of those covering it; the group, the earliest of those."""
+        latest end of those covering it; the group, the earliest of those. Returns the
+        ends in force by host ("" everywhere). With none, no group's hosts are read:
+        this runs for every escalation stored."""
         ends = {
             r["host"]: r["until"]
             for r in self._db.execute(
@@ -263,11 +260,19 @@ class GroupStore(StoreBase):
             )
         }
         which = "AND fingerprint=?" if fingerprint else ""
+        scope = (owner, pack, pattern, *((fingerprint,) if fingerprint else ()))
+        if not ends:
+            self._db.execute(
+                "UPDATE groups SET silenced_until=NULL WHERE owner=? AND pack=? AND pattern=?"  # noqa: S608
+                f" {which} AND silenced_until IS NOT NULL",
+                scope,
+            )
+            return ends
         groups = self._db.execute(
             "SELECT fingerprint, (SELECT json_group_array(DISTINCT host) FROM escalations e"  # noqa: S608
             " WHERE e.owner=g.owner AND e.fingerprint=g.fingerprint) AS hosts FROM groups g"
             f" WHERE owner=? AND pack=? AND pattern=? {which}",
-            (owner, pack, pattern, *((fingerprint,) if fingerprint else ())),
+            scope,
         ).fetchall()
         for g in groups:
             covering = [max(ends.get("", 0.0), ends.get(h, 0.0)) for h in json.loads(g["hosts"])]
@@ -276,6 +281,7 @@ class GroupStore(StoreBase):
                 "UPDATE groups SET silenced_until=? WHERE owner=? AND fingerprint=?",
                 (until, owner, g["fingerprint"]),
             )
+        return ends
 
     def _unsilence(self, group: sqlite3.Row, action: Action, now: float) -> str:
         """Lift one of the silences of the group's pattern; its groups show again."""
