@@ -359,13 +359,20 @@ def test_one_teams_console_views_do_not_starve_another_teams_reads(tmp_path):
         [ref] = re.findall(r'data-ref="([0-9a-f]+)"', browser.get("/?state=all").text)
         cookies = dict(browser.cookies)
 
+        sent = threading.Semaphore(0)
+
         def view() -> None:
-            with contextlib.suppress(httpx.HTTPError):
-                httpx.get(f"{receiver.url}/g/{ref}", cookies=cookies, timeout=60)
+            hooks = {"request": [lambda request: sent.release()]}
+            with (
+                contextlib.suppress(httpx.HTTPError),
+                httpx.Client(cookies=cookies, event_hooks=hooks) as client,
+            ):
+                client.get(f"{receiver.url}/g/{ref}", timeout=60)
 
         for _ in range(4):
             threading.Thread(target=view, daemon=True).start()
-        time.sleep(0.5)  # let the four views take their slots (a head start, not a wait)
+        for _ in range(4):  # the four views are on their way before team B reads
+            assert sent.acquire(timeout=10)
         started = time.monotonic()
         answer = httpx.get(
             receiver.url + "/v1/escalations",
