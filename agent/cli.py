@@ -326,13 +326,39 @@ def cmd_spool_retry(args: argparse.Namespace) -> int:
     return 0
 
 
+DB_ENV = "LOGMEND_RECEIVER_DB"
+DB_PASSWORD_ENV = "LOGMEND_RECEIVER_DB_PASSWORD_FILE"  # noqa: S105 (a variable's name)
+
+
+def _env_path(name: str) -> Path | None:
+    value = os.environ.get(name, "")
+    return Path(value) if value else None
+
+
+def _db_arguments(parser: argparse.ArgumentParser) -> None:
+    """--db and its password file, defaulting to the environment (a systemd
+    EnvironmentFile), so a URL is given once for the service and its commands."""
+    parser.add_argument(
+        "--db",
+        default=os.environ.get(DB_ENV) or "receiver.db",
+        help="a SQLite file, or postgresql://USER@HOST[:PORT]/DB[?sslmode=verify-full&...]"
+        f" (default: ${DB_ENV}, else receiver.db)",
+    )
+    parser.add_argument(
+        "--db-password-file",
+        type=Path,
+        default=_env_path(DB_PASSWORD_ENV),
+        help=f"PostgreSQL: a file holding the password (default: ${DB_PASSWORD_ENV})",
+    )
+
+
 def cmd_receiver(args: argparse.Namespace) -> int:
     from agent.receiver.serve import serve
 
     _setup_logging()
     return serve(
         args.listen,
-        args.db,
+        _db_location(args.db),
         args.max_body,
         args.rate,
         args.burst,
@@ -342,25 +368,48 @@ def cmd_receiver(args: argparse.Namespace) -> int:
         header_timeout=args.header_timeout,
         per_client=args.per_client,
         max_connections=args.max_connections,
+        password_file=args.db_password_file,
     )
+
+
+def cmd_receiver_migrate(args: argparse.Namespace) -> int:
+    from agent.receiver.engine import is_url
+    from agent.receiver.transfer import copy_sqlite_to
+
+    if not args.source.is_file():
+        raise LogmendError(f"{args.source}: no receiver database here (check --from)")
+    if not is_url(args.target):
+        raise LogmendError(f"--to: a postgresql:// URL, not {args.target!r}")
+    for table, rows in copy_sqlite_to(args.source, args.target, args.db_password_file):
+        print(f"{table}: {rows} row(s)")
+    print("done: point the receivers at the new database (--db or $LOGMEND_RECEIVER_DB)")
+    return 0
+
+
+def _db_location(value: str) -> Path | str:
+    from agent.receiver.engine import is_url
+
+    return value if is_url(value) else Path(value)
 
 
 MAX_TOKEN_LIFE = 3650 * 86400.0
 
 
-def _receiver_store(db: Path, create: bool = False) -> ReceiverStore:
+def _receiver_store(args: argparse.Namespace, create: bool = False) -> ReceiverStore:
     """The receiver database, upgraded in place if older; what the upgrade did goes to
-    stderr. Only `token create` may start a new one (and says so): a mistyped --db
-    for `list` or `revoke` is an error, not an empty database."""
+    stderr. Only `token create` may start a new SQLite file (and says so): a mistyped
+    --db for `list` or `revoke` is an error, not an empty database (a PostgreSQL
+    database must exist already: its server says if it does not)."""
     from agent.receiver.store import ReceiverStore
 
-    if not db.exists():
+    db = _db_location(args.db)
+    if isinstance(db, Path) and not db.exists():
         if not create:
             raise LogmendError(f"{db}: no receiver database here (check --db)")
         print(f"logmend receiver: {db}: created a new receiver database", file=sys.stderr)
-    store = ReceiverStore(db)
+    store = ReceiverStore(db, args.db_password_file)
     for note in store.notes:
-        print(f"logmend receiver: {db}: {note}", file=sys.stderr)
+        print(f"logmend receiver: {store.where}: {note}", file=sys.stderr)
     return store
 
 
@@ -376,7 +425,7 @@ def cmd_token_create(args: argparse.Namespace) -> int:
         if seconds > MAX_TOKEN_LIFE:
             raise LogmendError("--expires: at most 3650d (leave it out for a token with no end)")
         expires = time.time() + seconds
-    store = _receiver_store(args.db, create=True)
+    store = _receiver_store(args, create=True)
     try:
         token = store.create_token(
             Scope(args.scope), args.name or "", tuple(args.owner), tuple(args.host), expires
@@ -390,7 +439,7 @@ def cmd_token_create(args: argparse.Namespace) -> int:
 
 
 def cmd_token_list(args: argparse.Namespace) -> int:
-    store = _receiver_store(args.db)
+    store = _receiver_store(args)
     rows = store.tokens()
     store.close()
     now = time.time()
@@ -415,7 +464,7 @@ def cmd_token_list(args: argparse.Namespace) -> int:
 
 
 def cmd_token_revoke(args: argparse.Namespace) -> int:
-    store = _receiver_store(args.db)
+    store = _receiver_store(args)
     try:
         name = store.revoke(args.id)
     except LookupError as exc:
@@ -479,7 +528,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     receiver = sub.add_parser("receiver", help="the central escalation endpoint")
     receiver.add_argument("--listen", default="127.0.0.1:8470")
-    receiver.add_argument("--db", type=Path, default=Path("receiver.db"))
+    _db_arguments(receiver)
     receiver.add_argument("--max-body", type=int, default=4 * 1024 * 1024)
     receiver.add_argument(
         "--rate", type=float, default=50.0, help="requests a second per token (0: no limit)"
@@ -523,15 +572,30 @@ def build_parser() -> argparse.ArgumentParser:
         "--name", help="what it submits under (default: its id); give a replacement the same"
     )
     create.add_argument("--expires", help='valid for this long, e.g. "90d" (default: no end)')
-    create.add_argument("--db", type=Path, default=Path("receiver.db"))
+    _db_arguments(create)
     create.set_defaults(func=cmd_token_create)
     listing = token_sub.add_parser("list", help="every token: id, name, scope, state, bindings")
-    listing.add_argument("--db", type=Path, default=Path("receiver.db"))
+    _db_arguments(listing)
     listing.set_defaults(func=cmd_token_list)
     revoke = token_sub.add_parser("revoke", help="refuse a token from its next request")
     revoke.add_argument("id", help="the token's id, as `token list` shows it")
-    revoke.add_argument("--db", type=Path, default=Path("receiver.db"))
+    _db_arguments(revoke)
     revoke.set_defaults(func=cmd_token_revoke)
+
+    move = receiver_sub.add_parser(
+        "migrate",
+        help="copy a SQLite receiver's data into a new PostgreSQL database",
+        description="Every table of the SQLite file (upgraded first, if older) is copied in one"
+        " transaction into the PostgreSQL database, which must hold no receiver data yet;"
+        " stop the receiver on the file first.",
+    )
+    move.add_argument("--from", dest="source", type=Path, required=True, help="the SQLite file")
+    move.add_argument("--to", dest="target", required=True, help="postgresql://USER@HOST/DB")
+    move.add_argument(
+        "--db-password-file", type=Path, default=_env_path(DB_PASSWORD_ENV),
+        help=f"the target's password (default: ${DB_PASSWORD_ENV})",
+    )  # fmt: skip
+    move.set_defaults(func=cmd_receiver_migrate)
 
     demo = sub.add_parser("demo", help="a receiver, an agent and a log that breaks, in 30s")
     demo.add_argument("--packs", type=Path, default=None, help="default: the shipped patterns/")

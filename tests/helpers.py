@@ -56,7 +56,7 @@ ends, so a test that fails before its own stop leaves no receiver behind."""
 
 @dataclass
 class Receiver:
-    db: Path
+    db: Path | str  # a SQLite file, or a postgresql:// URL (the engine under test)
     token: str  # ingest, for any owner and host: what the agents use
     admin: str  # reads every team's rows
     url: str = ""
@@ -148,8 +148,48 @@ STATS_ROW: dict[str, Any] = {
 """One pattern's totals as an agent posts them to /v1/stats."""
 
 
+class Engines:
+    """The database engine the receiver tests run on (conftest's `engine` parameter):
+    SQLite unless a test asked for another; the PostgreSQL cluster once one started."""
+
+    kind: str = "sqlite"
+    cluster: Any = None  # tests.pg.Cluster
+
+    def new_db(self, tmp: Path) -> Path | str:
+        """A new, empty receiver database of the engine under test."""
+        if self.kind == "sqlite":
+            return tmp / "receiver.db"
+        return str(self.cluster.new_database())
+
+
+ENGINE = Engines()
+
+
+def peek(db: Path | str, sql: str, *args: Any) -> list[dict[str, Any]]:
+    """Rows read from a receiver's database itself (either engine), beside its API."""
+    from agent.receiver.engine import open_engine
+
+    engine = open_engine(db)
+    try:
+        with engine.read() as conn:
+            return [dict(r) for r in conn.execute(sql, args).fetchall()]
+    finally:
+        engine.close()
+
+
+def poke(db: Path | str, sql: str, *args: Any) -> None:
+    """A change made to a receiver's database itself (either engine), behind its back."""
+    from agent.receiver.engine import open_engine
+
+    engine = open_engine(db)
+    try:
+        engine.write(lambda conn: conn.execute(sql, args))
+    finally:
+        engine.close()
+
+
 def make_receiver(tmp: Path) -> Receiver:
-    db = tmp / "receiver.db"
+    db = ENGINE.new_db(tmp)
     store = ReceiverStore(db)
     token = store.create_token(Scope.INGEST, "test-hosts", ("*",), ("*",))
     admin = store.create_token(Scope.ADMIN, "central")

@@ -8,7 +8,6 @@ import contextlib
 import http.server
 import json
 import re
-import sqlite3
 import threading
 import time
 from collections.abc import Iterator
@@ -21,11 +20,14 @@ from itsdangerous import URLSafeTimedSerializer
 
 from agent.receiver.scopes import Scope
 from agent.receiver.store import PAGE_BYTES, ReceiverStore
-from tests.helpers import make_receiver, wait_for
+from tests.helpers import make_receiver, peek, wait_for
 from tests.test_console import Console, event
 from tests.test_console_browser import Browser
 
-pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`"),
+    pytest.mark.usefixtures("engine"),  # each test on SQLite and on PostgreSQL
+]
 
 
 @pytest.fixture
@@ -122,10 +124,9 @@ def test_the_database_alone_does_not_open_an_admin_session(console):
     session for any token, admin included, without knowing a single token. Before
     the console a leaked database gave hashes that opened nothing."""
     console.post({"events": [event(1, owner="team-b")]})
-    db = sqlite3.connect(console.store.path)
-    [admin_hash] = db.execute("SELECT hash FROM tokens WHERE name='central'").fetchone()
-    [secret] = db.execute("SELECT value FROM meta WHERE key='session'").fetchone()
-    db.close()
+    [admin] = peek(console.store.where, "SELECT hash FROM tokens WHERE name='central'")
+    [meta] = peek(console.store.where, "SELECT value FROM meta WHERE key='session'")
+    admin_hash, secret = admin["hash"], meta["value"]
     forged = URLSafeTimedSerializer(secret, salt="logmend-console").dumps(
         {"h": admin_hash, "c": "chosen"}
     )
@@ -144,12 +145,13 @@ def test_a_groups_timeline_is_bounded_in_the_api_and_the_page(console):
     as 3000 PATCHes would take a minute under the rate limit."""
     console.post({"events": [event(1)]})
     ref = only_ref_admin(console)
-    row = console.store._db.execute(
-        "SELECT owner, fingerprint FROM groups WHERE ref=?", (ref,)
-    ).fetchone()
-    console.store._db.executemany(
-        "INSERT INTO actions (owner, fingerprint, at, who, verb, detail) VALUES (?,?,?,?,?,?)",
-        [(row[0], row[1], time.time(), "wendy", "note", "n" * 4000)] * 3000,
+    [row] = peek(console.store.where, "SELECT owner, fingerprint FROM groups WHERE ref=?", ref)
+    key = (row["owner"], row["fingerprint"])
+    console.store._engine.write(
+        lambda db: db.executemany(
+            "INSERT INTO actions (owner, fingerprint, at, who, verb, detail) VALUES (?,?,?,?,?,?)",
+            [(*key, time.time(), "wendy", "note", "n" * 4000)] * 3000,
+        )
     )
     [esc] = console.listed()
     got = console.client.get(f"/v1/escalations/{esc['ref']}", headers=console.auth(console.admin))

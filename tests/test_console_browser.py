@@ -25,6 +25,8 @@ from agent.receiver.scopes import Scope
 from agent.receiver.store import ReceiverStore
 from tests.helpers import Receiver, make_receiver, wait_for, wire_event
 
+pytestmark = pytest.mark.usefixtures("engine")  # each test on SQLite and on PostgreSQL
+
 CHROMIUM = shutil.which("chromium")
 DRIVER = shutil.which("chromedriver")
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from pathlib import Path
 
-from tests.helpers import AgentProc, Receiver, wait_for, write_config, write_pack
+import pytest
+
+from tests.helpers import AgentProc, Receiver, peek, wait_for, write_config, write_pack
+
+pytestmark = pytest.mark.usefixtures("engine")  # each test on SQLite and on PostgreSQL
 
 AGENTS = 20
 EACH = 500
@@ -23,9 +26,8 @@ line = "boom 1"
 
 
 def stored(receiver: Receiver) -> tuple[int, int]:
-    with sqlite3.connect(receiver.db) as db:
-        rows, ids = db.execute("SELECT count(*), count(DISTINCT id) FROM escalations").fetchone()
-    return int(rows), int(ids)
+    [row] = peek(receiver.db, "SELECT count(*) AS n, count(DISTINCT id) AS ids FROM escalations")
+    return int(row["n"]), int(row["ids"])
 
 
 def test_twenty_agents_ten_thousand_escalations_none_lost_none_duplicated(tmp_path, receiver):
@@ -54,8 +56,7 @@ def test_twenty_agents_ten_thousand_escalations_none_lost_none_duplicated(tmp_pa
         assert agent.stop() == 0
     rows, ids = stored(receiver)
     assert rows == ids == total
-    with sqlite3.connect(receiver.db) as db:
-        hosts = db.execute("SELECT count(DISTINCT host) FROM escalations").fetchone()[0]
+    hosts = peek(receiver.db, "SELECT count(DISTINCT host) AS n FROM escalations")[0]["n"]
     assert hosts == AGENTS
     taken = sum(agent.saw("escalated ") for agent, _ in agents)
     refused = sum(agent.saw("escalation delivery failed") for agent, _ in agents)

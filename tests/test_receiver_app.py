@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import sqlite3
 import time
 import warnings
 from collections.abc import Iterator
@@ -23,14 +22,17 @@ from agent.receiver.app import create_app
 from agent.receiver.scopes import Scope
 from agent.receiver.store import ReceiverStore
 from agent.receiver.web import RateLimit
-from tests.helpers import STATS_ROW
+from tests.helpers import ENGINE, STATS_ROW, peek
 from tests.helpers import wire_event as event
 
 with warnings.catch_warnings():  # starlette asks for httpx2; httpx is what the project has
     warnings.filterwarnings("ignore", "Using `httpx` with `starlette.testclient`")
     from starlette.testclient import TestClient
 
-pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`"),
+    pytest.mark.usefixtures("engine"),  # each test on SQLite and on PostgreSQL
+]
 
 ESCALATIONS = "/v1/escalations"
 STATS = "/v1/stats"
@@ -38,7 +40,7 @@ STATS = "/v1/stats"
 
 class Api:
     def __init__(self, tmp: Path, **options: Any) -> None:
-        self.store = ReceiverStore(tmp / "receiver.db")
+        self.store = ReceiverStore(ENGINE.new_db(tmp))
         self.token = self.store.create_token(Scope.INGEST, "test-hosts", ("*",), ("*",))
         self.admin = self.store.create_token(Scope.ADMIN, "central")
         self.client = TestClient(create_app(self.store, **options), raise_server_exceptions=False)
@@ -84,8 +86,9 @@ def api(tmp_path: Path) -> Iterator[Api]:
 
 def column(api: Api, name: str) -> list[Any]:
     """A column of the stored escalations, read from the database file itself."""
-    with sqlite3.connect(api.store.path) as db:
-        return [row[0] for row in db.execute(f"SELECT {name} FROM escalations ORDER BY id")]
+    return [
+        row[name] for row in peek(api.store.where, f"SELECT {name} FROM escalations ORDER BY id")
+    ]
 
 
 NEED_TOKEN = {"error": "a valid bearer token is required"}

@@ -22,9 +22,11 @@ import pytest
 
 from agent.receiver.scopes import Scope
 from agent.receiver.store import ReceiverStore, token_hash
-from tests.helpers import PYTHON, Receiver, make_receiver, receiver_with_tokens, wait_for
+from tests.helpers import ENGINE, PYTHON, Receiver, make_receiver, receiver_with_tokens, wait_for
 from tests.helpers import wire_event as event
 from tests.test_receiver_schema import RELEASE_1
+
+pytestmark = pytest.mark.usefixtures("engine")  # each test on SQLite and on PostgreSQL
 
 
 @dataclass
@@ -66,7 +68,7 @@ TEAM_A = {
 
 
 @pytest.fixture(scope="module")
-def rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+def rig(tmp_path_factory: pytest.TempPathFactory, engine: str) -> Iterator[Rig]:
     receiver, tokens = receiver_with_tokens(
         tmp_path_factory.mktemp("attack"),
         {
@@ -263,6 +265,7 @@ def test_a_token_revoked_while_its_body_uploads_stores_nothing(rig):
 EARLY_RELEASE = RELEASE_1[: RELEASE_1.index("CREATE TABLE stats")]
 
 
+@pytest.mark.engines("sqlite")  # PostgreSQL databases start at schema 3
 def test_a_database_from_before_stats_is_upgraded(tmp_path):
     """Before: schema._to_2 added the `expires`/`revoked` columns 'added by releases before
     versions existed', so it means to upgrade those databases; but such a database
@@ -295,7 +298,7 @@ def test_a_far_expiry_does_not_break_token_list(tmp_path):
     """Before: `--expires 99999999999999999999d` was accepted; `token list` then died with an
     OverflowError traceback on every run, so the operator cannot see any token's id
     (the id `token revoke` needs)."""
-    db = str(tmp_path / "r.db")
+    db = str(ENGINE.new_db(tmp_path))
     created = _cli("create", "--scope", "read", "--owner", "x", "--expires",
                    "99999999999999999999d", "--db", db)  # fmt: skip
     if created.returncode != 0:
@@ -309,7 +312,7 @@ def test_a_token_name_is_checked_like_owners_and_hosts(tmp_path):
     """Before: binding_problem checked owners and hosts (printable, trimmed, 1..256), not the
     name, which is the namespace of everything a token submits and what `token list`
     prints: a control character, a newline or 10,000 characters are taken."""
-    store = ReceiverStore(tmp_path / "r.db")
+    store = ReceiverStore(ENGINE.new_db(tmp_path))
     try:
         for bad in ("fleet\nforged-line", "x" * 10_000, " web-fleet", "\x1b[2J"):
             with pytest.raises(ValueError):
@@ -318,6 +321,7 @@ def test_a_token_name_is_checked_like_owners_and_hosts(tmp_path):
         store.close()
 
 
+@pytest.mark.engines("sqlite")  # on PostgreSQL: test_an_upgrade_step_runs_once_on_both_engines
 def test_two_processes_opening_a_new_database_at_once_both_succeed(tmp_path, monkeypatch):
     """Before: migrate() read which tables exist *before* BEGIN IMMEDIATE, then acted on that stale
     view inside the transaction. Release 1 used CREATE TABLE IF NOT EXISTS, so a receiver
@@ -326,10 +330,10 @@ def test_two_processes_opening_a_new_database_at_once_both_succeed(tmp_path, mon
     damaged ('restore it from a backup'). Reproduce by hand: start 4
     `logmend receiver token create --scope admin --db new.db` at once, a few times.
     Here the other process is simulated at the exact moment: just before BEGIN IMMEDIATE."""
-    import agent.receiver.store as store_module
+    import agent.receiver.schema as schema_module
 
     db = tmp_path / "receiver.db"
-    real = store_module.migrate
+    real = schema_module._migrate_sqlite
     other_ran = []
 
     class Racing:
@@ -348,7 +352,7 @@ def test_two_processes_opening_a_new_database_at_once_both_succeed(tmp_path, mon
     def racing(conn: sqlite3.Connection, where: str) -> list[str]:
         return real(Racing(conn) if not other_ran else conn, where)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(store_module, "migrate", racing)
+    monkeypatch.setattr(schema_module, "_migrate_sqlite", racing)
     ReceiverStore(db).close()  # StateError: table tokens already exists
     assert other_ran
 

@@ -20,7 +20,10 @@ from agent.receiver.limits import MAX_COUNT
 from tests.helpers import wire_event as event
 from tests.test_receiver_app import ESCALATIONS, STATS, Api
 
-pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`"),
+    pytest.mark.usefixtures("engine"),  # each test on SQLite and on PostgreSQL
+]
 
 
 @pytest.fixture

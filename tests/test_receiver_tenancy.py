@@ -20,6 +20,8 @@ from agent.receiver.scopes import Scope
 from tests.helpers import STATS_ROW, Receiver, receiver_with_tokens
 from tests.helpers import wire_event as event
 
+pytestmark = pytest.mark.usefixtures("engine")  # each test on SQLite and on PostgreSQL
+
 
 @dataclass
 class Fleet:
@@ -58,7 +60,7 @@ def a_event(n: int, **over: Any) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+def fleet(tmp_path_factory: pytest.TempPathFactory, engine: str) -> Iterator[Fleet]:
     receiver, tokens = receiver_with_tokens(
         tmp_path_factory.mktemp("tenancy"),
         {

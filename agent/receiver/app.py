@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -18,7 +19,9 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from agent.receiver.console import Console
+from agent.receiver.engine import Unavailable
 from agent.receiver.guard import Busy, Lane
+from agent.receiver.inbox import MAX_FILTER
 from agent.receiver.limits import MAX_EVENTS, InvalidEvent, decode, validate, validate_stats
 from agent.receiver.schema import group_ref
 from agent.receiver.scopes import Action, Forbidden, Identity
@@ -43,6 +46,7 @@ from agent.receiver.web import (
     RateLimit,
     SecurityHeaders,
     Sent,
+    SharedRateLimit,
     action_from,
     bearer,
     busy,
@@ -54,11 +58,13 @@ from agent.receiver.web import (
 )
 from agent.receiver.workflow import BadAction, WorkflowError
 
+log = logging.getLogger("logmend.receiver")
+
 
 def create_app(
     store: ReceiverStore, max_body: int = MAX_BODY, rate: float = 50.0, burst: int = 100
 ) -> Starlette:
-    limiter = RateLimit(rate, burst)
+    limiter = SharedRateLimit(store.take, rate, burst) if store.shared else RateLimit(rate, burst)
     uploads = Lane(UPLOADS, patience=QUEUE_PATIENCE)  # bodies in memory at once
     work = Lane(2, patience=BODY_TIMEOUT)  # decoding and storing: CPU and the database
     people = Lane(2, patience=QUEUE_PATIENCE)  # logins, forms, PATCH: apart from uploads
@@ -226,6 +232,9 @@ def create_app(
 
     def get_escalations(request: Request, who: Identity) -> Response:
         filters = {k: v for k, v in request.query_params.items() if k in FILTERS}
+        for key, value in filters.items():
+            if len(value) > MAX_FILTER or not value.isprintable():
+                return error(400, f"{key}: at most {MAX_FILTER} printable characters")
         limit, offset = paging(request)
         found, more = store.query(filters, who.visible_owners(), limit, offset)
         return JSONResponse(paged("escalations", found, more, offset))
@@ -381,5 +390,15 @@ def create_app(
             Route("/admin/tokens/revoke", form(console.revoke_token), methods=["POST"]),
         ],
         middleware=[Middleware(SecurityHeaders)],
+        exception_handlers={Unavailable: unavailable},
     )
     return app
+
+
+async def unavailable(request: Request, exc: Exception) -> Response:
+    """The database cannot take the request now (restarting, unreachable, locked): the
+    client tries again, as it does when the receiver is busy; nothing was stored."""
+    log.warning("receiver: %s %s: %s", request.method, request.url.path, exc)
+    response = error(503, "the receiver's database is unavailable; try again shortly")
+    response.headers["Retry-After"] = "5"
+    return response

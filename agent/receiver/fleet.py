@@ -7,10 +7,12 @@ import json
 import time
 from typing import Any
 
+from agent.receiver.engine import Conn
 from agent.receiver.scopes import Identity
-from agent.receiver.storebase import StoreBase, owned, whole
+from agent.receiver.storebase import StoreBase, owned, total, whole
 
 HISTORY_HOURS = 35 * 24  # hourly totals per host and pattern kept for the tier-1 view
+STATS = ("matches", "incidents", "resolved", "failed", "escalated")
 
 
 class FleetStore(StoreBase):
@@ -18,6 +20,7 @@ class FleetStore(StoreBase):
 
     def _heard(
         self,
+        db: Conn,
         owner: str,
         host: str,
         by: str,
@@ -27,15 +30,16 @@ class FleetStore(StoreBase):
     ) -> None:
         """A host was heard from: when, through which token, which packs (and versions,
         when the post says) it runs. In the caller's transaction."""
-        row = self._db.execute(
-            "SELECT agent_version, packs FROM hosts WHERE owner=? AND host=?", (owner, host)
+        row = db.execute(
+            f"SELECT agent_version, packs FROM hosts WHERE owner=? AND host=?{db.for_update}",  # noqa: S608
+            (owner, host),
         ).fetchone()
         known: dict[str, str] = json.loads(row["packs"]) if row else {}
         for pack, version in packs.items():
             if version or pack not in known:
                 known[pack] = version
         version = agent_version or (row["agent_version"] if row else "")
-        self._db.execute(
+        db.execute(
             "INSERT INTO hosts VALUES (?,?,?,?,?,?) ON CONFLICT (owner, host) DO UPDATE SET"
             " last_heard=excluded.last_heard, submitted_by=excluded.submitted_by,"
             " agent_version=excluded.agent_version, packs=excluded.packs",
@@ -47,10 +51,11 @@ class FleetStore(StoreBase):
     ) -> tuple[list[dict[str, Any]], bool]:
         """The hosts heard from, quietest first, with what tier 1 did on each."""
         where, args = owned(owners, column="hosts.owner")
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT hosts.*, total(s.matches) AS matches, total(s.resolved) AS resolved,"  # noqa: S608
-                " total(s.failed) AS failed, total(s.escalated) AS escalated FROM hosts"
+        with self._engine.read() as db:
+            rows = db.execute(
+                f"SELECT hosts.*, {total('s.matches')} AS matches,"  # noqa: S608
+                f" {total('s.resolved')} AS resolved, {total('s.failed')} AS failed,"
+                f" {total('s.escalated')} AS escalated FROM hosts"
                 " LEFT JOIN stats s ON s.owner = hosts.owner AND s.host = hosts.host"
                 f" {where}"
                 " GROUP BY hosts.owner, hosts.host ORDER BY last_heard, hosts.owner, hosts.host"
@@ -73,15 +78,17 @@ class FleetStore(StoreBase):
         values: list[Any] = [owner] if owner else []
         where, args = owned(owners, [*clauses, "hour >= ?"], [*values, start_hour])
         before, before_args = owned(owners, [*clauses, "hour < ?"], [*values, start_hour])
-        with self._lock:
-            rows = self._db.execute(
+        with self._engine.read() as db:
+            rows = db.execute(
                 f"SELECT * FROM stats_history {where}"  # noqa: S608
                 " ORDER BY owner, pack, pattern, host, hour",
                 args,
             ).fetchall()
-            base = self._db.execute(
-                f"SELECT *, max(hour) FROM stats_history {before}"  # noqa: S608
-                " GROUP BY owner, pack, pattern, host",
+            base = db.execute(
+                "SELECT owner, host, pack, pattern, hour, matches, incidents, resolved, failed,"  # noqa: S608
+                " escalated FROM (SELECT *, row_number() OVER (PARTITION BY owner, pack,"
+                f" pattern, host ORDER BY hour DESC) AS latest FROM stats_history {before}) h"
+                " WHERE latest = 1",
                 before_args,
             ).fetchall()
         return [dict(r) for r in rows], [dict(r) for r in base]
@@ -95,26 +102,27 @@ class FleetStore(StoreBase):
         twice; only a token bound to that host and owner can post them.
         """
         now = time.time()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                heard: dict[str, dict[str, str]] = {}
-                for r in rows:
-                    heard.setdefault(r["owner"], {})[r["pack"]] = ""
-                for owner, packs in heard.items():
-                    self._heard(owner, host, who.name, "", packs, now)
-                self._stats_rows(who, host, rows, now)
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:  # SQLite may have rolled back itself
-                    self._db.execute("ROLLBACK")
-                raise
+        heard: dict[str, dict[str, str]] = {}
+        for r in rows:
+            heard.setdefault(r["owner"], {})[r["pack"]] = ""
 
-    def _stats_rows(self, who: Identity, host: str, rows: list[dict[str, Any]], now: float) -> None:
+        def store(db: Conn) -> None:
+            for owner, packs in sorted(heard.items()):
+                self._heard(db, owner, host, who.name, "", packs, now)
+            self._stats_rows(db, who, host, rows, now)
+
+        self._engine.write(store)
+
+    def _stats_rows(
+        self, db: Conn, who: Identity, host: str, rows: list[dict[str, Any]], now: float
+    ) -> None:
         """The latest totals, and this hour's in the history (the tier-1 view's)."""
         hour = int(now // 3600)
-        self._db.executemany(
-            "INSERT OR REPLACE INTO stats_history VALUES (?,?,?,?,?,?,?,?,?,?)",
+        db.executemany(
+            "INSERT INTO stats_history VALUES (?,?,?,?,?,?,?,?,?,?)"
+            " ON CONFLICT (owner, pack, pattern, host, hour) DO UPDATE SET"
+            " matches=excluded.matches, incidents=excluded.incidents,"
+            " resolved=excluded.resolved, failed=excluded.failed, escalated=excluded.escalated",
             [
                 (
                     r["owner"],
@@ -132,9 +140,9 @@ class FleetStore(StoreBase):
             ],
         )
         if hour != self._pruned:  # once an hour: the history keeps HISTORY_HOURS
-            self._db.execute("DELETE FROM stats_history WHERE hour < ?", (hour - HISTORY_HOURS,))
+            db.execute("DELETE FROM stats_history WHERE hour < ?", (hour - HISTORY_HOURS,))
             self._pruned = hour
-        self._db.executemany(
+        db.executemany(
             "INSERT INTO stats VALUES (?,?,?,?,?,?,?,?,?,?,?)"
             " ON CONFLICT (owner, host, pack, pattern) DO UPDATE SET"
             " submitted_by=excluded.submitted_by, matches=excluded.matches,"
@@ -164,12 +172,11 @@ class FleetStore(StoreBase):
         """Totals per owner, pack and pattern, summed over hosts, of the owners given:
         a page of at most `limit`, and whether more follow."""
         where, args = owned(owners)
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT owner, pack, pattern, count(DISTINCT host) AS hosts,"  # noqa: S608
-                " total(matches) AS matches, total(incidents) AS incidents,"
-                " total(resolved) AS resolved, total(failed) AS failed,"
-                f" total(escalated) AS escalated, max(updated) AS updated FROM stats {where}"
+        sums = ", ".join(f"{total(c)} AS {c}" for c in STATS)
+        with self._engine.read() as db:
+            rows = db.execute(
+                f"SELECT owner, pack, pattern, count(DISTINCT host) AS hosts, {sums},"  # noqa: S608
+                f" max(updated) AS updated FROM stats {where}"
                 " GROUP BY owner, pack, pattern ORDER BY owner, pack, pattern LIMIT ? OFFSET ?",
                 (*args, limit + 1, offset),
             ).fetchall()

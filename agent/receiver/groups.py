@@ -3,18 +3,23 @@ reopened as regressions, kept quiet by silences, acted on by people; the inbox."
 
 from __future__ import annotations
 
-import json
-import sqlite3
 import time
 from typing import Any
 
 from agent.receiver import workflow
+from agent.receiver.engine import Conn, Row
 from agent.receiver.inbox import InboxView
 from agent.receiver.schema import group_ref
 from agent.receiver.scopes import RESERVED_NAME
-from agent.receiver.storebase import PAGE_BYTES, StoreBase, event_of, owned, whole
+from agent.receiver.storebase import PAGE_BYTES, StoreBase, event_of, is_ref, owned, whole
 from agent.receiver.workflow import Action, Group, State, Verb, WorkflowError
 
+# a group's lines grow by each event's count (up to 2**53): past 64 bits they stay at the
+# largest integer instead of overflowing (an error on PostgreSQL, a float on SQLite)
+SATURATED = (
+    "CASE WHEN groups.lines > 9223372036854775807 - excluded.lines THEN 9223372036854775807"
+    " ELSE groups.lines + excluded.lines END"
+)
 SPARK = 14  # bars in an inbox row's sparkline, over the view's window
 TIMELINE = 200  # actions of a group answered, the latest
 
@@ -32,8 +37,8 @@ class GroupStore(StoreBase):
         their escalations over the view's window; and whether more follow."""
         clauses, args = view.where(now)
         where, args = owned(owners, clauses, args)
-        with self._lock:
-            rows = self._db.execute(
+        with self._engine.read() as db:
+            rows = db.execute(
                 f"SELECT * FROM groups {where} ORDER BY {view.order()}"  # noqa: S608
                 " LIMIT ? OFFSET ?",
                 (*args, limit + 1, offset),
@@ -45,22 +50,22 @@ class GroupStore(StoreBase):
             if keys:
                 pairs = ",".join("(?,?)" for _ in keys)
                 flat = [v for k in keys for v in k]
-                for r in self._db.execute(
+                for r in db.execute(
                     "SELECT owner, fingerprint, count(DISTINCT host) AS n FROM escalations"  # noqa: S608
                     f" WHERE (owner, fingerprint) IN (VALUES {pairs}) GROUP BY 1, 2",
                     flat,
                 ):
                     hosts[(r["owner"], r["fingerprint"])] = r["n"]
                 start, width = now - view.window_seconds(), view.window_seconds() / SPARK
-                for r in self._db.execute(
-                    "SELECT owner, fingerprint, CAST((first_seen - ?) / ? AS INTEGER) AS b,"  # noqa: S608
+                for r in db.execute(
+                    "SELECT owner, fingerprint, floor((first_seen - ?) / ?) AS b,"  # noqa: S608
                     " count(*) AS n FROM escalations"
                     f" WHERE (owner, fingerprint) IN (VALUES {pairs}) AND first_seen >= ?"
                     " GROUP BY 1, 2, 3",
                     (start, width, *flat, start),
                 ):
                     if 0 <= r["b"] < SPARK:
-                        spark[(r["owner"], r["fingerprint"])][r["b"]] = r["n"]
+                        spark[(r["owner"], r["fingerprint"])][int(r["b"])] = r["n"]
         for g in page:
             key = (g["owner"], g["fingerprint"])
             g["hosts"], g["spark"] = hosts.get(key, 0), spark[key]
@@ -68,27 +73,28 @@ class GroupStore(StoreBase):
             g["shown_state"] = str(_group(g).shown_state(now))
         return page, len(rows) > limit
 
-    def _recur(self, e: dict[str, Any], now: float, new: int, more: int) -> None:
+    def _recur(self, db: Conn, e: dict[str, Any], now: float, new: int, more: int) -> None:
         """The event's group, made or grown by `new` escalations and `more` lines; one a
         person resolved that comes back reopens as a regression, unless a silence
         covers the event's pattern and host: then it is counted, and the group stays
         as it is, silenced (in the caller's transaction)."""
         owner, fingerprint = e["owner"], e["fingerprint"]
         first, last = float(e.get("first_seen", now)), float(e.get("last_seen", now))
-        self._db.execute(
-            "INSERT INTO groups VALUES (?,?,?,?,?,?,?,'open','',NULL,0,?,?,?,?,?,NULL)"
+        db.execute(
+            "INSERT INTO groups VALUES (?,?,?,?,?,?,?,'open','',NULL,0,?,?,?,?,?,NULL)"  # noqa: S608
             " ON CONFLICT (owner, fingerprint) DO UPDATE SET"
-            " first_seen=min(first_seen, excluded.first_seen),"
-            " last_seen=max(last_seen, excluded.last_seen), severity=excluded.severity,"
-            " updated=excluded.updated, occurrences=occurrences+excluded.occurrences,"
-            " lines=lines+excluded.lines",
+            " first_seen=least(groups.first_seen, excluded.first_seen),"
+            " last_seen=greatest(groups.last_seen, excluded.last_seen),"
+            " severity=excluded.severity, updated=excluded.updated,"
+            " occurrences=groups.occurrences+excluded.occurrences,"
+            f" lines={SATURATED}",
             (
                 owner,
                 fingerprint,
                 group_ref(owner, fingerprint),
                 e["pack"],
                 e["pattern"],
-                str(e.get("key", "")),
+                str(e.get("key", "")).replace("\0", "\ufffd"),  # no NUL in a PostgreSQL text
                 str(e.get("severity", "error")),
                 first,
                 last,
@@ -97,29 +103,30 @@ class GroupStore(StoreBase):
                 more,
             ),
         )
-        ends = self._resilence(owner, e["pack"], e["pattern"], now, fingerprint)
+        ends = self._resilence(db, owner, e["pack"], e["pattern"], now, fingerprint)
         if "" in ends or e["host"] in ends:
             return  # a silence covers it: counted, and it reopens nothing
-        row = self._db.execute(
+        row = db.execute(  # locked by the upsert above until this transaction ends
             "SELECT state, assignee, snoozed_until, regression FROM groups"
             " WHERE owner=? AND fingerprint=?",
             (owner, fingerprint),
         ).fetchone()
         if row["state"] == State.RESOLVED:
-            resolved = self._db.execute(
-                "SELECT max(at) FROM actions WHERE owner=? AND fingerprint=? AND verb='resolve'",
+            resolved = db.execute(
+                "SELECT max(at) AS at FROM actions"
+                " WHERE owner=? AND fingerprint=? AND verb='resolve'",
                 (owner, fingerprint),
-            ).fetchone()[0]
+            ).fetchone()["at"]
             if resolved is not None and last <= resolved:
                 return  # a backlog from before the resolution: it does not come back
         after, verb = workflow.recurred(_group(row), now)
         if verb is not None:
-            self._set_group(owner, fingerprint, after, now)
+            self._set_group(db, owner, fingerprint, after, now)
             by = RESERVED_NAME  # the receiver itself
-            self._record(owner, fingerprint, now, by, verb, f"reported by {e['host']}")
+            self._record(db, owner, fingerprint, now, by, verb, f"reported by {e['host']}")
 
-    def _set_group(self, owner: str, fingerprint: str, group: Group, now: float) -> None:
-        self._db.execute(
+    def _set_group(self, db: Conn, owner: str, fingerprint: str, group: Group, now: float) -> None:
+        db.execute(
             "UPDATE groups SET state=?, assignee=?, snoozed_until=?, regression=?, updated=?"
             " WHERE owner=? AND fingerprint=?",
             (
@@ -134,9 +141,9 @@ class GroupStore(StoreBase):
         )
 
     def _record(
-        self, owner: str, fingerprint: str, now: float, who: str, verb: Verb, detail: str
+        self, db: Conn, owner: str, fingerprint: str, now: float, who: str, verb: Verb, detail: str
     ) -> None:
-        self._db.execute(
+        db.execute(
             "INSERT INTO actions (owner, fingerprint, at, who, verb, detail) VALUES (?,?,?,?,?,?)",
             (owner, fingerprint, now, who, str(verb), detail),
         )
@@ -146,28 +153,30 @@ class GroupStore(StoreBase):
     ) -> dict[str, Any] | None:
         """One group by its ref, if one of the owners given owns it: its state, its
         timeline of actions, and its latest `occurrences` escalations."""
+        if not is_ref(ref):
+            return None
         where, args = owned(owners, ["ref=?"], [ref])
-        with self._lock:
-            row = self._db.execute(f"SELECT * FROM groups {where}", args).fetchone()  # noqa: S608
+        with self._engine.read() as db:
+            row = db.execute(f"SELECT * FROM groups {where}", args).fetchone()  # noqa: S608
             if row is None:
                 return None
             key = (row["owner"], row["fingerprint"])
-            timeline = self._db.execute(
+            timeline = db.execute(
                 "SELECT at, who, verb, detail FROM actions WHERE owner=? AND fingerprint=?"
                 " ORDER BY seq DESC LIMIT ?",
                 (*key, TIMELINE),
             ).fetchall()[::-1]
             hosts = [
-                r[0]
-                for r in self._db.execute(
+                r["host"]
+                for r in db.execute(
                     "SELECT DISTINCT host FROM escalations WHERE owner=? AND fingerprint=?"
                     " ORDER BY host LIMIT 200",
                     key,
                 )
             ]
-            rows: list[sqlite3.Row] = []
+            rows: list[Row] = []
             budget = PAGE_BYTES
-            for r in self._db.execute(
+            for r in db.execute(
                 "SELECT body, received, submitted_by, ref FROM escalations"
                 " WHERE owner=? AND fingerprint=? ORDER BY last_seen DESC LIMIT ?",
                 (*key, occurrences),
@@ -191,41 +200,40 @@ class GroupStore(StoreBase):
 
         Raises WorkflowError (nothing changed) if the action does not apply.
         """
+        if not is_ref(ref):
+            return None
         now = time.time()
         where, args = owned(owners, ["ref=?"], [ref])
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                row = self._db.execute(
-                    "SELECT owner, fingerprint, pack, pattern, state, assignee, snoozed_until,"  # noqa: S608
-                    f" regression FROM groups {where}",
-                    args,
-                ).fetchone()
-                if row is None:
-                    self._db.execute("ROLLBACK")
-                    return None
-                after = workflow.act(_group(row), action, now)
-                self._set_group(row["owner"], row["fingerprint"], after, now)
-                detail = _detail(action)
-                if action.verb is Verb.SILENCE:
-                    self._silence(row, action, who, now)
-                elif action.verb is Verb.UNSILENCE:
-                    detail = self._unsilence(row, action, now)
-                self._record(row["owner"], row["fingerprint"], now, who, action.verb, detail)
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:  # SQLite may have rolled back itself
-                    self._db.execute("ROLLBACK")
-                raise
+
+        def act(db: Conn) -> bool:
+            row = db.execute(
+                "SELECT owner, fingerprint, pack, pattern, state, assignee, snoozed_until,"  # noqa: S608
+                f" regression FROM groups {where}{db.for_update}",
+                args,
+            ).fetchone()
+            if row is None:
+                return False
+            after = workflow.act(_group(row), action, now)
+            self._set_group(db, row["owner"], row["fingerprint"], after, now)
+            detail = _detail(action)
+            if action.verb is Verb.SILENCE:
+                self._silence(db, row, action, who, now)
+            elif action.verb is Verb.UNSILENCE:
+                detail = self._unsilence(db, row, action, now)
+            self._record(db, row["owner"], row["fingerprint"], now, who, action.verb, detail)
+            return True
+
+        if not self._engine.write(act):
+            return None
         return self.group(ref, owners, occurrences=0)
 
     def owners(self, now: float) -> list[dict[str, Any]]:
         """Every owner with groups: how many, how many open (as the inbox's open view
         counts them: not silenced), and its hosts."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT owner, count(*) AS groups, total((state IN ('open', 'acknowledged')"
-                " OR (state = 'snoozed' AND snoozed_until <= ?))"
+        with self._engine.read() as db:
+            rows = db.execute(
+                "SELECT owner, count(*) AS groups, count(*) FILTER (WHERE"
+                " (state IN ('open', 'acknowledged') OR (state = 'snoozed' AND snoozed_until <= ?))"
                 " AND (silenced_until IS NULL OR silenced_until <= ?)) AS open,"
                 " (SELECT count(*) FROM hosts h WHERE h.owner = g.owner) AS hosts"
                 " FROM groups g GROUP BY owner ORDER BY owner",
@@ -233,18 +241,24 @@ class GroupStore(StoreBase):
             ).fetchall()
         return [whole(dict(r), "open") for r in rows]
 
-    def _silence(self, group: sqlite3.Row, action: Action, who: str, now: float) -> None:
+    def _silence(self, db: Conn, group: Row, action: Action, who: str, now: float) -> None:
         """Keep the silence; every group of the pattern it covers wholly is silenced."""
         key = (group["owner"], group["pack"], group["pattern"])
-        self._db.execute(
+        db.execute(
             "INSERT INTO silences (owner, pack, pattern, host, until, who, created, reason)"
             " VALUES (?,?,?,?,?,?,?,?)",
             (*key, action.host, action.until, who, now, action.note),
         )
-        self._resilence(*key, now)
+        self._resilence(db, *key, now)
 
     def _resilence(
-        self, owner: str, pack: str, pattern: str, now: float, fingerprint: str | None = None
+        self,
+        db: Conn,
+        owner: str,
+        pack: str,
+        pattern: str,
+        now: float,
+        fingerprint: str | None = None,
     ) -> dict[str, float]:
         """Set how long each group of a pattern (or the one given) stays silenced: until
         the silences in force cover every host it was seen on — for each host, the
@@ -253,7 +267,7 @@ class GroupStore(StoreBase):
         this runs for every escalation stored."""
         ends = {
             r["host"]: r["until"]
-            for r in self._db.execute(
+            for r in db.execute(
                 "SELECT host, max(until) AS until FROM silences WHERE owner=? AND pack=?"
                 " AND pattern=? AND until>? GROUP BY host",
                 (owner, pack, pattern, now),
@@ -262,43 +276,47 @@ class GroupStore(StoreBase):
         which = "AND fingerprint=?" if fingerprint else ""
         scope = (owner, pack, pattern, *((fingerprint,) if fingerprint else ()))
         if not ends:
-            self._db.execute(
+            db.execute(
                 "UPDATE groups SET silenced_until=NULL WHERE owner=? AND pack=? AND pattern=?"  # noqa: S608
                 f" {which} AND silenced_until IS NOT NULL",
                 scope,
             )
             return ends
-        groups = self._db.execute(
-            "SELECT fingerprint, (SELECT json_group_array(DISTINCT host) FROM escalations e"  # noqa: S608
-            " WHERE e.owner=g.owner AND e.fingerprint=g.fingerprint) AS hosts FROM groups g"
-            f" WHERE owner=? AND pack=? AND pattern=? {which}",
+        seen: dict[str, list[str]] = {}
+        for r in db.execute(
+            "SELECT DISTINCT g.fingerprint, e.host FROM groups g LEFT JOIN escalations e"  # noqa: S608
+            " ON e.owner = g.owner AND e.fingerprint = g.fingerprint"
+            f" WHERE g.owner=? AND g.pack=? AND g.pattern=? {which.replace('AND ', 'AND g.')}",
             scope,
-        ).fetchall()
-        for g in groups:
-            covering = [max(ends.get("", 0.0), ends.get(h, 0.0)) for h in json.loads(g["hosts"])]
+        ):
+            hosts = seen.setdefault(r["fingerprint"], [])
+            if r["host"] is not None:
+                hosts.append(r["host"])
+        for fingerprint_, hosts in sorted(seen.items()):
+            covering = [max(ends.get("", 0.0), ends.get(h, 0.0)) for h in hosts]
             until = min(covering, default=ends.get("", 0.0)) or None
-            self._db.execute(
+            db.execute(
                 "UPDATE groups SET silenced_until=? WHERE owner=? AND fingerprint=?",
-                (until, owner, g["fingerprint"]),
+                (until, owner, fingerprint_),
             )
         return ends
 
-    def _unsilence(self, group: sqlite3.Row, action: Action, now: float) -> str:
+    def _unsilence(self, db: Conn, group: Row, action: Action, now: float) -> str:
         """Lift one of the silences of the group's pattern; its groups show again."""
-        lifted = self._db.execute(
+        lifted = db.execute(
             "UPDATE silences SET until=? WHERE id=? AND owner=? AND pack=? AND pattern=?"
             " AND until>?",
             (now, action.silence, group["owner"], group["pack"], group["pattern"], now),
         )
         if not lifted.rowcount:
             raise WorkflowError("no such silence in force on this pattern")
-        self._resilence(group["owner"], group["pack"], group["pattern"], now)
+        self._resilence(db, group["owner"], group["pack"], group["pattern"], now)
         return f"lifted silence {action.silence}"
 
     def silences(self, owner: str, pack: str, pattern: str, now: float) -> list[dict[str, Any]]:
         """The silences in force on a pattern of an owner."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._engine.read() as db:
+            rows = db.execute(
                 "SELECT id, host, until, who, created, reason FROM silences"
                 " WHERE owner=? AND pack=? AND pattern=? AND until>? ORDER BY id",
                 (owner, pack, pattern, now),
@@ -306,7 +324,7 @@ class GroupStore(StoreBase):
         return [dict(r) for r in rows]
 
 
-def _group(row: sqlite3.Row | dict[str, Any]) -> Group:
+def _group(row: Row) -> Group:
     return Group(
         state=State(row["state"]),
         assignee=str(row["assignee"]),

@@ -8,12 +8,14 @@ is upgraded step by step. Databases from before versions existed are 1.
 from __future__ import annotations
 
 import hashlib
+import re
 import sqlite3
 from collections.abc import Callable
 
 from agent.errors import StateError
+from agent.receiver.engine import Conn, Engine, SqliteConn, SqliteEngine
 
-LATEST = 3
+LATEST = 4
 
 # The tables as schema 2 made them; a new database starts from these and takes
 # every upgrade after, so a new and an upgraded database are the same.
@@ -160,15 +162,51 @@ def _to_3(db: sqlite3.Connection) -> list[str]:
     return []
 
 
-UPGRADES: dict[int, Callable[[sqlite3.Connection], list[str]]] = {1: _to_2, 2: _to_3}
+SQLITE_UPGRADES: dict[int, Callable[[sqlite3.Connection], list[str]]] = {1: _to_2, 2: _to_3}
+"""Upgrades from before PostgreSQL was supported: SQLite's SQL, on SQLite files only."""
+
+FIRST_POSTGRESQL = 3  # PostgreSQL databases start at this schema: none is older
+
+BUCKETS = """
+CREATE TABLE buckets (
+    token_id TEXT PRIMARY KEY, level REAL NOT NULL, at REAL NOT NULL,
+    granted INTEGER NOT NULL);
+"""
 
 
-def migrate(db: sqlite3.Connection, where: str) -> list[str]:
+def _to_4(db: Conn) -> list[str]:
+    """Rate-limit buckets per token that every receiver on the database shares, so a
+    token's rate holds across several receivers behind a load balancer (issue 15)."""
+    _create(db, BUCKETS)
+    return []
+
+
+def _create(db: Conn, ddl: str) -> None:
+    """Tables as SQLite's DDL says them, in PostgreSQL's types there."""
+    for statement in (postgresql_ddl(ddl) if db.kind == "postgresql" else ddl).split(";"):
+        if statement.strip():
+            db.execute(statement)
+
+
+UPGRADES: dict[int, Callable[[Conn], list[str]]] = {3: _to_4}
+"""Upgrades from FIRST_POSTGRESQL on, version -> the step to the next: SQL both engines
+speak (see engine.py), run on both, in the migrating transaction."""
+
+MIGRATION_LOCK = 0x6C6F676D656E64  # "logmend": PostgreSQL's advisory lock for migrating
+
+
+def migrate(engine: Engine) -> list[str]:
     """Bring the database to LATEST; returns what an operator should know about it.
 
     The write lock is taken before anything is read, so two processes opening
-    the same new or old file at once do not both create or both upgrade it.
+    the same new or old database at once do not both create or both upgrade it.
     """
+    if isinstance(engine, SqliteEngine):
+        return _migrate_sqlite(engine.raw, engine.where)
+    return engine.write(lambda db: _migrate_postgresql(db, engine.where))
+
+
+def _migrate_sqlite(db: sqlite3.Connection, where: str) -> list[str]:
     notes: list[str] = []
     db.execute("BEGIN IMMEDIATE")
     try:
@@ -179,23 +217,76 @@ def migrate(db: sqlite3.Connection, where: str) -> list[str]:
             tables.add("schema_version")
         version = 1
         if "schema_version" in tables:
-            found = db.execute("SELECT max(version) FROM schema_version").fetchone()[0]
-            if not isinstance(found, int):
-                raise StateError(f"{where}: its schema_version table is empty or damaged")
-            version = found
-        if version > LATEST:
-            raise StateError(
-                f"{where}: written by a newer receiver (schema {version}; this one knows"
-                f" up to {LATEST}); run the newer release"
+            version = _version(
+                db.execute("SELECT max(version) FROM schema_version").fetchone()[0], where
             )
-        while version < LATEST:
-            notes += UPGRADES[version](db)
-            version += 1
-            db.execute("DELETE FROM schema_version")
-            db.execute("INSERT INTO schema_version VALUES (?)", (version,))
+        while version < min(LATEST, FIRST_POSTGRESQL):
+            notes += SQLITE_UPGRADES[version](db)
+            version = _step_done(SqliteConn(db), version)
+        notes += _upgrade(SqliteConn(db), version, where)
         db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:  # SQLite may have rolled back itself
             db.execute("ROLLBACK")
         raise
     return notes
+
+
+def _migrate_postgresql(db: Conn, where: str) -> list[str]:
+    db.execute("SELECT pg_advisory_xact_lock(?)", (MIGRATION_LOCK,))
+    tables = {
+        r["tablename"]
+        for r in db.execute("SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
+    }
+    if "tokens" not in tables:  # a new database: the tables of 3, then every upgrade
+        _create(db, TABLES + GROUPS)
+        db.execute("INSERT INTO schema_version VALUES (?)", (FIRST_POSTGRESQL,))
+        tables.add("schema_version")
+    if "schema_version" not in tables:
+        raise StateError(f"{where}: has a tokens table but no schema_version: not a receiver's")
+    version = _version(
+        db.execute("SELECT max(version) AS v FROM schema_version").fetchone()["v"], where
+    )
+    if version < FIRST_POSTGRESQL:
+        raise StateError(f"{where}: schema {version} cannot be on PostgreSQL: it is damaged")
+    return _upgrade(db, version, where)
+
+
+def _version(found: object, where: str) -> int:
+    if not isinstance(found, int):
+        raise StateError(f"{where}: its schema_version table is empty or damaged")
+    if found > LATEST:
+        raise StateError(
+            f"{where}: written by a newer receiver (schema {found}; this one knows"
+            f" up to {LATEST}); run the newer release"
+        )
+    return found
+
+
+def _upgrade(db: Conn, version: int, where: str) -> list[str]:
+    """The steps from `version` to LATEST that both engines share."""
+    notes: list[str] = []
+    while version < LATEST:
+        if version not in UPGRADES:
+            raise StateError(f"{where}: no upgrade known from schema {version}")
+        notes += UPGRADES[version](db)
+        version = _step_done(db, version)
+    return notes
+
+
+def _step_done(db: Conn, version: int) -> int:
+    db.execute("DELETE FROM schema_version")
+    db.execute("INSERT INTO schema_version VALUES (?)", (version + 1,))
+    return version + 1
+
+
+def postgresql_ddl(ddl: str) -> str:
+    """SQLite's table definitions in PostgreSQL's types, so both engines have the same
+    tables: 64-bit integers, double-precision times, text ordered by bytes (as
+    SQLite's is, whatever the server's locale), identity columns for AUTOINCREMENT."""
+    ddl = ddl.replace(
+        "INTEGER PRIMARY KEY AUTOINCREMENT", "BIGINT GENERATED BY DEFAULT AS IDENTITY PRIMARY KEY"
+    )
+    ddl = re.sub(r"\bINTEGER\b", "BIGINT", ddl)
+    ddl = re.sub(r"\bREAL\b", "DOUBLE PRECISION", ddl)
+    return re.sub(r"\bTEXT\b", 'TEXT COLLATE "C"', ddl)

@@ -62,7 +62,7 @@ def parse_listen(listen: str) -> tuple[str, int]:
 
 def serve(
     listen: str,
-    db: Path,
+    db: Path | str,
     max_body: int = MAX_BODY,
     rate: float = 50.0,
     burst: int = 100,
@@ -73,6 +73,7 @@ def serve(
     header_timeout: float = HEADER_TIMEOUT,
     per_client: int = PER_CLIENT,
     max_connections: int = 4096,
+    password_file: Path | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT; prints the bound address first (port 0 picks one).
 
@@ -81,9 +82,10 @@ def serve(
     """
     import uvicorn
 
-    store = ReceiverStore(db)  # a damaged database is an error before anything listens
+    # a damaged or unreachable database is an error before anything listens
+    store = ReceiverStore(db, password_file)
     for note in store.notes:  # what an upgrade of its schema did
-        print(f"logmend receiver: {db}: {note}", file=sys.stderr, flush=True)
+        print(f"logmend receiver: {store.where}: {note}", file=sys.stderr, flush=True)
     host, port = parse_listen(listen)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)

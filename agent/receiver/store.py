@@ -1,4 +1,5 @@
-"""Receiver storage on SQLite: tokens (hashed, scoped) and escalations (idempotent by id).
+"""Receiver storage, on SQLite or PostgreSQL (engine.py): tokens (hashed, scoped) and
+escalations (idempotent by id).
 
 Every read takes the owners the caller may see (None: all) and every write
 the identity that makes it, so tenancy is enforced where the rows are, not
@@ -12,59 +13,92 @@ import hmac
 import json
 import secrets
 import sqlite3
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 from agent.errors import StateError
+from agent.receiver.engine import POOL_SIZE, Conn, Engine, Row, Unavailable, open_engine
 from agent.receiver.fleet import FleetStore
 from agent.receiver.groups import GroupStore
 from agent.receiver.schema import escalation_ref, migrate
 from agent.receiver.scopes import Identity, Scope, binding_problem
-from agent.receiver.storebase import PAGE_BYTES, event_of, owned, token_hash
+from agent.receiver.storebase import PAGE_BYTES, event_of, is_ref, owned, token_hash
 
 __all__ = ["PAGE_BYTES", "ReceiverStore", "token_hash"]
 
 
 class ReceiverStore(GroupStore, FleetStore):
     """Tokens, sessions and escalations; groups (GroupStore) and hosts (FleetStore) share
-    its connection and lock."""
+    its engine."""
 
-    def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.path = path
-        self._lock = threading.Lock()
+    def __init__(
+        self, location: str | Path, password_file: Path | None = None, pool_size: int = POOL_SIZE
+    ) -> None:
+        """`location`: a SQLite file's path, or a postgresql:// URL (its password, if
+        any, in `password_file`)."""
         self._pruned = 0  # the hour the stats history was last pruned
+        engine: Engine | None = None
         try:
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA busy_timeout=10000")
-            self.notes = migrate(self._db, str(path))
+            engine = open_engine(location, password_file, pool_size)
+            self.notes = migrate(engine)
         except BaseException as exc:
-            with contextlib.suppress(Exception):
-                self._db.close()
-            if not isinstance(exc, sqlite3.Error):
+            if engine is not None:
+                with contextlib.suppress(Exception):
+                    engine.close()
+            if isinstance(exc, StateError):
                 raise
-
+            if not isinstance(exc, sqlite3.Error | Unavailable) and not _driver_error(exc):
+                raise
+            where = engine.where if engine is not None else str(location)
             raise StateError(
-                f"{path}: cannot open the receiver database ({exc}); if it is damaged,"
+                f"{where}: cannot open the receiver database ({exc}); if it is damaged,"
                 " restore it from a backup or move it aside to start an empty one"
             ) from exc
+        self._engine = engine
+        self.where = engine.where
+        self.shared = engine.shared
 
     def writable(self) -> str | None:
         """Why the database cannot take a write now (for /healthz), or None if it can."""
         try:
-            with self._lock:
-                self._db.execute("INSERT OR REPLACE INTO health VALUES (1, ?)", (time.time(),))
-        except sqlite3.Error as exc:
+            self._engine.write(
+                lambda db: db.execute(
+                    "INSERT INTO health VALUES (1, ?)"
+                    " ON CONFLICT (one) DO UPDATE SET checked = excluded.checked",
+                    (time.time(),),
+                )
+            )
+        except (Unavailable, sqlite3.Error) as exc:
+            return f"the database refuses writes: {exc}"
+        except Exception as exc:
+            if not _driver_error(exc):
+                raise
             return f"the database refuses writes: {exc}"
         return None
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        self._engine.close()
+
+    def take(self, key: str, rate: float, burst: int) -> float:
+        """A token bucket kept in the database, so every receiver on it shares it:
+        0 if a request may pass now (and takes a token), else seconds until one may.
+        Timed by the database's clock, the one clock all receivers share."""
+
+        def take(db: Conn) -> Row:
+            refill = "least(?, buckets.level + greatest(0, excluded.at - buckets.at) * ?)"
+            row: Row = db.execute(
+                f"INSERT INTO buckets VALUES (?, ?, {db.clock}, 1)"  # noqa: S608
+                " ON CONFLICT (token_id) DO UPDATE SET"
+                f" level = CASE WHEN {refill} >= 1 THEN {refill} - 1 ELSE {refill} END,"
+                f" granted = CASE WHEN {refill} >= 1 THEN 1 ELSE 0 END, at = excluded.at"
+                " RETURNING level, granted",
+                (key, burst - 1.0, *(float(burst), float(rate)) * 4),
+            ).fetchone()
+            return row
+
+        row = self._engine.write(take)
+        return 0.0 if row["granted"] else (1.0 - float(row["level"])) / rate
 
     def create_token(
         self,
@@ -84,26 +118,28 @@ class ReceiverStore(GroupStore, FleetStore):
             raise ValueError(problem)
         token = "lm_" + secrets.token_urlsafe(32)
         hashed = token_hash(token)
-        with self._lock:
-            self._db.execute(
+        row = (
+            hashed,
+            name or hashed[:12],
+            str(scope),
+            json.dumps(list(owners)),
+            json.dumps(list(hosts)),
+            time.time(),
+            expires,
+        )
+        self._engine.write(
+            lambda db: db.execute(
                 "INSERT INTO tokens (hash, name, scope, owners, hosts, created, expires)"
                 " VALUES (?,?,?,?,?,?,?)",
-                (
-                    hashed,
-                    name or hashed[:12],
-                    str(scope),
-                    json.dumps(list(owners)),
-                    json.dumps(list(hosts)),
-                    time.time(),
-                    expires,
-                ),
+                row,
             )
+        )
         return token
 
     def tokens(self) -> list[dict[str, Any]]:
         """Every token by its id (the first 12 characters of its hash), never the token."""
-        with self._lock:
-            rows = self._db.execute(
+        with self._engine.read() as db:
+            rows = db.execute(
                 "SELECT substr(hash, 1, 12) AS id, name, scope, owners, hosts, created, expires,"
                 " revoked FROM tokens ORDER BY created"
             ).fetchall()
@@ -117,14 +153,14 @@ class ReceiverStore(GroupStore, FleetStore):
     def revoke(self, token_id: str) -> str:
         """Revoke the one token whose id starts with `token_id`; returns its name.
 
-        Takes effect at once: every request checks the database.
+        Takes effect at once, on every receiver: every request checks the database.
         """
         if len(token_id) < 6 or not all(c in "0123456789abcdef" for c in token_id):
             raise LookupError("a token id is at least 6 hex characters, as `token list` shows")
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT hash, name FROM tokens WHERE substr(hash, 1, ?) = ?",
-                (len(token_id), token_id),
+
+        def revoke(db: Conn) -> str:
+            rows = db.execute(  # hex only: no LIKE wildcard can be in it
+                "SELECT hash, name FROM tokens WHERE hash LIKE ?", (token_id + "%",)
             ).fetchall()
             if len(rows) != 1:
                 raise LookupError(
@@ -132,11 +168,13 @@ class ReceiverStore(GroupStore, FleetStore):
                     if not rows
                     else f"{len(rows)} tokens start with {token_id}: give more of the id"
                 )
-            self._db.execute(
+            db.execute(
                 "UPDATE tokens SET revoked=coalesce(revoked, ?) WHERE hash=?",
                 (time.time(), rows[0]["hash"]),
             )
-        return str(rows[0]["name"])
+            return str(rows[0]["name"])
+
+        return self._engine.write(revoke)
 
     def authenticate(self, token: str) -> Identity | None:
         """Who a live token (not revoked, not expired) is, or None; compared on hashes."""
@@ -145,8 +183,8 @@ class ReceiverStore(GroupStore, FleetStore):
     def identity(self, hashed: str) -> Identity | None:
         """Who the live token with this hash is (a console session holds the hash, never
         the token), or None: revoked and expired tokens end their sessions at once."""
-        with self._lock:
-            row = self._db.execute(
+        with self._engine.read() as db:
+            row = db.execute(
                 "SELECT hash, name, scope, owners, hosts, expires, revoked FROM tokens"
                 " WHERE hash=?",
                 (hashed,),
@@ -167,20 +205,24 @@ class ReceiverStore(GroupStore, FleetStore):
 
     def open_session(self, token: str, age: float) -> tuple[str, str]:
         """A console session for a live token: (its id, its CSRF token). Only the id's
-        hash is kept, so a copy of the database opens no session."""
+        hash is kept, so a copy of the database opens no session; every receiver on
+        the database knows it."""
         session, csrf, now = secrets.token_urlsafe(32), secrets.token_urlsafe(24), time.time()
-        with self._lock:
-            self._db.execute("DELETE FROM sessions WHERE expires <= ?", (now,))
-            self._db.execute(
+
+        def open_(db: Conn) -> None:
+            db.execute("DELETE FROM sessions WHERE expires <= ?", (now,))
+            db.execute(
                 "INSERT INTO sessions VALUES (?,?,?,?)",
                 (token_hash(session), token_hash(token), csrf, now + age),
             )
+
+        self._engine.write(open_)
         return session, csrf
 
     def session(self, session: str) -> tuple[Identity, str] | None:
         """Who a live session is (its token live too) and its CSRF token, or None."""
-        with self._lock:
-            row = self._db.execute(
+        with self._engine.read() as db:
+            row = db.execute(
                 "SELECT token_hash, csrf, expires FROM sessions WHERE id_hash=?",
                 (token_hash(session),),
             ).fetchone()
@@ -190,18 +232,24 @@ class ReceiverStore(GroupStore, FleetStore):
         return (who, str(row["csrf"])) if who is not None else None
 
     def close_session(self, session: str) -> None:
-        with self._lock:
-            self._db.execute("DELETE FROM sessions WHERE id_hash=?", (token_hash(session),))
+        self._engine.write(
+            lambda db: db.execute("DELETE FROM sessions WHERE id_hash=?", (token_hash(session),))
+        )
 
     def secret(self, name: str) -> str:
         """A random secret kept in the database (made on first use), so every receiver
         on it signs and checks the same session cookies."""
-        with self._lock:
-            self._db.execute(
-                "INSERT OR IGNORE INTO meta VALUES (?, ?)", (name, secrets.token_hex(32))
+
+        def secret(db: Conn) -> str:
+            db.execute(
+                "INSERT INTO meta VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                (name, secrets.token_hex(32)),
             )
-            row = self._db.execute("SELECT value FROM meta WHERE key=?", (name,)).fetchone()
-        return str(row["value"])
+            return str(
+                db.execute("SELECT value FROM meta WHERE key=?", (name,)).fetchone()["value"]
+            )
+
+        return self._engine.write(secret)
 
     def store(
         self, events: list[dict[str, Any]], who: Identity, agent_version: str = ""
@@ -215,72 +263,80 @@ class ReceiverStore(GroupStore, FleetStore):
         higher count (more matches since it was first sent) updates the stored
         one; anything else with a known key is a duplicate and changes nothing.
         Owners must be decided already.
+
+        Several receivers may take the same batch at once: the insert waits for
+        the other's, the row is then locked before its count is compared, and
+        events are taken in key order, so two batches lock rows in one order.
         """
-        accepted: list[str] = []
-        duplicates: list[str] = []
         now = time.time()
-        with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            try:
-                for e in events:
-                    count = int(e.get("count", 1))
-                    key = (who.name, e["owner"], e["host"], e["id"])
-                    before = self._db.execute(
-                        "SELECT count FROM escalations"
-                        " WHERE submitted_by=? AND owner=? AND host=? AND id=?",
-                        key,
-                    ).fetchone()
-                    if before is not None:
-                        if before["count"] >= count:
-                            duplicates.append(e["id"])
-                            continue
-                        self._db.execute(
-                            "UPDATE escalations SET count=?, last_seen=max(last_seen, ?), body=?,"
-                            " status=?, severity=?"
-                            " WHERE submitted_by=? AND owner=? AND host=? AND id=?",
-                            (
-                                count,
-                                float(e.get("last_seen", now)),
-                                json.dumps(e),
-                                e["status"],
-                                str(e.get("severity", "error")),
-                                *key,
-                            ),
-                        )
-                        accepted.append(e["id"])
-                        self._recur(e, now, new=0, more=count - before["count"])
-                        continue
-                    self._db.execute(
-                        "INSERT INTO escalations VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                        (
-                            *key,
-                            escalation_ref(*key),
-                            now,
-                            e["pack"],
-                            e["pattern"],
-                            str(e.get("severity", "error")),
-                            e["status"],
-                            e["fingerprint"],
-                            count,
-                            float(e.get("first_seen", now)),
-                            float(e.get("last_seen", now)),
-                            json.dumps(e),
-                        ),
-                    )
+        ordered = sorted(events, key=lambda e: (e["owner"], e["fingerprint"], e["host"], e["id"]))
+
+        def store(db: Conn) -> tuple[list[str], list[str]]:
+            accepted: list[str] = []
+            duplicates: list[str] = []
+            for e in ordered:
+                if self._store_one(db, e, who, now):
                     accepted.append(e["id"])
-                    self._recur(e, now, new=1, more=count)
-                heard: dict[tuple[str, str], dict[str, str]] = {}
-                for e in events:
-                    packs = heard.setdefault((e["owner"], e["host"]), {})
-                    packs[e["pack"]] = str(e.get("pack_version", ""))
-                for (owner, host), packs in heard.items():
-                    self._heard(owner, host, who.name, agent_version, packs, now)
-                self._db.execute("COMMIT")
-            except BaseException:
-                if self._db.in_transaction:  # SQLite may have rolled back itself
-                    self._db.execute("ROLLBACK")
-                raise
-        return accepted, duplicates
+                else:
+                    duplicates.append(e["id"])
+            heard: dict[tuple[str, str], dict[str, str]] = {}
+            for e in ordered:
+                packs = heard.setdefault((e["owner"], e["host"]), {})
+                packs[e["pack"]] = str(e.get("pack_version", ""))
+            for (owner, host), packs in sorted(heard.items()):
+                self._heard(db, owner, host, who.name, agent_version, packs, now)
+            return accepted, duplicates
+
+        accepted, duplicates = self._engine.write(store)
+        order = {e["id"]: n for n, e in enumerate(events)}  # answered in the batch's order
+        return sorted(accepted, key=order.__getitem__), sorted(duplicates, key=order.__getitem__)
+
+    def _store_one(self, db: Conn, e: dict[str, Any], who: Identity, now: float) -> bool:
+        """One event stored, or its count raised; False if it changed nothing."""
+        count = int(e.get("count", 1))
+        key = (who.name, e["owner"], e["host"], e["id"])
+        body = json.dumps(e)
+        inserted = db.execute(
+            "INSERT INTO escalations VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+            (
+                *key,
+                escalation_ref(*key),
+                now,
+                e["pack"],
+                e["pattern"],
+                str(e.get("severity", "error")),
+                e["status"],
+                e["fingerprint"],
+                count,
+                float(e.get("first_seen", now)),
+                float(e.get("last_seen", now)),
+                body,
+            ),
+        ).rowcount
+        if inserted:
+            self._recur(db, e, now, new=1, more=count)
+            return True
+        before = db.execute(
+            "SELECT count FROM escalations"  # noqa: S608
+            f" WHERE submitted_by=? AND owner=? AND host=? AND id=?{db.for_update}",
+            key,
+        ).fetchone()
+        if before["count"] >= count:
+            return False
+        db.execute(
+            "UPDATE escalations SET count=?, last_seen=greatest(last_seen, ?), body=?,"
+            " status=?, severity=? WHERE submitted_by=? AND owner=? AND host=? AND id=?",
+            (
+                count,
+                float(e.get("last_seen", now)),
+                body,
+                e["status"],
+                str(e.get("severity", "error")),
+                *key,
+            ),
+        )
+        self._recur(db, e, now, new=0, more=count - before["count"])
+        return True
 
     def query(
         self,
@@ -298,28 +354,33 @@ class ReceiverStore(GroupStore, FleetStore):
         """
         where, args = owned(owners, [f"{k}=?" for k in filters], list(filters.values()))
         page: list[dict[str, Any]] = []
-        with self._lock:
-            cursor = self._db.execute(
+        more = False
+        with self._engine.read() as db:
+            for row in db.execute(
                 f"SELECT body, received, submitted_by, ref FROM escalations {where}"  # noqa: S608
                 " ORDER BY received DESC, submitted_by, id LIMIT ? OFFSET ?",
                 (*args, limit + 1, offset),
-            )
-            more = False
-            for row in cursor:
+            ):
                 budget -= len(row["body"])
                 if len(page) == limit or (page and budget < 0):
                     more = True
                     break
                 page.append(event_of(row))
-            cursor.close()
         return page, more
 
     def get(self, ref: str, owners: tuple[str, ...] | None) -> dict[str, Any] | None:
         """One escalation by its receiver id, if one of the owners given owns it."""
+        if not is_ref(ref):
+            return None
         where, args = owned(owners, ["ref=?"], [ref])
-        with self._lock:
-            row = self._db.execute(
+        with self._engine.read() as db:
+            row = db.execute(
                 f"SELECT body, received, submitted_by, ref FROM escalations {where}",  # noqa: S608
                 args,
             ).fetchone()
         return None if row is None else event_of(row)
+
+
+def _driver_error(exc: BaseException) -> bool:
+    """A PostgreSQL driver's error (psycopg is imported only for a postgresql:// URL)."""
+    return type(exc).__module__.startswith(("psycopg", "psycopg_pool"))

@@ -5,18 +5,31 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
-import threading
+from collections.abc import Mapping
 from typing import Any
+
+from agent.receiver.engine import Engine
 
 PAGE_BYTES = 4 * 1024 * 1024  # a listing page ends past this much of stored bodies
 
 
 class StoreBase:
-    """The connection (autocommit; transactions are explicit) and the lock around it."""
+    """The engine every part of the store runs its SQL on (engine.py)."""
 
-    _db: sqlite3.Connection
-    _lock: threading.Lock
+    _engine: Engine
+
+
+def total(column: str) -> str:
+    """A sum that cannot overflow (a double, as SQLite's total() is) and is 0 over no
+    rows, on both engines: whole() shows it as an integer."""
+    return f"coalesce(sum(CAST({column} AS DOUBLE PRECISION)), 0)"
+
+
+def is_ref(ref: str) -> bool:
+    """Whether `ref` has the shape of a receiver id (20 hex characters): anything else,
+    from a URL, finds nothing without reaching the database (a NUL would not reach
+    PostgreSQL's text at all)."""
+    return len(ref) == 20 and all(c in "0123456789abcdef" for c in ref)
 
 
 def token_hash(token: str) -> str:
@@ -32,12 +45,12 @@ def owned(  # only fixed column names and placeholders reach the SQL it makes
     """A WHERE clause limited to `owners` (None: every owner) and the clauses given."""
     clauses, args = list(clauses or []), list(args or [])
     if owners is not None:
-        clauses.append(f"{column} IN ({','.join('?' * len(owners))})" if owners else "0")
+        clauses.append(f"{column} IN ({','.join('?' * len(owners))})" if owners else "1 = 0")
         args += owners
     return (f"WHERE {' AND '.join(clauses)}" if clauses else ""), args
 
 
-def event_of(row: sqlite3.Row) -> dict[str, Any]:
+def event_of(row: Mapping[str, Any]) -> dict[str, Any]:
     event: dict[str, Any] = json.loads(row["body"])
     event.update(received=row["received"], submitted_by=row["submitted_by"], ref=row["ref"])
     return event

@@ -91,6 +91,17 @@ class RateLimit:
             return (1.0 - level) / self.rate
 
 
+class SharedRateLimit:
+    """The same bucket per token, kept in a database several receivers share (a
+    PostgreSQL one): a token's rate holds whichever receiver a request reaches."""
+
+    def __init__(self, take: Callable[[str, float, int], float], rate: float, burst: int) -> None:
+        self.take, self.rate, self.burst = take, rate, burst
+
+    def wait(self, token: str) -> float:
+        return 0.0 if self.rate <= 0 else self.take(token, self.rate, self.burst)
+
+
 class BodyTooSlow(Exception):
     pass
 

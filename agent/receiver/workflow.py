@@ -92,6 +92,8 @@ def act(group: Group, action: Action, now: float) -> Group:
     verb, state = action.verb, group.shown_state(now)
     if verb not in PEOPLE_VERBS:
         raise BadAction(f"{verb!r} is not something a person does")
+    if "\0" in action.note or (not action.note.isascii() and not _utf8(action.note)):
+        raise BadAction("a note is text: no NUL character, no lone surrogate")
     if verb is Verb.NOTE:
         if not action.note.strip() or len(action.note) > MAX_NOTE:
             raise BadAction(f"a note is 1 to {MAX_NOTE} characters")
@@ -146,3 +148,12 @@ def recurred(group: Group, now: float) -> tuple[Group, Verb | None]:
     if group.state is State.SNOOZED and (group.snoozed_until or 0.0) <= now:
         return dataclasses.replace(group, state=State.OPEN, snoozed_until=None), Verb.WOKE
     return group, None
+
+
+def _utf8(text: str) -> bool:
+    """Whether `text` can be stored (a JSON body can carry a lone surrogate)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
