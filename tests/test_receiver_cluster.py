@@ -4,6 +4,7 @@ post; the schema's upgrades on both engines; a SQLite receiver moved to PostgreS
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sqlite3
@@ -17,6 +18,8 @@ from typing import Any
 import httpx
 import msgpack
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from agent.errors import StateError
 from agent.receiver import schema
@@ -31,6 +34,7 @@ from tests.helpers import (
     make_receiver,
     peek,
     poke,
+    receiver_with_tokens,
     wait_for,
     write_config,
     write_pack,
@@ -459,3 +463,99 @@ def test_engine_urls_are_shown_without_a_password():
     )
     with pytest.raises(StateError, match="password in the database URL"):
         open_engine("postgresql://u:pw@127.0.0.1:1/x")
+
+
+# what a client can send that PostgreSQL's text cannot hold -------------------------------
+
+
+def test_a_nul_or_a_lone_surrogate_anywhere_is_a_4xx_on_either_engine(tmp_path):
+    """PostgreSQL's text holds no NUL (SQLite's does) and UTF-8 no lone surrogate: a value
+    with one, in a filter, a path, a note or an event, must be refused or find nothing
+    on both engines, never a 500 that a client could repeat at will."""
+    receiver, tokens = receiver_with_tokens(
+        tmp_path, {"write": (Scope.WRITE, "wendy", ("team-a",))}
+    )
+    receiver.start()
+    admin = {"Authorization": f"Bearer {receiver.admin}"}
+    assert post(receiver.url, receiver.token, [event(1, key="k\x00ey")]).status_code == 200
+    [row] = receiver.escalations()
+    for bad in ("%00", "a%00b", "%ED%A0%80", "%FF"):  # NUL; a surrogate, a byte, not UTF-8
+        got = httpx.get(f"{receiver.url}/v1/escalations?host={bad}", headers=admin, timeout=5)
+        assert got.status_code in (200, 400), got.text
+        assert got.status_code == 400 or got.json()["escalations"] == []
+    for path in ("/v1/escalations/%00", "/v1/escalations/" + "0" * 19 + "%00", "/g/%00abc"):
+        got = httpx.get(f"{receiver.url}{path}", headers=admin, timeout=5)
+        assert got.status_code in (303, 404), (path, got.status_code, got.text)
+    for doc in (
+        '{"action": "note", "note": "a\\u0000b"}',
+        '{"action": "note", "note": "\\ud800"}',
+        '{"action": "assign", "assignee": "\\u0000"}',
+        '{"action": "silence", "until": 9e9, "host": "\\ud800"}',
+    ):
+        got = httpx.patch(
+            f"{receiver.url}/v1/escalations/{row['ref']}",
+            content=doc,
+            headers={
+                "Authorization": f"Bearer {tokens['write']}",
+                "Content-Type": "application/json",
+            },
+            timeout=5,
+        )
+        assert got.status_code == 422, (doc, got.status_code, got.text)
+    for bad_event in (event(2, id="a\x00b"), event(3, host="\ud800"), event(4, severity="e\x00")):
+        got = httpx.post(  # JSON: its \\ud800 escape is how a client sends a lone surrogate
+            f"{receiver.url}/v1/escalations",
+            content=json.dumps({"events": [bad_event]}),
+            headers={
+                "Authorization": f"Bearer {receiver.token}",
+                "Content-Type": "application/json",
+            },
+            timeout=5,
+        )
+        assert got.status_code == 422, got.text
+    got = httpx.get(f"{receiver.url}/?pattern=%00", headers=admin, timeout=5)
+    assert got.status_code in (400, 303), got.status_code
+    assert httpx.get(f"{receiver.url}/healthz", timeout=5).status_code == 200
+
+
+# a model of exactly once ------------------------------------------------------------------
+
+
+@on_postgresql
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    posts=st.lists(
+        st.tuples(
+            st.integers(0, 1), st.sampled_from(["h1", "h2"]), st.integers(0, 5), st.integers(1, 9)
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_two_stores_on_one_database_agree_with_the_model_of_exactly_once(pg_cluster, posts):
+    """Any sequence of posts (which receiver, host, id, count) through two stores (two
+    pools, as two receivers have) ends as the model says: each (host, id) once, with the
+    highest count posted; its group grown by each rise, once."""
+    url = pg_cluster.new_database()
+    stores = [ReceiverStore(url), ReceiverStore(url)]
+    try:
+        token = stores[0].create_token(Scope.INGEST, "fleet", ("*",), ("*",))
+        who = stores[1].authenticate(token)
+        assert who is not None
+        model: dict[tuple[str, str], int] = {}
+        for which, host, n, count in posts:
+            e = event(n, host=host, count=count, fingerprint="one")
+            accepted, duplicates = stores[which].store([e], who)
+            rises = model.get((host, e["id"]), 0) < count
+            assert (accepted, duplicates) == (([e["id"]], []) if rises else ([], [e["id"]]))
+            if rises:
+                model[(host, e["id"])] = count
+        stored = {(r["host"], r["id"]): r["count"] for r in rows(url)}
+        assert stored == model
+        [group] = peek(url, "SELECT occurrences, lines FROM groups")
+        assert group == {"occurrences": len(model), "lines": sum(model.values())}
+    finally:
+        for s in stores:
+            s.close()
