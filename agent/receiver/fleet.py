@@ -9,7 +9,7 @@ from typing import Any
 
 from agent.receiver.engine import Conn
 from agent.receiver.scopes import Identity
-from agent.receiver.storebase import StoreBase, owned, total, whole
+from agent.receiver.storebase import StoreBase, chunks, owned, rows_of, total, whole
 
 HISTORY_HOURS = 35 * 24  # hourly totals per host and pattern kept for the tier-1 view
 STATS = ("matches", "incidents", "resolved", "failed", "escalated")
@@ -21,30 +21,41 @@ class FleetStore(StoreBase):
     def _heard(
         self,
         db: Conn,
-        owner: str,
-        host: str,
+        heard: dict[tuple[str, str], dict[str, str]],
         by: str,
         agent_version: str,
-        packs: dict[str, str],
         now: float,
     ) -> None:
-        """A host was heard from: when, through which token, which packs (and versions,
-        when the post says) it runs. In the caller's transaction."""
-        row = db.execute(
-            f"SELECT agent_version, packs FROM hosts WHERE owner=? AND host=?{db.for_update}",  # noqa: S608
-            (owner, host),
-        ).fetchone()
-        known: dict[str, str] = json.loads(row["packs"]) if row else {}
-        for pack, version in packs.items():
-            if version or pack not in known:
-                known[pack] = version
-        version = agent_version or (row["agent_version"] if row else "")
-        db.execute(
-            "INSERT INTO hosts VALUES (?,?,?,?,?,?) ON CONFLICT (owner, host) DO UPDATE SET"
-            " last_heard=excluded.last_heard, submitted_by=excluded.submitted_by,"
-            " agent_version=excluded.agent_version, packs=excluded.packs",
-            (owner, host, now, by, version, json.dumps(dict(sorted(known.items())))),
-        )
+        """Hosts were heard from ((owner, host) -> the packs and versions the post says
+        they run): when, through which token, with which agent. One read and one write
+        per few hundred hosts, in key order. In the caller's transaction."""
+        keys = sorted(heard)
+        for few in chunks(keys, 500):
+            flat = [v for k in few for v in k]
+            rows = {
+                (r["owner"], r["host"]): r
+                for r in db.execute(
+                    "SELECT owner, host, agent_version, packs FROM hosts"  # noqa: S608
+                    f" WHERE (owner, host) IN (VALUES {rows_of(2, few)}){db.for_update}",
+                    flat,
+                )
+            }
+            args: list[Any] = []
+            for key in few:
+                row = rows.get(key)
+                known: dict[str, str] = json.loads(row["packs"]) if row else {}
+                for pack, version in heard[key].items():
+                    if version or pack not in known:
+                        known[pack] = version
+                version = agent_version or (row["agent_version"] if row else "")
+                args += (*key, now, by, version, json.dumps(dict(sorted(known.items()))))
+            db.execute(
+                f"INSERT INTO hosts VALUES {rows_of(6, few)} ON CONFLICT (owner, host)"  # noqa: S608
+                " DO UPDATE SET last_heard=excluded.last_heard,"
+                " submitted_by=excluded.submitted_by, agent_version=excluded.agent_version,"
+                " packs=excluded.packs",
+                args,
+            )
 
     def hosts(
         self, owners: tuple[str, ...] | None, limit: int = 500, offset: int = 0
@@ -102,13 +113,12 @@ class FleetStore(StoreBase):
         twice; only a token bound to that host and owner can post them.
         """
         now = time.time()
-        heard: dict[str, dict[str, str]] = {}
+        heard: dict[tuple[str, str], dict[str, str]] = {}
         for r in rows:
-            heard.setdefault(r["owner"], {})[r["pack"]] = ""
+            heard.setdefault((r["owner"], host), {})[r["pack"]] = ""
 
         def store(db: Conn) -> None:
-            for owner, packs in sorted(heard.items()):
-                self._heard(db, owner, host, who.name, "", packs, now)
+            self._heard(db, heard, who.name, "", now)
             self._stats_rows(db, who, host, rows, now)
 
         self._engine.write(store)

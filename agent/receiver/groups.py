@@ -4,6 +4,7 @@ reopened as regressions, kept quiet by silences, acted on by people; the inbox."
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from typing import Any
 
 from agent.receiver import workflow
@@ -11,7 +12,16 @@ from agent.receiver.engine import Conn, Row
 from agent.receiver.inbox import InboxView
 from agent.receiver.schema import group_ref
 from agent.receiver.scopes import RESERVED_NAME
-from agent.receiver.storebase import PAGE_BYTES, StoreBase, event_of, is_ref, owned, whole
+from agent.receiver.storebase import (
+    PAGE_BYTES,
+    StoreBase,
+    chunks,
+    event_of,
+    is_ref,
+    owned,
+    rows_of,
+    whole,
+)
 from agent.receiver.workflow import Action, Group, State, Verb, WorkflowError
 
 # a group's lines grow by each event's count (up to 2**53): past 64 bits they stay at the
@@ -20,6 +30,8 @@ SATURATED = (
     "CASE WHEN groups.lines > 9223372036854775807 - excluded.lines THEN 9223372036854775807"
     " ELSE groups.lines + excluded.lines END"
 )
+MAX_LINES = 9223372036854775807
+NEW_GROUP = "(?,?,?,?,?,?,?,'open','',NULL,0,?,?,?,?,?,NULL)"  # a group's row as first made
 SPARK = 14  # bars in an inbox row's sparkline, over the view's window
 TIMELINE = 200  # actions of a group answered, the latest
 
@@ -73,57 +85,86 @@ class GroupStore(StoreBase):
             g["shown_state"] = str(_group(g).shown_state(now))
         return page, len(rows) > limit
 
-    def _recur(self, db: Conn, e: dict[str, Any], now: float, new: int, more: int) -> None:
-        """The event's group, made or grown by `new` escalations and `more` lines; one a
-        person resolved that comes back reopens as a regression, unless a silence
-        covers the event's pattern and host: then it is counted, and the group stays
-        as it is, silenced (in the caller's transaction)."""
-        owner, fingerprint = e["owner"], e["fingerprint"]
-        first, last = float(e.get("first_seen", now)), float(e.get("last_seen", now))
-        db.execute(
-            "INSERT INTO groups VALUES (?,?,?,?,?,?,?,'open','',NULL,0,?,?,?,?,?,NULL)"  # noqa: S608
-            " ON CONFLICT (owner, fingerprint) DO UPDATE SET"
-            " first_seen=least(groups.first_seen, excluded.first_seen),"
-            " last_seen=greatest(groups.last_seen, excluded.last_seen),"
-            " severity=excluded.severity, updated=excluded.updated,"
-            " occurrences=groups.occurrences+excluded.occurrences,"
-            f" lines={SATURATED}",
-            (
-                owner,
-                fingerprint,
-                group_ref(owner, fingerprint),
-                e["pack"],
-                e["pattern"],
-                str(e.get("key", "")).replace("\0", "\ufffd"),  # no NUL in a PostgreSQL text
-                str(e.get("severity", "error")),
-                first,
-                last,
-                now,
-                new,
-                more,
-            ),
-        )
-        ends = self._resilence(db, owner, e["pack"], e["pattern"], now, fingerprint)
-        if "" in ends or e["host"] in ends:
-            return  # a silence covers it: counted, and it reopens nothing
-        row = db.execute(  # locked by the upsert above until this transaction ends
-            "SELECT state, assignee, snoozed_until, regression FROM groups"
-            " WHERE owner=? AND fingerprint=?",
-            (owner, fingerprint),
-        ).fetchone()
+    def _regroup(self, db: Conn, grown: dict[tuple[str, str], Growth], now: float) -> None:
+        """The batch's groups, made or grown (one upsert for all); one a person resolved
+        that comes back reopens as a regression, unless silences cover every host it
+        came back on: then it is counted, and stays as it is, silenced. A few
+        statements a batch, not a few an event (in the caller's transaction)."""
+        if not grown:
+            return
+        patterns = sorted({(o, g.pack, g.pattern) for (o, _), g in grown.items()})
+        ends: dict[tuple[str, str, str], dict[str, float]] = {p: {} for p in patterns}
+        for few in chunks(patterns, 300):
+            for r in db.execute(
+                "SELECT owner, pack, pattern, host, max(until) AS until FROM silences"  # noqa: S608
+                f" WHERE until > ? AND (owner, pack, pattern) IN (VALUES {rows_of(3, few)})"
+                " GROUP BY owner, pack, pattern, host",
+                (now, *(v for p in few for v in p)),
+            ):
+                ends[(r["owner"], r["pack"], r["pattern"])][r["host"]] = r["until"]
+        states: dict[tuple[str, str], Row] = {}
+        keys = sorted(grown)  # one lock order for every writer
+        for chunk in chunks(keys, 500):
+            args: list[Any] = []
+            for owner, fingerprint in chunk:
+                g = grown[(owner, fingerprint)]
+                args += (owner, fingerprint, group_ref(owner, fingerprint), g.pack, g.pattern,
+                         g.key, g.severity, g.first, g.last, now, g.new, g.more)  # fmt: skip
+            values = ",".join([NEW_GROUP] * len(chunk))
+            for r in db.execute(
+                f"INSERT INTO groups VALUES {values}"  # noqa: S608
+                " ON CONFLICT (owner, fingerprint) DO UPDATE SET"
+                " first_seen=least(groups.first_seen, excluded.first_seen),"
+                " last_seen=greatest(groups.last_seen, excluded.last_seen),"
+                " severity=excluded.severity, updated=excluded.updated,"
+                " occurrences=groups.occurrences+excluded.occurrences,"
+                f" lines={SATURATED}"
+                " RETURNING owner, fingerprint, state, assignee, snoozed_until, regression",
+                args,
+            ):
+                states[(r["owner"], r["fingerprint"])] = r
+        quiet = [k for k in keys if not ends[(k[0], grown[k].pack, grown[k].pattern)]]
+        for still in chunks(quiet, 500):  # no silence in force: none of them is silenced
+            db.execute(
+                "UPDATE groups SET silenced_until=NULL WHERE silenced_until IS NOT NULL"  # noqa: S608
+                f" AND (owner, fingerprint) IN (VALUES {rows_of(2, still)})",
+                [v for k in still for v in k],
+            )
+        for key in keys:
+            g = grown[key]
+            pattern_ends = ends[(key[0], g.pack, g.pattern)]
+            if pattern_ends:  # the group's hosts may have grown: is it still wholly covered?
+                self._resilence(db, key[0], g.pack, g.pattern, now, key[1])
+            self._came_back(db, key, g, pattern_ends, states[key], now)
+
+    def _came_back(
+        self,
+        db: Conn,
+        key: tuple[str, str],
+        g: Growth,
+        ends: dict[str, float],
+        row: Row,
+        now: float,
+    ) -> None:
+        """Reopen (or wake) a group that lines no silence covers came back to."""
+        back = [(host, last) for host, last in g.seen if "" not in ends and host not in ends]
+        if not back:
+            return  # silences cover every host it came back on: counted, reopens nothing
         if row["state"] == State.RESOLVED:
             resolved = db.execute(
                 "SELECT max(at) AS at FROM actions"
                 " WHERE owner=? AND fingerprint=? AND verb='resolve'",
-                (owner, fingerprint),
+                key,
             ).fetchone()["at"]
-            if resolved is not None and last <= resolved:
-                return  # a backlog from before the resolution: it does not come back
+            if resolved is not None:  # a backlog from before the resolution does not come back
+                back = [(host, last) for host, last in back if last > resolved]
+                if not back:
+                    return
         after, verb = workflow.recurred(_group(row), now)
         if verb is not None:
-            self._set_group(db, owner, fingerprint, after, now)
+            self._set_group(db, *key, after, now)
             by = RESERVED_NAME  # the receiver itself
-            self._record(db, owner, fingerprint, now, by, verb, f"reported by {e['host']}")
+            self._record(db, *key, now, by, verb, f"reported by {back[0][0]}")
 
     def _set_group(self, db: Conn, owner: str, fingerprint: str, group: Group, now: float) -> None:
         db.execute(
@@ -322,6 +363,35 @@ class GroupStore(StoreBase):
                 (owner, pack, pattern, now),
             ).fetchall()
         return [dict(r) for r in rows]
+
+
+@dataclass
+class Growth:
+    """What a batch adds to one group: escalations, lines, its span, where it was seen."""
+
+    pack: str
+    pattern: str
+    key: str
+    severity: str
+    first: float
+    last: float
+    new: int = 0
+    more: int = 0
+    seen: list[tuple[str, float]] = field(default_factory=list)  # (host, last seen) per event
+
+    def add(self, e: dict[str, Any], new: int, more: int, now: float) -> None:
+        first, last = float(e.get("first_seen", now)), float(e.get("last_seen", now))
+        self.first, self.last = min(self.first, first), max(self.last, last)
+        self.severity = str(e.get("severity", "error"))  # the latest event's, as it was
+        self.new += new
+        self.more = min(self.more + more, MAX_LINES)
+        self.seen.append((e["host"], last))
+
+
+def growth(e: dict[str, Any], now: float) -> Growth:
+    first, last = float(e.get("first_seen", now)), float(e.get("last_seen", now))
+    key = str(e.get("key", "")).replace("\0", "\ufffd")  # no NUL in a PostgreSQL text
+    return Growth(e["pack"], e["pattern"], key, str(e.get("severity", "error")), first, last)
 
 
 def _group(row: Row) -> Group:

@@ -20,12 +20,22 @@ from typing import Any
 from agent.errors import StateError
 from agent.receiver.engine import POOL_SIZE, Conn, Engine, Row, Unavailable, open_engine
 from agent.receiver.fleet import FleetStore
-from agent.receiver.groups import GroupStore
+from agent.receiver.groups import GroupStore, Growth, growth
 from agent.receiver.schema import escalation_ref, migrate
 from agent.receiver.scopes import Identity, Scope, binding_problem
-from agent.receiver.storebase import PAGE_BYTES, event_of, is_ref, owned, token_hash
+from agent.receiver.storebase import (
+    PAGE_BYTES,
+    chunks,
+    event_of,
+    is_ref,
+    owned,
+    rows_of,
+    token_hash,
+)
 
 __all__ = ["PAGE_BYTES", "ReceiverStore", "token_hash"]
+
+Key = tuple[str, str, str, str]  # an escalation's: submitting name, owner, host, id
 
 
 class ReceiverStore(GroupStore, FleetStore):
@@ -272,71 +282,98 @@ class ReceiverStore(GroupStore, FleetStore):
         ordered = sorted(events, key=lambda e: (e["owner"], e["fingerprint"], e["host"], e["id"]))
 
         def store(db: Conn) -> tuple[list[str], list[str]]:
-            accepted: list[str] = []
-            duplicates: list[str] = []
-            for e in ordered:
-                if self._store_one(db, e, who, now):
-                    accepted.append(e["id"])
-                else:
-                    duplicates.append(e["id"])
+            taken = self._store_batch(db, ordered, who, now)
             heard: dict[tuple[str, str], dict[str, str]] = {}
             for e in ordered:
                 packs = heard.setdefault((e["owner"], e["host"]), {})
                 packs[e["pack"]] = str(e.get("pack_version", ""))
-            for (owner, host), packs in sorted(heard.items()):
-                self._heard(db, owner, host, who.name, agent_version, packs, now)
-            return accepted, duplicates
+            self._heard(db, heard, who.name, agent_version, now)
+            accepted = [e["id"] for e, ok in zip(ordered, taken, strict=True) if ok]
+            return accepted, [e["id"] for e, ok in zip(ordered, taken, strict=True) if not ok]
 
         accepted, duplicates = self._engine.write(store)
         order = {e["id"]: n for n, e in enumerate(events)}  # answered in the batch's order
         return sorted(accepted, key=order.__getitem__), sorted(duplicates, key=order.__getitem__)
 
-    def _store_one(self, db: Conn, e: dict[str, Any], who: Identity, now: float) -> bool:
-        """One event stored, or its count raised; False if it changed nothing."""
-        count = int(e.get("count", 1))
-        key = (who.name, e["owner"], e["host"], e["id"])
-        body = json.dumps(e)
-        inserted = db.execute(
-            "INSERT INTO escalations VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
-            (
-                *key,
-                escalation_ref(*key),
-                now,
-                e["pack"],
-                e["pattern"],
-                str(e.get("severity", "error")),
-                e["status"],
-                e["fingerprint"],
-                count,
-                float(e.get("first_seen", now)),
-                float(e.get("last_seen", now)),
-                body,
-            ),
-        ).rowcount
-        if inserted:
-            self._recur(db, e, now, new=1, more=count)
-            return True
-        before = db.execute(
-            "SELECT count FROM escalations"  # noqa: S608
-            f" WHERE submitted_by=? AND owner=? AND host=? AND id=?{db.for_update}",
-            key,
-        ).fetchone()
-        if before["count"] >= count:
-            return False
-        db.execute(
-            "UPDATE escalations SET count=?, last_seen=greatest(last_seen, ?), body=?,"
-            " status=?, severity=? WHERE submitted_by=? AND owner=? AND host=? AND id=?",
-            (
-                count,
-                float(e.get("last_seen", now)),
-                body,
-                e["status"],
-                str(e.get("severity", "error")),
-                *key,
-            ),
-        )
-        self._recur(db, e, now, new=0, more=count - before["count"])
-        return True
+    def _store_batch(
+        self, db: Conn, ordered: list[dict[str, Any]], who: Identity, now: float
+    ) -> list[bool]:
+        """Whether each event (in key order) was stored or raised a stored count.
+
+        New keys go in with one INSERT per chunk (ON CONFLICT DO NOTHING: it waits
+        for another writer's insert of the same key, then skips it); the counts of
+        the known ones are read and locked with one SELECT; rises are written in
+        order. Their groups then grow once each (GroupStore._regroup).
+        """
+        firsts: dict[Key, int] = {}
+        for n, e in enumerate(ordered):
+            firsts.setdefault((who.name, e["owner"], e["host"], e["id"]), n)
+        counts: dict[Key, int] = {}
+        for chunk in chunks(list(firsts), 500):
+            counts.update(self._insert_new(db, [ordered[firsts[k]] for k in chunk], who, now))
+        taken = [False] * len(ordered)
+        grown: dict[tuple[str, str], Growth] = {}
+
+        def grow(e: dict[str, Any], new: int, more: int) -> None:
+            key = (e["owner"], e["fingerprint"])
+            if key not in grown:
+                grown[key] = growth(e, now)
+            grown[key].add(e, new, more, now)
+
+        for key, n in firsts.items():
+            if key in counts:  # inserted just now
+                taken[n] = True
+                grow(ordered[n], 1, counts[key])
+        known = [k for k in firsts if k not in counts]
+        for chunk in chunks(known, 500):
+            for r in db.execute(
+                "SELECT submitted_by, owner, host, id, count FROM escalations"  # noqa: S608
+                f" WHERE (submitted_by, owner, host, id) IN (VALUES {rows_of(4, chunk)})"
+                f"{db.for_update}",
+                [v for k in chunk for v in k],
+            ):
+                counts[(r["submitted_by"], r["owner"], r["host"], r["id"])] = r["count"]
+        rises: list[tuple[Any, ...]] = []
+        for n, e in enumerate(ordered):
+            key = (who.name, e["owner"], e["host"], e["id"])
+            if firsts[key] == n and taken[n]:
+                continue
+            count, before = int(e.get("count", 1)), counts[key]
+            if count <= before:
+                continue  # a duplicate: changes nothing
+            counts[key] = count
+            taken[n] = True
+            body, last = json.dumps(e), float(e.get("last_seen", now))
+            rises.append((count, last, body, e["status"], str(e.get("severity", "error")), *key))
+            grow(e, 0, count - before)
+        if rises:
+            db.executemany(
+                "UPDATE escalations SET count=?, last_seen=greatest(last_seen, ?), body=?,"
+                " status=?, severity=? WHERE submitted_by=? AND owner=? AND host=? AND id=?",
+                rises,
+            )
+        self._regroup(db, grown, now)
+        return taken
+
+    def _insert_new(
+        self, db: Conn, events: list[dict[str, Any]], who: Identity, now: float
+    ) -> dict[Key, int]:
+        """Insert the events whose key is new; their keys and counts."""
+        args: list[Any] = []
+        for e in events:
+            key = (who.name, e["owner"], e["host"], e["id"])
+            args += (*key, escalation_ref(*key), now, e["pack"], e["pattern"],
+                     str(e.get("severity", "error")), e["status"], e["fingerprint"],
+                     int(e.get("count", 1)), float(e.get("first_seen", now)),
+                     float(e.get("last_seen", now)), json.dumps(e))  # fmt: skip
+        return {
+            (r["submitted_by"], r["owner"], r["host"], r["id"]): r["count"]
+            for r in db.execute(
+                f"INSERT INTO escalations VALUES {rows_of(15, events)} ON CONFLICT DO NOTHING"  # noqa: S608
+                " RETURNING submitted_by, owner, host, id, count",
+                args,
+            ).fetchall()
+        }
 
     def query(
         self,

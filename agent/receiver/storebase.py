@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import Any, TypeVar
 
 from agent.receiver.engine import Engine
 
+T = TypeVar("T")
 PAGE_BYTES = 4 * 1024 * 1024  # a listing page ends past this much of stored bodies
 
 
@@ -17,6 +18,17 @@ class StoreBase:
     """The engine every part of the store runs its SQL on (engine.py)."""
 
     _engine: Engine
+
+
+def chunks(items: list[T], size: int) -> Iterator[list[T]]:
+    """`items` a few hundred at a time: within both engines' limits on placeholders."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def rows_of(width: int, chunk: list[Any]) -> str:
+    """Placeholders for `chunk` as rows of VALUES (only ? and commas reach the SQL)."""
+    return ",".join(["(" + ",".join("?" * width) + ")"] * len(chunk))
 
 
 def total(column: str) -> str:
