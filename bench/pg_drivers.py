@@ -113,7 +113,7 @@ def main() -> int:
     cluster = throwaway_cluster()
     try:
         url = cluster.new_database()
-        cluster.psql(DDL, url.rsplit("/", 1)[1])
+        cluster.psql(DDL, url.rsplit("/", 1)[1].split("?")[0])
         drivers: dict[str, Callable[[str, int, int, str], tuple[float, float]]] = {
             "psycopg 3 (threads, pool)": with_psycopg
         }

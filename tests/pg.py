@@ -64,12 +64,35 @@ class Cluster:
              "-E", "UTF8", "--auth-local=trust", "--auth-host=trust", "--no-sync"],
             check=True, capture_output=True, cwd=self.root, **self._as_owner(),
         )  # fmt: skip
+        self._tls()
         hba = self.data / "pg_hba.conf"
         hba.write_text(
             f"local all all trust\nhost all {PASSWORD_ROLE} 127.0.0.1/32 scram-sha-256\n"
             "host all all 127.0.0.1/32 trust\n"
         )
         return self
+
+    @property
+    def ca(self) -> Path:
+        """The CA that signed the server's certificate (for 127.0.0.1 and localhost)."""
+        return self.root / "ca.pem"
+
+    def _tls(self) -> None:
+        """TLS offered (ssl = on) with a certificate from a throwaway CA: clients choose
+        (libpq's sslmode), so the receiver's TLS options can be tried for real."""
+        import trustme
+
+        authority = trustme.CA()
+        authority.cert_pem.write_to_path(str(self.ca))
+        server = authority.issue_cert("127.0.0.1", "localhost")
+        server.cert_chain_pems[0].write_to_path(str(self.data / "server.crt"))
+        server.private_key_pem.write_to_path(str(self.data / "server.key"))
+        (self.data / "server.key").chmod(0o600)
+        if os.geteuid() == 0:
+            for name in ("server.crt", "server.key"):
+                os.chown(self.data / name, UNPRIVILEGED, UNPRIVILEGED)
+        with (self.data / "postgresql.conf").open("a") as conf:
+            conf.write("ssl = on\nssl_cert_file = 'server.crt'\nssl_key_file = 'server.key'\n")
 
     def start(self) -> Cluster:
         self.port = self.port or _free_port()
@@ -109,7 +132,8 @@ class Cluster:
         return path.read_text(errors="replace")[-2000:] if path.exists() else ""
 
     def url(self, database: str = "postgres", user: str = SUPERUSER) -> str:
-        return f"postgresql://{user}@127.0.0.1:{self.port}/{database}"
+        """A database's URL; without TLS, as most tests need none (one test checks it)."""
+        return f"postgresql://{user}@127.0.0.1:{self.port}/{database}?sslmode=disable"
 
     def psql(self, sql: str, database: str = "postgres") -> str:
         done = subprocess.run(

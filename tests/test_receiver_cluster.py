@@ -403,7 +403,7 @@ def test_a_password_comes_from_a_private_file_never_the_url(tmp_path, pg_cluster
         f"DO $$ BEGIN CREATE ROLE {PASSWORD_ROLE} LOGIN PASSWORD 's3cret-pw';"
         " EXCEPTION WHEN duplicate_object THEN NULL; END $$"
     )
-    name = pg_cluster.new_database().rsplit("/", 1)[1]
+    name = pg_cluster.new_database().rsplit("/", 1)[1].split("?")[0]
     pg_cluster.psql(f"ALTER DATABASE {name} OWNER TO {PASSWORD_ROLE}")
     url = pg_cluster.url(name, user=PASSWORD_ROLE)
     secret = tmp_path / "db-password"
@@ -559,3 +559,31 @@ def test_two_stores_on_one_database_agree_with_the_model_of_exactly_once(pg_clus
     finally:
         for s in stores:
             s.close()
+
+
+@on_postgresql
+def test_tls_to_postgresql_is_checked_against_the_ca_given(tmp_path, pg_cluster):
+    """libpq's TLS options in the URL: verify-full with the server's CA connects over
+    TLS; with another CA it is refused, saying why, before anything listens."""
+    import trustme
+
+    name = pg_cluster.new_database().rsplit("/", 1)[1].split("?")[0]
+    base = f"postgresql://postgres@127.0.0.1:{pg_cluster.port}/{name}?sslmode=verify-full"
+    good = f"{base}&sslrootcert={pg_cluster.ca}"
+    receiver = Receiver(db=good, token="", admin="")
+    store = ReceiverStore(good)
+    receiver.admin = store.create_token(Scope.ADMIN, "central")
+    store.close()
+    assert peek(good, "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()") == [{"ssl": True}]
+    receiver.start()
+    assert receiver.escalations() == []
+    receiver.stop()
+    stranger = tmp_path / "other-ca.pem"
+    trustme.CA().cert_pem.write_to_path(str(stranger))
+    refused = subprocess.run(
+        [PYTHON, "-m", "agent", "receiver", "--listen", "127.0.0.1:0", "--db", f"{base}&sslrootcert={stranger}"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert refused.returncode == 1 and "listening" not in refused.stdout
+    assert "cannot connect to PostgreSQL" in refused.stderr and "certificate" in refused.stderr
+    assert "Traceback" not in refused.stderr
