@@ -587,3 +587,17 @@ def test_tls_to_postgresql_is_checked_against_the_ca_given(tmp_path, pg_cluster)
     assert refused.returncode == 1 and "listening" not in refused.stdout
     assert "cannot connect to PostgreSQL" in refused.stderr and "certificate" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+@on_postgresql
+def test_no_statement_of_the_receiver_runs_past_its_timeout(tmp_path):
+    """Every pooled connection bounds its statements (and transactions left idle), so no
+    query a client causes can hold a connection or its locks for long."""
+    store = ReceiverStore(ENGINE.new_db(tmp_path))
+    try:
+        with store._engine.read() as db:
+            assert db.execute("SHOW statement_timeout").fetchone() == {"statement_timeout": "30s"}
+            idle = db.execute("SHOW idle_in_transaction_session_timeout").fetchone()
+            assert idle == {"idle_in_transaction_session_timeout": "30s"}
+    finally:
+        store.close()

@@ -231,6 +231,7 @@ class PostgresEngine(Engine):
             kwargs=kwargs,
             timeout=POOL_WAIT,
             check=ConnectionPool.check_connection,
+            configure=_configure,
             name="logmend-receiver",
             open=False,
         )
@@ -273,6 +274,15 @@ class PostgresEngine(Engine):
 
     def close(self) -> None:
         self._pool.close()
+
+
+STATEMENT_TIMEOUT = "30s"  # no query of any client holds a connection or its locks longer
+
+
+def _configure(raw: Any) -> None:
+    """Each new connection: a bound on every statement and on a transaction left idle."""
+    raw.execute(f"SET statement_timeout = '{STATEMENT_TIMEOUT}'")
+    raw.execute(f"SET idle_in_transaction_session_timeout = '{STATEMENT_TIMEOUT}'")
 
 
 def _reason(exc: BaseException) -> str:
