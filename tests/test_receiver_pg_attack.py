@@ -1,0 +1,67 @@
+"""Attacks on the receiver on PostgreSQL (review of the PostgreSQL engine): each test
+shows a flaw where PostgreSQL behaves otherwise than SQLite did, and fails until it
+is fixed. In process (Starlette's TestClient, as tests/test_receiver_app.py) unless a
+real process or a second connection to the server is needed to show it."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.receiver import engine as engine_module
+from agent.receiver.scopes import Scope
+from agent.receiver.store import ReceiverStore
+from tests.helpers import ENGINE, PYTHON, peek
+from tests.helpers import wire_event as event
+from tests.test_console import Console
+from tests.test_receiver_app import ESCALATIONS, STATS, Api
+
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`"),
+    pytest.mark.usefixtures("engine"),  # each test on SQLite and on PostgreSQL
+]
+
+on_postgresql = pytest.mark.engines("postgresql")
+
+
+@pytest.fixture
+def api(tmp_path: Path) -> Iterator[Api]:
+    made = Api(tmp_path)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def console(tmp_path: Path) -> Iterator[Console]:
+    made = Console(tmp_path)
+    yield made
+    made.close()
+
+
+def wide(chars: int, seed: int) -> str:
+    """A name of `chars` characters of four bytes each in UTF-8 (CJK extension B), none
+    repeated in a way a compressor could use: within every limit the receiver checks."""
+    rnd = random.Random(seed)
+    return "".join(chr(rnd.randrange(0x20000, 0x2A000)) for _ in range(chars))
+
+
+# 1. a query string that is a 500 ---------------------------------------------------------
+
+
+def test_a_nul_in_the_tier1_owner_filter_is_a_400_not_a_500(console):
+    """/tier1 checks its `owner` only for length; every other filter of a page or the API
+    must be printable. SQLite compares a NUL like any character and finds nothing;
+    psycopg refuses to send it (PostgreSQL's text holds no NUL): DataError, a 500 for
+    any logged-in reader, from one `?owner=%00`."""
+    console.login(console.a_write)
+    answer = console.client.get("/tier1", params={"owner": "team-a\0"})
+    assert answer.status_code != 500
+    assert answer.status_code in (200, 400)
