@@ -109,3 +109,41 @@ def test_long_names_of_wide_characters_are_stored_or_refused_for_good_not_503(ap
     assert answer.status_code in (200, 413, 422)
     again = api.post(doc, path=path)  # the same batch sent again: the same answer
     assert again.status_code == answer.status_code
+
+
+# 4. the move from SQLite ---------------------------------------------------------------
+
+
+def _migrate(lite: Path, url: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [PYTHON, "-m", "agent", "receiver", "migrate", "--from", str(lite), "--to", url],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+
+@on_postgresql
+def test_migrate_moves_a_file_whose_group_key_and_note_hold_a_nul(tmp_path, pg_cluster):
+    """The release before this one stored an event's `key` in its group as sent (text:
+    a NUL allowed) and a note as typed (a NUL allowed; only this release refuses it).
+    Such a file is valid SQLite; COPY into PostgreSQL raises DataError ("text fields
+    cannot contain NUL") and `receiver migrate` dies with a traceback: the file can
+    never be moved, and the message does not say which row."""
+    lite = tmp_path / "receiver.db"
+    ReceiverStore(lite).close()
+    with sqlite3.connect(lite) as db:  # rows as release 3's _recur and act() wrote them
+        db.execute(
+            "INSERT INTO groups VALUES ('team-a', 'fp1', '0123456789abcdef0123', 'nginx', 'p',"
+            " ?, 'error', 'open', '', NULL, 0, 1.0, 2.0, 3.0, 1, 1, NULL)",
+            ("GET /\0index.html",),
+        )
+        db.execute(
+            "INSERT INTO actions (owner, fingerprint, at, who, verb, detail)"
+            " VALUES ('team-a', 'fp1', 3.0, 'wendy', 'note', ?)",
+            ("see\0above",),
+        )
+    url = pg_cluster.new_database()
+    moved = _migrate(lite, url)
+    assert "Traceback" not in moved.stderr, moved.stderr[-800:]
+    assert moved.returncode == 0, moved.stderr[-800:]
+    assert peek(url, "SELECT count(*) AS n FROM groups")[0]["n"] == 1
+    assert peek(url, "SELECT count(*) AS n FROM actions")[0]["n"] == 1
