@@ -147,3 +147,33 @@ def test_migrate_moves_a_file_whose_group_key_and_note_hold_a_nul(tmp_path, pg_c
     assert moved.returncode == 0, moved.stderr[-800:]
     assert peek(url, "SELECT count(*) AS n FROM groups")[0]["n"] == 1
     assert peek(url, "SELECT count(*) AS n FROM actions")[0]["n"] == 1
+
+
+# 5. the password ---------------------------------------------------------------------------
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@on_postgresql
+def test_a_password_in_the_url_query_is_refused_and_never_shown(tmp_path):
+    """A password in the URL is refused (it would show in `ps` and in logs), but only
+    in the user:password@ form: libpq takes `?password=` as well, urlsplit sees no
+    password there, safe_url() shows the URL as it is, and the receiver connects with
+    it (on `ps` for as long as it runs) or prints it in its error."""
+    url = (
+        f"postgresql://postgres@127.0.0.1:{_closed_port()}/nothing"
+        "?password=s3cret-pw&connect_timeout=2"
+    )
+    done = subprocess.run(
+        [PYTHON, "-m", "agent", "receiver", "token", "list", "--db", url],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert "s3cret-pw" not in done.stderr + done.stdout, done.stderr
+    assert "password in the database URL" in done.stderr
