@@ -177,3 +177,40 @@ def test_a_password_in_the_url_query_is_refused_and_never_shown(tmp_path):
     assert done.returncode == 1
     assert "s3cret-pw" not in done.stderr + done.stdout, done.stderr
     assert "password in the database URL" in done.stderr
+
+
+# 6. a peer that stalls mid-transaction -----------------------------------------------------
+
+
+@on_postgresql
+def test_a_row_lock_held_by_a_stalled_peer_is_a_503_in_seconds_not_a_hang(api):
+    """Several receivers share the database; one that stops mid-transaction (SIGSTOP, a
+    paused VM, a long GC) keeps its connection and its row locks. Nothing bounds how
+    long a statement waits for a lock (no lock_timeout nor statement_timeout): every
+    request of that token, on every other receiver, waits on its rate-limit bucket
+    for as long as the peer is stalled, holding a thread and a pooled connection. On
+    SQLite the busy timeout makes the same wait a 503 after 10 s."""
+    import psycopg
+
+    first = api.client.get(ESCALATIONS, headers=api.auth(api.admin))
+    assert first.status_code == 200  # the admin token's bucket row exists now
+    peer = psycopg.connect(str(api.store.where))
+    answers: list[int] = []
+    try:
+        peer.execute("SELECT 1 FROM buckets FOR UPDATE")  # as a stalled take() holds it
+        asking = threading.Thread(
+            target=lambda: answers.append(
+                api.client.get(ESCALATIONS, headers=api.auth(api.admin)).status_code
+            ),
+            daemon=True,
+        )
+        started = time.monotonic()
+        asking.start()
+        asking.join(20)
+        waited = time.monotonic() - started
+    finally:
+        peer.rollback()
+        peer.close()
+    asking.join(10)
+    assert waited < 20, "the request was still waiting on the lock after 20 s"
+    assert answers == [503]
