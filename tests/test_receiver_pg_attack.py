@@ -214,3 +214,53 @@ def test_a_row_lock_held_by_a_stalled_peer_is_a_503_in_seconds_not_a_hang(api):
     asking.join(10)
     assert waited < 20, "the request was still waiting on the lock after 20 s"
     assert answers == [503]
+
+
+# 7. two receivers hear of a new host at once -----------------------------------------------
+
+
+@on_postgresql
+def test_a_new_host_heard_by_two_receivers_at_once_keeps_every_pack(tmp_path, monkeypatch):
+    """_heard reads the host's row FOR UPDATE, merges the packs in Python and upserts. A
+    row that does not exist yet locks nothing: two receivers hearing of a new host at
+    once (its stats on one, its escalations on the other, as a load balancer spreads
+    them) both read nothing, and the second upsert overwrites the first's packs and
+    agent version. The barrier holds each transaction just after that read, as a
+    busy server would; SQLite has one writer at a time and cannot lose it."""
+    db = ENGINE.new_db(tmp_path)
+    one, two = ReceiverStore(db), ReceiverStore(db)
+    token = one.create_token(Scope.INGEST, "web", ("*",), ("*",))
+    who = one.authenticate(token)
+    assert who is not None
+    meet = threading.Barrier(2, timeout=5)
+    execute = engine_module.PgConn.execute
+
+    def held(self: Any, sql: str, args: Any = ()) -> Any:
+        cursor = execute(self, sql, args)
+        if sql.startswith("SELECT agent_version, packs FROM hosts"):
+            try:
+                meet.wait()
+            except threading.BrokenBarrierError:
+                pass
+        return cursor
+
+    monkeypatch.setattr(engine_module.PgConn, "execute", held)
+    stats = {"owner": "team-a", "pack": "nginx", "pattern": "p", "matches": 1}
+    stats.update(incidents=0, resolved=0, failed=0, escalated=0)
+    escalation = event(1, owner="team-a", host="web-1", pack="postgresql", pack_version="1.4")
+    threads = [
+        threading.Thread(target=one.store_stats, args=(who, "web-1", [stats])),
+        threading.Thread(target=two.store, args=([escalation], who, "0.9.1")),
+    ]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(30)
+    finally:
+        monkeypatch.undo()
+        one.close()
+        two.close()
+    [host] = peek(db, "SELECT packs, agent_version FROM hosts")
+    assert "nginx" in host["packs"] and "postgresql" in host["packs"], host
+    assert host["agent_version"] == "0.9.1", host
