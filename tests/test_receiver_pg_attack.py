@@ -264,3 +264,34 @@ def test_a_new_host_heard_by_two_receivers_at_once_keeps_every_pack(tmp_path, mo
     [host] = peek(db, "SELECT packs, agent_version FROM hosts")
     assert "nginx" in host["packs"] and "postgresql" in host["packs"], host
     assert host["agent_version"] == "0.9.1", host
+
+
+# 8. a server that takes no writes ----------------------------------------------------------
+
+
+@on_postgresql
+def test_a_read_only_server_is_a_503_as_a_read_only_sqlite_file_is(api, pg_cluster):
+    """A PostgreSQL that takes no writes for a while (a standby during a failover, a
+    primary in recovery, default_transaction_read_only set by a DBA during
+    maintenance) answers every write with ReadOnlySqlTransaction: an InternalError,
+    not an OperationalError, so every POST is a 500 with a traceback in the log and
+    no Retry-After, while /healthz says the database refuses writes. SQLite's
+    'attempt to write a readonly database' is an OperationalError: a 503. Reads are
+    500s as well: every request writes its token's rate-limit bucket first."""
+    name = str(api.store.where).rsplit("/", 1)[1]
+    pg_cluster.psql(f"ALTER DATABASE {name} SET default_transaction_read_only = on")
+    pg_cluster.psql(  # the pool reconnects: its new connections are read-only
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        f" WHERE datname = '{name}' AND pid <> pg_backend_pid()"
+    )
+    try:
+        answer = api.post({"events": [event(1)]})
+        listing = api.client.get(ESCALATIONS, headers=api.auth(api.admin))
+        health = api.client.get("/healthz")
+    finally:
+        pg_cluster.psql(f"ALTER DATABASE {name} RESET default_transaction_read_only")
+    assert health.status_code == 503
+    assert answer.status_code == 503, answer.text
+    assert "Retry-After" in answer.headers
+    # a read writes too (take(): the shared rate limit), so it fails the same way
+    assert listing.status_code in (200, 503), listing.text
