@@ -295,3 +295,29 @@ def test_a_read_only_server_is_a_503_as_a_read_only_sqlite_file_is(api, pg_clust
     assert "Retry-After" in answer.headers
     # a read writes too (take(): the shared rate limit), so it fails the same way
     assert listing.status_code in (200, 503), listing.text
+
+
+# 9. a URL mistyped ------------------------------------------------------------------------
+
+
+@pytest.mark.engines("sqlite")  # no server needed: once is enough
+@pytest.mark.parametrize(
+    "typo",
+    [
+        "postgresql:/postgres@127.0.0.1:5432/logmend",  # one slash
+        "PostgreSQL://postgres@127.0.0.1:5432/logmend",  # a scheme is case-insensitive
+        "postgresql+psycopg://postgres@127.0.0.1:5432/logmend",  # SQLAlchemy's spelling
+    ],
+    ids=["one-slash", "upper-case", "driver-suffix"],
+)
+def test_a_mistyped_database_url_is_refused_not_made_a_sqlite_file(tmp_path, monkeypatch, typo):
+    """Anything not starting with exactly postgresql:// or postgres:// is taken for a
+    SQLite path: a receiver given a mistyped URL (in --db or LOGMEND_RECEIVER_DB, on
+    one of several receivers behind a load balancer) silently creates a directory
+    'postgresql:' and a new database in it, and serves, healthy, from a private file
+    the other receivers never see: a split brain. (This change's own first commit
+    carries such a file, 'postgresql:/postgres@127.0.0.1:33929/t7441_0'.)"""
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(Exception, match="(?i)url|postgres"):
+        ReceiverStore(typo).close()
+    assert list(tmp_path.iterdir()) == []
