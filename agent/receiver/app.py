@@ -64,7 +64,11 @@ log = logging.getLogger("logmend.receiver")
 def create_app(
     store: ReceiverStore, max_body: int = MAX_BODY, rate: float = 50.0, burst: int = 100
 ) -> Starlette:
-    limiter = SharedRateLimit(store.take, rate, burst) if store.shared else RateLimit(rate, burst)
+    limiter = (
+        SharedRateLimit(store.take, rate, burst, Unavailable)
+        if store.shared
+        else RateLimit(rate, burst)
+    )
     uploads = Lane(UPLOADS, patience=QUEUE_PATIENCE)  # bodies in memory at once
     work = Lane(2, patience=BODY_TIMEOUT)  # decoding and storing: CPU and the database
     people = Lane(2, patience=QUEUE_PATIENCE)  # logins, forms, PATCH: apart from uploads

@@ -317,8 +317,9 @@ class Console:
         owner = request.query_params.get("owner", "")
         if window not in TIER1_WINDOWS:
             return self._page("error.html", request, who, 400, message="window: 24h, 7d or 30d")
-        if len(owner) > 256:
-            return self._page("error.html", request, who, 400, message="owner: too long")
+        if len(owner) > 256 or not owner.isprintable():
+            message = "owner: at most 256 printable characters"
+            return self._page("error.html", request, who, 400, message=message)
         hours = TIER1_WINDOWS[window][0]
         start = int(self.clock() // 3600) - hours + 1
         rows, base = self.store.history(who[0].visible_owners(), owner, start)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import random
+import re
 import sqlite3
 import stat
 import threading
@@ -21,7 +22,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from agent.errors import StateError
 
@@ -180,13 +181,24 @@ class PgConn:
 
 
 def safe_url(url: str) -> str:
-    """The URL as it may be shown: without a password."""
+    """The URL as it may be shown: without a password, in its user part or its query."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"{parts.username or ''}@{host}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    query = "&".join(
+        f"{k}=..." if k.lower() == "password" else f"{k}={v}" if v else k
+        for k, v in parse_qsl(parts.query, keep_blank_values=True)
+    )
+    parts = parts._replace(query=query)
+    if parts.password is not None:
+        host = parts.hostname or ""
+        netloc = f"{parts.username or ''}@{host}" + (f":{parts.port}" if parts.port else "")
+        parts = parts._replace(netloc=netloc)
+    return urlunsplit(parts)
+
+
+def _has_password(url: str) -> bool:
+    parts = urlsplit(url)
+    keys = {k.lower() for k, _ in parse_qsl(parts.query, keep_blank_values=True)}
+    return parts.password is not None or "password" in keys
 
 
 def read_password(path: Path) -> str:
@@ -244,7 +256,9 @@ class PostgresEngine(Engine):
             ) from exc
 
     @contextlib.contextmanager
-    def _connection(self) -> Iterator[Any]:
+    def _connection(self, rerun: bool = False) -> Iterator[Any]:
+        """A pooled connection; the driver's errors as Unavailable where they pass (a
+        lost race too, unless `rerun`: the caller runs its transaction again)."""
         from psycopg_pool import PoolTimeout
 
         try:
@@ -252,7 +266,11 @@ class PostgresEngine(Engine):
                 yield raw
         except PoolTimeout as exc:
             raise Unavailable(f"no connection to the database within {POOL_WAIT:g} s") from exc
-        except self._psycopg.OperationalError as exc:
+        except self._psycopg.Error as exc:
+            if rerun and isinstance(exc, self._psycopg.errors.TransactionRollback):
+                raise
+            if not transient(exc):
+                raise  # a bug or a value the database cannot hold: a 500, and in the log
             raise Unavailable(f"the database refuses now: {_reason(exc)}") from exc
 
     @contextlib.contextmanager
@@ -261,12 +279,11 @@ class PostgresEngine(Engine):
             yield PgConn(raw)
 
     def write(self, work: Callable[[Conn], T]) -> T:
-        errors = self._psycopg.errors
         for attempt in range(CONFLICT_RETRIES):
             try:
-                with self._connection() as raw, raw.transaction():
+                with self._connection(rerun=True) as raw, raw.transaction():
                     return work(PgConn(raw))
-            except (errors.DeadlockDetected, errors.SerializationFailure):
+            except self._psycopg.errors.TransactionRollback:  # a deadlock or serialisation
                 if attempt == CONFLICT_RETRIES - 1:
                     raise Unavailable("the write kept losing races with other writers") from None
                 time.sleep(random.uniform(0.01, 0.05) * (attempt + 1))
@@ -277,12 +294,28 @@ class PostgresEngine(Engine):
 
 
 STATEMENT_TIMEOUT = "30s"  # no query of any client holds a connection or its locks longer
+LOCK_TIMEOUT = "10s"  # as SQLite's busy timeout: a row another receiver holds that long is a 503
 
 
 def _configure(raw: Any) -> None:
     """Each new connection: a bound on every statement and on a transaction left idle."""
     raw.execute(f"SET statement_timeout = '{STATEMENT_TIMEOUT}'")
+    raw.execute(f"SET lock_timeout = '{LOCK_TIMEOUT}'")  # a stalled peer's lock: a 503
     raw.execute(f"SET idle_in_transaction_session_timeout = '{STATEMENT_TIMEOUT}'")
+
+
+TRANSIENT = ("08", "40", "53", "57", "58", "25006", "55P03", "55006")
+"""SQLSTATE classes and codes that pass: connection lost, a race lost, out of resources,
+the server shutting down or restarting, a read-only server (a standby, a failover), a
+lock not had in time."""
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether a driver error means "try again later" (503) rather than a bug (500)."""
+    state = getattr(exc, "sqlstate", None)
+    if state is None:  # no answer from the server at all: the connection failed
+        return type(exc).__name__ in ("OperationalError", "InterfaceError")
+    return str(state).startswith(TRANSIENT)
 
 
 def _reason(exc: BaseException) -> str:
@@ -304,13 +337,21 @@ def open_engine(
     """The engine a --db value names: a postgresql:// URL, else a SQLite file's path."""
     if is_url(location):
         url = str(location)
-        if urlsplit(url).password is not None:
+        if _has_password(url):
             raise StateError(
                 f"{safe_url(url)}: a password in the database URL would show in `ps` and"
                 " in logs; put it in a file (--db-password-file) and leave it out of the URL"
             )
         password = read_password(password_file) if password_file else None
         return PostgresEngine(url, password, pool_size)
+    if SCHEME.match(str(location)):
+        raise StateError(
+            f"{safe_url(str(location))}: not a database this receiver knows: a PostgreSQL URL"
+            " starts postgresql:// (lower case, two slashes), anything else is a SQLite file's path"
+        )
     if password_file is not None:
         raise StateError("--db-password-file is for a postgresql:// database, not a file")
     return SqliteEngine(Path(location))
+
+
+SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")  # what looks like a URL's scheme, not a path

@@ -32,6 +32,11 @@ class FleetStore(StoreBase):
         keys = sorted(heard)
         for few in chunks(keys, 500):
             flat = [v for k in few for v in k]
+            db.execute(  # a new host's row made first: the read below then locks it, so
+                # two receivers hearing of it at once merge its packs, not overwrite them
+                f"INSERT INTO hosts VALUES {rows_of(6, few)} ON CONFLICT DO NOTHING",  # noqa: S608
+                [v for k in few for v in (*k, now, by, agent_version, "{}")],
+            )
             rows = {
                 (r["owner"], r["host"]): r
                 for r in db.execute(

@@ -219,7 +219,7 @@ class GroupStore(StoreBase):
             budget = PAGE_BYTES
             for r in db.execute(
                 "SELECT body, received, submitted_by, ref FROM escalations"
-                " WHERE owner=? AND fingerprint=? ORDER BY last_seen DESC LIMIT ?",
+                " WHERE owner=? AND fingerprint=? ORDER BY last_seen DESC, ref LIMIT ?",
                 (*key, occurrences),
             ):
                 budget -= len(r["body"])

@@ -71,6 +71,8 @@ def name(value: Any, where: str, limit: int = MAX_NAME, required: bool = True) -
     character — a NUL would let two names join into one key, a direction mark would
     reorder what a page shows after it."""
     checked = text(value, where, limit, required)
+    if not checked.isascii() and len(checked.encode()) > limit:  # keys must fit an index row
+        raise InvalidEvent(f"{where} is too long (at most {limit} bytes as UTF-8)")
     if any(unicodedata.category(c) in ("Cc", "Cf") for c in checked):
         raise InvalidEvent(f"{where} has a control or format character")
     return checked

@@ -395,7 +395,7 @@ class ReceiverStore(GroupStore, FleetStore):
         with self._engine.read() as db:
             for row in db.execute(
                 f"SELECT body, received, submitted_by, ref FROM escalations {where}"  # noqa: S608
-                " ORDER BY received DESC, submitted_by, id LIMIT ? OFFSET ?",
+                " ORDER BY received DESC, submitted_by, owner, host, id LIMIT ? OFFSET ?",
                 (*args, limit + 1, offset),
             ):
                 budget -= len(row["body"])

@@ -8,6 +8,7 @@ leaves it as empty as it was, and the copy can simply be run again.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ TABLES = (
 )
 IDENTITIES = {"actions": "seq", "silences": "id"}  # their next value follows the copied rows
 BATCH = 5000
+MAX_INT = 2**63 - 1
 
 
 def copy_sqlite_to(
@@ -71,14 +73,35 @@ def copy_sqlite_to(
 
 
 def _copy_table(src: SqliteEngine, raw: Any, table: str) -> int:
-    columns = [r[1] for r in src.raw.execute(f"PRAGMA table_info({table})")]
-    names = ", ".join(columns)
+    info = list(src.raw.execute(f"PRAGMA table_info({table})"))
+    names = ", ".join(r[1] for r in info)
+    whole = [r[2].upper() == "INTEGER" for r in info]
     copied = 0
     with src.read():  # the source's lock: nothing else uses it meanwhile
         cursor = src.raw.execute(f"SELECT {names} FROM {table}")  # noqa: S608
-        with raw.cursor().copy(f"COPY {table} ({names}) FROM STDIN") as out:
-            while batch := cursor.fetchmany(BATCH):
-                for row in batch:
-                    out.write_row(tuple(row))
-                copied += len(batch)
+        try:
+            with raw.cursor().copy(f"COPY {table} ({names}) FROM STDIN") as out:
+                while batch := cursor.fetchmany(BATCH):
+                    for row in batch:
+                        out.write_row(tuple(map(_storable, row, whole)))
+                        copied += 1
+        except Exception as exc:
+            if not type(exc).__module__.startswith("psycopg"):
+                raise
+            raise StateError(
+                f"{table}: row {copied + 1} cannot be copied ({str(exc).splitlines()[0]});"
+                " nothing was copied"
+            ) from None
     return copied
+
+
+def _storable(value: Any, integer: bool) -> Any:
+    """A value as PostgreSQL can hold it: SQLite kept what older releases let through (a
+    NUL in a group's key or a note, where PostgreSQL's text holds none: it becomes
+    U+FFFD, as the receiver now stores it; a line count past 64 bits, which SQLite made
+    a float: the largest integer, as the receiver now saturates it)."""
+    if isinstance(value, str):
+        return value.replace("\0", "\ufffd")
+    if integer and isinstance(value, float):
+        return int(max(-MAX_INT, min(MAX_INT, value))) if not math.isnan(value) else 0
+    return value

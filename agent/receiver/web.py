@@ -93,13 +93,28 @@ class RateLimit:
 
 class SharedRateLimit:
     """The same bucket per token, kept in a database several receivers share (a
-    PostgreSQL one): a token's rate holds whichever receiver a request reaches."""
+    PostgreSQL one): a token's rate holds whichever receiver a request reaches. While
+    the database takes no writes (a standby during a failover), this receiver's own
+    bucket holds it, so reads are still served and still limited."""
 
-    def __init__(self, take: Callable[[str, float, int], float], rate: float, burst: int) -> None:
+    def __init__(
+        self,
+        take: Callable[[str, float, int], float],
+        rate: float,
+        burst: int,
+        unavailable: type[Exception],
+    ) -> None:
         self.take, self.rate, self.burst = take, rate, burst
+        self.unavailable = unavailable
+        self.local = RateLimit(rate, burst)
 
     def wait(self, token: str) -> float:
-        return 0.0 if self.rate <= 0 else self.take(token, self.rate, self.burst)
+        if self.rate <= 0:
+            return 0.0
+        try:
+            return self.take(token, self.rate, self.burst)
+        except self.unavailable:
+            return self.local.wait(token)
 
 
 class BodyTooSlow(Exception):
