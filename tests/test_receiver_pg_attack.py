@@ -5,6 +5,8 @@ real process or a second connection to the server is needed to show it."""
 
 from __future__ import annotations
 
+import contextlib
+
 import random
 import sqlite3
 import subprocess
@@ -240,10 +242,8 @@ def test_a_new_host_heard_by_two_receivers_at_once_keeps_every_pack(tmp_path, mo
     def held(self: Any, sql: str, args: Any = ()) -> Any:
         cursor = execute(self, sql, args)
         if sql.startswith("SELECT owner, host, agent_version, packs FROM hosts"):
-            try:
+            with contextlib.suppress(threading.BrokenBarrierError):
                 meet.wait()
-            except threading.BrokenBarrierError:
-                pass
         return cursor
 
     monkeypatch.setattr(engine_module.PgConn, "execute", held)
@@ -320,6 +320,6 @@ def test_a_mistyped_database_url_is_refused_not_made_a_sqlite_file(tmp_path, mon
     the other receivers never see: a split brain. (This change's own first commit
     carries such a file, 'postgresql:/postgres@127.0.0.1:33929/t7441_0'.)"""
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(Exception, match="(?i)url|postgres"):
+    with pytest.raises(Exception, match=r"(?i)url|postgres"):
         ReceiverStore(typo).close()
     assert list(tmp_path.iterdir()) == []
