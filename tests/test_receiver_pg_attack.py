@@ -6,7 +6,6 @@ real process or a second connection to the server is needed to show it."""
 from __future__ import annotations
 
 import contextlib
-
 import random
 import sqlite3
 import subprocess
