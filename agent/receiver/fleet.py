@@ -9,7 +9,16 @@ from typing import Any
 
 from agent.receiver.engine import Conn
 from agent.receiver.scopes import Identity
-from agent.receiver.storebase import StoreBase, chunks, owned, rows_of, total, whole
+from agent.receiver.storebase import (
+    StoreBase,
+    chunks,
+    keyed,
+    locking,
+    owned,
+    rows_of,
+    total,
+    whole,
+)
 
 HISTORY_HOURS = 35 * 24  # hourly totals per host and pattern kept for the tier-1 view
 STATS = ("matches", "incidents", "resolved", "failed", "escalated")
@@ -37,11 +46,12 @@ class FleetStore(StoreBase):
                 f"INSERT INTO hosts VALUES {rows_of(6, few)} ON CONFLICT DO NOTHING",  # noqa: S608
                 [v for k in few for v in (*k, now, by, agent_version, "{}")],
             )
+            with_, from_ = keyed("hosts", ("owner", "host"), few)
             rows = {
                 (r["owner"], r["host"]): r
                 for r in db.execute(
-                    "SELECT owner, host, agent_version, packs FROM hosts"  # noqa: S608
-                    f" WHERE (owner, host) IN (VALUES {rows_of(2, few)}){db.for_update}",
+                    f"{with_} SELECT t.owner, t.host, t.agent_version, t.packs {from_}"
+                    f"{locking(db)}",
                     flat,
                 )
             }

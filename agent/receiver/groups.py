@@ -18,6 +18,7 @@ from agent.receiver.storebase import (
     chunks,
     event_of,
     is_ref,
+    keyed,
     owned,
     rows_of,
     whole,
@@ -60,21 +61,24 @@ class GroupStore(StoreBase):
             hosts: dict[tuple[str, str], int] = {}
             spark: dict[tuple[str, str], list[int]] = {k: [0] * SPARK for k in keys}
             if keys:
-                pairs = ",".join("(?,?)" for _ in keys)
+                # the page's groups joined to their escalations by the group index (an
+                # IN over row values is a scan of every escalation on SQLite)
+                page_keys = f"WITH k(owner, fingerprint) AS (VALUES {rows_of(2, keys)})"
                 flat = [v for k in keys for v in k]
                 for r in db.execute(
-                    "SELECT owner, fingerprint, count(DISTINCT host) AS n FROM escalations"  # noqa: S608
-                    f" WHERE (owner, fingerprint) IN (VALUES {pairs}) GROUP BY 1, 2",
+                    f"{page_keys} SELECT k.owner, k.fingerprint, count(DISTINCT e.host) AS n"  # noqa: S608
+                    " FROM k JOIN escalations e ON e.owner = k.owner"
+                    " AND e.fingerprint = k.fingerprint GROUP BY 1, 2",
                     flat,
                 ):
                     hosts[(r["owner"], r["fingerprint"])] = r["n"]
                 start, width = now - view.window_seconds(), view.window_seconds() / SPARK
                 for r in db.execute(
-                    "SELECT owner, fingerprint, floor((first_seen - ?) / ?) AS b,"  # noqa: S608
-                    " count(*) AS n FROM escalations"
-                    f" WHERE (owner, fingerprint) IN (VALUES {pairs}) AND first_seen >= ?"
-                    " GROUP BY 1, 2, 3",
-                    (start, width, *flat, start),
+                    f"{page_keys} SELECT k.owner, k.fingerprint,"  # noqa: S608
+                    " floor((e.first_seen - ?) / ?) AS b, count(*) AS n FROM k"
+                    " JOIN escalations e ON e.owner = k.owner AND e.fingerprint = k.fingerprint"
+                    " WHERE e.first_seen >= ? GROUP BY 1, 2, 3",
+                    (*flat, start, width, start),
                 ):
                     if 0 <= r["b"] < SPARK:
                         spark[(r["owner"], r["fingerprint"])][int(r["b"])] = r["n"]
@@ -95,11 +99,11 @@ class GroupStore(StoreBase):
         patterns = sorted({(o, g.pack, g.pattern) for (o, _), g in grown.items()})
         ends: dict[tuple[str, str, str], dict[str, float]] = {p: {} for p in patterns}
         for few in chunks(patterns, 300):
+            with_, from_ = keyed("silences", ("owner", "pack", "pattern"), few)
             for r in db.execute(
-                "SELECT owner, pack, pattern, host, max(until) AS until FROM silences"  # noqa: S608
-                f" WHERE until > ? AND (owner, pack, pattern) IN (VALUES {rows_of(3, few)})"
-                " GROUP BY owner, pack, pattern, host",
-                (now, *(v for p in few for v in p)),
+                f"{with_} SELECT t.owner, t.pack, t.pattern, t.host, max(t.until) AS until"
+                f" {from_} WHERE t.until > ? GROUP BY t.owner, t.pack, t.pattern, t.host",
+                (*(v for p in few for v in p), now),
             ):
                 ends[(r["owner"], r["pack"], r["pattern"])][r["host"]] = r["until"]
         states: dict[tuple[str, str], Row] = {}
@@ -124,11 +128,11 @@ class GroupStore(StoreBase):
             ):
                 states[(r["owner"], r["fingerprint"])] = r
         quiet = [k for k in keys if not ends[(k[0], grown[k].pack, grown[k].pattern)]]
-        for still in chunks(quiet, 500):  # no silence in force: none of them is silenced
-            db.execute(
-                "UPDATE groups SET silenced_until=NULL WHERE silenced_until IS NOT NULL"  # noqa: S608
-                f" AND (owner, fingerprint) IN (VALUES {rows_of(2, still)})",
-                [v for k in still for v in k],
+        if quiet:  # no silence in force on their patterns: none of them is silenced
+            db.executemany(
+                "UPDATE groups SET silenced_until=NULL WHERE owner=? AND fingerprint=?"
+                " AND silenced_until IS NOT NULL",
+                quiet,
             )
         for key in keys:
             g = grown[key]

@@ -28,6 +28,8 @@ from agent.receiver.storebase import (
     chunks,
     event_of,
     is_ref,
+    keyed,
+    locking,
     owned,
     rows_of,
     token_hash,
@@ -326,10 +328,10 @@ class ReceiverStore(GroupStore, FleetStore):
                 grow(ordered[n], 1, counts[key])
         known = [k for k in firsts if k not in counts]
         for chunk in chunks(known, 500):
+            with_, from_ = keyed("escalations", ("submitted_by", "owner", "host", "id"), chunk)
             for r in db.execute(
-                "SELECT submitted_by, owner, host, id, count FROM escalations"  # noqa: S608
-                f" WHERE (submitted_by, owner, host, id) IN (VALUES {rows_of(4, chunk)})"
-                f"{db.for_update}",
+                f"{with_} SELECT t.submitted_by, t.owner, t.host, t.id, t.count {from_}"
+                f"{locking(db)}",
                 [v for k in chunk for v in k],
             ):
                 counts[(r["submitted_by"], r["owner"], r["host"], r["id"])] = r["count"]
@@ -395,7 +397,7 @@ class ReceiverStore(GroupStore, FleetStore):
         with self._engine.read() as db:
             for row in db.execute(
                 f"SELECT body, received, submitted_by, ref FROM escalations {where}"  # noqa: S608
-                " ORDER BY received DESC, submitted_by, owner, host, id LIMIT ? OFFSET ?",
+                " ORDER BY received DESC, submitted_by, id, owner, host LIMIT ? OFFSET ?",
                 (*args, limit + 1, offset),
             ):
                 budget -= len(row["body"])

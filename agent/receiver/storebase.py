@@ -8,7 +8,7 @@ import json
 from collections.abc import Iterator, Mapping
 from typing import Any, TypeVar
 
-from agent.receiver.engine import Engine
+from agent.receiver.engine import Conn, Engine
 
 T = TypeVar("T")
 PAGE_BYTES = 4 * 1024 * 1024  # a listing page ends past this much of stored bodies
@@ -29,6 +29,24 @@ def chunks(items: list[T], size: int) -> Iterator[list[T]]:
 def rows_of(width: int, chunk: list[Any]) -> str:
     """Placeholders for `chunk` as rows of VALUES (only ? and commas reach the SQL)."""
     return ",".join(["(" + ",".join("?" * width) + ")"] * len(chunk))
+
+
+def keyed(table: str, columns: tuple[str, ...], keys: list[Any]) -> tuple[str, str]:
+    """(WITH clause, FROM clause): `table` as t joined to `keys` (VALUES, as k) on the
+    `columns` of one of its indexes, so each key is one index search on both engines
+    (a row-value IN over VALUES is a scan of the whole table on SQLite). Only fixed
+    names and placeholders reach the SQL."""
+    names = ", ".join(columns)
+    on = " AND ".join(f"t.{c} = k.{c}" for c in columns)
+    return (
+        f"WITH k({names}) AS (VALUES {rows_of(len(columns), keys)})",
+        f"FROM k JOIN {table} t ON {on}",
+    )
+
+
+def locking(db: Conn) -> str:
+    """Lock the rows of t read (PostgreSQL); SQLite's writer holds the whole file."""
+    return f"{db.for_update} OF t" if db.for_update else ""
 
 
 def total(column: str) -> str:
