@@ -251,9 +251,12 @@ class PostgresEngine(Engine):
             self._pool.open(wait=True, timeout=POOL_WAIT * 2)
         except Exception as exc:
             self._pool.close()
-            raise StateError(
-                f"{self.where}: cannot connect to PostgreSQL ({_reason(exc)})"
-            ) from exc
+            reason = _reason(exc)
+            try:  # the pool says only that it timed out: one connection says why
+                psycopg.connect(url, **kwargs).close()
+            except psycopg.Error as why:
+                reason = _reason(why)
+            raise StateError(f"{self.where}: cannot connect to PostgreSQL ({reason})") from exc
 
     @contextlib.contextmanager
     def _connection(self, rerun: bool = False) -> Iterator[Any]:
