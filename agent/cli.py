@@ -170,33 +170,52 @@ def cmd_check(args: argparse.Namespace) -> int:
         f"  matcher: {describe_engine(config.limits.matcher, packs)}; regex timeout "
         f"{config.limits.regex_timeout:g}s"
     )
-    for qualified in literal_free(packs):
+    engine = _engine(config.limits.matcher)
+    for qualified in ungated(packs, engine):
         print(
-            f"  warning: {qualified} has no required literal: the prefilter cannot keep it"
-            " off any line, so its regex runs on every line (`logmend test PACK --log FILE`"
-            " shows its cost)"
+            f"  warning: {qualified} has no required literal and no shape the {engine}"
+            " prefilter can use: its regex runs on every line (`logmend test PACK --log"
+            " FILE` shows its cost)"
         )
     return 0
 
 
-def literal_free(packs: list[Pack]) -> list[str]:
-    """The patterns no literal prefilter can gate: tried by regex on every line."""
+def ungated(packs: list[Pack], engine: str) -> list[str]:
+    """The patterns no prefilter of `engine` can gate: tried by regex on every line.
+    With Hyperscan a pattern with no literal is gated by its shape (agent.shapes)
+    where Hyperscan takes it."""
     from agent.literals import requirement
 
-    return [p.qualified for pack in packs for p in pack.patterns if requirement(p.source).always]
+    free = [p for pack in packs for p in pack.patterns if requirement(p.source).always]
+    if engine != "hyperscan" or not free:
+        return [p.qualified for p in free]
+    from agent.match import compilable
+    from agent.shapes import prefilter_expression
+
+    shapes = [prefilter_expression(p.source) for p in free]
+    taken = iter(compilable([s for s in shapes if s is not None]))
+    return [p.qualified for p, s in zip(free, shapes, strict=True) if s is None or not next(taken)]
 
 
-def describe_engine(choice: str, packs: list[Pack]) -> str:
+def _engine(choice: str) -> str:
     from agent.match import available_engines
 
     engine = available_engines()[0] if choice == "auto" else choice
     if engine not in available_engines():
         raise LogmendError(f"matcher {engine!r} is configured but not installed here")
-    unfiltered = literal_free(packs)
-    how = {"hyperscan": "Hyperscan literal prefilter", "python": "pure-Python literal prefilter"}
+    return engine
+
+
+def describe_engine(choice: str, packs: list[Pack]) -> str:
+    engine = _engine(choice)
+    unfiltered = ungated(packs, engine)
+    how = {
+        "hyperscan": "Hyperscan prefilter (literals, and the shape of patterns with none)",
+        "python": "pure-Python literal prefilter",
+    }
     text = f"{how[engine]} + regex confirm"
     if unfiltered:
-        text += f" ({len(unfiltered)} pattern(s) with no required literal, tried on every line: "
+        text += f" ({len(unfiltered)} pattern(s) no prefilter gates, tried on every line: "
         text += ", ".join(unfiltered[:5]) + (", ..." if len(unfiltered) > 5 else "") + ")"
     return text
 

@@ -72,10 +72,16 @@ def _unescaped_braces_are_quantifiers(source: str) -> bool:
     return True
 
 
+def parsable(source: str) -> bool:
+    """Whether the standard library's parser reads `source` as `regex` does: no POSIX
+    class, no fuzzy constraint (a "{" that is no quantifier)."""
+    return not _REGEX_ONLY.search(source) and _unescaped_braces_are_quantifiers(source)
+
+
 @functools.lru_cache(maxsize=65536)
 def requirement(source: str) -> Requirement:
     """The literals any match of `source` must contain, or ALWAYS when unsure."""
-    if _REGEX_ONLY.search(source) or not _unescaped_braces_are_quantifiers(source):
+    if not parsable(source):
         return ALWAYS
     try:
         with warnings.catch_warnings():

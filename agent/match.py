@@ -21,6 +21,7 @@ from typing import Any
 from agent.literals import Literal, requirement
 from agent.packs import Pattern
 from agent.records import decode_line, split_block
+from agent.shapes import prefilter_expression
 
 Hit = tuple[Pattern, dict[str, str]]
 LineHits = tuple[int, str, list[Hit]]  # (offset of the line in the block, its text, hits)
@@ -107,6 +108,64 @@ class _NoScanner(_Scanner):
         return []
 
 
+NOT_ASCII = b"[\\x80-\\xff][^\\n]*$"  # a line where a byte is not a character: all confirm
+
+
+class _ShapeScanner:
+    """Patterns with no literal, as Hyperscan prefilter expressions (agent.shapes): the
+    lines where each may match, and every line that is not ASCII."""
+
+    def __init__(self, expressions: list[bytes]) -> None:
+        assert _hs is not None
+        self.size = len(expressions)  # its ids; NOT_ASCII is id `size`
+        self._db = _compile([*expressions, NOT_ASCII], prefilter=len(expressions))
+
+    def lines(self, block: bytes) -> dict[int, set[int]]:
+        """Line start -> the expression ids that may match in it (all, where not ASCII)."""
+        per_line: dict[int, set[int]] = {}
+        everyone = self.size
+        rfind = block.rfind
+
+        def on_match(index: int, start: int, end: int, flags: int, context: object) -> None:
+            line = rfind(_NL, 0, end) + 1
+            if index == everyone:
+                per_line[line] = set(range(everyone))
+            else:
+                per_line.setdefault(line, set()).add(index)
+
+        self._db.scan(block, match_event_handler=on_match)
+        return per_line
+
+
+def _compile(expressions: list[bytes], prefilter: int) -> Any:
+    """One block-mode database; the first `prefilter` expressions in prefilter mode."""
+    assert _hs is not None
+    database = _hs.Database(mode=_hs.HS_MODE_BLOCK)
+    loose = _hs.HS_FLAG_PREFILTER | _hs.HS_FLAG_MULTILINE
+    database.compile(
+        expressions=expressions,
+        ids=list(range(len(expressions))),
+        elements=len(expressions),
+        flags=[loose if i < prefilter else _hs.HS_FLAG_MULTILINE for i in range(len(expressions))],
+    )
+    return database
+
+
+def compilable(expressions: list[bytes]) -> list[bool]:
+    """Which prefilter expressions Hyperscan takes: all at once if it can, else halves
+    until each refusal is found (a refused one stays confirmed on every line)."""
+    if not expressions:
+        return []
+    try:
+        _compile(expressions, prefilter=len(expressions))
+        return [True] * len(expressions)
+    except _hs.error:
+        if len(expressions) == 1:
+            return [False]
+    half = len(expressions) // 2
+    return compilable(expressions[:half]) + compilable(expressions[half:])
+
+
 class Matcher:
     """Matches blocks of lines (or single records) against a set of patterns."""
 
@@ -133,6 +192,10 @@ class Matcher:
         by_literal: list[list[int]] = []
         checks: list[tuple[tuple[tuple[bytes, bool], ...], ...]] = []
         always: list[int] = []
+        if engine == "auto":
+            engine = available_engines()[0]
+        if engine not in available_engines():
+            raise ValueError(f"matcher engine {engine!r} is not available here")
         for index, need in enumerate(needs):
             if need.always:
                 always.append(index)
@@ -157,14 +220,26 @@ class Matcher:
                 )
             )
         self._checks = checks
-        self._always = tuple(always)
+        self._all_records = tuple(always)  # match(): a record is confirmed for each
+        shaped: list[int] = []
+        self._shapes: _ShapeScanner | None = None
+        if engine == "hyperscan" and always:
+            found_shapes = [(i, prefilter_expression(self.patterns[i].source)) for i in always]
+            candidates = [(i, e) for i, e in found_shapes if e is not None]
+            expressions = [e for _, e in candidates]
+            try:  # one compile when Hyperscan takes them all, as it nearly always does
+                self._shapes = _ShapeScanner(expressions) if expressions else None
+                shaped = [i for i, _ in candidates]
+            except _hs.error:
+                taken = compilable(expressions)
+                shaped = [i for (i, _), ok in zip(candidates, taken, strict=True) if ok]
+                expressions = [e for e, ok in zip(expressions, taken, strict=True) if ok]
+                self._shapes = _ShapeScanner(expressions) if expressions else None
+        self.shaped = tuple(shaped)  # prefiltered by their shape (Hyperscan)
+        self._always = tuple(i for i in always if i not in set(shaped))
         self._by_literal = [tuple(p) for p in by_literal]
         ordered = list(literals)  # insertion order is id order
         self._lengths = [len(text.encode()) for text, _ in ordered]
-        if engine == "auto":
-            engine = available_engines()[0]
-        if engine not in available_engines():
-            raise ValueError(f"matcher engine {engine!r} is not available here")
         self.engine = engine
         scanner: _Scanner
         if not ordered:
@@ -179,17 +254,21 @@ class Matcher:
     def scan(self, block: bytes, max_line: int = 1 << 30) -> list[LineHits]:
         """Lines of `block` (each ending in a newline) that match, in order, with their hits."""
         found = self._find(block) if self._by_literal else []
+        shaped = self._shaped_lines(block)
         out: list[LineHits] = []
         if self._always:
-            return self._scan_all(block, found, max_line)
-        if not found:
+            return self._scan_all(block, found, max_line, shaped)
+        if not found and not shaped:
             return out
-        per_line = self._group(block, found)
-        for start in sorted(per_line):
+        per_line = self._group(block, found) if found else {}
+        for start in sorted(per_line.keys() | shaped.keys()) if shaped else sorted(per_line):
             end = block.find(_NL, start)
             if end < 0:
                 end = len(block)
-            candidates = self._candidates(per_line[start], block[start:end])
+            present = per_line.get(start)
+            candidates = self._candidates(present, block[start:end]) if present else []
+            if shaped and start in shaped:
+                candidates = sorted(shaped[start].union(candidates))
             if candidates:
                 text = decode_line(block, start, end, max_line)
                 hits = self._confirm(text, candidates)
@@ -206,13 +285,20 @@ class Matcher:
             candidates = self._candidates({lit for lit, _ in found}, raw) if found else ()
         else:
             candidates = ()
-        if self._always:
-            candidates = sorted(set(candidates).union(self._always))
+        if self._all_records:
+            candidates = sorted(set(candidates).union(self._all_records))
         if not candidates:
             return _NO_HITS
         return self._confirm(text, candidates) or _NO_HITS
 
     # -- helpers ----------------------------------------------------------------------
+    def _shaped_lines(self, block: bytes) -> dict[int, set[int]]:
+        """Line start -> the patterns with no literal that may match in it (by shape)."""
+        if self._shapes is None:
+            return {}
+        shaped = self.shaped
+        return {line: {shaped[i] for i in ids} for line, ids in self._shapes.lines(block).items()}
+
     def _group(self, block: bytes, found: list[tuple[int, int]]) -> dict[int, set[int]]:
         per_line: dict[int, set[int]] = {}
         lengths = self._lengths
@@ -286,16 +372,24 @@ class Matcher:
         return hits
 
     def _scan_all(
-        self, block: bytes, found: list[tuple[int, int]], max_line: int
+        self,
+        block: bytes,
+        found: list[tuple[int, int]],
+        max_line: int,
+        shaped: dict[int, set[int]],
     ) -> list[LineHits]:
-        """Some pattern has no usable literal: every line is confirmed for it."""
+        """Some pattern has no usable literal nor shape: every line is confirmed for it."""
         per_line = self._group(block, found) if found else {}
         out: list[LineHits] = []
         always = set(self._always)
         start = 0
         for raw in split_block(block):
             present = per_line.get(start)
-            candidates = sorted(always.union(self._candidates(present, raw) if present else ()))
+            candidates = sorted(
+                always.union(
+                    self._candidates(present, raw) if present else (), shaped.get(start, ())
+                )
+            )
             text = decode_line(raw, 0, len(raw), max_line)
             hits = self._confirm(text, candidates)
             if hits:

@@ -115,7 +115,8 @@ def rank_by_cost(patterns: list[dict[str, Any]], lines: int) -> list[dict[str, A
     """Patterns costliest first, each with its regex time per line and the share of
     lines it was tried on; `costly` says why one would dominate a real log: it takes
     most of the regex time of the set, or the prefilter cannot keep it off most lines
-    (a pattern with no required literal is tried on every line)."""
+    (tried on most lines, mostly in vain: a pattern with no required literal and no
+    shape the engine prefilters is tried on every line)."""
     spent = sum(p["seconds"] for p in patterns)
     for p in patterns:
         p["us_per_line"] = round(1e6 * p["seconds"] / lines, 3) if lines else 0.0
@@ -123,8 +124,13 @@ def rank_by_cost(patterns: list[dict[str, Any]], lines: int) -> list[dict[str, A
         why = []
         if len(patterns) > 1 and spent > 0 and p["seconds"] / spent >= DOMINATES:
             why.append(f"{100 * p['seconds'] / spent:.0f}% of all the patterns' regex time")
-        if lines and p["confirms"] / lines >= UNGATED:
-            why.append(f"tried on {100 * p['confirms'] / lines:.0f}% of lines: no literal gates it")
+        wasted = p["confirms"] - p["matches"]  # tries that found nothing
+        if lines and p["confirms"] / lines >= UNGATED and wasted >= p["confirms"] / 2:
+            why.append(
+                f"tried on {100 * p['confirms'] / lines:.0f}% of lines, matching"
+                f" {100 * p['matches'] / p['confirms']:.0f}% of them: nothing gates it"
+                " (no literal, and no shape the engine can prefilter)"
+            )
         p["costly"] = "; ".join(why)
     return sorted(patterns, key=lambda p: (-p["seconds"], p["pack"], p["pattern"]))
 

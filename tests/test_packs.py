@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from agent.errors import ConfigErrors
+from agent.match import available_engines
 from agent.packs import find_pack_dirs, load_pack, load_packs, parse_template
 from agent.packtest import check_examples
 from tests.helpers import write_pack
@@ -244,25 +245,34 @@ line = "1767225600 503 12"
 
 
 def test_logmend_test_log_ranks_patterns_by_cost_and_flags_the_ungated(tmp_path):
-    """A pattern with no required literal is tried on every line: `test --log` ranks it,
-    says what share of lines it was tried on, and flags it; a literal-gated one is not."""
+    """A pattern with no required literal: with Hyperscan its shape gates it (tried only
+    on the lines of that shape); without, it is tried on every line, mostly in vain,
+    and `test --log` ranks it first, says what share of lines it was tried on and
+    flags it; a literal-gated one is not flagged either way."""
     log = tmp_path / "app.log"
-    lines = [f"{1767225600 + n} {200 + n % 300} {n}" for n in range(2000)]
-    lines += ["error for bob", "plain text"] * 50
+    lines = [f"{1767225600 + n} {200 + n % 300} {n}" for n in range(500)]
+    lines += ["error for bob", "plain text", "GET /index.html 200 from web-1"] * 500
     log.write_text("\n".join(lines) + "\n")
     pack = write_pack(tmp_path, "good", SHAPED, {"fix.sh": "#!/bin/sh\n"})
-    result = run_cli("test", str(pack), "--log", str(log), "--json")
-    assert result.returncode == 0, result.stderr
-    rows = {p["pattern"]: p for p in json.loads(result.stdout)["patterns"]}
-    access, p1 = rows["access"], rows["p1"]
-    assert access["matches"] == 2000 and access["tried_share"] == 1.0
-    assert "tried on 100% of lines: no literal gates it" in access["costly"]
-    assert p1["matches"] == 50 and p1["tried_share"] < 0.03 and "no literal" not in p1["costly"]
-    assert access["us_per_line"] > p1["us_per_line"]
-    human = run_cli("test", str(pack), "--log", str(log))
+    for engine in available_engines():
+        result = run_cli("test", str(pack), "--log", str(log), "--json", "--engine", engine)
+        assert result.returncode == 0, result.stderr
+        rows = {p["pattern"]: p for p in json.loads(result.stdout)["patterns"]}
+        access, p1 = rows["access"], rows["p1"]
+        assert access["matches"] == 500 and p1["matches"] == 500, engine
+        assert p1["tried_share"] < 0.3 and "nothing gates it" not in p1["costly"], engine
+        if engine == "hyperscan":  # its shape gates it: tried on its 500 lines only
+            assert access["tried_share"] == 0.25 and "nothing gates it" not in access["costly"]
+        else:
+            assert access["tried_share"] == 1.0, access
+            assert (
+                "tried on 100% of lines, matching 25% of them: nothing gates it"
+                in (access["costly"])
+            )
+    human = run_cli("test", str(pack), "--log", str(log), "--engine", "python")
     assert "COSTLY good/access: " in human.stdout and "COSTLY good/p1" not in human.stdout
     first = human.stdout.split("costliest first")[1].splitlines()[1]
-    assert first.strip().startswith("good/access: 2000  100.0%")
+    assert first.strip().startswith("good/access: 500  100.0%")
 
 
 def test_logmend_test_on_shipped_packs_and_a_real_looking_log(tmp_path):
@@ -337,7 +347,15 @@ def test_check_warns_of_each_pattern_no_literal_can_gate(tmp_path):
         f'[agent]\nstate_dir = "{tmp_path / "state"}"\npacks = ["{packs}"]\n'
         '[[source]]\npath = "/x.log"\npacks = "*"\n'
     )
-    result = run_cli("check", "-c", str(config))
-    assert result.returncode == 0, result.stderr
-    warnings = [line for line in result.stdout.splitlines() if "warning:" in line]
-    assert len(warnings) == 1 and "good/access has no required literal" in warnings[0]
+    for engine in available_engines():
+        text = config.read_text() + f'[limits]\nmatcher = "{engine}"\n'
+        config.write_text(text)
+        result = run_cli("check", "-c", str(config))
+        assert result.returncode == 0, result.stderr
+        warnings = [line for line in result.stdout.splitlines() if "warning:" in line]
+        if engine == "hyperscan":  # gated by its shape: nothing to warn of
+            assert warnings == [], warnings
+            assert "the shape of patterns with none" in result.stdout
+        else:
+            assert len(warnings) == 1 and "good/access has no required literal" in warnings[0]
+        config.write_text(text.replace(f'[limits]\nmatcher = "{engine}"\n', ""))
