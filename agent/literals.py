@@ -78,16 +78,24 @@ def parsable(source: str) -> bool:
     return not _REGEX_ONLY.search(source) and _unescaped_braces_are_quantifiers(source)
 
 
-@functools.lru_cache(maxsize=65536)
-def requirement(source: str) -> Requirement:
-    """The literals any match of `source` must contain, or ALWAYS when unsure."""
+def parse(source: str) -> Any | None:
+    """The standard library's parse of `source` where it reads it as `regex` does (no
+    warning either: a "possible nested set" is one it may not); else None."""
     if not parsable(source):
-        return ALWAYS
+        return None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")
-            parsed = _parser.parse(source)
+            return _parser.parse(source)
     except (re.error, Warning, RecursionError, OverflowError, ValueError):
+        return None
+
+
+@functools.lru_cache(maxsize=65536)
+def requirement(source: str) -> Requirement:
+    """The literals any match of `source` must contain, or ALWAYS when unsure."""
+    parsed = parse(source)
+    if parsed is None:
         return ALWAYS
     icase = bool(parsed.state.flags & C.SRE_FLAG_IGNORECASE)
     info = _sequence(list(parsed), icase)

@@ -22,14 +22,12 @@ from __future__ import annotations
 
 import functools
 import importlib
-import warnings
 from typing import Any
 
 import regex
 
-from agent.literals import parsable
+from agent.literals import parse
 
-_parser: Any = importlib.import_module("re._parser")
 C: Any = importlib.import_module("re._constants")
 
 MAX_BOUND = 100  # a counted repeat past this is widened to "any number"
@@ -70,21 +68,13 @@ def prefilter_expression(source: str) -> bytes | None:
     """A Hyperscan expression (for HS_FLAG_PREFILTER | HS_FLAG_MULTILINE) that matches,
     once, at the end of every ASCII line `source` matches in; None when unsure, or when
     the pattern can match an empty string (then it matches every line anyway)."""
-    if not parsable(source):
-        return None
+    parsed = parse(source)
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            parsed = _parser.parse(source)
-        if parsed.getwidth()[0] == 0:
+        if parsed is None or parsed.getwidth()[0] == 0:
             return None
         return ("(?:" + _emit(list(parsed), parsed.state.flags) + ")" + TO_LINE_END).encode()
-    except (Unsure, RecursionError, OverflowError, ValueError, TypeError):
+    except (Unsure, RecursionError, OverflowError):
         return None
-    except Exception as exc:  # the stdlib parser's own error class differs by version
-        if type(exc).__name__ == "error":
-            return None
-        raise
 
 
 def _emit(items: list[tuple[Any, Any]], flags: int) -> str:
