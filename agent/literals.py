@@ -74,8 +74,16 @@ def _unescaped_braces_are_quantifiers(source: str) -> bool:
 
 def parsable(source: str) -> bool:
     """Whether the standard library's parser reads `source` as `regex` does: no POSIX
-    class, no fuzzy constraint (a "{" that is no quantifier)."""
-    return not _REGEX_ONLY.search(source) and _unescaped_braces_are_quantifiers(source)
+    class, no fuzzy constraint (a "{" that is no quantifier), no white space that only
+    `regex` skips in verbose mode (U+001C..U+001F, U+0085, U+00A0, U+2028, ...)."""
+    return (
+        not _REGEX_ONLY.search(source)
+        and _unescaped_braces_are_quantifiers(source)
+        and not any(c.isspace() and c not in _STDLIB_SPACE for c in source)
+    )
+
+
+_STDLIB_SPACE = " \t\n\r\v\f"  # what the stdlib parser skips in verbose mode
 
 
 def parse(source: str) -> Any | None:
@@ -104,6 +112,8 @@ def requirement(source: str) -> Requirement:
         candidates.append(info.exact)
     scored = []
     for clause in candidates:
+        if any("\0" in "".join(c for c, _ in seq) for seq in clause):
+            continue  # Hyperscan's literal mode stops at a NUL: such a clause gates nothing
         literals = frozenset(_best_piece(seq) for seq in clause)
         quality = min((len(text) for text, _ in literals), default=0)
         if quality >= MIN_LITERAL:
