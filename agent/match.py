@@ -115,23 +115,24 @@ class _ShapeScanner:
     """Patterns with no literal, as Hyperscan prefilter expressions (agent.shapes): the
     lines where each may match, and every line that is not ASCII."""
 
-    def __init__(self, expressions: list[bytes]) -> None:
+    def __init__(self, patterns: list[int], expressions: list[bytes]) -> None:
         assert _hs is not None
-        self.size = len(expressions)  # its ids; NOT_ASCII is id `size`
+        self.patterns = patterns  # the pattern of each expression id; NOT_ASCII's id follows
         self._db = _compile([*expressions, NOT_ASCII], prefilter=len(expressions))
 
     def lines(self, block: bytes) -> dict[int, set[int]]:
-        """Line start -> the expression ids that may match in it (all, where not ASCII)."""
+        """Line start -> the patterns that may match in it (all of them, where not ASCII)."""
         per_line: dict[int, set[int]] = {}
-        everyone = self.size
+        patterns = self.patterns
+        everyone = len(patterns)
         rfind = block.rfind
 
         def on_match(index: int, start: int, end: int, flags: int, context: object) -> None:
             line = rfind(_NL, 0, end) + 1
             if index == everyone:
-                per_line[line] = set(range(everyone))
+                per_line[line] = set(patterns)
             else:
-                per_line.setdefault(line, set()).add(index)
+                per_line.setdefault(line, set()).add(patterns[index])
 
         self._db.scan(block, match_event_handler=on_match)
         return per_line
@@ -227,16 +228,16 @@ class Matcher:
             found_shapes = [(i, prefilter_expression(self.patterns[i].source)) for i in always]
             candidates = [(i, e) for i, e in found_shapes if e is not None]
             expressions = [e for _, e in candidates]
+            shaped = [i for i, _ in candidates]
             try:  # one compile when Hyperscan takes them all, as it nearly always does
-                self._shapes = _ShapeScanner(expressions) if expressions else None
-                shaped = [i for i, _ in candidates]
+                self._shapes = _ShapeScanner(shaped, expressions) if expressions else None
             except _hs.error:
                 taken = compilable(expressions)
-                shaped = [i for (i, _), ok in zip(candidates, taken, strict=True) if ok]
+                shaped = [i for i, ok in zip(shaped, taken, strict=True) if ok]
                 expressions = [e for e, ok in zip(expressions, taken, strict=True) if ok]
-                self._shapes = _ShapeScanner(expressions) if expressions else None
+                self._shapes = _ShapeScanner(shaped, expressions) if expressions else None
         self.shaped = tuple(shaped)  # prefiltered by their shape (Hyperscan)
-        self._always = tuple(i for i in always if i not in set(shaped))
+        self._always = tuple(sorted(set(always) - set(shaped)))
         self._by_literal = [tuple(p) for p in by_literal]
         ordered = list(literals)  # insertion order is id order
         self._lengths = [len(text.encode()) for text, _ in ordered]
@@ -254,7 +255,7 @@ class Matcher:
     def scan(self, block: bytes, max_line: int = 1 << 30) -> list[LineHits]:
         """Lines of `block` (each ending in a newline) that match, in order, with their hits."""
         found = self._find(block) if self._by_literal else []
-        shaped = self._shaped_lines(block)
+        shaped = self._shapes.lines(block) if self._shapes is not None else {}
         out: list[LineHits] = []
         if self._always:
             return self._scan_all(block, found, max_line, shaped)
@@ -292,13 +293,6 @@ class Matcher:
         return self._confirm(text, candidates) or _NO_HITS
 
     # -- helpers ----------------------------------------------------------------------
-    def _shaped_lines(self, block: bytes) -> dict[int, set[int]]:
-        """Line start -> the patterns with no literal that may match in it (by shape)."""
-        if self._shapes is None:
-            return {}
-        shaped = self.shaped
-        return {line: {shaped[i] for i in ids} for line, ids in self._shapes.lines(block).items()}
-
     def _group(self, block: bytes, found: list[tuple[int, int]]) -> dict[int, set[int]]:
         per_line: dict[int, set[int]] = {}
         lengths = self._lengths

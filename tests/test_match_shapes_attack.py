@@ -25,7 +25,6 @@ def test_verbose_whitespace_that_only_regex_ignores(space):
     assert assert_same([pattern(source)], ["55", "12 34", "5" + space + "5"]) >= 2
 
 
-
 @needs_hyperscan
 def test_a_literal_of_nul_bytes_does_not_stop_the_matcher():
     """Null padding (a log file cut by a crash) is a pattern worth having; its required

@@ -41,6 +41,7 @@ from tests.helpers import (
 )
 from tests.helpers import wire_event as event
 from tests.pg import PASSWORD_ROLE
+from tests.test_many_agents import PACK
 from tests.test_receiver_schema import release_1_database
 
 pytestmark = pytest.mark.usefixtures("engine")
@@ -198,17 +199,6 @@ def test_a_receiver_killed_mid_batch_loses_nothing_and_the_other_keeps_serving(t
         assert post(b.url, a.token, batch).status_code == 200
     stored = peek(a.db, "SELECT count(*) AS n, count(DISTINCT id) AS ids FROM escalations")[0]
     assert stored == {"n": 16000, "ids": 16000}
-
-
-PACK = """\
-[[pattern]]
-id = "boom"
-match = '''boom (?P<n>\\d+)'''
-key = "{n}"
-
-[[pattern.example]]
-line = "boom 1"
-"""
 
 
 @on_postgresql

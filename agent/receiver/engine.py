@@ -169,14 +169,14 @@ class PgConn:
     clock = "extract(epoch FROM clock_timestamp())"
 
     def __init__(self, raw: Any) -> None:
-        self._raw = self.raw = raw  # raw: psycopg's connection, for COPY (transfer.py)
+        self.raw = raw  # psycopg's connection (COPY in transfer.py uses it)
 
     def execute(self, sql: str, args: Sequence[Any] = ()) -> Cursor:
-        cursor: Cursor = self._raw.execute(_pg_sql(sql), args)
+        cursor: Cursor = self.raw.execute(_pg_sql(sql), args)
         return cursor
 
     def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        with self._raw.cursor() as cursor:
+        with self.raw.cursor() as cursor:
             cursor.executemany(_pg_sql(sql), rows)
 
 
