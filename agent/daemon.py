@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 
-from agent import __version__, events
+from agent import __version__, derived, events
 from agent.alerts import AlertSink
 from agent.config import Config, load_config
 from agent.errors import ConfigErrors, LogmendError, StateError, unexpected
@@ -62,7 +62,10 @@ class Agent:
         monotonic: Callable[[], float] = time.monotonic,
         observer: Observer | None = None,
     ) -> None:
-        packs = packs if packs is not None else load_packs(config.packs, host=config.params)
+        # what an earlier start derived from the same patterns: a warm start skips compiling
+        self.memo = derived.Memo(config.state_dir / derived.FILE)
+        if packs is None:
+            packs = load_packs(config.packs, host=config.params, memo=self.memo)
         identities = identities_for(config, packs)
         self.own_log = own_log_identity()
         refuse_own_log(config, self.own_log)
@@ -110,7 +113,10 @@ class Agent:
             recovery=self.remediator.saw,
             watched=self.remediator.watched,
             exclude=self.own_log,
+            memo=self.memo,
         )
+        self.memo.save()
+        self._memo_tally = self.memo.tally()
         self.sender: Sender | None = self._new_sender()
         self.alerts: AlertSink | None = self._new_alerts()
         self.notify = Notifier()
@@ -200,12 +206,14 @@ class Agent:
         self.start_metrics()
         self.notify.ready(self.status_line())
         log.info(
-            "logmend %s running: %d source(s), %d file(s), %d pack(s), %d pattern(s)",
+            "logmend %s running: %d source(s), %d file(s), %d pack(s), %d pattern(s) "
+            "(facts about them: %s)",
             __version__,
             len(self.config.sources),
             len(reader.tailer.files),
             len(reader.packs),
             len(reader.pattern_by_id),
+            self._memo_tally,
         )
 
     def _install_signals(self) -> None:
@@ -350,7 +358,7 @@ class Agent:
         try:
             config = load_config(self.config.file)
             where = "a pack under " + ", ".join(map(str, config.packs))
-            packs = load_packs(config.packs, host=config.params)
+            packs = load_packs(config.packs, host=config.params, memo=self.memo)
             where = self.config.file
             identities = identities_for(config, packs)
             refuse_own_log(config, self.own_log)
@@ -372,12 +380,14 @@ class Agent:
             for error in errors:
                 log.error("reload refused, the previous config and packs stay: %s", error)
             self.reloads["failed"] += 1
+            self.memo.tally()  # the next reload's count is its own
             self._record_reload(errors)
             self.notify.ready(self.status_line())
             return False
         self.flush_stats()
         reader = self.reader
         reader.adopt(config, packs)
+        self.memo.save()
         self.remediator.reconfigure(packs, identities)
         self.store.spool_limits = spool_limits(config)
         if tailer is not None:
@@ -387,10 +397,11 @@ class Agent:
         self.reloads["ok"] += 1
         self._record_reload([])
         log.info(
-            "reloaded: %d source(s), %d pack(s), %d pattern(s)",
+            "reloaded: %d source(s), %d pack(s), %d pattern(s) (facts about them: %s)",
             len(config.sources),
             len(packs),
             len(reader.pattern_by_id),
+            self.memo.tally(),
         )
         self.notify.ready(self.status_line())
         return True

@@ -27,15 +27,16 @@ _COMPLEMENTS = {
 }
 
 
-def remedy_pattern_problem(compiled: regex.Pattern[str], used: set[str]) -> str | None:
-    """Why a pattern whose fields `used` reach a fix is unsafe to act on, or None."""
-    if compiled.flags & regex.MULTILINE:
+def remedy_pattern_problem(source: str, flags: int, used: set[str]) -> str | None:
+    """Why a pattern (its source, and its flags as `regex` compiled them) whose fields
+    `used` reach a fix is unsafe to act on, or None."""
+    if flags & regex.MULTILINE:
         return (
             "feeds a fix, so it cannot use (?m): ^ would match at any line of a multiline "
             "event, including one a user made the program log"
         )
     try:
-        parsed = _parser.parse(compiled.pattern)
+        parsed = _parser.parse(source)
     except Exception as exc:  # syntax only the regex module knows
         return (
             f"feeds a fix, so the lint must be able to read it, and it cannot ({exc}): "

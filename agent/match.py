@@ -18,7 +18,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from agent.literals import Literal, requirement
+from agent.derived import Memo, digest
+from agent.literals import Literal, Requirement, requirement
 from agent.packs import Pattern
 from agent.records import decode_line, split_block
 from agent.shapes import prefilter_expression
@@ -80,15 +81,13 @@ class _PythonScanner(_Scanner):
 
 
 class _HyperscanScanner(_Scanner):
-    def __init__(self, literals: list[Literal]) -> None:
+    def __init__(self, literals: list[Literal], memo: Memo) -> None:
         super().__init__(literals)
         assert _hs is not None
-        self._db = _hs.Database(mode=_hs.HS_MODE_BLOCK)
-        self._db.compile(
-            expressions=[text.encode() for text, _ in literals],
-            ids=list(range(len(literals))),
-            elements=len(literals),
-            flags=[_hs.HS_FLAG_CASELESS if icase else 0 for _, icase in literals],
+        self._db = _database(
+            memo,
+            [text.encode() for text, _ in literals],
+            [_hs.HS_FLAG_CASELESS if icase else 0 for _, icase in literals],
             literal=True,
         )
 
@@ -115,10 +114,9 @@ class _ShapeScanner:
     """Patterns with no literal, as Hyperscan prefilter expressions (agent.shapes): the
     lines where each may match, and every line that is not ASCII."""
 
-    def __init__(self, patterns: list[int], expressions: list[bytes]) -> None:
-        assert _hs is not None
+    def __init__(self, patterns: list[int], database: Any) -> None:
         self.patterns = patterns  # the pattern of each expression id; NOT_ASCII's id follows
-        self._db = _compile([*expressions, NOT_ASCII], prefilter=len(expressions))
+        self._db = database
 
     def lines(self, block: bytes) -> dict[int, set[int]]:
         """Line start -> the patterns that may match in it (all of them, where not ASCII)."""
@@ -138,18 +136,113 @@ class _ShapeScanner:
         return per_line
 
 
-def _compile(expressions: list[bytes], prefilter: int) -> Any:
-    """One block-mode database; the first `prefilter` expressions in prefilter mode."""
+def _flags(count: int, prefilter: int) -> list[int]:
+    """Multiline for all; prefilter mode for the first `prefilter` expressions."""
+    assert _hs is not None
+    loose = _hs.HS_FLAG_PREFILTER | _hs.HS_FLAG_MULTILINE
+    return [loose if i < prefilter else _hs.HS_FLAG_MULTILINE for i in range(count)]
+
+
+def _compile(expressions: list[bytes], flags: list[int], literal: bool = False) -> Any:
+    """One block-mode database (raises hyperscan.error for what Hyperscan refuses)."""
     assert _hs is not None
     database = _hs.Database(mode=_hs.HS_MODE_BLOCK)
-    loose = _hs.HS_FLAG_PREFILTER | _hs.HS_FLAG_MULTILINE
     database.compile(
         expressions=expressions,
         ids=list(range(len(expressions))),
         elements=len(expressions),
-        flags=[loose if i < prefilter else _hs.HS_FLAG_MULTILINE for i in range(len(expressions))],
+        flags=flags,
+        literal=literal,
     )
     return database
+
+
+def _database(memo: Memo, expressions: list[bytes], flags: list[int], literal: bool) -> Any:
+    """`_compile`, or the same database as an earlier start compiled and kept."""
+    assert _hs is not None
+    key = digest(b"literal" if literal else b"regex", repr(flags), *expressions)
+    kept = memo.get("hyperscan", key, _is_bytes)
+    if isinstance(kept, bytes):
+        try:
+            database = _hs.loadb(kept, _hs.HS_MODE_BLOCK)
+            database.scratch = _hs.Scratch(database)
+            database.scan(b"\n")  # a database this build or CPU cannot run fails here
+            return database
+        except _hs.error:
+            memo.forget("hyperscan", key)
+    database = _compile(expressions, flags, literal)
+    memo.put("hyperscan", key, _hs.dumpb(database))
+    return database
+
+
+def _shapes_database(memo: Memo, expressions: list[bytes]) -> tuple[list[bool], Any]:
+    """Which shape expressions Hyperscan takes, and one database of those and NOT_ASCII."""
+    key = digest(b"taken", *expressions)
+    taken = memo.get(
+        "taken",
+        key,
+        lambda v: (
+            isinstance(v, tuple)
+            and len(v) == len(expressions)
+            and all(isinstance(ok, bool) for ok in v)
+        ),
+    )
+    if taken is None:
+        whole = [*expressions, NOT_ASCII]
+        try:  # one compile when Hyperscan takes them all, as it nearly always does
+            database = _database(memo, whole, _flags(len(whole), len(expressions)), False)
+        except _hs.error:
+            taken = compilable(expressions)
+        else:
+            memo.put("taken", key, [True] * len(expressions))
+            return [True] * len(expressions), database
+        memo.put("taken", key, taken)
+    kept = [e for e, ok in zip(expressions, taken, strict=True) if ok]
+    if not kept:
+        return list(taken), None
+    whole = [*kept, NOT_ASCII]
+    return list(taken), _database(memo, whole, _flags(len(whole), len(kept)), False)
+
+
+def _is_bytes(value: Any) -> bool:
+    return isinstance(value, bytes)
+
+
+def _is_requirement(value: Any) -> bool:
+    return isinstance(value, tuple) and all(
+        isinstance(clause, tuple)
+        and clause
+        and all(
+            isinstance(lit, tuple)
+            and len(lit) == 2
+            and isinstance(lit[0], str)
+            and lit[0]
+            and isinstance(lit[1], bool)
+            for lit in clause
+        )
+        for clause in value
+    )
+
+
+def _requirement(memo: Memo, source: str) -> Requirement:
+    kept = memo.get("requirement", source, _is_requirement)
+    if kept is not None:
+        return Requirement(tuple(frozenset((t, bool(i)) for t, i in c) for c in kept))
+    need = requirement(source)
+    memo.put("requirement", source, [sorted(clause) for clause in need.clauses])
+    return need
+
+
+_UNKNOWN = object()
+
+
+def _shape(memo: Memo, source: str) -> bytes | None:
+    kept = memo.get("shape", source, lambda v: v is None or isinstance(v, bytes), _UNKNOWN)
+    if kept is _UNKNOWN:
+        kept = prefilter_expression(source)
+        memo.put("shape", source, kept)
+    assert kept is None or isinstance(kept, bytes)
+    return kept
 
 
 def compilable(expressions: list[bytes]) -> list[bool]:
@@ -158,7 +251,7 @@ def compilable(expressions: list[bytes]) -> list[bool]:
     if not expressions:
         return []
     try:
-        _compile(expressions, prefilter=len(expressions))
+        _compile(expressions, _flags(len(expressions), len(expressions)))
         return [True] * len(expressions)
     except _hs.error:
         if len(expressions) == 1:
@@ -177,6 +270,7 @@ class Matcher:
         engine: str = "auto",
         max_timeouts: int = 0,
         clock: Callable[[], float] = time.perf_counter,
+        memo: Memo | None = None,
     ) -> None:
         self.patterns = tuple(patterns)
         self.timeout = timeout
@@ -184,7 +278,8 @@ class Matcher:
         self.clock = clock
         self.stats = [PatternStats() for _ in self.patterns]
         self.quarantined: list[Pattern] = []
-        needs = [requirement(p.source) for p in self.patterns]
+        memo = memo or Memo()
+        needs = [_requirement(memo, p.source) for p in self.patterns]
         usage: dict[Literal, int] = {}
         for need in needs:
             for lit in {lit for clause in need.clauses for lit in clause}:
@@ -225,17 +320,12 @@ class Matcher:
         shaped: list[int] = []
         self._shapes: _ShapeScanner | None = None
         if engine == "hyperscan" and always:
-            found_shapes = [(i, prefilter_expression(self.patterns[i].source)) for i in always]
+            found_shapes = [(i, _shape(memo, self.patterns[i].source)) for i in always]
             candidates = [(i, e) for i, e in found_shapes if e is not None]
-            expressions = [e for _, e in candidates]
-            shaped = [i for i, _ in candidates]
-            try:  # one compile when Hyperscan takes them all, as it nearly always does
-                self._shapes = _ShapeScanner(shaped, expressions) if expressions else None
-            except _hs.error:
-                taken = compilable(expressions)
-                shaped = [i for i, ok in zip(shaped, taken, strict=True) if ok]
-                expressions = [e for e, ok in zip(expressions, taken, strict=True) if ok]
-                self._shapes = _ShapeScanner(shaped, expressions) if expressions else None
+            if candidates:
+                taken, database = _shapes_database(memo, [e for _, e in candidates])
+                shaped = [i for (i, _), ok in zip(candidates, taken, strict=True) if ok]
+                self._shapes = _ShapeScanner(shaped, database) if shaped else None
         self.shaped = tuple(shaped)  # prefiltered by their shape (Hyperscan)
         self._always = tuple(sorted(set(always) - set(shaped)))
         self._by_literal = [tuple(p) for p in by_literal]
@@ -246,7 +336,7 @@ class Matcher:
         if not ordered:
             scanner = _NoScanner([])
         elif engine == "hyperscan":
-            scanner = _HyperscanScanner(ordered)
+            scanner = _HyperscanScanner(ordered, memo)
         else:
             scanner = _PythonScanner(ordered)
         self._find = scanner.find
@@ -347,9 +437,10 @@ class Matcher:
             if stats.quarantined:
                 continue
             pattern = self.patterns[index]
+            search = pattern.regex.search  # compiled on first use (agent.packs.LazyRegex)
             started = clock()
             try:
-                found = pattern.regex.search(text, timeout=timeout)
+                found = search(text, timeout=timeout)
             except TimeoutError:
                 found = None
                 stats.timeouts += 1

@@ -15,6 +15,7 @@ import pwd
 import stat
 
 from agent.config import Config
+from agent.derived import Memo
 from agent.errors import ConfigError, ConfigErrors
 from agent.match import Matcher
 from agent.packs import Pack
@@ -24,7 +25,7 @@ from agent.state import SpoolLimits
 log = logging.getLogger("logmend")
 
 
-def matchers_for(config: Config, packs: list[Pack]) -> list[Matcher]:
+def matchers_for(config: Config, packs: list[Pack], memo: Memo | None = None) -> list[Matcher]:
     """One matcher per source, over the patterns of the packs that source names."""
     out = []
     shared: dict[tuple[str, ...], Matcher] = {}
@@ -36,7 +37,11 @@ def matchers_for(config: Config, packs: list[Pack]) -> list[Matcher]:
                 pattern for pack in packs if pack.name in chosen for pattern in pack.patterns
             ]
             shared[chosen] = Matcher(
-                patterns, limits.regex_timeout, limits.matcher, limits.max_regex_timeouts
+                patterns,
+                limits.regex_timeout,
+                limits.matcher,
+                limits.max_regex_timeouts,
+                memo=memo,
             )
         out.append(shared[chosen])
     return out

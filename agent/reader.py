@@ -19,6 +19,7 @@ import regex
 
 from agent import events, policy
 from agent.config import Config
+from agent.derived import Memo
 from agent.errors import StateError
 from agent.fixes import FixJob
 from agent.match import Hit, Matcher
@@ -84,8 +85,10 @@ class Reader:
         recovery: Callable[[str, bytes], None] | None = None,
         watched: Mapping[str, Any] | None = None,
         exclude: tuple[int, int] | None = None,
+        memo: Memo | None = None,
     ) -> None:
         self.store = store
+        self.memo = memo
         self.clock = clock
         self.monotonic = monotonic
         self.observer = observer or Observer()
@@ -130,7 +133,7 @@ class Reader:
         self.packs = packs
         self.pack_by_name = {p.name: p for p in packs}
         self.pattern_by_id = {(p.pack, p.id): p for pack in packs for p in pack.patterns}
-        self.matchers = matchers_for(config, packs)
+        self.matchers = matchers_for(config, packs, self.memo)
         self.max_line = config.limits.max_line_bytes
         self.redactors = {p.name: Redactor(p.redact, entropy=p.redact_entropy) for p in packs}
         self._multiline = {

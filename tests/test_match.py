@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from agent.literals import requirement
 from agent.match import Matcher, available_engines
-from agent.packs import Pattern, Template, load_packs
+from agent.packs import LazyRegex, Pattern, Template, load_packs
 
 ENGINES = available_engines()
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,7 +30,7 @@ def pattern(source: str, index: int = 0) -> Pattern:
         pack="t",
         id=f"p{index}",
         source=source,
-        regex=regex.compile(source, regex.VERSION0),
+        lazy=LazyRegex.now(source),
         severity="error",
         key=Template("", ()),
         count=1,

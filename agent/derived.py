@@ -1,0 +1,214 @@
+"""What load and the matcher derive from pattern sources, kept between starts.
+
+Compiling 1,000 patterns with `regex`, finding their required literals and
+shapes and building the Hyperscan databases takes about a second; a restart or
+a reload of the same set should not pay it again. Each fact is stored under the
+exact text it was derived from, in one file of the state directory, and the
+file as a whole is salted with everything that could change an answer (the
+code that derives them, the versions of Python, `regex` and Hyperscan, the
+CPU's features): a changed pattern, library or logmend is a miss, never a
+stale answer.
+
+The file is the agent's own: it is read only when it is a regular file owned
+by this user and writable by nobody else (like the state database beside it),
+and anything wrong with it (truncated, foreign, of another version) is a cold
+start, never an error.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import platform
+import stat
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import msgpack
+import regex
+
+from agent import __version__
+
+log = logging.getLogger("logmend")
+
+FORMAT = 1
+FILE = "patterns.memo"  # in the state directory
+DERIVING = ("derived.py", "literals.py", "shapes.py", "match.py", "packs.py", "lint.py")
+MAX_BYTES = 256 << 20  # a memo larger than this is not read (1,000 patterns: about 1 MiB)
+_MISSING = object()
+
+
+def _cpu_features() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
+            return next((line for line in handle if line.startswith("flags")), "")
+    except OSError:
+        return platform.processor()
+
+
+def _hyperscan_build() -> str:
+    try:
+        import hyperscan
+    except ImportError:
+        return "none"
+    version = str(getattr(hyperscan, "__version__", "?"))
+    try:
+        ext = next(p for p in Path(hyperscan.__file__).parent.iterdir() if p.suffix == ".so")
+        info = ext.stat()
+        return f"{version}:{info.st_size}:{info.st_mtime_ns}"
+    except (OSError, StopIteration):
+        return version
+
+
+def _deriving_code() -> str:
+    """The code that derives the facts: a fix to it (even in an unreleased build) is a miss."""
+    h = hashlib.sha256()
+    for name in DERIVING:
+        try:
+            h.update((Path(__file__).parent / name).read_bytes())
+        except OSError:
+            h.update(name.encode())
+    return h.hexdigest()
+
+
+@functools.cache
+def salt() -> str:
+    """Everything besides a pattern's text that a derived fact depends on."""
+    return "\n".join(
+        (
+            str(FORMAT),
+            __version__,
+            _deriving_code(),
+            sys.version,
+            str(regex.__version__),
+            _hyperscan_build(),
+            platform.machine(),
+            hashlib.sha256(_cpu_features().encode()).hexdigest(),
+        )
+    )
+
+
+def digest(*parts: bytes | str) -> bytes:
+    """A key for a fact derived from several texts (a set of expressions)."""
+    h = hashlib.sha256()
+    for part in parts:
+        raw = part.encode("utf-8", "surrogatepass") if isinstance(part, str) else part
+        h.update(len(raw).to_bytes(8, "little"))
+        h.update(raw)
+    return h.digest()
+
+
+class Memo:
+    """Facts by (kind, key); `save` writes back the ones asked for since the start.
+
+    With no path (`logmend test`, `check`) it only remembers within the process.
+    """
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path
+        self._salt = salt()
+        self._old: dict[str, dict[Any, Any]] = {}
+        self._used: dict[str, dict[Any, Any]] = {}
+        self._changed = False
+        self.hits = 0
+        self.misses = 0
+        if path is not None:
+            self._old = self._read(path)
+
+    def get(self, kind: str, key: Any, valid: Callable[[Any], bool], default: Any = None) -> Any:
+        """The fact kept for `key`, if there is one and `valid` accepts its form (the
+        file is msgpack: well-formed is not the same as the shape the caller needs)."""
+        used = self._used.setdefault(kind, {})
+        value = used.get(key, _MISSING)
+        if value is _MISSING:
+            value = self._old.get(kind, {}).get(key, _MISSING)
+            if value is _MISSING or not valid(value):
+                self.misses += 1
+                return default
+            used[key] = value
+        self.hits += 1
+        return value
+
+    def put(self, kind: str, key: Any, value: Any) -> None:
+        self._used.setdefault(kind, {})[key] = value
+        self._changed = True
+
+    def forget(self, kind: str, key: Any) -> None:
+        """A stored fact that proved wrong (a database this CPU cannot run)."""
+        self._used.get(kind, {}).pop(key, None)
+        self._old.get(kind, {}).pop(key, None)
+        self._changed = True
+
+    def tally(self) -> str:
+        """What was derived and what remembered since the last tally (for the log)."""
+        text = f"{self.misses} derived, {self.hits} remembered"
+        self.hits = self.misses = 0
+        return text
+
+    def save(self) -> None:
+        """Keep what this load used (what it did not is of an older set) if anything changed."""
+        path = self.path
+        if path is None or not path.parent.is_dir():
+            return
+        if not self._changed and all(
+            len(self._used.get(kind, {})) == len(facts) for kind, facts in self._old.items()
+        ):
+            return
+        body = msgpack.packb(
+            {"salt": self._salt, "facts": self._used}, use_bin_type=True, default=_encode
+        )
+        temporary = path.with_name(path.name + ".new")
+        try:
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(body)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temporary, path)
+        except OSError as exc:  # a full disk costs the next start its warmth, nothing else
+            log.warning("could not save the pattern memo %s: %s", path, exc.strerror)
+            return
+        self._old = self._used
+        self._used = {}
+        self._changed = False
+
+    def _read(self, path: Path) -> dict[str, dict[Any, Any]]:
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        except OSError:
+            return {}
+        with os.fdopen(fd, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if (
+                not stat.S_ISREG(info.st_mode)
+                or info.st_uid != os.geteuid()
+                or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)
+                or info.st_size > MAX_BYTES
+            ):
+                log.warning(
+                    "not reading the pattern memo %s: not a private file of this user", path
+                )
+                return {}
+            raw = handle.read()
+        try:
+            data = msgpack.unpackb(raw, raw=False, strict_map_key=False, use_list=False)
+            if not isinstance(data, dict) or data.get("salt") != self._salt:
+                return {}
+            facts = data["facts"]
+            if not isinstance(facts, dict) or not all(
+                isinstance(k, str) and isinstance(v, dict) for k, v in facts.items()
+            ):
+                return {}
+            return facts
+        except (ValueError, KeyError, TypeError, msgpack.UnpackException):
+            return {}
+
+
+def _encode(value: Any) -> Any:
+    if isinstance(value, frozenset | set):
+        return sorted(value)
+    raise TypeError(f"cannot keep {type(value).__name__}")
