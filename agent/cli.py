@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 from agent import __version__
 from agent.config import Config, load_config
@@ -166,35 +166,36 @@ def cmd_check(args: argparse.Namespace) -> int:
             f"  pack {pack.name} {pack.version} (owner {pack.owner}): "
             f"{len(pack.patterns)} pattern(s) from {pack.dir}{runs_as}"
         )
-    print(
-        f"  matcher: {describe_engine(config.limits.matcher, packs)}; regex timeout "
-        f"{config.limits.regex_timeout:g}s"
-    )
-    engine = _engine(config.limits.matcher)
-    for qualified in ungated(packs, engine):
-        print(
-            f"  warning: {qualified} has no required literal and no shape the {engine}"
-            " prefilter can use: its regex runs on every line (`logmend test PACK --log"
-            " FILE` shows its cost)"
-        )
+    print_matcher(packs, config.limits.matcher, f"; regex timeout {config.limits.regex_timeout:g}s")
     return 0
 
 
+def print_matcher(packs: list[Pack], choice: str, note: str = "", out: TextIO = sys.stdout) -> None:
+    """Which engine runs, and a warning for each pattern it cannot keep off any line."""
+    engine = _engine(choice)
+    unfiltered = ungated(packs, engine)
+    print(f"  matcher: {describe_engine(engine, unfiltered)}{note}", file=out)
+    why = {
+        "hyperscan": "no shape Hyperscan can prefilter",
+        "python": "is not anchored (^ then fixed characters), so the pure-Python engine"
+        " cannot gate it (with Hyperscan installed its shape may)",
+    }
+    for qualified in unfiltered:
+        print(
+            f"  warning: {qualified} has no required literal and {why[engine]}: its regex"
+            " runs on every line (`logmend test PACK --log FILE` shows its cost)",
+            file=out,
+        )
+
+
 def ungated(packs: list[Pack], engine: str) -> list[str]:
-    """The patterns no prefilter of `engine` can gate: tried by regex on every line.
-    With Hyperscan a pattern with no literal is gated by its shape (agent.shapes)
-    where Hyperscan takes it."""
-    from agent.literals import requirement
+    """The patterns no prefilter of `engine` gates: tried by regex on every line (no
+    literal, and no shape Hyperscan takes or anchored prefix the pure-Python gate can
+    use); the matcher itself says which."""
+    from agent.match import Matcher
 
-    free = [p for pack in packs for p in pack.patterns if requirement(p.source).always]
-    if engine != "hyperscan" or not free:
-        return [p.qualified for p in free]
-    from agent.match import compilable
-    from agent.shapes import prefilter_expression
-
-    shapes = [prefilter_expression(p.source) for p in free]
-    taken = iter(compilable([s for s in shapes if s is not None]))
-    return [p.qualified for p, s in zip(free, shapes, strict=True) if s is None or not next(taken)]
+    patterns = [p for pack in packs for p in pack.patterns]
+    return [p.qualified for p in Matcher(patterns, 1.0, engine).ungated]
 
 
 def _engine(choice: str) -> str:
@@ -206,12 +207,10 @@ def _engine(choice: str) -> str:
     return engine
 
 
-def describe_engine(choice: str, packs: list[Pack]) -> str:
-    engine = _engine(choice)
-    unfiltered = ungated(packs, engine)
+def describe_engine(engine: str, unfiltered: list[str]) -> str:
     how = {
         "hyperscan": "Hyperscan prefilter (literals, and the shape of patterns with none)",
-        "python": "pure-Python literal prefilter",
+        "python": "pure-Python prefilter (literals, and the anchored prefix of patterns with none)",
     }
     text = f"{how[engine]} + regex confirm"
     if unfiltered:
@@ -237,6 +236,7 @@ def cmd_test(args: argparse.Namespace) -> int:
         checked, failures = check_examples(pack)
         print_examples(pack, checked, failures, human)
         failed = failed or bool(failures)
+    print_matcher(packs, args.engine, out=human)
     if args.log:
         missing = [p for p in args.log if not p.is_file()]
         if missing:

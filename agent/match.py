@@ -13,6 +13,7 @@ The answers are exactly those of trying every pattern in turn with
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from agent.derived import Memo, digest
 from agent.literals import Literal, Requirement, requirement
 from agent.packs import Pattern
 from agent.records import decode_line, split_block
-from agent.shapes import prefilter_expression
+from agent.shapes import anchored_prefix, prefilter_expression
 
 Hit = tuple[Pattern, dict[str, str]]
 LineHits = tuple[int, str, list[Hit]]  # (offset of the line in the block, its text, hits)
@@ -136,6 +137,39 @@ class _ShapeScanner:
         return per_line
 
 
+_NOT_ASCII = re.compile(rb"[\x80-\xff][^\n]*").finditer
+
+
+class _PrefixGate:
+    """The pure-Python engine's gate for patterns with no literal: the fixed run of byte
+    classes each anchored one starts with (agent.shapes.anchored_prefix), all tried at
+    once at every line start by one `re`, then each on the few lines that pass."""
+
+    def __init__(self, patterns: list[int], prefixes: list[bytes]) -> None:
+        self.patterns = patterns
+        union = b"(?:" + b"|".join(prefixes) + b")"
+        self._first = re.compile(union).match
+        # led by the newline: `re` jumps from newline to newline (a literal prefix) instead
+        # of trying every byte
+        self._after_newline = re.compile(b"\n" + union).finditer
+        self._pairs = [
+            (p, re.compile(prefix).match) for p, prefix in zip(patterns, prefixes, strict=True)
+        ]
+
+    def lines(self, block: bytes) -> dict[int, set[int]]:
+        """Line start -> the patterns whose prefix the line starts with (all of them, where
+        the line is not ASCII)."""
+        pairs = self._pairs
+        starts = [0] if self._first(block) else []
+        starts.extend(found.start() + 1 for found in self._after_newline(block))
+        per_line = {start: {p for p, match in pairs if match(block, start)} for start in starts}
+        if not block.isascii():
+            rfind = block.rfind
+            for found in _NOT_ASCII(block):
+                per_line[rfind(_NL, 0, found.start()) + 1] = set(self.patterns)
+        return per_line
+
+
 def _flags(count: int, prefilter: int) -> list[int]:
     """Multiline for all; prefilter mode for the first `prefilter` expressions."""
     assert _hs is not None
@@ -236,6 +270,15 @@ def _requirement(memo: Memo, source: str) -> Requirement:
 _UNKNOWN = object()
 
 
+def _prefix(memo: Memo, source: str) -> bytes | None:
+    kept = memo.get("prefix", source, lambda v: v is None or isinstance(v, bytes), _UNKNOWN)
+    if kept is _UNKNOWN:
+        kept = anchored_prefix(source)
+        memo.put("prefix", source, kept)
+    assert kept is None or isinstance(kept, bytes)
+    return kept
+
+
 def _shape(memo: Memo, source: str) -> bytes | None:
     kept = memo.get("shape", source, lambda v: v is None or isinstance(v, bytes), _UNKNOWN)
     if kept is _UNKNOWN:
@@ -318,7 +361,7 @@ class Matcher:
         self._checks = checks
         self._all_records = tuple(always)  # match(): a record is confirmed for each
         shaped: list[int] = []
-        self._shapes: _ShapeScanner | None = None
+        self._shapes: _ShapeScanner | _PrefixGate | None = None
         if engine == "hyperscan" and always:
             found_shapes = [(i, _shape(memo, self.patterns[i].source)) for i in always]
             candidates = [(i, e) for i, e in found_shapes if e is not None]
@@ -326,7 +369,12 @@ class Matcher:
                 taken, database = _shapes_database(memo, [e for _, e in candidates])
                 shaped = [i for (i, _), ok in zip(candidates, taken, strict=True) if ok]
                 self._shapes = _ShapeScanner(shaped, database) if shaped else None
-        self.shaped = tuple(shaped)  # prefiltered by their shape (Hyperscan)
+        elif always:
+            prefixes = [(i, _prefix(memo, self.patterns[i].source)) for i in always]
+            gated = [(i, e) for i, e in prefixes if e is not None]
+            shaped = [i for i, _ in gated]
+            self._shapes = _PrefixGate(shaped, [e for _, e in gated]) if gated else None
+        self.shaped = tuple(shaped)  # no literal, gated by their shape or anchored prefix
         self._always = tuple(sorted(set(always) - set(shaped)))
         self._by_literal = [tuple(p) for p in by_literal]
         ordered = list(literals)  # insertion order is id order
@@ -481,6 +529,11 @@ class Matcher:
                 out.append((start, text, hits))
             start += len(raw) + 1
         return out
+
+    @property
+    def ungated(self) -> tuple[Pattern, ...]:
+        """The patterns no prefilter gates: confirmed by `regex` on every line."""
+        return tuple(self.patterns[i] for i in self._always)
 
     def pattern_stats(self) -> Iterator[tuple[Pattern, PatternStats]]:
         return zip(self.patterns, self.stats, strict=True)

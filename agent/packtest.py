@@ -104,6 +104,7 @@ def scan_logs(
         "files": files,
         "patterns": rank_by_cost(summary, total_lines),
         "engine": matcher.engine,
+        "ungated": [p.qualified for p in matcher.ungated],
     }
 
 

@@ -77,6 +77,71 @@ def prefilter_expression(source: str) -> bytes | None:
         return None
 
 
+MAX_PREFIX = 64  # byte classes an anchored prefix keeps at most
+_REPEATS = (C.MAX_REPEAT, C.MIN_REPEAT, C.POSSESSIVE_REPEAT)
+_STARTS = (C.AT_BEGINNING, C.AT_BEGINNING_STRING)
+
+
+@functools.lru_cache(maxsize=65536)
+def anchored_prefix(source: str) -> bytes | None:
+    """For the pure-Python engine: a `re` expression over bytes that every line `source`
+    matches in matches at the line's start (re.MULTILINE), or None.
+
+    It is the fixed run of single characters an anchored pattern starts with
+    (`^\\d{10} ` gives ten digit classes and a space), as byte classes: each is tried
+    once at each line start and never backtracks, so a hostile line cannot make it
+    slow. It holds for ASCII lines only (the matcher confirms every line that is not:
+    there a byte is not a character).
+    """
+    parsed = parse(source)
+    if parsed is None:
+        return None
+    classes: list[str] = []
+    anchored = [False]
+    try:
+        _prefix(list(parsed), parsed.state.flags, classes, anchored)
+    except (Unsure, RecursionError, OverflowError):
+        return None
+    if not anchored[0] or not classes:
+        return None
+    return "".join(classes).encode()
+
+
+def _prefix(items: list[tuple[Any, Any]], flags: int, out: list[str], anchored: list[bool]) -> bool:
+    """Append the classes every match starts with; False where a variable item stops it."""
+    for op, av in items:
+        if len(out) >= MAX_PREFIX:
+            return False
+        if op in (C.LITERAL, C.NOT_LITERAL, C.ANY, C.IN):
+            if not anchored[0]:
+                raise Unsure("a character before the anchor")
+            out.append(_byte_class(_atom(op, av), _regex_flags(flags)))
+        elif op is C.AT:
+            if av in _STARTS:
+                if out:
+                    return False  # a start after characters: matches nothing on one line
+                anchored[0] = True
+            elif av not in (C.AT_BOUNDARY, C.AT_NON_BOUNDARY):
+                return False  # an end: nothing is sure after it
+        elif op is C.SUBPATTERN:
+            _, add, remove, body = av
+            if not _prefix(list(body), (flags | add) & ~remove, out, anchored):
+                return False
+        elif op is C.ATOMIC_GROUP:
+            if not _prefix(list(av), flags, out, anchored):
+                return False
+        elif op in _REPEATS:
+            low, high, body = av
+            for _ in range(min(low, MAX_PREFIX)):
+                if not _prefix(list(body), flags, out, anchored):
+                    return False
+            if high != low:
+                return False
+        elif op not in (C.ASSERT, C.ASSERT_NOT):  # a lookaround is widened away
+            return False  # alternation, backreference: the run ends here
+    return True
+
+
 def _emit(items: list[tuple[Any, Any]], flags: int) -> str:
     out: list[str] = []
     for op, av in items:

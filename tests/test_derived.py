@@ -58,6 +58,7 @@ def refuse_to_derive(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(match, "_compile", no)
     monkeypatch.setattr(match, "requirement", no)
     monkeypatch.setattr(match, "prefilter_expression", no)
+    monkeypatch.setattr(match, "anchored_prefix", no)
     monkeypatch.setattr(regex, "compile", no)
 
 

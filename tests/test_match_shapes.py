@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from agent.literals import requirement
 from agent.match import Matcher, available_engines
 from agent.records import decode_line, split_block
-from agent.shapes import prefilter_expression
+from agent.shapes import anchored_prefix, prefilter_expression
 from tests.test_match import assert_same, compiles, pattern, plain
 
 needs_hyperscan = pytest.mark.skipif(
@@ -69,6 +69,8 @@ def shaped_patterns(draw: st.DrawFn, depth: int = 0) -> str:
             parts.append(r"\d++")
     source = "".join(parts)
     if depth == 0 and draw(st.booleans()):
+        source = "^" + source  # anchored: the pure-Python engine gates it by its prefix
+    if depth == 0 and draw(st.booleans()):
         source = "(?i)" + source
     return source
 
@@ -80,7 +82,6 @@ PIECES = [
 LINES = st.lists(st.sampled_from(PIECES), max_size=16).map("".join)
 
 
-@needs_hyperscan
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     sources=st.lists(shaped_patterns(), min_size=1, max_size=6),
@@ -107,14 +108,14 @@ def quick(patterns: list, lines: list[str]) -> bool:
     return True
 
 
-@needs_hyperscan
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     sources=st.lists(shaped_patterns(), min_size=1, max_size=4),
     lines=st.lists(LINES, min_size=1, max_size=8),
     max_line=st.integers(1, 12),
+    kind=st.sampled_from(available_engines()),
 )
-def test_a_line_cut_at_max_line_matches_as_its_cut_record_does(sources, lines, max_line):
+def test_a_line_cut_at_max_line_matches_as_its_cut_record_does(sources, lines, max_line, kind):
     """A record is its line cut at max_line bytes (and without a final CR): an anchor at
     the cut, or a match that the cut ends, holds in the record and not in the block."""
     sources = [s for s in sources if compiles(s)]
@@ -122,7 +123,7 @@ def test_a_line_cut_at_max_line_matches_as_its_cut_record_does(sources, lines, m
     patterns = [pattern(s, i) for i, s in enumerate(sources)]
     assume(quick(patterns, lines))
     block = "".join(line + "\n" for line in lines).encode()
-    matcher = Matcher(patterns, timeout=5.0, engine="hyperscan")
+    matcher = Matcher(patterns, timeout=5.0, engine=kind)
     got = {
         start: (text, [(p.id, f) for p, f in hits])
         for start, text, hits in matcher.scan(block, max_line)
@@ -165,6 +166,42 @@ def test_shaped_formats_are_prefiltered_and_quiet_lines_reach_no_regex():
     ]
     assert assert_same(patterns, lines) >= 5
     assert plain(patterns, lines[-1])  # the line that is not ASCII matched: confirmed, not lost
+
+
+def test_the_python_engine_gates_anchored_formats_by_their_prefix():
+    """Without Hyperscan no cliff: an anchored pattern's fixed run of classes gates it;
+    an unanchored one (key=value runs) is the one left for every line, and says so."""
+    patterns = [pattern(s, i) for i, s in enumerate(SHAPED_FORMATS)]
+    matcher = Matcher(patterns, timeout=5.0, engine="python")
+    assert matcher.shaped == (0, 1, 2)
+    assert matcher.ungated == (patterns[3],)
+    quiet = b"".join(b"GET /index.html HTTP/1.1 from host-%d\n" % n for n in range(5000))
+    matcher.scan(quiet)
+    confirms = [s.confirms for _, s in matcher.pattern_stats()]
+    assert confirms == [0, 0, 0, 5000]
+
+
+@pytest.mark.parametrize(
+    ("source", "prefix"),
+    [
+        (r"^\d{3} ", rb"[\x30-\x39][\x30-\x39][\x30-\x39][\x20]"),
+        (r"\A(?:ab){2,3}c", rb"[\x61][\x62][\x61][\x62]"),  # the sure two, then it varies
+        (r"^(?=x)\bx\d+y", rb"[\x78][\x30-\x39]"),  # lookarounds and boundaries widened
+        (r"(?P<a>^[AB])-", rb"[\x41-\x42][\x2d]"),
+        (r"(?i)^s", rb"[\x53\x73]"),
+        (r"^a(?:bc|d)e", rb"[\x61]"),  # an alternation ends the run
+        (r"^(\d)\1x", rb"[\x30-\x39]"),  # so does a backreference
+        (r"^\d{2,}-", rb"[\x30-\x39][\x30-\x39]"),
+        (r"^.{100}", rb"[\x00-\x09\x0b-\x7f]" * 64),  # at most MAX_PREFIX classes
+        (r"x^a", None),  # a character before the anchor: not anchored
+        (r"^\s*x", None),  # nothing sure at the start
+        (r"(?:^ab|^cd)", None),  # ^ is factored out, then an alternation
+        (r"[[:alpha:]]", None),  # syntax the stdlib would read differently: unsure
+        (r"\d{4}-\d\d", None),  # no anchor: Hyperscan's shape, or every line
+    ],
+)
+def test_the_anchored_prefix_is_what_every_match_starts_with(source, prefix):
+    assert anchored_prefix(source) == prefix
 
 
 @needs_hyperscan

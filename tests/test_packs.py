@@ -240,39 +240,52 @@ match = '''^(?P<ts>\\d{10}) (?P<code>\\d{3}) \\d+$'''
 
 [[pattern.example]]
 line = "1767225600 503 12"
+
+[[pattern]]
+id = "kv"
+match = '''(?P<key>[a-z]+)=(?P<value>\\d{2,})$'''
+
+[[pattern.example]]
+line = "size=12"
 """
 )
 
 
 def test_logmend_test_log_ranks_patterns_by_cost_and_flags_the_ungated(tmp_path):
-    """A pattern with no required literal: with Hyperscan its shape gates it (tried only
-    on the lines of that shape); without, it is tried on every line, mostly in vain,
-    and `test --log` ranks it first, says what share of lines it was tried on and
-    flags it; a literal-gated one is not flagged either way."""
+    """Patterns with no required literal: an anchored one is gated by its prefix on both
+    engines, an unanchored one by its shape with Hyperscan only; without, it is tried on
+    every line, mostly in vain, and `test --log` ranks it first, says what share of
+    lines it was tried on and flags it; a literal-gated one is not flagged either way."""
     log = tmp_path / "app.log"
     lines = [f"{1767225600 + n} {200 + n % 300} {n}" for n in range(500)]
     lines += ["error for bob", "plain text", "GET /index.html 200 from web-1"] * 500
+    lines += [f"size={10 + n}" for n in range(500)]
     log.write_text("\n".join(lines) + "\n")
     pack = write_pack(tmp_path, "good", SHAPED, {"fix.sh": "#!/bin/sh\n"})
     for engine in available_engines():
         result = run_cli("test", str(pack), "--log", str(log), "--json", "--engine", engine)
         assert result.returncode == 0, result.stderr
         rows = {p["pattern"]: p for p in json.loads(result.stdout)["patterns"]}
-        access, p1 = rows["access"], rows["p1"]
-        assert access["matches"] == 500 and p1["matches"] == 500, engine
+        access, kv, p1 = rows["access"], rows["kv"], rows["p1"]
+        assert access["matches"] == kv["matches"] == p1["matches"] == 500, engine
         assert p1["tried_share"] < 0.3 and "nothing gates it" not in p1["costly"], engine
+        assert access["tried_share"] == 0.2 and "nothing gates it" not in access["costly"]
+        assert json.loads(result.stdout)["ungated"] == (
+            [] if engine == "hyperscan" else ["good/kv"]
+        )
         if engine == "hyperscan":  # its shape gates it: tried on its 500 lines only
-            assert access["tried_share"] == 0.25 and "nothing gates it" not in access["costly"]
+            assert kv["tried_share"] == 0.2 and "nothing gates it" not in kv["costly"]
         else:
-            assert access["tried_share"] == 1.0, access
+            assert kv["tried_share"] == 1.0, kv
             assert (
-                "tried on 100% of lines, matching 25% of them: nothing gates it"
-                in (access["costly"])
+                "tried on 100% of lines, matching 20% of them: nothing gates it" in (kv["costly"])
             )
     human = run_cli("test", str(pack), "--log", str(log), "--engine", "python")
-    assert "COSTLY good/access: " in human.stdout and "COSTLY good/p1" not in human.stdout
+    assert "matcher: pure-Python prefilter" in human.stdout  # which engine, before any log
+    assert "warning: good/kv has no required literal and is not anchored" in human.stdout
+    assert "COSTLY good/kv: " in human.stdout and "COSTLY good/access" not in human.stdout
     first = human.stdout.split("costliest first")[1].splitlines()[1]
-    assert first.strip().startswith("good/access: 500  100.0%")
+    assert first.strip().startswith("good/kv: 500  100.0%")
 
 
 def test_logmend_test_on_shipped_packs_and_a_real_looking_log(tmp_path):
@@ -356,6 +369,8 @@ def test_check_warns_of_each_pattern_no_literal_can_gate(tmp_path):
         if engine == "hyperscan":  # gated by its shape: nothing to warn of
             assert warnings == [], warnings
             assert "the shape of patterns with none" in result.stdout
-        else:
-            assert len(warnings) == 1 and "good/access has no required literal" in warnings[0]
+        else:  # the anchored one is gated by its prefix; the other is not, and is named
+            assert len(warnings) == 1 and "good/kv has no required literal" in warnings[0]
+            assert "is not anchored" in warnings[0]
+            assert "the anchored prefix of patterns with none" in result.stdout
         config.write_text(text.replace(f'[limits]\nmatcher = "{engine}"\n', ""))
