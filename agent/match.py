@@ -270,20 +270,14 @@ def _requirement(memo: Memo, source: str) -> Requirement:
 _UNKNOWN = object()
 
 
-def _prefix(memo: Memo, source: str) -> bytes | None:
-    kept = memo.get("prefix", source, lambda v: v is None or isinstance(v, bytes), _UNKNOWN)
+def _expression(
+    memo: Memo, kind: str, source: str, derive: Callable[[str], bytes | None]
+) -> bytes | None:
+    """A shape or prefix expression of `source` (None: it has none), from the memo if kept."""
+    kept = memo.get(kind, source, lambda v: v is None or isinstance(v, bytes), _UNKNOWN)
     if kept is _UNKNOWN:
-        kept = anchored_prefix(source)
-        memo.put("prefix", source, kept)
-    assert kept is None or isinstance(kept, bytes)
-    return kept
-
-
-def _shape(memo: Memo, source: str) -> bytes | None:
-    kept = memo.get("shape", source, lambda v: v is None or isinstance(v, bytes), _UNKNOWN)
-    if kept is _UNKNOWN:
-        kept = prefilter_expression(source)
-        memo.put("shape", source, kept)
+        kept = derive(source)
+        memo.put(kind, source, kept)
     assert kept is None or isinstance(kept, bytes)
     return kept
 
@@ -363,14 +357,20 @@ class Matcher:
         shaped: list[int] = []
         self._shapes: _ShapeScanner | _PrefixGate | None = None
         if engine == "hyperscan" and always:
-            found_shapes = [(i, _shape(memo, self.patterns[i].source)) for i in always]
+            found_shapes = [
+                (i, _expression(memo, "shape", self.patterns[i].source, prefilter_expression))
+                for i in always
+            ]
             candidates = [(i, e) for i, e in found_shapes if e is not None]
             if candidates:
                 taken, database = _shapes_database(memo, [e for _, e in candidates])
                 shaped = [i for (i, _), ok in zip(candidates, taken, strict=True) if ok]
                 self._shapes = _ShapeScanner(shaped, database) if shaped else None
         elif always:
-            prefixes = [(i, _prefix(memo, self.patterns[i].source)) for i in always]
+            prefixes = [
+                (i, _expression(memo, "prefix", self.patterns[i].source, anchored_prefix))
+                for i in always
+            ]
             gated = [(i, e) for i, e in prefixes if e is not None]
             shaped = [i for i, _ in gated]
             self._shapes = _PrefixGate(shaped, [e for _, e in gated]) if gated else None
