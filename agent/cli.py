@@ -14,8 +14,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
-from agent import __version__
+from agent import __version__, derived
 from agent.config import Config, load_config
+from agent.derived import Memo
 from agent.errors import ConfigErrors, LogmendError, unexpected
 from agent.observe import from_environment
 from agent.packs import Pack, find_pack_dirs, load_packs
@@ -104,19 +105,22 @@ def _load_config(config_path: Path) -> Config:
     return _guarded(config_path, lambda: load_config(config_path))
 
 
-def _load(config_path: Path) -> tuple[Config, list[Pack]]:
+def _load(config_path: Path, memo: Memo | None = None) -> tuple[Config, list[Pack]]:
     config = _load_config(config_path)
+    if memo is not None:  # what earlier starts derived from the same patterns (agent.derived)
+        memo.open(config.state_dir / derived.FILE)
     where = "a pack under " + ", ".join(map(str, config.packs))
-    return config, _guarded(where, lambda: load_packs(config.packs, host=config.params))
+    return config, _guarded(where, lambda: load_packs(config.packs, host=config.params, memo=memo))
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from agent.daemon import Agent
 
     _setup_logging(args.log_format, args.log_level)
-    config, packs = _load(args.config)
+    memo = derived.Memo(apart=True)  # the agent lives long: compile apart (agent.hscompile)
+    config, packs = _load(args.config, memo)
     if not args.dry_run:
-        return Agent(config, packs, observer=from_environment(os.environ)).run()
+        return Agent(config, packs, observer=from_environment(os.environ), memo=memo).run()
     import dataclasses
     import sqlite3
     import tempfile
@@ -170,10 +174,16 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def print_matcher(packs: list[Pack], choice: str, note: str = "", out: TextIO = sys.stdout) -> None:
+def print_matcher(
+    packs: list[Pack],
+    choice: str,
+    note: str = "",
+    out: TextIO = sys.stdout,
+    memo: Memo | None = None,
+) -> None:
     """Which engine runs, and a warning for each pattern it cannot keep off any line."""
     engine = _engine(choice)
-    unfiltered = ungated(packs, engine)
+    unfiltered = ungated(packs, engine, memo)
     print(f"  matcher: {describe_engine(engine, unfiltered)}{note}", file=out)
     why = {
         "hyperscan": "no shape Hyperscan can prefilter",
@@ -188,14 +198,14 @@ def print_matcher(packs: list[Pack], choice: str, note: str = "", out: TextIO = 
         )
 
 
-def ungated(packs: list[Pack], engine: str) -> list[str]:
+def ungated(packs: list[Pack], engine: str, memo: Memo | None = None) -> list[str]:
     """The patterns no prefilter of `engine` gates: tried by regex on every line (no
     literal, and no shape Hyperscan takes or anchored prefix the pure-Python gate can
     use); the matcher itself says which."""
     from agent.match import Matcher
 
     patterns = [p for pack in packs for p in pack.patterns]
-    return [p.qualified for p in Matcher(patterns, 1.0, engine).ungated]
+    return [p.qualified for p in Matcher(patterns, 1.0, engine, memo=memo).ungated]
 
 
 def _engine(choice: str) -> str:
@@ -236,13 +246,14 @@ def cmd_test(args: argparse.Namespace) -> int:
         checked, failures = check_examples(pack)
         print_examples(pack, checked, failures, human)
         failed = failed or bool(failures)
-    print_matcher(packs, args.engine, out=human)
+    memo = Memo(apart=True)  # one build of the databases, its memory apart (agent.hscompile)
+    print_matcher(packs, args.engine, out=human, memo=memo)
     if args.log:
         missing = [p for p in args.log if not p.is_file()]
         if missing:
             print(f"{missing[0]}: no such file", file=sys.stderr)
             return 1
-        report = scan_logs(packs, args.log, args.timeout, args.engine)
+        report = scan_logs(packs, args.log, args.timeout, args.engine, memo)
         if args.json:
             json.dump(report, sys.stdout)
             sys.stdout.write("\n")

@@ -19,19 +19,14 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
-from typing import Any
-
-import httpx
+from typing import TYPE_CHECKING, Any
 
 from agent import __version__, derived, events
-from agent.alerts import AlertSink
 from agent.config import Config, load_config
 from agent.errors import ConfigErrors, LogmendError, StateError, unexpected
-from agent.escalate import Sender, read_token
 from agent.filewatch import watch_sources
 from agent.fixes import FixJob, Remediator
 from agent.ledger import Counters, FixLedger
-from agent.metrics import Snapshot
 from agent.notify import Notifier
 from agent.observe import Observer
 from agent.packs import Pack, load_packs
@@ -39,7 +34,14 @@ from agent.policy import FIXING
 from agent.preflight import identities_for, own_log_identity, refuse_own_log, spool_limits
 from agent.reader import Produced, Reader
 from agent.remedy import ProcessRunner, Runner
+from agent.snapshot import Snapshot
 from agent.state import Store
+
+if TYPE_CHECKING:  # the sinks (and httpx) are imported only where they are configured
+    import httpx
+
+    from agent.alerts import AlertSink
+    from agent.escalate import Sender
 
 log = logging.getLogger("logmend")
 
@@ -61,9 +63,10 @@ class Agent:
         *,
         monotonic: Callable[[], float] = time.monotonic,
         observer: Observer | None = None,
+        memo: derived.Memo | None = None,
     ) -> None:
         # what an earlier start derived from the same patterns: a warm start skips compiling
-        self.memo = derived.Memo(config.state_dir / derived.FILE)
+        self.memo = memo or derived.Memo(config.state_dir / derived.FILE, apart=True)
         if packs is None:
             packs = load_packs(config.packs, host=config.params, memo=self.memo)
         identities = identities_for(config, packs)
@@ -143,6 +146,8 @@ class Agent:
     def _new_sender(self) -> Sender | None:
         if self.config.escalation is None:
             return None
+        from agent.escalate import Sender
+
         return Sender(
             self.store,
             self.config.escalation,
@@ -156,6 +161,8 @@ class Agent:
     def _new_alerts(self) -> AlertSink | None:
         if self.config.alertmanager is None:
             return None
+        from agent.alerts import AlertSink
+
         return AlertSink(
             self.store,
             self.config.alertmanager,
@@ -362,7 +369,11 @@ class Agent:
             where = self.config.file
             identities = identities_for(config, packs)
             refuse_own_log(config, self.own_log)
-            token = read_token(config.escalation) if config.escalation else ""
+            token = ""
+            if config.escalation:
+                from agent.escalate import read_token
+
+                token = read_token(config.escalation)
             old = self.config
             tailer = None
             if config.sources != old.sources or config.limits != old.limits:

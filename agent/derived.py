@@ -18,7 +18,6 @@ start, never an error.
 from __future__ import annotations
 
 import functools
-import hashlib
 import logging
 import os
 import platform
@@ -32,6 +31,7 @@ import msgpack
 import regex
 
 from agent import __version__
+from agent.hashing import blake2b
 
 log = logging.getLogger("logmend")
 
@@ -66,7 +66,7 @@ def _hyperscan_build() -> str:
 
 def _deriving_code() -> str:
     """The code that derives the facts: a fix to it (even in an unreleased build) is a miss."""
-    h = hashlib.sha256()
+    h = blake2b()
     for name in DERIVING:
         try:
             h.update((Path(__file__).parent / name).read_bytes())
@@ -87,14 +87,14 @@ def salt() -> str:
             str(regex.__version__),
             _hyperscan_build(),
             platform.machine(),
-            hashlib.sha256(_cpu_features().encode()).hexdigest(),
+            blake2b(_cpu_features().encode()).hexdigest(),
         )
     )
 
 
 def digest(*parts: bytes | str) -> bytes:
     """A key for a fact derived from several texts (a set of expressions)."""
-    h = hashlib.sha256()
+    h = blake2b(digest_size=32)
     for part in parts:
         raw = part.encode("utf-8", "surrogatepass") if isinstance(part, str) else part
         h.update(len(raw).to_bytes(8, "little"))
@@ -108,8 +108,9 @@ class Memo:
     With no path (`logmend test`, `check`) it only remembers within the process.
     """
 
-    def __init__(self, path: Path | None = None) -> None:
-        self.path = path
+    def __init__(self, path: Path | None = None, apart: bool = False) -> None:
+        self.path: Path | None = None
+        self.apart = apart  # build what is costly in memory in a child (agent.hscompile)
         self._salt = salt()
         self._old: dict[str, dict[Any, Any]] = {}
         self._used: dict[str, dict[Any, Any]] = {}
@@ -117,7 +118,12 @@ class Memo:
         self.hits = 0
         self.misses = 0
         if path is not None:
-            self._old = self._read(path)
+            self.open(path)
+
+    def open(self, path: Path) -> None:
+        """Read the facts kept at `path` (once the state directory is known)."""
+        self.path = path
+        self._old = self._read(path)
 
     def get(self, kind: str, key: Any, valid: Callable[[Any], bool], default: Any = None) -> Any:
         """The fact kept for `key`, if there is one and `valid` accepts its form (the
@@ -134,7 +140,8 @@ class Memo:
         return value
 
     def put(self, kind: str, key: Any, value: Any) -> None:
-        self._used.setdefault(kind, {})[key] = value
+        """Keep `value` in the form it will have when read back (lists become tuples)."""
+        self._used.setdefault(kind, {})[key] = _decode(_encode(value))
         self._changed = True
 
     def forget(self, kind: str, key: Any) -> None:
@@ -158,9 +165,7 @@ class Memo:
             len(self._used.get(kind, {})) == len(facts) for kind, facts in self._old.items()
         ):
             return
-        body = msgpack.packb(
-            {"salt": self._salt, "facts": self._used}, use_bin_type=True, default=_encode
-        )
+        body = _encode({"salt": self._salt, "facts": self._used})
         temporary = path.with_name(path.name + ".new")
         try:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
@@ -195,7 +200,7 @@ class Memo:
                 return {}
             raw = handle.read()
         try:
-            data = msgpack.unpackb(raw, raw=False, strict_map_key=False, use_list=False)
+            data = _decode(raw)
             if not isinstance(data, dict) or data.get("salt") != self._salt:
                 return {}
             facts = data["facts"]
@@ -208,7 +213,9 @@ class Memo:
             return {}
 
 
-def _encode(value: Any) -> Any:
-    if isinstance(value, frozenset | set):
-        return sorted(value)
-    raise TypeError(f"cannot keep {type(value).__name__}")
+def _encode(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)
+
+
+def _decode(raw: bytes) -> Any:
+    return msgpack.unpackb(raw, raw=False, strict_map_key=False, use_list=False)

@@ -3,12 +3,13 @@
 All fixes live as tasks on one asyncio loop in its own thread. A task holds a
 slot (global and per pack) only while its process runs, so a fix waiting to
 retry, or waiting for its recovery line, never delays another pattern's fix;
-the processes themselves run on a small thread pool, one per slot.
+the processes themselves run on a small thread pool, one per slot. The loop
+(and asyncio with it) starts with the first fix: most agents idle most of the
+time, and asyncio brings OpenSSL with it.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import threading
@@ -17,7 +18,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import regex
 
@@ -25,7 +26,10 @@ from agent.errors import StateError
 from agent.model import Incident
 from agent.packs import Pack, Pattern
 from agent.redact import BUILTIN_REDACTOR
-from agent.remedy import Attempt, Identity, Outcome, Runner, run_remedy
+from agent.remedy import Attempt, Identity, Outcome, Runner
+
+if TYPE_CHECKING:
+    import asyncio
 
 log = logging.getLogger("logmend.fixes")
 
@@ -86,8 +90,10 @@ class Remediator:
         self.report = report
         self.sleep = sleep
         self.dry_run = dry_run
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._serve, name="fixes", daemon=True)
+        self._loop: asyncio.AbstractEventLoop | None = None  # made with the first fix
+        self._thread: threading.Thread | None = None
+        self._loop_lock = threading.Lock()
+        self._started = False
         self._tasks: set[asyncio.Task[None]] = set()
         self._pending = 0
         self._pending_lock = threading.Lock()
@@ -96,13 +102,33 @@ class Remediator:
         self._global: asyncio.Semaphore | None = None
         self._per_pack: dict[str, asyncio.Semaphore] = {}
         self._in_process: set[asyncio.Task[Any]] = set()  # tasks whose process runs now
-        self.heartbeat = monotonic()  # the loop ticks (is not wedged) as of this
+        self._heartbeat = monotonic()  # the loop ticks (is not wedged) as of this
+
+    @property
+    def heartbeat(self) -> float:
+        """When the loop last ticked; a loop not started yet is not wedged."""
+        return self._heartbeat if self._loop is not None else self.monotonic()
 
     # lifecycle (any thread) -----------------------------------------------------
     def start(self) -> None:
-        self._thread.start()
+        """Take fixes from now on; the loop starts with the first one."""
+        self._started = True
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        with self._loop_lock:
+            if self._loop is None:
+                import asyncio
+
+                self._loop = asyncio.new_event_loop()
+                self._heartbeat = self.monotonic()
+                self._thread = threading.Thread(target=self._serve, name="fixes", daemon=True)
+                self._thread.start()
+            return self._loop
 
     def _serve(self) -> None:
+        import asyncio
+
+        assert self._loop is not None
         asyncio.set_event_loop(self._loop)
         self._loop.set_default_executor(
             ThreadPoolExecutor(max_workers=self.global_limit, thread_name_prefix="fix")
@@ -113,7 +139,8 @@ class Remediator:
         self._loop.run_forever()
 
     def _tick(self) -> None:
-        self.heartbeat = self.monotonic()
+        assert self._loop is not None
+        self._heartbeat = self.monotonic()
         self._loop.call_later(1.0, self._tick)
 
     def reconfigure(self, packs: list[Pack], identities: Mapping[str, Identity | None]) -> None:
@@ -124,15 +151,23 @@ class Remediator:
                 limit = pack.max_concurrent_fixes or self.global_limit
                 if self.pack_limits.get(pack.name) != limit:
                     self.pack_limits[pack.name] = limit
-                    self._per_pack[pack.name] = asyncio.Semaphore(limit)
+                    if self._loop is not None:
+                        import asyncio
+
+                        self._per_pack[pack.name] = asyncio.Semaphore(limit)
             self.identities = identities
 
-        self._loop.call_soon_threadsafe(apply)
+        with self._loop_lock:
+            if self._loop is None:  # the loop makes its slots from pack_limits when it starts
+                apply()
+                return
+            self._loop.call_soon_threadsafe(apply)
 
     def submit(self, job: FixJob) -> None:
+        assert self._started, "submit() before start()"
         with self._pending_lock:
             self._pending += 1
-        self._loop.call_soon_threadsafe(self._spawn, job)
+        self._running_loop().call_soon_threadsafe(self._spawn, job)
 
     @property
     def pending(self) -> int:
@@ -141,11 +176,14 @@ class Remediator:
 
     def stop(self, grace: float) -> bool:
         """Cancel what waits; give running processes `grace` seconds. True if all ended."""
-        if not self._thread.is_alive():
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None or not thread.is_alive():
             return True
         done = threading.Event()
 
         async def cancel_all() -> None:
+            import asyncio
+
             # what waits (a backoff, a recovery line, a slot) stops now; a process
             # running gets `grace` to finish and be recorded, then it is cancelled
             for task in self._tasks - self._in_process:
@@ -155,14 +193,14 @@ class Remediator:
             for task in list(self._tasks):
                 task.cancel()
             done.set()
-            self._loop.stop()
+            loop.stop()
 
-        self._loop.call_soon_threadsafe(lambda: self._loop.create_task(cancel_all()))
+        loop.call_soon_threadsafe(lambda: loop.create_task(cancel_all()))
         finished = done.wait(grace + 1.0)
         kill_all = getattr(self.runner, "kill_all", None)
         if kill_all is not None and kill_all():
             log.warning("fixes still running at shutdown were killed; they run again at start")
-        self._thread.join(timeout=1.0)
+        thread.join(timeout=1.0)
         return finished and not self._tasks
 
     # recovery lines (reader thread) -----------------------------------------------
@@ -184,9 +222,10 @@ class Remediator:
                     line_start = text.rfind("\n", 0, found.start()) + 1
                     line_end = text.find("\n", found.end())
                     line = text[line_start : line_end if line_end >= 0 else len(text)]
-                    self._loop.call_soon_threadsafe(_resolve, watcher.future, line)
+                    watcher.future.get_loop().call_soon_threadsafe(_resolve, watcher.future, line)
 
     def _watch(self, path: str, pattern: regex.Pattern[str]) -> asyncio.Future[str]:
+        assert self._loop is not None
         future: asyncio.Future[str] = self._loop.create_future()
         if self.dry_run:
             future.set_result("(dry run)")
@@ -208,12 +247,15 @@ class Remediator:
 
     # the loop thread ----------------------------------------------------------------
     def _spawn(self, job: FixJob) -> None:
+        assert self._loop is not None
         task = self._loop.create_task(self._fix(job))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     @contextlib.asynccontextmanager
     async def _slot(self, pack: str) -> AsyncIterator[None]:
+        import asyncio
+
         assert self._global is not None
         async with self._per_pack[pack], self._global:
             task = asyncio.current_task()
@@ -225,6 +267,10 @@ class Remediator:
                 self._in_process.discard(task)
 
     async def _fix(self, job: FixJob) -> None:
+        import asyncio
+
+        from agent.retry import run_remedy
+
         remedy = job.pattern.remedy
         assert remedy is not None
         recovery = remedy.recovery

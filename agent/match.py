@@ -19,7 +19,9 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from agent import hscompile
 from agent.derived import Memo, digest
+from agent.hscompile import NOT_ASCII, loose_flags
 from agent.literals import Literal, Requirement, requirement
 from agent.packs import Pattern
 from agent.records import decode_line, split_block
@@ -108,9 +110,6 @@ class _NoScanner(_Scanner):
         return []
 
 
-NOT_ASCII = b"[\\x80-\\xff][^\\n]*$"  # a line where a byte is not a character: all confirm
-
-
 class _ShapeScanner:
     """Patterns with no literal, as Hyperscan prefilter expressions (agent.shapes): the
     lines where each may match, and every line that is not ASCII."""
@@ -170,49 +169,51 @@ class _PrefixGate:
         return per_line
 
 
-def _flags(count: int, prefilter: int) -> list[int]:
-    """Multiline for all; prefilter mode for the first `prefilter` expressions."""
-    assert _hs is not None
-    loose = _hs.HS_FLAG_PREFILTER | _hs.HS_FLAG_MULTILINE
-    return [loose if i < prefilter else _hs.HS_FLAG_MULTILINE for i in range(count)]
+def _key(expressions: list[bytes], flags: list[int], literal: bool) -> bytes:
+    return digest(b"literal" if literal else b"regex", repr(flags), *expressions)
 
 
-def _compile(expressions: list[bytes], flags: list[int], literal: bool = False) -> Any:
-    """One block-mode database (raises hyperscan.error for what Hyperscan refuses)."""
+def _load(raw: bytes) -> Any:
+    """A serialized database, ready to scan (raises hyperscan.error)."""
     assert _hs is not None
-    database = _hs.Database(mode=_hs.HS_MODE_BLOCK)
-    database.compile(
-        expressions=expressions,
-        ids=list(range(len(expressions))),
-        elements=len(expressions),
-        flags=flags,
-        literal=literal,
-    )
+    database = _hs.loadb(raw, _hs.HS_MODE_BLOCK)
+    database.scratch = _hs.Scratch(database)
+    database.scan(b"\n")  # a database this build or CPU cannot run fails here, not later
     return database
 
 
+def _kept(memo: Memo, key: bytes) -> Any | None:
+    """The database an earlier start built, if the memo has it and it still loads."""
+    raw = memo.get("hyperscan", key, _is_bytes)
+    if raw is None:
+        return None
+    try:
+        return _load(raw)
+    except _hs.error:
+        memo.forget("hyperscan", key)
+        return None
+
+
 def _database(memo: Memo, expressions: list[bytes], flags: list[int], literal: bool) -> Any:
-    """`_compile`, or the same database as an earlier start compiled and kept."""
-    assert _hs is not None
-    key = digest(b"literal" if literal else b"regex", repr(flags), *expressions)
-    kept = memo.get("hyperscan", key, _is_bytes)
-    if isinstance(kept, bytes):
-        try:
-            database = _hs.loadb(kept, _hs.HS_MODE_BLOCK)
-            database.scratch = _hs.Scratch(database)
-            database.scan(b"\n")  # a database this build or CPU cannot run fails here
-            return database
-        except _hs.error:
-            memo.forget("hyperscan", key)
-    database = _compile(expressions, flags, literal)
-    memo.put("hyperscan", key, _hs.dumpb(database))
+    """The database of `expressions`: from the memo, else built (apart, in the agent)."""
+    key = _key(expressions, flags, literal)
+    database = _kept(memo, key)
+    if database is None:
+        raw = hscompile.database(expressions, flags, literal, memo.apart)
+        memo.put("hyperscan", key, raw)
+        database = _load(raw)
     return database
 
 
 def _shapes_database(memo: Memo, expressions: list[bytes]) -> tuple[list[bool], Any]:
     """Which shape expressions Hyperscan takes, and one database of those and NOT_ASCII."""
+
+    def key_of(taken: list[bool]) -> bytes:
+        whole = [*(e for e, ok in zip(expressions, taken, strict=True) if ok), NOT_ASCII]
+        return _key(whole, loose_flags(len(whole), len(whole) - 1), False)
+
     key = digest(b"taken", *expressions)
-    taken = memo.get(
+    known = memo.get(
         "taken",
         key,
         lambda v: (
@@ -221,21 +222,19 @@ def _shapes_database(memo: Memo, expressions: list[bytes]) -> tuple[list[bool], 
             and all(isinstance(ok, bool) for ok in v)
         ),
     )
-    if taken is None:
-        whole = [*expressions, NOT_ASCII]
-        try:  # one compile when Hyperscan takes them all, as it nearly always does
-            database = _database(memo, whole, _flags(len(whole), len(expressions)), False)
-        except _hs.error:
-            taken = compilable(expressions)
-        else:
-            memo.put("taken", key, [True] * len(expressions))
-            return [True] * len(expressions), database
-        memo.put("taken", key, taken)
-    kept = [e for e, ok in zip(expressions, taken, strict=True) if ok]
-    if not kept:
-        return list(taken), None
-    whole = [*kept, NOT_ASCII]
-    return list(taken), _database(memo, whole, _flags(len(whole), len(kept)), False)
+    if known is not None:
+        taken = list(known)
+        if not any(taken):
+            return taken, None
+        database = _kept(memo, key_of(taken))
+        if database is not None:
+            return taken, database
+    taken, raw = hscompile.shapes(expressions, memo.apart)
+    memo.put("taken", key, taken)
+    if raw is None:
+        return taken, None
+    memo.put("hyperscan", key_of(taken), raw)
+    return taken, _load(raw)
 
 
 def _is_bytes(value: Any) -> bool:
@@ -280,21 +279,6 @@ def _expression(
         memo.put(kind, source, kept)
     assert kept is None or isinstance(kept, bytes)
     return kept
-
-
-def compilable(expressions: list[bytes]) -> list[bool]:
-    """Which prefilter expressions Hyperscan takes: all at once if it can, else halves
-    until each refusal is found (a refused one stays confirmed on every line)."""
-    if not expressions:
-        return []
-    try:
-        _compile(expressions, _flags(len(expressions), len(expressions)))
-        return [True] * len(expressions)
-    except _hs.error:
-        if len(expressions) == 1:
-            return [False]
-    half = len(expressions) // 2
-    return compilable(expressions[:half]) + compilable(expressions[half:])
 
 
 class Matcher:

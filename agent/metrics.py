@@ -8,8 +8,7 @@ module knows nothing of the agent that builds the snapshot.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import start_http_server
@@ -18,27 +17,11 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from agent.config import Metrics
 from agent.policy import OPEN, Status
+from agent.snapshot import Snapshot
 
 log = logging.getLogger("logmend.metrics")
 
 LOOPBACK = ("127.", "::1", "localhost", "[::1]")
-
-
-@dataclass(frozen=True, slots=True)
-class Snapshot:
-    """What the agent reports, copied at scrape time."""
-
-    now: float
-    lines_by_source: Mapping[str, int]
-    bytes_by_source: Mapping[str, int]
-    patterns: list[tuple[str, str, int, int]]  # pack, pattern, matches, regex timeouts
-    fixes_resolved: int
-    fixes_failed: int
-    deliveries: Mapping[str, int] | None  # sent / failed / parked, when escalating
-    reloads: Mapping[str, int]
-    lag: list[tuple[str, int]]  # path, bytes behind its end
-    incidents_by_status: Mapping[str, int] | None = None  # None: the state database failed
-    spool: Mapping[str, Any] = field(default_factory=dict)
 
 
 class AgentCollector(Collector):

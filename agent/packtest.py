@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
+from agent.derived import Memo
 from agent.match import Matcher
 from agent.packs import Pack, Pattern
 from agent.records import LineSplitter
@@ -71,11 +72,16 @@ def check_examples(pack: Pack) -> tuple[int, list[ExampleFailure]]:
 
 
 def scan_logs(
-    packs: list[Pack], logs: list[Path], timeout: float, engine: str = "auto"
+    packs: list[Pack],
+    logs: list[Path],
+    timeout: float,
+    engine: str = "auto",
+    memo: Memo | None = None,
 ) -> dict[str, Any]:
     """Match every line of every log against every pattern; the --json document."""
     patterns = [p for pack in packs for p in pack.patterns]
-    matcher = Matcher(patterns, timeout, engine)
+    # the compile's memory apart: a large log keeps the process long enough to matter
+    matcher = Matcher(patterns, timeout, engine, memo=memo or Memo(apart=True))
     files: list[dict[str, Any]] = []
     total_lines = 0
     for log_path in logs:

@@ -11,13 +11,13 @@ import contextlib
 import fnmatch
 import glob
 import gzip
-import hashlib
 import os
 import time
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 
 from agent.config import Source
+from agent.hashing import blake2b
 from agent.model import Checkpoint
 from agent.records import LineSplitter
 
@@ -240,7 +240,7 @@ def _find_inode(directory: str, identity: tuple[int, int]) -> str | None:
 
 
 def _hash(data: bytes) -> bytes:
-    return hashlib.blake2b(data, digest_size=16).digest()
+    return blake2b(data, digest_size=16).digest()
 
 
 HEAD_BYTES = 4096

@@ -7,12 +7,12 @@ incident open: waiting for its threshold, remediating, or cooling down.
 
 from __future__ import annotations
 
-import hashlib
 import uuid
 from collections import deque
 from dataclasses import dataclass
 
 from agent import policy
+from agent.hashing import blake2b
 from agent.model import Batch, CountUpdate, Incident
 from agent.packs import Pattern
 from agent.policy import Status
@@ -22,7 +22,7 @@ FOREVER = float("inf")
 
 
 def fingerprint_of(pack: str, pattern: str, key: str) -> str:
-    return hashlib.blake2b(f"{pack}\0{pattern}\0{key}".encode(), digest_size=12).hexdigest()
+    return blake2b(f"{pack}\0{pattern}\0{key}".encode(), digest_size=12).hexdigest()
 
 
 @dataclass(slots=True)

@@ -15,7 +15,7 @@ import regex
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agent import derived, match
+from agent import derived, hscompile, match
 from agent.derived import Memo
 from agent.match import Matcher, available_engines
 from agent.packs import load_packs
@@ -55,7 +55,7 @@ def refuse_to_derive(monkeypatch: pytest.MonkeyPatch) -> None:
     def no(*_: object, **__: object) -> None:
         raise AssertionError("derived again on a warm start")
 
-    monkeypatch.setattr(match, "_compile", no)
+    monkeypatch.setattr(hscompile, "compile_here", no)
     monkeypatch.setattr(match, "requirement", no)
     monkeypatch.setattr(match, "prefilter_expression", no)
     monkeypatch.setattr(match, "anchored_prefix", no)
@@ -81,6 +81,20 @@ def test_a_warm_start_derives_nothing_and_answers_the_same(tmp_path, monkeypatch
     assert scan(matcher, LINES) == expected
     if kind == "hyperscan":
         assert matcher.shaped == (2, 3)  # the refusal was remembered too
+
+
+def test_a_reload_in_the_same_process_derives_nothing(tmp_path):
+    """The agent keeps one memo: after a save, the same set again is all remembered (what
+    was put is kept in the form it is read back in; a list is not taken for a tuple)."""
+    memo = Memo(tmp_path / "patterns.memo")
+    patterns = [pattern(s, i) for i, s in enumerate(SOURCES)]
+    for round_ in range(3):
+        Matcher(patterns, 5.0, memo=memo)
+        Matcher(patterns, 5.0, memo=memo)  # a second source with the same packs
+        tally = memo.tally()
+        memo.save()
+        if round_:
+            assert tally.startswith("0 derived, "), tally
 
 
 def test_a_warm_pack_load_compiles_no_regex_until_a_line_needs_it(tmp_path, monkeypatch):
@@ -274,6 +288,10 @@ def test_the_agent_keeps_its_memo_and_a_restart_or_reload_of_the_same_set_is_war
     assert agent.saw("facts about them: 0 remembered") == 0, agent.log()
     memo = tmp_path / "state" / derived.FILE
     assert memo.stat().st_mode & 0o777 == 0o600
+    assert agent.proc is not None
+    agent.proc.send_signal(signal.SIGHUP)  # a reload right after a cold start: warm
+    assert wait_for(lambda: agent.saw("reloaded: ")), agent.log()
+    assert agent.saw("(facts about them: 0 derived, "), agent.log()
     assert agent.stop() == 0
     agent.start()  # a restart: everything from the memo
     assert agent.saw(" derived, 0 remembered") == 0
@@ -295,3 +313,42 @@ def test_the_agent_keeps_its_memo_and_a_restart_or_reload_of_the_same_set_is_war
     assert wait_for(lambda: agent.saw("matched ops/stuck key='q10'")), agent.log()
     assert agent.stop() == 0
     assert "Traceback" not in agent.log()
+
+
+@needs_hyperscan
+def test_compiled_apart_the_answers_are_the_same_and_refusals_are_found(tmp_path):
+    """The agent builds its databases in a child (their compile's memory is not its own);
+    the databases, the refusal found by halving, and so the answers, are the same."""
+    patterns = [pattern(s, i) for i, s in enumerate(SOURCES)]
+    here = Matcher(patterns, 5.0, memo=Memo())
+    apart = Matcher(patterns, 5.0, memo=Memo(apart=True))
+    assert apart.shaped == here.shaped == (2, 3)  # SOURCES[4] refused, in the child too
+    assert scan(apart, LINES) == scan(here, LINES)
+
+
+@needs_hyperscan
+def test_a_child_that_cannot_compile_is_not_fatal(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(hscompile.sys, "executable", "/bin/false")
+    patterns = [pattern(s, i) for i, s in enumerate(SOURCES)]
+    matcher = Matcher(patterns, 5.0, memo=Memo(apart=True))
+    assert "compiling the Hyperscan database apart failed" in caplog.text
+    assert scan(matcher, LINES) == scan(Matcher(patterns, 5.0), LINES)
+
+
+@needs_hyperscan
+def test_the_child_answers_only_in_msgpack_and_refuses_garbage():
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "agent.hscompile"], input=b"\xc1 not msgpack", capture_output=True
+    )
+    assert done.returncode != 0 and done.stdout == b""  # the parent then compiles itself
+    request = {"kind": "database", "expressions": [b"(a"], "flags": [0], "literal": False}
+    done = subprocess.run(
+        [sys.executable, "-m", "agent.hscompile"],
+        input=msgpack.packb(request, use_bin_type=True),
+        capture_output=True,
+        check=True,
+    )
+    assert "refused" in msgpack.unpackb(done.stdout, raw=False)

@@ -21,7 +21,8 @@ import pytest
 from agent.fixes import FixJob, Remediator
 from agent.model import Incident
 from agent.packs import Pack, Pattern, Remedy, load_pack
-from agent.remedy import SAFE_PATH, Attempt, Identity, Outcome, run_remedy
+from agent.remedy import SAFE_PATH, Attempt, Identity, Outcome
+from agent.retry import run_remedy
 from tests.helpers import write_pack
 
 PATTERN = r"""

@@ -15,7 +15,8 @@ from agent.config import load_config
 from agent.daemon import Agent
 from agent.errors import ConfigErrors
 from agent.packs import load_pack
-from agent.remedy import ProcessRunner, resolve_identity, run_remedy
+from agent.remedy import ProcessRunner, resolve_identity
+from agent.retry import run_remedy
 from tests.helpers import write_config, write_pack
 
 BODY = """\

@@ -1,0 +1,77 @@
+"""What the agent does not load until it needs it (issue 16: peak RSS with 1,000 patterns).
+
+An idle agent with no [escalation] and no [metrics] has not imported httpx,
+prometheus_client, asyncio or tenacity, nor mapped OpenSSL in: the fix loop
+starts with the first fix, the sinks where they are configured. The fix then
+still runs, and the loop with it.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.helpers import RECORD_SCRIPT, agent_with_pack, append, wait_for
+
+LAZY = ("httpx", "prometheus_client", "asyncio", "tenacity", "ssl", "hashlib", "_hashlib")
+
+
+def test_importing_the_agent_and_its_cli_loads_none_of_what_waits():
+    code = (
+        "import sys, agent.daemon, agent.cli, agent.packtest\n"
+        f"print(sorted(m for m in {LAZY!r} if m in sys.modules))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
+
+
+def mapped(pid: int) -> str:
+    return Path(f"/proc/{pid}/maps").read_text()
+
+
+PACK = """\
+user = "root"
+
+[[pattern]]
+id = "stuck"
+match = '''^queue stuck (?P<q>\\w+)$'''
+key = "{q}"
+escalate = "never"
+
+[pattern.fields]
+q = { type = "word" }
+
+[pattern.remedy]
+run = ["scripts/record.sh", "OUT/fix", "{q}"]
+attempts = 1
+
+[[pattern.example]]
+line = "queue stuck q1"
+"""
+
+
+def test_the_fix_loop_and_openssl_wait_for_the_first_fix_which_still_runs(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    agent, log = agent_with_pack(
+        tmp_path,
+        PACK.replace("OUT", str(out)),
+        {"record.sh": RECORD_SCRIPT.format(exit_code=0)},
+        agent_extra='allow_root = ["ops"]\n',
+    )
+    agent.start()
+    assert agent.proc is not None
+    idle = mapped(agent.proc.pid)
+    assert "_asyncio" not in idle and "libssl" not in idle and "libcrypto" not in idle, [
+        line for line in idle.splitlines() if "ssl" in line or "crypto" in line or "asyncio" in line
+    ]
+    append(log, "queue stuck q7")
+    assert wait_for(lambda: (out / "fix.0.argv").exists()), agent.log()
+    assert (out / "fix.0.argv").read_bytes() == b"q7\0"
+    assert wait_for(lambda: agent.saw("resolved")), agent.log()
+    assert "_asyncio" in mapped(agent.proc.pid)  # the loop started with the fix
+    append(log, "queue stuck q8")  # and keeps taking fixes
+    assert wait_for(lambda: (out / "fix.1.argv").exists()), agent.log()
+    assert agent.stop() == 0
+    assert "Traceback" not in agent.log()
