@@ -75,10 +75,17 @@ def logmend_test(base: Path, corpus: Path) -> tuple[float, float, int]:
     return seconds, rss, len(json.loads(out)["files"][0]["matches"])
 
 
-def logmend_agent(base: Path, corpus: Path) -> tuple[float, float, int]:
-    """The whole agent reading the file from its start to its end (no remedies run)."""
+def logmend_agent(base: Path, corpus: Path, warm: bool = False) -> tuple[float, float, int]:
+    """The whole agent reading the file from its start to its end (no remedies run);
+    `warm`: with the pattern memo an earlier run of the same set left (agent.derived)."""
     state = base / "agent-state"
+    memo = state / "patterns.memo"
+    kept = memo.read_bytes() if warm and memo.exists() else None
     shutil.rmtree(state, ignore_errors=True)
+    if kept is not None:
+        state.mkdir(mode=0o700)
+        memo.write_bytes(kept)
+        memo.chmod(0o600)
     config = base / "agent.toml"
     config.write_text(
         f'[agent]\nstate_dir = "{state}"\npacks = ["{base / "pack"}"]\n'
