@@ -100,8 +100,10 @@ def parse(source: str) -> Any | None:
 
 
 @functools.lru_cache(maxsize=65536)
-def requirement(source: str) -> Requirement:
-    """The literals any match of `source` must contain, or ALWAYS when unsure."""
+def requirement(source: str, minimum: int = MIN_LITERAL) -> Requirement:
+    """The literals any match of `source` must contain, or ALWAYS when unsure; each
+    clause's shortest literal is at least `minimum` characters (shorter ones gate
+    little in bulk, but can sort the few lines a shape let through)."""
     parsed = parse(source)
     if parsed is None:
         return ALWAYS
@@ -116,7 +118,7 @@ def requirement(source: str) -> Requirement:
             continue  # Hyperscan's literal mode stops at a NUL: such a clause gates nothing
         literals = frozenset(_best_piece(seq) for seq in clause)
         quality = min((len(text) for text, _ in literals), default=0)
-        if quality >= MIN_LITERAL:
+        if quality >= minimum:
             scored.append((quality, -len(literals), literals))
     scored.sort(key=lambda item: (item[0], item[1]), reverse=True)
     unique: list[frozenset[Literal]] = []

@@ -22,7 +22,7 @@ from typing import Any
 from agent import hscompile
 from agent.derived import Memo, digest
 from agent.hscompile import NOT_ASCII, loose_flags
-from agent.literals import Literal, Requirement, requirement
+from agent.literals import MIN_LITERAL, Literal, Requirement, requirement
 from agent.packs import Pattern
 from agent.records import decode_line, split_block
 from agent.shapes import anchored_prefix, prefilter_expression
@@ -139,29 +139,54 @@ class _ShapeScanner:
 _NOT_ASCII = re.compile(rb"[\x80-\xff][^\n]*").finditer
 
 
+Checks = tuple[tuple[tuple[bytes, bool], ...], ...]  # clauses of (literal, caseless)
+
+
+def _holds(checks: Checks, raw: bytes, lowered: bytes) -> bool:
+    """Every clause has one of its literals in the line."""
+    return all(
+        any(needle in (lowered if icase else raw) for needle, icase in clause) for clause in checks
+    )
+
+
 class _PrefixGate:
     """The pure-Python engine's gate for patterns with no literal: the fixed run of byte
     classes each anchored one starts with (agent.shapes.anchored_prefix), all tried at
-    once at every line start by one `re`, then each on the few lines that pass."""
+    once at every line start by one `re`, then each on the few lines that pass, with
+    the short literals (two characters: `ms`, a code) the pattern requires."""
 
-    def __init__(self, patterns: list[int], prefixes: list[bytes]) -> None:
-        self.patterns = patterns
-        union = b"(?:" + b"|".join(prefixes) + b")"
+    def __init__(self, gates: list[tuple[int, bytes, Checks]]) -> None:
+        self.patterns = [p for p, _, _ in gates]
+        union = b"(?:" + b"|".join(prefix for _, prefix, _ in gates) + b")"
         self._first = re.compile(union).match
         # led by the newline: `re` jumps from newline to newline (a literal prefix) instead
         # of trying every byte
         self._after_newline = re.compile(b"\n" + union).finditer
-        self._pairs = [
-            (p, re.compile(prefix).match) for p, prefix in zip(patterns, prefixes, strict=True)
-        ]
+        self._gates = [(p, re.compile(prefix).match, checks) for p, prefix, checks in gates]
 
     def lines(self, block: bytes) -> dict[int, set[int]]:
         """Line start -> the patterns whose prefix the line starts with (all of them, where
         the line is not ASCII)."""
-        pairs = self._pairs
+        gates = self._gates
         starts = [0] if self._first(block) else []
         starts.extend(found.start() + 1 for found in self._after_newline(block))
-        per_line = {start: {p for p, match in pairs if match(block, start)} for start in starts}
+        per_line: dict[int, set[int]] = {}
+        for start in starts:
+            raw = lowered = b""
+            chosen = set()
+            for p, match, checks in gates:
+                if not match(block, start):
+                    continue
+                if checks:
+                    if not raw:
+                        end = block.find(_NL, start)
+                        raw = block[start : end if end >= 0 else len(block)]
+                        lowered = raw.lower()
+                    if not _holds(checks, raw, lowered):
+                        continue
+                chosen.add(p)
+            if chosen:
+                per_line[start] = chosen
         if not block.isascii():
             rfind = block.rfind
             for found in _NOT_ASCII(block):
@@ -257,12 +282,20 @@ def _is_requirement(value: Any) -> bool:
     )
 
 
-def _requirement(memo: Memo, source: str) -> Requirement:
-    kept = memo.get("requirement", source, _is_requirement)
+SHORT_LITERAL = 2  # what the prefix gate checks after the prefix
+
+
+def _as_checks(need: Requirement) -> Checks:
+    return tuple(tuple((t.encode(), icase) for t, icase in clause) for clause in need.clauses)
+
+
+def _requirement(memo: Memo, source: str, minimum: int = MIN_LITERAL) -> Requirement:
+    kind = "requirement" if minimum == MIN_LITERAL else f"requirement{minimum}"
+    kept = memo.get(kind, source, _is_requirement)
     if kept is not None:
         return Requirement(tuple(frozenset((t, bool(i)) for t, i in c) for c in kept))
-    need = requirement(source)
-    memo.put("requirement", source, [sorted(clause) for clause in need.clauses])
+    need = requirement(source, minimum)
+    memo.put(kind, source, [sorted(clause) for clause in need.clauses])
     return need
 
 
@@ -351,13 +384,15 @@ class Matcher:
                 shaped = [i for (i, _), ok in zip(candidates, taken, strict=True) if ok]
                 self._shapes = _ShapeScanner(shaped, database) if shaped else None
         elif always:
-            prefixes = [
-                (i, _expression(memo, "prefix", self.patterns[i].source, anchored_prefix))
-                for i in always
-            ]
-            gated = [(i, e) for i, e in prefixes if e is not None]
-            shaped = [i for i, _ in gated]
-            self._shapes = _PrefixGate(shaped, [e for _, e in gated]) if gated else None
+            gated: list[tuple[int, bytes, Checks]] = []
+            for i in always:
+                source = self.patterns[i].source
+                prefix = _expression(memo, "prefix", source, anchored_prefix)
+                if prefix is not None:
+                    short = _requirement(memo, source, SHORT_LITERAL)
+                    gated.append((i, prefix, _as_checks(short)))
+            shaped = [i for i, _, _ in gated]
+            self._shapes = _PrefixGate(gated) if gated else None
         self.shaped = tuple(shaped)  # no literal, gated by their shape or anchored prefix
         self._always = tuple(sorted(set(always) - set(shaped)))
         self._by_literal = [tuple(p) for p in by_literal]

@@ -181,6 +181,19 @@ def test_the_python_engine_gates_anchored_formats_by_their_prefix():
     assert confirms == [0, 0, 0, 5000]
 
 
+def test_the_python_gate_sorts_a_shared_prefix_by_the_short_literals_after_it():
+    """Patterns of one format share a prefix; their two-letter codes (too short for the
+    literal prefilter) decide which of them a line that passes it reaches."""
+    sources = [rf"^(?P<ts>\d{{10}}) (?P<path>\S+) (?P<code>{c}\d+)$" for c in ("qx", "zz", "QX")]
+    patterns = [pattern(s, i) for i, s in enumerate(sources)]
+    matcher = Matcher(patterns, timeout=5.0, engine="python")
+    assert matcher.shaped == (0, 1, 2)
+    lines = [f"1767225600 /api/{n} qx{n}" for n in range(300)] + ["1767225600 /x QX1"]
+    matcher.scan("".join(line + "\n" for line in lines).encode())
+    assert [s.confirms for _, s in matcher.pattern_stats()] == [300, 0, 1]
+    assert assert_same(patterns, [*lines[:3], "1767225600 /x zz9", "1767225600 /x Qx9"]) == 4
+
+
 @pytest.mark.parametrize(
     ("source", "prefix"),
     [
