@@ -6,6 +6,10 @@ second, cost nearly flat in the number of literals), else with `bytes.find`
 per literal. Only lines holding every clause of a pattern's requirement are
 decoded and confirmed with the pattern's `regex`, under its timeout. Lines
 that hold no literal cost nothing in Python: no split, no decode, no object.
+A pattern with no literal is gated by its shape (agent.shapes): the whole
+pattern as a Hyperscan prefilter expression, or, without Hyperscan, the fixed
+prefix an anchored one starts with. What is derived from the patterns comes
+from the memo (agent.derived) when an earlier start kept it.
 
 The answers are exactly those of trying every pattern in turn with
 `regex.search` on every line; the prefilter only skips lines that cannot match.
@@ -340,7 +344,7 @@ class Matcher:
                 usage[lit] = usage.get(lit, 0) + 1
         literals: dict[Literal, int] = {}
         by_literal: list[list[int]] = []
-        checks: list[tuple[tuple[tuple[bytes, bool], ...], ...]] = []
+        checks: list[Checks] = []
         always: list[int] = []
         if engine == "auto":
             engine = available_engines()[0]
@@ -371,28 +375,8 @@ class Matcher:
             )
         self._checks = checks
         self._all_records = tuple(always)  # match(): a record is confirmed for each
-        shaped: list[int] = []
-        self._shapes: _ShapeScanner | _PrefixGate | None = None
-        if engine == "hyperscan" and always:
-            found_shapes = [
-                (i, _expression(memo, "shape", self.patterns[i].source, prefilter_expression))
-                for i in always
-            ]
-            candidates = [(i, e) for i, e in found_shapes if e is not None]
-            if candidates:
-                taken, database = _shapes_database(memo, [e for _, e in candidates])
-                shaped = [i for (i, _), ok in zip(candidates, taken, strict=True) if ok]
-                self._shapes = _ShapeScanner(shaped, database) if shaped else None
-        elif always:
-            gated: list[tuple[int, bytes, Checks]] = []
-            for i in always:
-                source = self.patterns[i].source
-                prefix = _expression(memo, "prefix", source, anchored_prefix)
-                if prefix is not None:
-                    short = _requirement(memo, source, SHORT_LITERAL)
-                    gated.append((i, prefix, _as_checks(short)))
-            shaped = [i for i, _, _ in gated]
-            self._shapes = _PrefixGate(gated) if gated else None
+        self._shapes = self._shape_gate(engine, always, memo) if always else None
+        shaped = self._shapes.patterns if self._shapes is not None else []
         self.shaped = tuple(shaped)  # no literal, gated by their shape or anchored prefix
         self._always = tuple(sorted(set(always) - set(shaped)))
         self._by_literal = [tuple(p) for p in by_literal]
@@ -407,6 +391,28 @@ class Matcher:
         else:
             scanner = _PythonScanner(ordered)
         self._find = scanner.find
+
+    def _shape_gate(
+        self, engine: str, always: list[int], memo: Memo
+    ) -> _ShapeScanner | _PrefixGate | None:
+        """What keeps patterns with no literal off most lines: their shape in Hyperscan,
+        else their anchored prefix; those it cannot take stay on every line."""
+        sources = [(i, self.patterns[i].source) for i in always]
+        if engine == "hyperscan":
+            shapes = [(i, _expression(memo, "shape", s, prefilter_expression)) for i, s in sources]
+            candidates = [(i, e) for i, e in shapes if e is not None]
+            if not candidates:
+                return None
+            taken, database = _shapes_database(memo, [e for _, e in candidates])
+            shaped = [i for (i, _), ok in zip(candidates, taken, strict=True) if ok]
+            return _ShapeScanner(shaped, database) if shaped else None
+        gated: list[tuple[int, bytes, Checks]] = []
+        for i, source in sources:
+            prefix = _expression(memo, "prefix", source, anchored_prefix)
+            if prefix is not None:
+                short = _requirement(memo, source, SHORT_LITERAL)
+                gated.append((i, prefix, _as_checks(short)))
+        return _PrefixGate(gated) if gated else None
 
     # -- the hot path ---------------------------------------------------------------
     def scan(self, block: bytes, max_line: int = 1 << 30) -> list[LineHits]:

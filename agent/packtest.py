@@ -12,7 +12,7 @@ from agent.match import Matcher
 from agent.packs import Pack, Pattern
 from agent.records import LineSplitter
 
-CHUNK = 1 << 20
+CHUNK = 1 << 18
 MAX_LINE = 64 * 1024
 
 EXAMPLE_TIMEOUT = 1.0
