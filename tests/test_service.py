@@ -415,7 +415,11 @@ def test_a_stale_sender_or_fix_loop_heartbeat_withholds_the_watchdog_ping(tmp_pa
     agent.sender.heartbeat = time.monotonic() - agent.sender.grace - 1  # wedged mid-send
     assert not agent.progressing()
     agent.sender.heartbeat = time.monotonic()
-    agent.remediator.heartbeat = time.monotonic() - FIX_LOOP_GRACE - 1  # a blocked fix loop
+    assert agent.progressing()
+    agent.remediator.start()
+    agent.remediator._running_loop()  # the loop starts with the first fix; here, now
+    assert agent.remediator.stop(grace=0.1)  # and ticks no more: as if blocked
+    agent.remediator._heartbeat = time.monotonic() - FIX_LOOP_GRACE - 1
     assert not agent.progressing()
     agent.store.close()
 
