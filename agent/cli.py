@@ -230,7 +230,7 @@ def describe_engine(engine: str, unfiltered: list[str]) -> str:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from agent.packtest import check_examples, print_examples, print_scan, scan_logs
+    from agent.packtest import JsonSink, TextSink, check_examples, print_examples, scan_logs
 
     dirs = find_pack_dirs(tuple(args.packs))
     if not dirs:
@@ -253,12 +253,8 @@ def cmd_test(args: argparse.Namespace) -> int:
         if missing:
             print(f"{missing[0]}: no such file", file=sys.stderr)
             return 1
-        report = scan_logs(packs, args.log, args.timeout, args.engine, memo)
-        if args.json:
-            json.dump(report, sys.stdout)
-            sys.stdout.write("\n")
-        else:
-            print_scan(report, sys.stdout)
+        sink = JsonSink(sys.stdout) if args.json else TextSink(sys.stdout)
+        scan_logs(packs, args.log, args.timeout, sink, args.engine, memo)
     return 1 if failed else 0
 
 

@@ -119,6 +119,7 @@ class Agent:
             memo=self.memo,
         )
         self.memo.save()
+        self.memo.close()  # until a reload: the facts are in the file
         self._memo_tally = self.memo.tally()
         self.sender: Sender | None = self._new_sender()
         self.alerts: AlertSink | None = self._new_alerts()
@@ -365,6 +366,8 @@ class Agent:
         try:
             config = load_config(self.config.file)
             where = "a pack under " + ", ".join(map(str, config.packs))
+            if self.memo.path is not None:
+                self.memo.open(self.memo.path)
             packs = load_packs(config.packs, host=config.params, memo=self.memo)
             where = self.config.file
             identities = identities_for(config, packs)
@@ -392,6 +395,7 @@ class Agent:
                 log.error("reload refused, the previous config and packs stay: %s", error)
             self.reloads["failed"] += 1
             self.memo.tally()  # the next reload's count is its own
+            self.memo.close()
             self._record_reload(errors)
             self.notify.ready(self.status_line())
             return False
@@ -399,6 +403,7 @@ class Agent:
         reader = self.reader
         reader.adopt(config, packs)
         self.memo.save()
+        self.memo.close()
         self.remediator.reconfigure(packs, identities)
         self.store.spool_limits = spool_limits(config)
         if tailer is not None:

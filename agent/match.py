@@ -337,7 +337,16 @@ class Matcher:
         self.stats = [PatternStats() for _ in self.patterns]
         self.quarantined: list[Pattern] = []
         memo = memo or Memo()
+        if engine == "auto":
+            engine = available_engines()[0]
+        if engine not in available_engines():
+            raise ValueError(f"matcher engine {engine!r} is not available here")
         needs = [_requirement(memo, p.source) for p in self.patterns]
+        if engine == "python":  # no shape prefilter: short literals gate what no prefix does
+            for index, need in enumerate(needs):
+                source = self.patterns[index].source
+                if need.always and _expression(memo, "prefix", source, anchored_prefix) is None:
+                    needs[index] = _requirement(memo, source, SHORT_LITERAL)
         usage: dict[Literal, int] = {}
         for need in needs:
             for lit in {lit for clause in need.clauses for lit in clause}:
@@ -346,10 +355,6 @@ class Matcher:
         by_literal: list[list[int]] = []
         checks: list[Checks] = []
         always: list[int] = []
-        if engine == "auto":
-            engine = available_engines()[0]
-        if engine not in available_engines():
-            raise ValueError(f"matcher engine {engine!r} is not available here")
         for index, need in enumerate(needs):
             if need.always:
                 always.append(index)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any, Protocol, TextIO
 
 from agent.derived import Memo
 from agent.match import Matcher
@@ -71,29 +71,39 @@ def check_examples(pack: Pack) -> tuple[int, list[ExampleFailure]]:
     return checked, failures
 
 
+class ScanSink(Protocol):
+    """Where `scan_logs` puts what it finds, as it finds it: a log with a million
+    matches is never held in memory."""
+
+    def file(self, path: Path) -> None: ...
+    def match(self, found: dict[str, Any]) -> None: ...
+    def file_done(self, path: Path, lines: int, matches: int) -> None: ...
+    def done(self, summary: dict[str, Any]) -> None: ...
+
+
 def scan_logs(
     packs: list[Pack],
     logs: list[Path],
     timeout: float,
+    sink: ScanSink,
     engine: str = "auto",
     memo: Memo | None = None,
-) -> dict[str, Any]:
-    """Match every line of every log against every pattern; the --json document."""
+) -> None:
+    """Match every line of every log against every pattern, into `sink`."""
     patterns = [p for pack in packs for p in pack.patterns]
     # the compile's memory apart: a large log keeps the process long enough to matter
     matcher = Matcher(patterns, timeout, engine, memo=memo or Memo(apart=True))
-    files: list[dict[str, Any]] = []
     total_lines = 0
     for log_path in logs:
-        matches: list[dict[str, Any]] = []
+        sink.file(log_path)
         splitter = LineSplitter(MAX_LINE)
-        lines = 0
+        lines = found = 0
         with log_path.open("rb") as handle:
             for chunk in iter(lambda: handle.read(CHUNK), b""):
                 block = splitter.feed(chunk)
-                lines = _scan_block(matcher, block, lines, matches)
-            lines = _scan_block(matcher, splitter.flush(), lines, matches)
-        files.append({"path": str(log_path), "lines": lines, "matches": matches})
+                lines, found = _scan_block(matcher, block, lines, found, sink)
+            lines, found = _scan_block(matcher, splitter.flush(), lines, found, sink)
+        sink.file_done(log_path, lines, found)
         total_lines += lines
     summary = [
         {
@@ -106,12 +116,75 @@ def scan_logs(
         }
         for p, s in matcher.pattern_stats()
     ]
-    return {
-        "files": files,
-        "patterns": rank_by_cost(summary, total_lines),
-        "engine": matcher.engine,
-        "ungated": [p.qualified for p in matcher.ungated],
-    }
+    sink.done(
+        {
+            "patterns": rank_by_cost(summary, total_lines),
+            "engine": matcher.engine,
+            "ungated": [p.qualified for p in matcher.ungated],
+        }
+    )
+
+
+class JsonSink:
+    """The --json document, written as it is found (one object; see docs/packs.md)."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self._files = 0
+        self._matches = 0
+
+    def file(self, path: Path) -> None:
+        self.out.write(('{"files": [' if not self._files else ", ") + '{"path": ')
+        self.out.write(json.dumps(str(path)) + ', "matches": [')
+        self._files += 1
+        self._matches = 0
+
+    def match(self, found: dict[str, Any]) -> None:
+        self.out.write((", " if self._matches else "") + json.dumps(found))
+        self._matches += 1
+
+    def file_done(self, path: Path, lines: int, matches: int) -> None:
+        self.out.write(f'], "lines": {lines}}}')
+
+    def done(self, summary: dict[str, Any]) -> None:
+        self.out.write(("]" if self._files else '{"files": []') + ", ")
+        self.out.write(json.dumps(summary)[1:] + "\n")
+
+
+class TextSink:
+    """The human report: each match as found, then each file's count and the costs."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+
+    def file(self, path: Path) -> None:
+        print(f"{path}:", file=self.out)
+
+    def match(self, m: dict[str, Any]) -> None:
+        print(
+            f"  line {m['line']}: {m['pack']}/{m['pattern']} {json.dumps(m['fields'])}",
+            file=self.out,
+        )
+
+    def file_done(self, path: Path, lines: int, matches: int) -> None:
+        print(f"{path}: {lines} line(s), {matches} match(es)", file=self.out)
+
+    def done(self, summary: dict[str, Any]) -> None:
+        out = self.out
+        print(
+            "per pattern, costliest first (matches, tried on % of lines, µs per line, seconds,"
+            " regex timeouts):",
+            file=out,
+        )
+        for p in summary["patterns"]:
+            print(
+                f"  {p['pack']}/{p['pattern']}: {p['matches']}  {100 * p['tried_share']:.1f}%"
+                f"  {p['us_per_line']:.3f}µs  {p['seconds']:.6f}s  {p['timeouts']}",
+                file=out,
+            )
+        for p in summary["patterns"]:
+            if p["costly"]:
+                print(f"COSTLY {p['pack']}/{p['pattern']}: {p['costly']}", file=out)
 
 
 DOMINATES = 0.5  # of all the patterns' regex time
@@ -142,17 +215,21 @@ def rank_by_cost(patterns: list[dict[str, Any]], lines: int) -> list[dict[str, A
     return sorted(patterns, key=lambda p: (-p["seconds"], p["pack"], p["pattern"]))
 
 
-def _scan_block(matcher: Matcher, block: bytes, lines: int, out: list[dict[str, Any]]) -> int:
-    """Append the block's matches with their line numbers; returns the lines counted so far."""
+def _scan_block(
+    matcher: Matcher, block: bytes, lines: int, found: int, sink: ScanSink
+) -> tuple[int, int]:
+    """Hand the block's matches to `sink` with their line numbers; returns the lines
+    counted and the matches found so far."""
     counted_to = 0
     for start, _, hits in matcher.scan(block, MAX_LINE):
         lines += block.count(b"\n", counted_to, start)
         counted_to = start
         for pattern, fields in hits:
-            out.append(
+            sink.match(
                 {"line": lines + 1, "pack": pattern.pack, "pattern": pattern.id, "fields": fields}
             )
-    return lines + block.count(b"\n", counted_to)
+            found += 1
+    return lines + block.count(b"\n", counted_to), found
 
 
 def print_examples(pack: Pack, checked: int, failures: list[ExampleFailure], out: TextIO) -> None:
@@ -167,29 +244,3 @@ def print_examples(pack: Pack, checked: int, failures: list[ExampleFailure], out
             f"  {f.pattern.id}: {f.line!r}\n    expected: {f.expected}\n    actual:   {f.actual}",
             file=out,
         )
-
-
-def print_scan(report: dict[str, Any], out: TextIO) -> None:
-    for file in report["files"]:
-        print(
-            f"{file['path']}: {file['lines']} line(s), {len(file['matches'])} match(es)", file=out
-        )
-        for m in file["matches"]:
-            print(
-                f"  line {m['line']}: {m['pack']}/{m['pattern']} {json.dumps(m['fields'])}",
-                file=out,
-            )
-    print(
-        "per pattern, costliest first (matches, tried on % of lines, µs per line, seconds,"
-        " regex timeouts):",
-        file=out,
-    )
-    for p in report["patterns"]:
-        print(
-            f"  {p['pack']}/{p['pattern']}: {p['matches']}  {100 * p['tried_share']:.1f}%"
-            f"  {p['us_per_line']:.3f}µs  {p['seconds']:.6f}s  {p['timeouts']}",
-            file=out,
-        )
-    for p in report["patterns"]:
-        if p["costly"]:
-            print(f"COSTLY {p['pack']}/{p['pattern']}: {p['costly']}", file=out)

@@ -69,7 +69,7 @@ def test_a_warm_start_derives_nothing_and_answers_the_same(tmp_path, monkeypatch
     cold = Memo(file)
     expected = scan(Matcher(patterns, 5.0, kind, memo=cold), LINES)
     assert expected  # the lines do match: equal answers are not equal emptiness
-    assert cold.misses and not cold.hits
+    assert cold.misses  # (a fact asked for twice in one load is a hit the second time)
     cold.save()
     assert file.stat().st_mode & 0o777 == 0o600
 

@@ -251,6 +251,46 @@ line = "size=12"
 )
 
 
+def test_logmend_test_log_json_is_one_valid_document_for_any_number_of_files(tmp_path):
+    pack = write_pack(tmp_path, "good", GOOD, {"fix.sh": "#!/bin/sh\n"})
+    empty, quiet, busy = (tmp_path / n for n in ("empty.log", "quiet.log", "busy.log"))
+    empty.write_text("")
+    quiet.write_text("nothing\n" * 3)
+    busy.write_text("error for bob\nerror for carol")  # no newline at the end
+    result = run_cli("test", str(pack), "--log", str(empty), str(quiet), str(busy), "--json")
+    assert result.returncode == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert [(f["path"], f["lines"], len(f["matches"])) for f in doc["files"]] == [
+        (str(empty), 0, 0),
+        (str(quiet), 3, 0),
+        (str(busy), 2, 2),
+    ]
+    assert doc["engine"] and doc["ungated"] == [] and doc["patterns"][0]["matches"] == 2
+
+
+def peak_rss_kib(*args: str) -> int:
+    out = subprocess.run(
+        ["/usr/bin/time", "-f", "%M", sys.executable, "-m", "agent", *args],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(out.stderr.strip().splitlines()[-1])
+
+
+def test_logmend_test_log_streams_its_matches_instead_of_holding_them(tmp_path):
+    """Three times the matches, the same memory: each match is written when found (they
+    were held to the end: 176 MB for 300,000 here, now 41 MB, most of it one block's)."""
+    pack = write_pack(tmp_path, "good", GOOD, {"fix.sh": "#!/bin/sh\n"})
+    some, more = tmp_path / "some.log", tmp_path / "more.log"
+    some.write_text("error for bob\n" * 100_000)
+    more.write_text("error for bob\n" * 300_000)
+    for mode in ([], ["--json"]):
+        small = peak_rss_kib("test", str(pack), "--log", str(some), *mode)
+        large = peak_rss_kib("test", str(pack), "--log", str(more), *mode)
+        assert large - small < 4 * 1024, (mode, small, large)
+
+
 def test_logmend_test_log_ranks_patterns_by_cost_and_flags_the_ungated(tmp_path):
     """Patterns with no required literal: an anchored one is gated by its prefix on both
     engines, an unanchored one by its shape with Hyperscan only; without, it is tried on
