@@ -63,3 +63,72 @@ def test_a_literal_with_the_replacement_character_gates_no_undecodable_line(sour
     want = expected(patterns, block)
     assert want  # the plain loop matches the first record
     assert scanned(Matcher(patterns, 5.0, kind), block) == want
+
+
+# -- the memo file ------------------------------------------------------------------------
+
+
+def test_a_fifo_at_the_memo_path_does_not_hang_the_start(tmp_path):
+    """`Memo._read` opens the path O_RDONLY (no O_NONBLOCK) and only then checks that it
+    is a regular file: a FIFO at patterns.memo blocks the open until some writer comes,
+    so the agent's start (or a reload) hangs instead of being a cold start."""
+    path = tmp_path / derived.FILE
+    os.mkfifo(path, 0o600)
+    done = threading.Event()
+
+    def read() -> None:
+        Memo(path)
+        done.set()
+
+    thread = threading.Thread(target=read, daemon=True)
+    thread.start()
+    try:
+        assert done.wait(5.0), "Memo() blocked opening a FIFO"
+    finally:
+        if not done.is_set():  # let the blocked open go: a writer comes and goes
+            os.close(os.open(path, os.O_WRONLY | os.O_NONBLOCK))
+            thread.join(5.0)
+
+
+def _salt_of(package_root: Path) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", "from agent import derived; print(derived.salt())"],
+        env={**os.environ, "PYTHONPATH": str(package_root)},
+        cwd=package_root,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return done.stdout
+
+
+def test_a_change_to_the_compile_child_is_a_cold_start(tmp_path):
+    """agent.hscompile derives two kinds of memo facts (which shapes Hyperscan takes,
+    and every serialized database: its flags, NOT_ASCII, the halving), but it is not in
+    derived.DERIVING: a logmend whose hscompile changed (a fix to `compilable`, other
+    compile flags) starts warm on the databases and refusals the old code kept."""
+    import shutil
+
+    shutil.copytree(ROOT / "agent", tmp_path / "agent", ignore=shutil.ignore_patterns("__pycache__"))
+    before = _salt_of(tmp_path)
+    child = tmp_path / "agent" / "hscompile.py"
+    child.write_text(child.read_text().replace("CHILD_TIMEOUT = 600.0", "CHILD_TIMEOUT = 60.0"))
+    assert _salt_of(tmp_path) != before
+
+
+# -- the compile child --------------------------------------------------------------------
+
+
+@needs_hyperscan
+def test_the_compile_child_runs_no_code_from_the_working_directory(tmp_path, monkeypatch):
+    """`python -m agent.hscompile` puts the working directory first on the child's
+    sys.path: a msgpack.py (or agent/, hyperscan.py) in whatever directory the agent
+    runs from is imported and run by the child, with the agent's privileges."""
+    marker = tmp_path / "ran"
+    (tmp_path / "msgpack.py").write_text(
+        f"open({str(marker)!r}, 'w').close()\nraise SystemExit(3)\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    raw = hscompile.database([b"abc"], [0], True, apart=True)
+    assert isinstance(raw, bytes)  # compiled anyway (here, if the child failed)
+    assert not marker.exists(), "the compile child ran msgpack.py from the working directory"
