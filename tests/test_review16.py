@@ -109,7 +109,9 @@ def test_a_change_to_the_compile_child_is_a_cold_start(tmp_path):
     compile flags) starts warm on the databases and refusals the old code kept."""
     import shutil
 
-    shutil.copytree(ROOT / "agent", tmp_path / "agent", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        ROOT / "agent", tmp_path / "agent", ignore=shutil.ignore_patterns("__pycache__")
+    )
     before = _salt_of(tmp_path)
     child = tmp_path / "agent" / "hscompile.py"
     child.write_text(child.read_text().replace("CHILD_TIMEOUT = 600.0", "CHILD_TIMEOUT = 60.0"))
@@ -132,3 +134,43 @@ def test_the_compile_child_runs_no_code_from_the_working_directory(tmp_path, mon
     raw = hscompile.database([b"abc"], [0], True, apart=True)
     assert isinstance(raw, bytes)  # compiled anyway (here, if the child failed)
     assert not marker.exists(), "the compile child ran msgpack.py from the working directory"
+
+
+def test_a_memo_of_colliding_keys_is_no_slower_to_refuse_than_to_read(tmp_path):
+    """The whole file is decoded before its salt is looked at, with any hashable key
+    allowed (strict_map_key=False, arrays as tuples): a 3 MB memo whose map keys are
+    tuples of floats that all hash alike (m * 2**e, e stepping by 61) makes the decode
+    quadratic: minutes for a file the agent should refuse at once (wrong salt). Run
+    apart, with a deadline."""
+    import itertools
+
+    import msgpack
+
+    floats = [1.5 * 2.0**e for e in range(-1000, 1000, 61)]
+    packer = msgpack.Packer(use_bin_type=True)
+    keys = list(itertools.islice(itertools.product(floats, repeat=4), 100_000))
+    assert len({hash(k) for k in keys}) == 1
+    body = bytearray(packer.pack_map_header(2))
+    body += packer.pack("salt") + packer.pack("not this build")
+    body += packer.pack("facts") + packer.pack_map_header(1) + packer.pack("regex")
+    body += packer.pack_map_header(len(keys))
+    for key in keys:
+        body += packer.pack(key) + packer.pack(None)
+    path = tmp_path / derived.FILE
+    path.write_bytes(bytes(body))
+    path.chmod(0o600)
+    assert len(body) < 4 << 20
+    try:
+        subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                f"import pathlib, agent.derived as d; d.Memo(pathlib.Path({str(path)!r}))",
+            ],
+            env={**os.environ, "PYTHONPATH": str(ROOT)},
+            cwd=ROOT,
+            timeout=10,
+            check=True,
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("reading a 3 MB memo with a foreign salt took more than 10 s")
