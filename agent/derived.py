@@ -37,7 +37,16 @@ log = logging.getLogger("logmend")
 
 FORMAT = 1
 FILE = "patterns.memo"  # in the state directory
-DERIVING = ("derived.py", "literals.py", "shapes.py", "match.py", "packs.py", "lint.py")
+DERIVING = (
+    "derived.py",
+    "hscompile.py",
+    "literals.py",
+    "shapes.py",
+    "match.py",
+    "packs.py",
+    "lint.py",
+)
+MAGIC = b"logmend pattern memo\n"  # then the salt's digest, then the msgpack body
 MAX_BYTES = 256 << 20  # a memo larger than this is not read (1,000 patterns: about 1 MiB)
 _MISSING = object()
 
@@ -165,7 +174,7 @@ class Memo:
             len(self._used.get(kind, {})) == len(facts) for kind, facts in self._old.items()
         ):
             return
-        body = _encode({"salt": self._salt, "facts": self._used})
+        body = self._header() + _encode(self._used)
         temporary = path.with_name(path.name + ".new")
         try:
             fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
@@ -190,7 +199,8 @@ class Memo:
 
     def _read(self, path: Path) -> dict[str, dict[Any, Any]]:
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+            # non-blocking: a FIFO planted at the path must not hold the start
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError:
             return {}
         with os.fdopen(fd, "rb") as handle:
@@ -205,12 +215,12 @@ class Memo:
                     "not reading the pattern memo %s: not a private file of this user", path
                 )
                 return {}
+            header = self._header()
+            if handle.read(len(header)) != header:  # another build's (or nobody's): unread
+                return {}
             raw = handle.read()
         try:
-            data = _decode(raw)
-            if not isinstance(data, dict) or data.get("salt") != self._salt:
-                return {}
-            facts = data["facts"]
+            facts = _decode(raw)
             if not isinstance(facts, dict) or not all(
                 isinstance(k, str) and isinstance(v, dict) for k, v in facts.items()
             ):
@@ -219,10 +229,14 @@ class Memo:
         except (ValueError, KeyError, TypeError, msgpack.UnpackException):
             return {}
 
+    def _header(self) -> bytes:
+        return MAGIC + blake2b(self._salt.encode(), digest_size=32).digest()
+
 
 def _encode(value: Any) -> bytes:
     return msgpack.packb(value, use_bin_type=True)
 
 
 def _decode(raw: bytes) -> Any:
-    return msgpack.unpackb(raw, raw=False, strict_map_key=False, use_list=False)
+    # keys are texts and digests only (strict_map_key): no tuple keys that hash alike
+    return msgpack.unpackb(raw, raw=False, strict_map_key=True, use_list=False)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import msgpack
@@ -105,17 +106,23 @@ def _ask(request: dict[str, Any], apart: bool) -> dict[str, Any]:
     if not apart:
         return _answer(request)
     try:
+        # this very file, isolated (-I: no PYTHONPATH, no user site, not the working or
+        # the script's directory on sys.path), from /: only the agent's own code runs
         done = subprocess.run(
-            [sys.executable, "-m", "agent.hscompile"],
+            [sys.executable, "-I", str(Path(__file__).resolve())],
             input=msgpack.packb(request, use_bin_type=True),
             capture_output=True,
             timeout=CHILD_TIMEOUT,
             check=False,
+            cwd="/",
         )
         answer = msgpack.unpackb(done.stdout, raw=False) if done.returncode == 0 else None
         if isinstance(answer, dict):
             return answer
         reason = done.stderr.decode("utf-8", "replace").strip()[-300:] or f"exit {done.returncode}"
+    except subprocess.TimeoutExpired:  # here it would take as long: taken as a refusal
+        log.warning("compiling the Hyperscan database took over %gs: not used", CHILD_TIMEOUT)
+        return {"refused": f"took over {CHILD_TIMEOUT:g}s to compile"}
     except (OSError, subprocess.SubprocessError, ValueError) as exc:
         reason = str(exc)
     log.warning("compiling the Hyperscan database apart failed (%s): compiling here", reason)

@@ -114,8 +114,13 @@ def requirement(source: str, minimum: int = MIN_LITERAL) -> Requirement:
         candidates.append(info.exact)
     scored = []
     for clause in candidates:
-        if any("\0" in "".join(c for c, _ in seq) for seq in clause):
-            continue  # Hyperscan's literal mode stops at a NUL: such a clause gates nothing
+        if any(
+            ("\0" in text or "\ufffd" in text)
+            for text in ("".join(c for c, _ in seq) for seq in clause)
+        ):
+            # Hyperscan's literal mode stops at a NUL; U+FFFD is what bytes that are not
+            # UTF-8 decode to, and the raw line does not hold it: neither gates anything
+            continue
         literals = frozenset(_best_piece(seq) for seq in clause)
         quality = min((len(text) for text, _ in literals), default=0)
         if quality >= minimum:

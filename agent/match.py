@@ -56,6 +56,7 @@ class PatternStats:
     timeouts: int = 0
     seconds: float = 0.0
     quarantined: bool = False
+    error: str = ""  # why its regex could not be compiled when first needed
 
 
 class _Scanner:
@@ -515,7 +516,13 @@ class Matcher:
             if stats.quarantined:
                 continue
             pattern = self.patterns[index]
-            search = pattern.regex.search  # compiled on first use (agent.packs.LazyRegex)
+            try:
+                search = pattern.regex.search  # compiled on first use (agent.packs.LazyRegex)
+            except Exception as exc:  # it compiled at an earlier start; here it cannot
+                stats.error = f"{type(exc).__name__}: {exc}"
+                stats.quarantined = True
+                self.quarantined.append(pattern)
+                continue
             started = clock()
             try:
                 found = search(text, timeout=timeout)

@@ -360,13 +360,22 @@ class Reader:
             self._quarantined.add(key)
             pack = self.pack_by_name[pattern.pack]
             stats = matcher.stats[matcher.patterns.index(pattern)]
-            log.error(
-                "quarantined %s/%s: %d regex timeouts (limit %gs each); it no longer matches",
-                pattern.pack,
-                pattern.id,
-                stats.timeouts,
-                self.config.limits.regex_timeout,
-            )
+            if stats.error:
+                log.error(
+                    "quarantined %s/%s: its regex cannot be compiled here (%s); it no longer"
+                    " matches",
+                    pattern.pack,
+                    pattern.id,
+                    stats.error,
+                )
+            else:
+                log.error(
+                    "quarantined %s/%s: %d regex timeouts (limit %gs each); it no longer matches",
+                    pattern.pack,
+                    pattern.id,
+                    stats.timeouts,
+                    self.config.limits.regex_timeout,
+                )
             event = events.quarantined(pattern, pack, self.config.host, stats.timeouts, now)
             batch.escalations.append(event)
         matcher.quarantined.clear()

@@ -4,9 +4,11 @@ warmth, never an answer or the start."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
+from pathlib import Path
 
 import hyperscan
 import msgpack
@@ -42,6 +44,21 @@ LINES = [
     "nothing to see",
     "١٧٦٧٢٢٥٦٠٠ /api 503 512",
 ]
+
+
+def header() -> bytes:
+    return Memo()._header()
+
+
+def read_facts(file: Path) -> dict:
+    raw = file.read_bytes()
+    assert raw.startswith(header())
+    return msgpack.unpackb(raw[len(header()) :], raw=False, strict_map_key=False)
+
+
+def write_facts(file: Path, facts: object) -> None:
+    file.write_bytes(header() + msgpack.packb(facts, use_bin_type=True))
+    file.chmod(0o600)
 
 
 def scan(matcher: Matcher, lines: list[str]) -> list[tuple[int, str, list[tuple[str, dict]]]]:
@@ -136,7 +153,7 @@ def test_a_changed_set_derives_only_what_changed_and_forgets_the_rest(tmp_path):
             memo=second)  # fmt: skip
     assert second.hits >= 1 and second.misses >= 1
     second.save()
-    kept = msgpack.unpackb(file.read_bytes(), raw=False, strict_map_key=False)["facts"]
+    kept = read_facts(file)
     assert set(kept["requirement"]) == {SOURCES[0], r"disk (?P<d>\w+) full"}  # pruned
 
 
@@ -169,9 +186,9 @@ def test_a_damaged_memo_is_a_cold_start(tmp_path, monkeypatch, damage):
     elif damage == "empty":
         file.write_bytes(b"")
     elif damage == "not a map":
-        file.write_bytes(msgpack.packb([1, 2, 3]))
+        write_facts(file, [1, 2, 3])
     elif damage == "lists for maps":
-        file.write_bytes(msgpack.packb({"salt": derived.salt(), "facts": {"shape": [1, 2]}}))
+        write_facts(file, {"shape": [1, 2]})
     else:
         monkeypatch.setattr(derived, "MAX_BYTES", len(raw) - 1)
     again = Memo(file)
@@ -183,7 +200,7 @@ def test_a_memo_fact_of_the_wrong_type_is_derived_again(tmp_path):
     """Well-formed msgpack with a hostile value where a requirement belongs: a miss."""
     file = tmp_path / "patterns.memo"
     facts = {"requirement": {SOURCES[0]: "not clauses"}, "shape": {SOURCES[2]: 12}}
-    file.write_bytes(msgpack.packb({"salt": derived.salt(), "facts": facts}))
+    write_facts(file, facts)
     file.chmod(0o600)
     patterns = [pattern(s, i) for i, s in enumerate(SOURCES)]
     got = scan(Matcher(patterns, 5.0, memo=Memo(file)), LINES)
@@ -197,18 +214,18 @@ def test_a_tampered_database_is_compiled_again(tmp_path):
     memo = Memo(file)
     expected = scan(Matcher(patterns, 5.0, memo=memo), LINES)
     memo.save()
-    data = msgpack.unpackb(file.read_bytes(), raw=False, strict_map_key=False)
-    databases = data["facts"]["hyperscan"]
+    data = read_facts(file)
+    databases = data["hyperscan"]
     assert len(databases) == 2  # the literals' and the shapes'
     for key, body in databases.items():
         flipped = bytearray(body)
         flipped[len(flipped) // 2] ^= 0xFF  # Hyperscan's own checksum refuses it
         databases[key] = bytes(flipped)
-    file.write_bytes(msgpack.packb(data, use_bin_type=True))
+    write_facts(file, data)
     again = Memo(file)
     assert scan(Matcher(patterns, 5.0, memo=again), LINES) == expected
     again.save()
-    healed = msgpack.unpackb(file.read_bytes(), raw=False, strict_map_key=False)
+    healed = {"facts": read_facts(file)}
     assert all(
         hyperscan.loadb(b, hyperscan.HS_MODE_BLOCK) for b in healed["facts"]["hyperscan"].values()
     )
@@ -352,3 +369,19 @@ def test_the_child_answers_only_in_msgpack_and_refuses_garbage():
         check=True,
     )
     assert "refused" in msgpack.unpackb(done.stdout, raw=False)
+
+
+@pytest.mark.parametrize("kind", available_engines())
+def test_a_regex_that_cannot_be_compiled_when_first_needed_is_quarantined_not_raised(kind):
+    """Compiled lazily on the hot path, a regex the memo says compiles may not (a deeper
+    stack, less memory): the line is not lost for the others, the pattern is quarantined
+    with the reason."""
+    from agent.packs import LazyRegex
+
+    broken = dataclasses.replace(pattern(r"^\d+ up"), id="broken", lazy=LazyRegex("(", 0, ()))
+    fine = pattern(r"^\d+ up", 1)
+    matcher = Matcher([broken, fine], 5.0, kind)
+    block = b"12 up\n13 up\n"
+    assert [[p.id for p, _ in hits] for _, _, hits in matcher.scan(block)] == [["p1"], ["p1"]]
+    assert matcher.quarantined == [broken]
+    assert "error" in matcher.stats[0].error.lower()
