@@ -249,7 +249,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     memo = Memo(apart=True)  # one build of the databases, its memory apart (agent.hscompile)
     print_matcher(packs, args.engine, out=human, memo=memo)
     if args.log:
-        missing = [p for p in args.log if not p.is_file()]
+        missing = [p for p in args.log if str(p) != "-" and not p.is_file()]
         if missing:
             print(f"{missing[0]}: no such file", file=sys.stderr)
             return 1
@@ -529,8 +529,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     test = sub.add_parser("test", help="prove packs with their examples, try them on logs")
     test.add_argument("packs", nargs="+", type=Path, metavar="PACK_DIR")
-    test.add_argument("--log", nargs="+", type=Path, metavar="FILE")
-    test.add_argument("--json", action="store_true")
+    test.add_argument(
+        "--log",
+        nargs="+",
+        type=Path,
+        metavar="FILE",
+        help="logs to match every pattern against ('-': standard input)",
+    )
+    test.add_argument("--json", action="store_true", help="one JSON document on stdout")
     test.add_argument("--timeout", type=float, default=1.0, help="regex timeout per match")
     test.add_argument(
         "--engine",
@@ -634,10 +640,29 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+RECEIVER_EXTRA = frozenset(
+    {"starlette", "uvicorn", "jinja2", "itsdangerous", "multipart", "python_multipart",
+     "markdown_it", "nh3", "psycopg", "psycopg_pool"}
+)  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
+    except BrokenPipeError:  # `logmend status | head`: the reader left; so do we, quietly
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # nothing left to flush at exit either
+        return 141  # as a shell reports a command ended by SIGPIPE
+    except ModuleNotFoundError as exc:
+        if (exc.name or "").split(".")[0] not in RECEIVER_EXTRA:
+            raise
+        print(
+            f"error: this command needs the receiver's extra dependencies ({exc.name} is not"
+            " installed): pip install 'logmend[receiver]'",
+            file=sys.stderr,
+        )
+        return 1
     except ConfigErrors as exc:
         for error in exc.errors:
             print(f"error: {error}", file=sys.stderr)

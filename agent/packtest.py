@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol, TextIO
+from typing import Any, BinaryIO, Protocol, TextIO
 
 from agent.derived import Memo
 from agent.match import Matcher
@@ -98,7 +100,7 @@ def scan_logs(
         sink.file(log_path)
         splitter = LineSplitter(MAX_LINE)
         lines = found = 0
-        with log_path.open("rb") as handle:
+        with _opened(log_path) as handle:
             for chunk in iter(lambda: handle.read(CHUNK), b""):
                 block = splitter.feed(chunk)
                 lines, found = _scan_block(matcher, block, lines, found, sink)
@@ -123,6 +125,13 @@ def scan_logs(
             "ungated": [p.qualified for p in matcher.ungated],
         }
     )
+
+
+def _opened(path: Path) -> contextlib.AbstractContextManager[BinaryIO]:
+    """The log at `path`; "-" is standard input (left open: it is not ours)."""
+    if str(path) == "-":
+        return contextlib.nullcontext(sys.stdin.buffer)
+    return path.open("rb")
 
 
 class JsonSink:
