@@ -153,6 +153,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     from agent.escalate import read_token, tls_context
     from agent.preflight import identities_for
 
+    if (args.config is None) == (not args.packs):
+        raise LogmendError("check: give either -c CONFIG or PACK_DIR..., not both or neither")
+    if args.config is None:
+        return _check_packs(args.packs)
     config, packs = _load(args.config)
     identities = identities_for(config, packs)
     if config.escalation is not None:
@@ -171,17 +175,46 @@ def cmd_check(args: argparse.Namespace) -> int:
             f"{len(pack.patterns)} pattern(s) from {pack.dir}{runs_as}"
         )
     print_matcher(packs, config.limits.matcher, f"; regex timeout {config.limits.regex_timeout:g}s")
-    return 0
+    return 0 if _examples_hold(packs) else 1
+
+
+def _check_packs(roots: list[Path]) -> int:
+    """Pack folders as the agent would load them (ownership included), examples proven."""
+    dirs = find_pack_dirs(tuple(roots))
+    if not dirs:
+        raise LogmendError(f"no pack.toml found in {', '.join(map(str, roots))}")
+    packs = _guarded("a pack under " + ", ".join(map(str, roots)), lambda: load_packs(tuple(dirs)))
+    for pack in packs:
+        print(
+            f"{pack.file}: ok: {pack.name} {pack.version} (owner {pack.owner}),"
+            f" {len(pack.patterns)} pattern(s)"
+        )
+    print_matcher(packs, "auto")
+    return 0 if _examples_hold(packs) else 1
+
+
+def _examples_hold(packs: list[Pack]) -> bool:
+    """Every pack's examples, proven as `logmend test` does; failures printed."""
+    from agent.packtest import check_examples, print_examples
+
+    held = True
+    for pack in packs:
+        checked, failures = check_examples(pack)
+        if failures:
+            print_examples(pack, checked, failures, sys.stdout)
+            held = False
+    return held
 
 
 def print_matcher(
     packs: list[Pack],
     choice: str,
     note: str = "",
-    out: TextIO = sys.stdout,
+    out: TextIO | None = None,
     memo: Memo | None = None,
 ) -> None:
     """Which engine runs, and a warning for each pattern it cannot keep off any line."""
+    out = out or sys.stdout  # at call time: a default bound at import outlives a redirect
     engine = _engine(choice)
     unfiltered = ungated(packs, engine, memo)
     print(f"  matcher: {describe_engine(engine, unfiltered)}{note}", file=out)
@@ -523,8 +556,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.set_defaults(func=cmd_run)
 
-    check = sub.add_parser("check", help="validate a config and every pack it loads")
-    check.add_argument("-c", "--config", type=Path, required=True)
+    check = sub.add_parser(
+        "check",
+        help="validate a config and every pack it loads, or pack folders alone",
+        description="logmend check -c CONFIG | logmend check PACK_DIR...: everything the"
+        " agent would load is loaded, and every pack's examples proven",
+    )
+    check.add_argument("-c", "--config", type=Path, help="an agent config")
+    check.add_argument(
+        "packs", nargs="*", type=Path, metavar="PACK_DIR", help="pack folders, without a config"
+    )
     check.set_defaults(func=cmd_check)
 
     test = sub.add_parser("test", help="prove packs with their examples, try them on logs")

@@ -253,6 +253,9 @@ def _script_inside(
     if not program.is_file():
         section.error(key, f"{first.text!r} does not exist in {pack_dir}")
         return
+    if not program.stat().st_mode & 0o111:  # the fix would fail to start: Permission denied
+        section.error(key, f"{first.text!r} is not executable (chmod +x {program})")
+        return
     if not trust:
         return
     for path in [root, *(root / parent for parent in reversed(inside.parents[:-1])), program]:

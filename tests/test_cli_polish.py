@@ -60,3 +60,37 @@ def test_a_receiver_command_without_its_extra_says_how_to_install_it(tmp_path):
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert "pip install 'logmend[receiver]'" in done.stderr, done.stderr
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent", *args], capture_output=True, text=True, timeout=60
+    )
+
+
+def test_check_takes_pack_folders_without_a_config(tmp_path):
+    pack = write_pack(tmp_path, "good", GOOD, {"fix.sh": "#!/bin/sh\n"})
+    done = run_cli("check", str(pack))
+    assert done.returncode == 0, done.stderr
+    assert f"{pack / 'pack.toml'}: ok: good 1.2.3 (owner team-test), 1 pattern(s)" in done.stdout
+    assert "matcher:" in done.stdout
+    assert run_cli("check").returncode == 1  # neither a config nor a pack: said, not guessed
+    assert "give either -c CONFIG or PACK_DIR" in run_cli("check").stderr
+
+
+def test_check_fails_on_an_example_that_fails(tmp_path):
+    body = GOOD.replace('fields = { user = "bob" }', 'fields = { user = "alice" }')
+    pack = write_pack(tmp_path, "wrong", body, {"fix.sh": "#!/bin/sh\n"})
+    done = run_cli("check", str(pack))
+    assert done.returncode == 1
+    assert "FAILED" in done.stdout and '"user": "alice"' in done.stdout
+
+
+def test_a_fix_script_without_its_execute_bit_is_refused_where_it_is_loaded(tmp_path):
+    """The agent used to load it and log `-> exit None` when the fix could not start."""
+    pack = write_pack(tmp_path, "good", GOOD, {"fix.sh": "#!/bin/sh\n"})
+    (pack / "scripts" / "fix.sh").chmod(0o644)
+    for command in (["check", str(pack)], ["test", str(pack)]):
+        done = run_cli(*command)
+        assert done.returncode == 1, (command, done.stdout)
+        assert "is not executable (chmod +x" in done.stderr, (command, done.stderr)
