@@ -150,7 +150,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from agent.escalate import read_token, tls_context
+    from agent.errors import ConfigError
+    from agent.escalate import read_token, tls_context, token_file_problem
     from agent.preflight import identities_for
 
     if (args.config is None) == (not args.packs):
@@ -162,6 +163,12 @@ def cmd_check(args: argparse.Namespace) -> int:
     if config.escalation is not None:
         read_token(config.escalation)
         tls_context(config.escalation)
+        loose = config.escalation.token_file and token_file_problem(config.escalation.token_file)
+        if loose:
+            assert config.escalation.token_file is not None
+            raise ConfigErrors(
+                [ConfigError(config.escalation.token_file, "escalation.token_file", None, loose)]
+            )
     patterns = sum(len(p.patterns) for p in packs)
     print(
         f"{args.config}: ok: {len(config.sources)} source(s), {len(packs)} pack(s), "

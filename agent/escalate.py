@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -119,7 +120,21 @@ def read_token(config: Escalation) -> str:
         raise ConfigErrors(
             [ConfigError(config.token_file, "escalation.token_file", None, "the file is empty")]
         )
+    problem = token_file_problem(config.token_file)
+    if problem:  # `logmend check` refuses it; a running agent keeps working and says so
+        log.warning("%s: %s", config.token_file, problem)
     return token
+
+
+def token_file_problem(path: Path) -> str | None:
+    """Why the token's file lets others read the token, or None."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return None
+    if mode & 0o077:
+        return f"the token is readable by others (mode {mode & 0o777:o}): chmod 600 {path}"
+    return None
 
 
 @dataclass

@@ -94,3 +94,15 @@ def test_a_fix_script_without_its_execute_bit_is_refused_where_it_is_loaded(tmp_
         done = run_cli(*command)
         assert done.returncode == 1, (command, done.stdout)
         assert "is not executable (chmod +x" in done.stderr, (command, done.stderr)
+
+
+def test_a_running_agent_says_its_token_is_readable_by_others(tmp_path, receiver):
+    """`check` refuses such a token file; a running agent (an upgrade must not turn into
+    a crash loop) keeps sending and says what to do."""
+    from tests.helpers import agent_with_pack
+
+    agent, _ = agent_with_pack(tmp_path, GOOD, {"fix.sh": "#!/bin/sh\n"}, receiver)
+    (tmp_path / "token").chmod(0o644)
+    agent.start()
+    assert agent.saw("the token is readable by others (mode 644): chmod 600"), agent.log()
+    assert agent.stop() == 0

@@ -132,4 +132,8 @@ def test_check_names_a_missing_pack_folder_and_an_unreadable_token(tmp_path, cap
     assert main(["check", "-c", str(file)]) == 1
     assert "escalation.token_file: the file is empty" in capsys.readouterr().err
     (tmp_path / "token").write_text("secret\n")
+    (tmp_path / "token").chmod(0o644)  # a secret others can read: check refuses it
+    assert main(["check", "-c", str(file)]) == 1
+    assert "the token is readable by others (mode 644): chmod 600" in capsys.readouterr().err
+    (tmp_path / "token").chmod(0o600)
     assert main(["check", "-c", str(file)]) == 0
