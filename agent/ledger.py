@@ -59,6 +59,8 @@ class FixLedger:
             how = "timed out"
         elif attempt.signal is not None:
             how = f"signal {attempt.signal}"
+        elif attempt.exit_code is None:  # it never ran; the runner says why
+            how = self._redactor(job)(attempt.stderr.strip() or "could not start")
         else:
             how = f"exit {attempt.exit_code}"
         log.info(

@@ -8,6 +8,7 @@ hostile pack or config is refused, it never crashes the agent.
 
 from __future__ import annotations
 
+import difflib
 import math
 import os
 import re
@@ -523,4 +524,12 @@ class Section:
         """Report keys nobody asked for: a typo must not silently do nothing."""
         for key in self.data:
             if key not in self._used:
-                self.error(key, "unknown key")
+                self.error(key, "unknown key" + _did_you_mean(key, self._used))
+
+
+def _did_you_mean(key: str, known: set[str]) -> str:
+    """The known key a typo most likely meant, as a hint ("" when none is close)."""
+    if len(key) > 64:  # no one mistypes a key this long; difflib would only cost time
+        return ""
+    close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
+    return f" (did you mean {close[0]!r}?)" if close else ""

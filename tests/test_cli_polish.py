@@ -106,3 +106,28 @@ def test_a_running_agent_says_its_token_is_readable_by_others(tmp_path, receiver
     agent.start()
     assert agent.saw("the token is readable by others (mode 644): chmod 600"), agent.log()
     assert agent.stop() == 0
+
+
+def test_an_unknown_key_suggests_the_key_it_was_likely_meant_to_be(tmp_path):
+    from tests.test_packs import errors_of
+
+    body = GOOD.replace(
+        'key = "{user}"', 'key = "{user}"\nseverty = "warning"\nflibbertigibbet = 1'
+    )
+    errors = errors_of(tmp_path, body)
+    assert ("pattern[0].severty", 10, "unknown key (did you mean 'severity'?)") in errors, errors
+    assert ("pattern[0].flibbertigibbet", 11, "unknown key") in errors, errors
+
+
+def test_a_fix_that_cannot_start_is_logged_with_why_not_exit_none(tmp_path):
+    from tests.helpers import agent_with_pack, append, wait_for
+
+    body = GOOD.replace(
+        'run = ["scripts/fix.sh", "{user}"]', 'run = ["scripts/fix.sh", "{user}"]\nattempts = 1'
+    )
+    agent, log = agent_with_pack(tmp_path, body, {"fix.sh": "#!/nonexistent/interpreter\n"})
+    agent.start()
+    append(log, "error for bob")
+    assert wait_for(lambda: agent.saw("fix ops/p1: bob -> cannot start: ")), agent.log()
+    assert not agent.saw("exit None"), agent.log()
+    assert agent.stop() == 0
