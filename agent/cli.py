@@ -152,13 +152,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from agent.errors import ConfigError
     from agent.escalate import read_token, tls_context, token_file_problem
-    from agent.preflight import identities_for
+    from agent.preflight import identities_for, unknown_packs
 
     if (args.config is None) == (not args.packs):
         raise LogmendError("check: give either -c CONFIG or PACK_DIR..., not both or neither")
     if args.config is None:
         return _check_packs(args.packs)
     config, packs = _load(args.config)
+    missing = unknown_packs(config, packs)
+    if missing:
+        raise ConfigErrors(missing)
     identities = identities_for(config, packs)
     if config.escalation is not None:
         read_token(config.escalation)

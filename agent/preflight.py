@@ -8,6 +8,7 @@ which patterns each source's matcher holds, the spool's bounds.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import glob
 import logging
 import os
@@ -45,6 +46,27 @@ def matchers_for(config: Config, packs: list[Pack], memo: Memo | None = None) ->
             )
         out.append(shared[chosen])
     return out
+
+
+def unknown_packs(config: Config, packs: list[Pack]) -> list[ConfigError]:
+    """Sources naming a pack that is not loaded: at run time a warning (the other packs
+    run), in `logmend check` an error (nothing would match there)."""
+    names = sorted(p.name for p in packs)
+    errors = []
+    for index, source in enumerate(config.sources):
+        for name in source.packs or ():
+            if name not in names:
+                close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+                hint = f" (did you mean {close[0]!r}?)" if close else ""
+                errors.append(
+                    ConfigError(
+                        config.file,
+                        f"source[{index}].packs",
+                        None,
+                        f"names pack {name!r}, which is not loaded{hint}: nothing would match",
+                    )
+                )
+    return errors
 
 
 def spool_limits(config: Config) -> SpoolLimits:

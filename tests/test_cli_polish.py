@@ -131,3 +131,21 @@ def test_a_fix_that_cannot_start_is_logged_with_why_not_exit_none(tmp_path):
     assert wait_for(lambda: agent.saw("fix ops/p1: bob -> cannot start: ")), agent.log()
     assert not agent.saw("exit None"), agent.log()
     assert agent.stop() == 0
+
+
+def test_check_refuses_a_source_that_names_a_pack_not_loaded(tmp_path):
+    """At run time a warning (the other packs run), then nothing matches that source:
+    `check` says so before it ships, with the likely name."""
+    packs = tmp_path / "packs"
+    write_pack(packs, "nginx", GOOD, {"fix.sh": "#!/bin/sh\n"})
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'[agent]\nstate_dir = "{tmp_path / "state"}"\npacks = ["{packs}"]\n'
+        '[[source]]\npath = "/x.log"\npacks = ["ngnix"]\n'
+    )
+    done = run_cli("check", "-c", str(config))
+    assert done.returncode == 1
+    assert (
+        "source[0].packs: names pack 'ngnix', which is not loaded (did you mean 'nginx'?)"
+        in done.stderr
+    ), done.stderr
