@@ -127,6 +127,7 @@ class Example:
     line: str
     matches: bool = True
     fields: dict[str, str] | None = None
+    at: int | None = None  # its line in pack.toml, for a failure to point at
 
 
 class LazyRegex:
@@ -378,7 +379,8 @@ def _examples(section: Section) -> tuple[Example, ...]:
             ex.error("fields", "an example that must not match cannot expect fields")
         ex.finish()
         if isinstance(line, str):
-            out.append(Example(line=line, matches=matches is not False, fields=fields))
+            at = ex.doc.keylines.line_of((*ex.path, "line"))
+            out.append(Example(line=line, matches=matches is not False, fields=fields, at=at))
     return tuple(out)
 
 

@@ -11,7 +11,7 @@ from typing import Any, BinaryIO, Protocol, TextIO
 
 from agent.derived import Memo
 from agent.match import Matcher
-from agent.packs import Pack, Pattern
+from agent.packs import Example, Pack, Pattern
 from agent.records import LineSplitter
 
 CHUNK = 1 << 18
@@ -26,51 +26,36 @@ class ExampleFailure:
     line: str
     expected: str
     actual: str
+    at: int | None = None  # the example's line in pack.toml
 
 
 def check_examples(pack: Pack) -> tuple[int, list[ExampleFailure]]:
     """Every example of every pattern; returns (examples checked, failures)."""
-    checked = 0
-    failures: list[ExampleFailure] = []
-    for pattern in pack.patterns:
-        for example in pattern.examples:
-            checked += 1
-            try:
-                found = pattern.regex.search(example.line, timeout=EXAMPLE_TIMEOUT)
-            except TimeoutError:
-                failures.append(
-                    ExampleFailure(
-                        pattern,
-                        example.line,
-                        "a result",
-                        f"regex timed out after {EXAMPLE_TIMEOUT}s",
-                    )
-                )
-                continue
-            if not example.matches:
-                if found is not None:
-                    failures.append(
-                        ExampleFailure(
-                            pattern, example.line, "no match", f"matched {found.group(0)!r}"
-                        )
-                    )
-                continue
-            if found is None:
-                failures.append(ExampleFailure(pattern, example.line, "a match", "no match"))
-                continue
-            fields = {k: v for k, v in found.groupdict().items() if v is not None}
-            wanted = example.fields or {}
-            wrong = {k: fields.get(k) for k, v in wanted.items() if fields.get(k) != v}
-            if wrong:
-                failures.append(
-                    ExampleFailure(
-                        pattern,
-                        example.line,
-                        json.dumps(wanted, sort_keys=True),
-                        json.dumps(fields, sort_keys=True),
-                    )
-                )
-    return checked, failures
+    failures = [
+        ExampleFailure(pattern, example.line, expected, actual, example.at)
+        for pattern in pack.patterns
+        for example in pattern.examples
+        for expected, actual in [_example_problem(pattern, example)]
+        if expected
+    ]
+    return sum(len(p.examples) for p in pack.patterns), failures
+
+
+def _example_problem(pattern: Pattern, example: Example) -> tuple[str, str]:
+    """(what was expected, what happened), or ("", "") when the example holds."""
+    try:
+        found = pattern.regex.search(example.line, timeout=EXAMPLE_TIMEOUT)
+    except TimeoutError:
+        return "a result", f"regex timed out after {EXAMPLE_TIMEOUT}s"
+    if not example.matches:
+        return ("no match", f"matched {found.group(0)!r}") if found is not None else ("", "")
+    if found is None:
+        return "a match", "no match"
+    fields = {k: v for k, v in found.groupdict().items() if v is not None}
+    wanted = example.fields or {}
+    if any(fields.get(k) != v for k, v in wanted.items()):
+        return json.dumps(wanted, sort_keys=True), json.dumps(fields, sort_keys=True)
+    return "", ""
 
 
 class ScanSink(Protocol):
@@ -249,7 +234,9 @@ def print_examples(pack: Pack, checked: int, failures: list[ExampleFailure], out
         file=out,
     )
     for f in failures:
+        where = f" (line {f.at})" if f.at else ""
         print(
-            f"  {f.pattern.id}: {f.line!r}\n    expected: {f.expected}\n    actual:   {f.actual}",
+            f"  {f.pattern.id}{where}: {f.line!r}\n    expected: {f.expected}\n"
+            f"    actual:   {f.actual}",
             file=out,
         )

@@ -149,3 +149,13 @@ def test_check_refuses_a_source_that_names_a_pack_not_loaded(tmp_path):
         "source[0].packs: names pack 'ngnix', which is not loaded (did you mean 'nginx'?)"
         in done.stderr
     ), done.stderr
+
+
+def test_a_failing_example_names_its_line_in_pack_toml(tmp_path):
+    body = GOOD.replace('fields = { user = "bob" }', 'fields = { user = "alice" }')
+    pack = write_pack(tmp_path, "wrong", body, {"fix.sh": "#!/bin/sh\n"})
+    lines = (pack / "pack.toml").read_text().splitlines()
+    at = next(n for n, text in enumerate(lines, 1) if text == 'line = "error for bob"')
+    done = run_cli("test", str(pack))
+    assert done.returncode == 1
+    assert f"  p1 (line {at}): 'error for bob'" in done.stdout, done.stdout
