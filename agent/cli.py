@@ -359,11 +359,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
     print("recent fixes:")
     for i in fixes:
-        tries = sum(a.get("phase") == "fix" for a in i.attempts)
-        print(
-            f"  {_t(i.last_seen)} {i.pack}/{i.pattern} key={i.key!r} {i.outcome or i.status}"
-            f" after {tries} tr{'y' if tries == 1 else 'ies'}"
-        )
+        print(f"  {_t(i.last_seen)} {i.pack}/{i.pattern} key={i.key!r} {_how_it_went(i)}")
     stats = store.pattern_stats()
     if stats:
         print("patterns by regex time (matches, lines confirmed, timeouts, seconds):")
@@ -375,11 +371,19 @@ def cmd_status(args: argparse.Namespace) -> int:
             )
     print("recent incidents:")
     for i in recent:
-        print(
-            f"  {_t(i.last_seen)} {i.pack}/{i.pattern} key={i.key!r} {i.status}"
-            f" ({i.outcome or '-'}, {len(i.attempts)} attempt(s), {i.count} line(s))"
-        )
+        print(f"  {_t(i.last_seen)} {i.pack}/{i.pattern} key={i.key!r} {_how_it_went(i)}")
     return 0
+
+
+def _how_it_went(incident: Any) -> str:
+    """One wording for an incident wherever `status` lists it: its status, the outcome
+    where it says more, the fix's tries (verify runs not counted) and its lines."""
+    tries = sum(a.get("phase") == "fix" for a in incident.attempts)
+    outcome = incident.outcome if incident.outcome not in (None, "", incident.status) else ""
+    return (
+        f"{incident.status}{f' ({outcome})' if outcome else ''}, "
+        f"{tries} {'try' if tries == 1 else 'tries'}, {incident.count} line(s)"
+    )
 
 
 def _t(value: float) -> str:

@@ -159,3 +159,26 @@ def test_a_failing_example_names_its_line_in_pack_toml(tmp_path):
     done = run_cli("test", str(pack))
     assert done.returncode == 1
     assert f"  p1 (line {at}): 'error for bob'" in done.stdout, done.stdout
+
+
+def test_status_words_an_incident_one_way_wherever_it_lists_it(tmp_path):
+    from tests.helpers import RECORD_SCRIPT, agent_with_pack, append, status, wait_for
+    from tests.test_footprint import PACK
+
+    out = tmp_path / "out"
+    out.mkdir()
+    agent, log = agent_with_pack(
+        tmp_path,
+        PACK.replace("OUT", str(out)),
+        {"record.sh": RECORD_SCRIPT.format(exit_code=0)},
+        agent_extra='allow_root = ["ops"]\n',
+    )
+    agent.start()
+    append(log, "queue stuck q7")
+    assert wait_for(lambda: status(agent.config)["recent"]), agent.log()
+    assert agent.stop() == 0
+    text = run_cli("status", "-c", str(agent.config)).stdout
+    fixes = text.split("recent fixes:\n")[1].splitlines()[0]
+    incidents = text.split("recent incidents:\n")[1].splitlines()[0]
+    assert fixes.endswith("ops/stuck key='q7' resolved, 1 try, 1 line(s)"), text
+    assert incidents == fixes, text
