@@ -120,6 +120,14 @@ class KeyLines:
                 return found
         return None
 
+    def path_at(self, line: int) -> KeyPath | None:
+        """The key written last at or before `line` (a syntax error's likely key)."""
+        best: tuple[int, KeyPath] | None = None
+        for path, at in self._lines.items():
+            if path and at <= line and (best is None or at >= best[0]):
+                best = (at, path)
+        return best[1] if best else None
+
     # the scanner: every step moves _pos forward or returns ------------------------
     def _line(self) -> int:
         """The line of the current position (asked at ever later positions)."""
@@ -374,7 +382,9 @@ class Doc:
             self.data: dict[str, Any] = tomllib.loads(text)
         except tomllib.TOMLDecodeError as exc:
             match = re.search(r"line (\d+)", str(exc))
-            raise ConfigError(file, "", int(match.group(1)) if match else None, str(exc)) from exc
+            line = int(match.group(1)) if match else None
+            near = KeyLines(text).path_at(line) if line else None  # linear, never raises
+            raise ConfigError(file, format_path(near) if near else "", line, str(exc)) from exc
         except MemoryError:
             raise
         except RecursionError as exc:  # tomllib recurses once per level of nesting

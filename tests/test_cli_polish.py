@@ -182,3 +182,12 @@ def test_status_words_an_incident_one_way_wherever_it_lists_it(tmp_path):
     incidents = text.split("recent incidents:\n")[1].splitlines()[0]
     assert fixes.endswith("ops/stuck key='q7' resolved, 1 try, 1 line(s)"), text
     assert incidents == fixes, text
+
+
+def test_a_toml_syntax_error_names_the_key_it_is_at(tmp_path):
+    pack = write_pack(tmp_path, "typo", GOOD.replace('key = "{user}"', "key = {user}"))
+    done = run_cli("test", str(pack))
+    assert done.returncode == 1
+    assert f"{pack / 'pack.toml'}:" in done.stderr and ": pattern[0].key: " in done.stderr, (
+        done.stderr
+    )
