@@ -19,9 +19,12 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgpack
+
+if TYPE_CHECKING:  # the child runs this file alone: it imports nothing of logmend's
+    from agent.derived import Memo
 
 _hs: Any
 try:
@@ -145,7 +148,7 @@ def shapes(expressions: list[bytes], apart: bool) -> tuple[list[bool], bytes | N
     """Which shape expressions Hyperscan takes, and a serialized database of those and
     NOT_ASCII (the first expressions in prefilter mode; NOT_ASCII's id follows theirs)."""
     answer = _ask({"kind": "shapes", "expressions": expressions}, apart)
-    if "refused" in answer:  # NOT_ASCII with what it took: not expected; none prefiltered
+    if "refused" in answer:  # it took too long, say: none is prefiltered by its shape
         return [False] * len(expressions), None
     taken = [bool(ok) for ok in answer["taken"]]
     raw = answer["database"]
@@ -153,6 +156,84 @@ def shapes(expressions: list[bytes], apart: bool) -> tuple[list[bool], bytes | N
     if len(taken) != len(expressions):
         raise ValueError("the compiler answered for another set of expressions")
     return taken, raw
+
+
+# -- databases through the memo (agent.derived) ------------------------------------
+def _key(expressions: list[bytes], flags: list[int], literal: bool) -> bytes:
+    from agent.derived import digest
+
+    return digest(b"literal" if literal else b"regex", repr(flags), *expressions)
+
+
+def _load(raw: bytes) -> Any:
+    """A serialized database, ready to scan (raises hyperscan.error)."""
+    assert _hs is not None
+    database = _hs.loadb(raw, _hs.HS_MODE_BLOCK)
+    database.scratch = _hs.Scratch(database)
+    database.scan(b"\n")  # a database this build or CPU cannot run fails here, not later
+    return database
+
+
+def _kept(memo: Memo, key: bytes) -> Any | None:
+    """The database an earlier start built, if the memo has it and it still loads."""
+    raw = memo.get("hyperscan", key, _is_bytes)
+    if raw is None:
+        return None
+    try:
+        return _load(raw)
+    except _hs.error:
+        memo.forget("hyperscan", key)
+        return None
+
+
+def kept_or_built(memo: Memo, expressions: list[bytes], flags: list[int], literal: bool) -> Any:
+    """The database of `expressions`, ready to scan: from the memo, else built (apart,
+    in the agent) and kept."""
+    key = _key(expressions, flags, literal)
+    built = _kept(memo, key)
+    if built is None:
+        raw = database(expressions, flags, literal, memo.apart)
+        memo.put("hyperscan", key, raw)
+        built = _load(raw)
+    return built
+
+
+def shapes_database(memo: Memo, expressions: list[bytes]) -> tuple[list[bool], Any]:
+    """Which shape expressions Hyperscan takes, and one database of those and NOT_ASCII."""
+
+    def key_of(taken: list[bool]) -> bytes:
+        whole = [*(e for e, ok in zip(expressions, taken, strict=True) if ok), NOT_ASCII]
+        return _key(whole, loose_flags(len(whole), len(whole) - 1), False)
+
+    from agent.derived import digest
+
+    key = digest(b"taken", *expressions)
+    known = memo.get(
+        "taken",
+        key,
+        lambda v: (
+            isinstance(v, tuple)
+            and len(v) == len(expressions)
+            and all(isinstance(ok, bool) for ok in v)
+        ),
+    )
+    if known is not None:
+        taken = list(known)
+        if not any(taken):
+            return taken, None
+        built = _kept(memo, key_of(taken))
+        if built is not None:
+            return taken, built
+    taken, raw = shapes(expressions, memo.apart)
+    memo.put("taken", key, taken)
+    if raw is None:
+        return taken, None
+    memo.put("hyperscan", key_of(taken), raw)
+    return taken, _load(raw)
+
+
+def _is_bytes(value: Any) -> bool:
+    return isinstance(value, bytes)
 
 
 def main() -> int:

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from agent import hscompile
-from agent.derived import Memo, digest
-from agent.hscompile import NOT_ASCII, loose_flags
+from agent.derived import Memo
 from agent.literals import MIN_LITERAL, Literal, Requirement, requirement
 from agent.packs import Pattern
 from agent.records import decode_line, split_block
@@ -92,7 +91,7 @@ class _HyperscanScanner(_Scanner):
     def __init__(self, literals: list[Literal], memo: Memo) -> None:
         super().__init__(literals)
         assert _hs is not None
-        self._db = _database(
+        self._db = hscompile.kept_or_built(
             memo,
             [text.encode() for text, _ in literals],
             [_hs.HS_FLAG_CASELESS if icase else 0 for _, icase in literals],
@@ -147,11 +146,21 @@ _NOT_ASCII = re.compile(rb"[\x80-\xff][^\n]*").finditer
 Checks = tuple[tuple[tuple[bytes, bool], ...], ...]  # clauses of (literal, caseless)
 
 
-def _holds(checks: Checks, raw: bytes, lowered: bytes) -> bool:
-    """Every clause has one of its literals in the line."""
-    return all(
-        any(needle in (lowered if icase else raw) for needle, icase in clause) for clause in checks
-    )
+def _holds(checks: Checks, raw: bytes) -> bool:
+    """Every clause has one of its literals in the line (lower-cased only if one asks)."""
+    lowered: bytes | None = None
+    for clause in checks:
+        for needle, icase in clause:
+            if icase:
+                if lowered is None:
+                    lowered = raw.lower()
+                if needle in lowered:
+                    break
+            elif needle in raw:
+                break
+        else:
+            return False  # no literal of this clause is in the line
+    return True
 
 
 class _PrefixGate:
@@ -177,17 +186,16 @@ class _PrefixGate:
         starts.extend(found.start() + 1 for found in self._after_newline(block))
         per_line: dict[int, set[int]] = {}
         for start in starts:
-            raw = lowered = b""
+            raw: bytes | None = None
             chosen = set()
             for p, match, checks in gates:
                 if not match(block, start):
                     continue
                 if checks:
-                    if not raw:
+                    if raw is None:
                         end = block.find(_NL, start)
                         raw = block[start : end if end >= 0 else len(block)]
-                        lowered = raw.lower()
-                    if not _holds(checks, raw, lowered):
+                    if not _holds(checks, raw):
                         continue
                 chosen.add(p)
             if chosen:
@@ -197,78 +205,6 @@ class _PrefixGate:
             for found in _NOT_ASCII(block):
                 per_line[rfind(_NL, 0, found.start()) + 1] = set(self.patterns)
         return per_line
-
-
-def _key(expressions: list[bytes], flags: list[int], literal: bool) -> bytes:
-    return digest(b"literal" if literal else b"regex", repr(flags), *expressions)
-
-
-def _load(raw: bytes) -> Any:
-    """A serialized database, ready to scan (raises hyperscan.error)."""
-    assert _hs is not None
-    database = _hs.loadb(raw, _hs.HS_MODE_BLOCK)
-    database.scratch = _hs.Scratch(database)
-    database.scan(b"\n")  # a database this build or CPU cannot run fails here, not later
-    return database
-
-
-def _kept(memo: Memo, key: bytes) -> Any | None:
-    """The database an earlier start built, if the memo has it and it still loads."""
-    raw = memo.get("hyperscan", key, _is_bytes)
-    if raw is None:
-        return None
-    try:
-        return _load(raw)
-    except _hs.error:
-        memo.forget("hyperscan", key)
-        return None
-
-
-def _database(memo: Memo, expressions: list[bytes], flags: list[int], literal: bool) -> Any:
-    """The database of `expressions`: from the memo, else built (apart, in the agent)."""
-    key = _key(expressions, flags, literal)
-    database = _kept(memo, key)
-    if database is None:
-        raw = hscompile.database(expressions, flags, literal, memo.apart)
-        memo.put("hyperscan", key, raw)
-        database = _load(raw)
-    return database
-
-
-def _shapes_database(memo: Memo, expressions: list[bytes]) -> tuple[list[bool], Any]:
-    """Which shape expressions Hyperscan takes, and one database of those and NOT_ASCII."""
-
-    def key_of(taken: list[bool]) -> bytes:
-        whole = [*(e for e, ok in zip(expressions, taken, strict=True) if ok), NOT_ASCII]
-        return _key(whole, loose_flags(len(whole), len(whole) - 1), False)
-
-    key = digest(b"taken", *expressions)
-    known = memo.get(
-        "taken",
-        key,
-        lambda v: (
-            isinstance(v, tuple)
-            and len(v) == len(expressions)
-            and all(isinstance(ok, bool) for ok in v)
-        ),
-    )
-    if known is not None:
-        taken = list(known)
-        if not any(taken):
-            return taken, None
-        database = _kept(memo, key_of(taken))
-        if database is not None:
-            return taken, database
-    taken, raw = hscompile.shapes(expressions, memo.apart)
-    memo.put("taken", key, taken)
-    if raw is None:
-        return taken, None
-    memo.put("hyperscan", key_of(taken), raw)
-    return taken, _load(raw)
-
-
-def _is_bytes(value: Any) -> bool:
-    return isinstance(value, bytes)
 
 
 def _is_requirement(value: Any) -> bool:
@@ -290,8 +226,8 @@ def _is_requirement(value: Any) -> bool:
 SHORT_LITERAL = 2  # what the prefix gate checks after the prefix
 
 
-def _as_checks(need: Requirement) -> Checks:
-    return tuple(tuple((t.encode(), icase) for t, icase in clause) for clause in need.clauses)
+def _as_checks(clauses: Iterable[frozenset[Literal]]) -> Checks:
+    return tuple(tuple((t.encode(), icase) for t, icase in clause) for clause in clauses)
 
 
 def _requirement(memo: Memo, source: str, minimum: int = MIN_LITERAL) -> Requirement:
@@ -343,11 +279,14 @@ class Matcher:
         if engine not in available_engines():
             raise ValueError(f"matcher engine {engine!r} is not available here")
         needs = [_requirement(memo, p.source) for p in self.patterns]
+        prefixes: dict[int, bytes | None] = {}
         if engine == "python":  # no shape prefilter: short literals gate what no prefix does
             for index, need in enumerate(needs):
-                source = self.patterns[index].source
-                if need.always and _expression(memo, "prefix", source, anchored_prefix) is None:
-                    needs[index] = _requirement(memo, source, SHORT_LITERAL)
+                if need.always:
+                    source = self.patterns[index].source
+                    prefixes[index] = _expression(memo, "prefix", source, anchored_prefix)
+                    if prefixes[index] is None:
+                        needs[index] = _requirement(memo, source, SHORT_LITERAL)
         usage: dict[Literal, int] = {}
         for need in needs:
             for lit in {lit for clause in need.clauses for lit in clause}:
@@ -372,16 +311,10 @@ class Matcher:
                     literals[lit] = len(literals)
                     by_literal.append([])
                 by_literal[literals[lit]].append(index)
-            checks.append(
-                tuple(
-                    tuple((text.encode(), icase) for text, icase in clause)
-                    for clause in need.clauses
-                    if clause is not anchor
-                )
-            )
+            checks.append(_as_checks(c for c in need.clauses if c is not anchor))
         self._checks = checks
         self._all_records = tuple(always)  # match(): a record is confirmed for each
-        self._shapes = self._shape_gate(engine, always, memo) if always else None
+        self._shapes = self._shape_gate(engine, always, prefixes, memo) if always else None
         shaped = self._shapes.patterns if self._shapes is not None else []
         self.shaped = tuple(shaped)  # no literal, gated by their shape or anchored prefix
         self._always = tuple(sorted(set(always) - set(shaped)))
@@ -399,25 +332,25 @@ class Matcher:
         self._find = scanner.find
 
     def _shape_gate(
-        self, engine: str, always: list[int], memo: Memo
+        self, engine: str, always: list[int], prefixes: dict[int, bytes | None], memo: Memo
     ) -> _ShapeScanner | _PrefixGate | None:
         """What keeps patterns with no literal off most lines: their shape in Hyperscan,
-        else their anchored prefix; those it cannot take stay on every line."""
+        else their anchored prefix (`prefixes`); those it cannot take stay on every line."""
         sources = [(i, self.patterns[i].source) for i in always]
         if engine == "hyperscan":
             shapes = [(i, _expression(memo, "shape", s, prefilter_expression)) for i, s in sources]
             candidates = [(i, e) for i, e in shapes if e is not None]
             if not candidates:
                 return None
-            taken, database = _shapes_database(memo, [e for _, e in candidates])
+            taken, database = hscompile.shapes_database(memo, [e for _, e in candidates])
             shaped = [i for (i, _), ok in zip(candidates, taken, strict=True) if ok]
             return _ShapeScanner(shaped, database) if shaped else None
         gated: list[tuple[int, bytes, Checks]] = []
         for i, source in sources:
-            prefix = _expression(memo, "prefix", source, anchored_prefix)
+            prefix = prefixes[i]
             if prefix is not None:
                 short = _requirement(memo, source, SHORT_LITERAL)
-                gated.append((i, prefix, _as_checks(short)))
+                gated.append((i, prefix, _as_checks(short.clauses)))
         return _PrefixGate(gated) if gated else None
 
     # -- the hot path ---------------------------------------------------------------
@@ -489,23 +422,7 @@ class Matcher:
         for lit in present:
             chosen.update(by_literal[lit])
         checks = self._checks
-        lowered: bytes | None = None
-        out = []
-        for index in sorted(chosen):
-            for clause in checks[index]:
-                for needle, icase in clause:
-                    if icase:
-                        if lowered is None:
-                            lowered = raw.lower()
-                        if needle in lowered:
-                            break
-                    elif needle in raw:
-                        break
-                else:
-                    break  # no literal of this clause is in the line
-            else:
-                out.append(index)
-        return out
+        return [index for index in sorted(chosen) if _holds(checks[index], raw)]
 
     def _confirm(self, text: str, candidates: Sequence[int]) -> list[Hit]:
         hits: list[Hit] = []

@@ -354,21 +354,30 @@ def test_a_child_that_cannot_compile_is_not_fatal(tmp_path, monkeypatch, caplog)
 
 @needs_hyperscan
 def test_the_child_answers_only_in_msgpack_and_refuses_garbage():
+    """Run as the agent runs it: this one file, isolated, from / (it imports nothing of
+    logmend's, so no other copy of logmend can answer for it)."""
     import subprocess
     import sys
 
-    done = subprocess.run(
-        [sys.executable, "-m", "agent.hscompile"], input=b"\xc1 not msgpack", capture_output=True
-    )
+    child = [sys.executable, "-I", str(Path(hscompile.__file__).resolve())]
+    done = subprocess.run(child, input=b"\xc1 not msgpack", capture_output=True, cwd="/")
     assert done.returncode != 0 and done.stdout == b""  # the parent then compiles itself
     request = {"kind": "database", "expressions": [b"(a"], "flags": [0], "literal": False}
     done = subprocess.run(
-        [sys.executable, "-m", "agent.hscompile"],
-        input=msgpack.packb(request, use_bin_type=True),
-        capture_output=True,
-        check=True,
+        child, input=msgpack.packb(request, use_bin_type=True), capture_output=True, check=True
     )
     assert "refused" in msgpack.unpackb(done.stdout, raw=False)
+    good = {"kind": "shapes", "expressions": [b"^(?:[\\x30-\\x39]{3})[^\\n]*$"]}
+    done = subprocess.run(
+        [*child[:2], "-X", "importtime", child[2]],
+        input=msgpack.packb(good, use_bin_type=True),
+        capture_output=True,
+        check=True,
+        cwd="/",
+    )
+    answer = msgpack.unpackb(done.stdout, raw=False)
+    assert answer["taken"] == [True] and isinstance(answer["database"], bytes)
+    assert b"agent" not in done.stderr  # importtime lists every module it imported
 
 
 @pytest.mark.parametrize("kind", available_engines())
