@@ -118,9 +118,7 @@ class Agent:
             exclude=self.own_log,
             memo=self.memo,
         )
-        self.memo.save()
-        self.memo.close()  # until a reload: the facts are in the file
-        self._memo_tally = self.memo.tally()
+        self._memo_tally = self.memo.finish()  # until a reload, the facts are in the file
         self.sender: Sender | None = self._new_sender()
         self.alerts: AlertSink | None = self._new_alerts()
         self.notify = Notifier()
@@ -366,8 +364,7 @@ class Agent:
         try:
             config = load_config(self.config.file)
             where = "a pack under " + ", ".join(map(str, config.packs))
-            if self.memo.path is not None:
-                self.memo.open(self.memo.path)
+            self.memo.reopen()
             packs = load_packs(config.packs, host=config.params, memo=self.memo)
             where = self.config.file
             identities = identities_for(config, packs)
@@ -394,16 +391,14 @@ class Agent:
             for error in errors:
                 log.error("reload refused, the previous config and packs stay: %s", error)
             self.reloads["failed"] += 1
-            self.memo.tally()  # the next reload's count is its own
-            self.memo.close()
+            self.memo.finish(save=False)  # the next reload's count is its own
             self._record_reload(errors)
             self.notify.ready(self.status_line())
             return False
         self.flush_stats()
         reader = self.reader
         reader.adopt(config, packs)
-        self.memo.save()
-        self.memo.close()
+        memo_tally = self.memo.finish()
         self.remediator.reconfigure(packs, identities)
         self.store.spool_limits = spool_limits(config)
         if tailer is not None:
@@ -417,7 +412,7 @@ class Agent:
             len(config.sources),
             len(packs),
             len(reader.pattern_by_id),
-            self.memo.tally(),
+            memo_tally,
         )
         self.notify.ready(self.status_line())
         return True

@@ -190,6 +190,19 @@ class Memo:
         self._used = {}
         self._changed = False
 
+    def reopen(self) -> None:
+        """Read the file again before a reload (after `finish` let go of its facts)."""
+        if self.path is not None:
+            self.open(self.path)
+
+    def finish(self, save: bool = True) -> str:
+        """After a load: keep what it used (unless it failed), let go of the facts held
+        in memory, and say how much was derived and how much remembered."""
+        if save:
+            self.save()
+        self.close()
+        return self.tally()
+
     def close(self) -> None:
         """Let go of the facts held in memory (a megabyte for 1,000 patterns): what the
         next load needs is in the file, which `open` reads again."""
