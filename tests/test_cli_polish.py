@@ -162,17 +162,10 @@ def test_a_failing_example_names_its_line_in_pack_toml(tmp_path):
 
 
 def test_status_words_an_incident_one_way_wherever_it_lists_it(tmp_path):
-    from tests.helpers import RECORD_SCRIPT, agent_with_pack, append, status, wait_for
-    from tests.test_footprint import PACK
+    from tests.helpers import append, status, wait_for
+    from tests.test_footprint import fixing_agent
 
-    out = tmp_path / "out"
-    out.mkdir()
-    agent, log = agent_with_pack(
-        tmp_path,
-        PACK.replace("OUT", str(out)),
-        {"record.sh": RECORD_SCRIPT.format(exit_code=0)},
-        agent_extra='allow_root = ["ops"]\n',
-    )
+    agent, log, _ = fixing_agent(tmp_path)
     agent.start()
     append(log, "queue stuck q7")
     assert wait_for(lambda: status(agent.config)["recent"]), agent.log()

@@ -12,7 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.helpers import RECORD_SCRIPT, agent_with_pack, append, wait_for
+from tests.helpers import RECORD_SCRIPT, AgentProc, agent_with_pack, append, wait_for
 
 LAZY = ("httpx", "prometheus_client", "asyncio", "tenacity", "ssl", "hashlib", "_hashlib")
 
@@ -51,7 +51,8 @@ line = "queue stuck q1"
 """
 
 
-def test_the_fix_loop_and_openssl_wait_for_the_first_fix_which_still_runs(tmp_path):
+def fixing_agent(tmp_path: Path) -> tuple[AgentProc, Path, Path]:
+    """An agent whose pack fixes `queue stuck Q` by recording its argv in OUT (root)."""
     out = tmp_path / "out"
     out.mkdir()
     agent, log = agent_with_pack(
@@ -60,6 +61,11 @@ def test_the_fix_loop_and_openssl_wait_for_the_first_fix_which_still_runs(tmp_pa
         {"record.sh": RECORD_SCRIPT.format(exit_code=0)},
         agent_extra='allow_root = ["ops"]\n',
     )
+    return agent, log, out
+
+
+def test_the_fix_loop_and_openssl_wait_for_the_first_fix_which_still_runs(tmp_path):
+    agent, log, out = fixing_agent(tmp_path)
     agent.start()
     assert agent.proc is not None
     idle = mapped(agent.proc.pid)
