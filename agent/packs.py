@@ -155,14 +155,17 @@ class LazyRegex:
     def get(self) -> regex.Pattern[str]:
         compiled = self._compiled
         if compiled is None:
-            compiled = self._compiled = regex.compile(self.source, regex.VERSION0)
+            compiled = regex.compile(self.source, regex.VERSION0, cache_pattern=False)
+            self._compiled = compiled  # held here only: not also in regex's own cache
         return compiled
 
     @classmethod
-    def now(cls, source: str) -> LazyRegex:
-        """Compiled at once (raises regex.error)."""
-        compiled = regex.compile(source, regex.VERSION0)
-        return cls(source, compiled.flags, tuple(compiled.groupindex), compiled)
+    def checked(cls, source: str) -> LazyRegex:
+        """Compiled once to learn that it compiles, its flags and groups (raises
+        regex.error), and let go: a compiled regex holds about 5 KiB, and most patterns
+        never see a candidate line."""
+        compiled = regex.compile(source, regex.VERSION0, cache_pattern=False)
+        return cls(source, compiled.flags, tuple(compiled.groupindex))
 
 
 CompiledRegex = regex.Pattern[str]
@@ -351,7 +354,7 @@ def _compile(section: Section, source: str, memo: Memo) -> LazyRegex | None:
         flags, groups = known
         return LazyRegex(source, flags, tuple(groups))
     try:
-        compiled = LazyRegex.now(source)
+        compiled = LazyRegex.checked(source)
     except regex.error as exc:
         section.error("match", f"is not a valid regex: {exc}")
     except (OverflowError, RecursionError, ValueError) as exc:

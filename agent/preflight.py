@@ -8,7 +8,6 @@ which patterns each source's matcher holds, the spool's bounds.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import glob
 import logging
 import os
@@ -56,6 +55,8 @@ def unknown_packs(config: Config, packs: list[Pack]) -> list[ConfigError]:
     for index, source in enumerate(config.sources):
         for name in source.packs or ():
             if name not in names:
+                import difflib  # only on an error
+
                 close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
                 hint = f" (did you mean {close[0]!r}?)" if close else ""
                 errors.append(

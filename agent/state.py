@@ -139,6 +139,7 @@ class Store:
             unstamped = check_owner(self._db, path)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA cache_size=-256")
             self._db.executescript(SCHEMA)
             for table, column, kind in MIGRATIONS:
                 have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}

@@ -10,11 +10,11 @@ from __future__ import annotations
 import contextlib
 import fnmatch
 import glob
-import gzip
 import os
 import time
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from agent.config import Source
 from agent.hashing import blake2b
@@ -177,14 +177,14 @@ def find_copy(
             if (exclude is not None and (st.st_dev, st.st_ino) == exclude) or entry.path in taken:
                 continue
             if entry.name.endswith(".gz"):
-                with gzip.open(entry.path, "rb") as handle:
+                with _gunzip(entry.path) as handle:
                     data = handle.read(offset + MAX_RECOVERED)
             elif st.st_size >= offset:
                 with open(entry.path, "rb") as handle:
                     data = handle.read(offset + MAX_RECOVERED)
             else:
                 continue
-        except (OSError, EOFError, gzip.BadGzipFile):
+        except (OSError, EOFError):  # gzip.BadGzipFile is an OSError
             continue
         known = data[:head_len] if offset == 0 else data[max(0, offset - MARKER_BYTES) : offset]
         if len(data) >= max(offset, head_len) and _hash(known) == marker:
@@ -210,14 +210,20 @@ def _siblings(path: str) -> list[tuple[os.DirEntry[str], os.stat_result]]:
     return out
 
 
+def _gunzip(path: str) -> BinaryIO:
+    import gzip  # compressed copies are read only when catching up: not a cost of every start
+
+    return gzip.open(path, "rb")  # type: ignore[return-value]
+
+
 def _read_whole(path: str) -> bytes:
     try:
         if path.endswith(".gz"):
-            with gzip.open(path, "rb") as handle:
+            with _gunzip(path) as handle:
                 return handle.read(MAX_RECOVERED)
         with open(path, "rb") as handle:
             return handle.read(MAX_RECOVERED)
-    except (OSError, EOFError, gzip.BadGzipFile):
+    except (OSError, EOFError):  # gzip.BadGzipFile is an OSError
         return b""
 
 

@@ -8,7 +8,6 @@ hostile pack or config is refused, it never crashes the agent.
 
 from __future__ import annotations
 
-import difflib
 import math
 import os
 import re
@@ -541,5 +540,7 @@ def _did_you_mean(key: str, known: set[str]) -> str:
     """The known key a typo most likely meant, as a hint ("" when none is close)."""
     if len(key) > 64:  # no one mistypes a key this long; difflib would only cost time
         return ""
+    import difflib  # only on an error: not a cost of every start
+
     close = difflib.get_close_matches(key, sorted(known), n=1, cutoff=0.75)
     return f" (did you mean {close[0]!r}?)" if close else ""

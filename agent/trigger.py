@@ -7,7 +7,7 @@ incident open: waiting for its threshold, remediating, or cooling down.
 
 from __future__ import annotations
 
-import uuid
+import os
 from collections import deque
 from dataclasses import dataclass
 
@@ -159,7 +159,7 @@ class Trigger:
     ) -> Incident:
         redact = self._redactor(pattern)
         return Incident(
-            id=uuid.uuid4().hex,
+            id=os.urandom(16).hex(),  # random, like uuid4().hex, without importing uuid
             fingerprint=fp,
             pack=pattern.pack,
             pattern=pattern.id,

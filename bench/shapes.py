@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 
 from bench.corpus import write_shaped
-from bench.matchers import PY, logmend_agent, run
+from bench.matchers import PY, as_installed, logmend_agent, run
 
 HERE = Path(__file__).resolve().parent
 TARGET = 1.5  # within this factor of the Hyperscan scan
@@ -152,6 +152,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=HERE / "out")
     parser.add_argument("--repeat", type=int, default=5, help="starts and reloads timed")
     args = parser.parse_args()
+    as_installed()
     rows = [
         "| no literal | tool | lines/s | peak RSS MiB | matched | vs Hyperscan scan |",
         "|---:|---|---:|---:|---:|---|",

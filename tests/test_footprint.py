@@ -15,12 +15,14 @@ from pathlib import Path
 from tests.helpers import RECORD_SCRIPT, AgentProc, agent_with_pack, append, wait_for
 
 LAZY = ("httpx", "prometheus_client", "asyncio", "tenacity", "ssl", "hashlib", "_hashlib")
+# needed only on an error, for a compressed rotation, or not at all: 1 MiB between them
+RARE = ("difflib", "gzip", "socket", "uuid")
 
 
 def test_importing_the_agent_and_its_cli_loads_none_of_what_waits():
     code = (
         "import sys, agent.daemon, agent.cli, agent.packtest\n"
-        f"print(sorted(m for m in {LAZY!r} if m in sys.modules))"
+        f"print(sorted(m for m in {LAZY + RARE!r} if m in sys.modules))"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
@@ -81,3 +83,26 @@ def test_the_fix_loop_and_openssl_wait_for_the_first_fix_which_still_runs(tmp_pa
     assert wait_for(lambda: (out / "fix.1.argv").exists()), agent.log()
     assert agent.stop() == 0
     assert "Traceback" not in agent.log()
+
+
+def test_a_cold_load_learns_each_regex_and_holds_none_of_them(tmp_path):
+    """Compiling a pattern to learn its groups must not keep it: a compiled regex
+    holds about 5 KiB, and most patterns never see a candidate line."""
+    from agent.derived import Memo
+    from agent.packs import load_pack
+
+    pack_dir = tmp_path / "p"
+    pack_dir.mkdir()
+    (pack_dir / "pack.toml").write_text(
+        '[pack]\nname = "p"\nowner = "t"\n'
+        + "".join(
+            f'[[pattern]]\nid = "p{n}"\nmatch = "^(?P<code>E{n}) (?P<rest>.*)$"\n'
+            f'[[pattern.example]]\nline = "E{n} went wrong"\n'
+            for n in range(50)
+        )
+    )
+    pack = load_pack(pack_dir, trust=False, memo=Memo())
+    assert all(p.lazy._compiled is None for p in pack.patterns)
+    assert pack.patterns[7].lazy.groups == ("code", "rest")
+    assert pack.patterns[7].regex.search("E7 went wrong")["rest"] == "went wrong"
+    assert pack.patterns[7].lazy._compiled is not None  # compiled on first use, then kept
