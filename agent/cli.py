@@ -18,8 +18,9 @@ from agent import __version__, derived
 from agent.config import Config, load_config
 from agent.derived import Memo
 from agent.errors import ConfigErrors, LogmendError, unexpected
+from agent.examples import ExampleFailure, check_examples
 from agent.observe import from_environment
-from agent.packs import Pack, find_pack_dirs, load_packs
+from agent.packs import BrokenPack, Pack, find_pack_dirs, load_packs, load_packs_apart
 from agent.policy import Outcome
 from agent.receiver.commands import add_receiver_commands
 
@@ -103,12 +104,18 @@ def _load_config(config_path: Path) -> Config:
     return _guarded(config_path, lambda: load_config(config_path))
 
 
-def _load(config_path: Path, memo: Memo | None = None) -> tuple[Config, list[Pack]]:
+def _admit(
+    config_path: Path, memo: Memo | None = None
+) -> tuple[Config, list[Pack], list[BrokenPack]]:
+    """The config, the packs that would run and the broken ones (agent.examples.admit)."""
+    from agent.examples import admit
+
     config = _load_config(config_path)
-    if memo is not None:  # what earlier starts derived from the same patterns (agent.derived)
-        memo.open(config.state_dir / derived.FILE)
+    memo = memo or Memo()
+    memo.open(config.state_dir / derived.FILE)  # what earlier starts derived (agent.derived)
     where = "a pack under " + ", ".join(map(str, config.packs))
-    return config, _guarded(where, lambda: load_packs(config.packs, host=config.params, memo=memo))
+    packs, broken = _guarded(where, lambda: admit(config.packs, config.params, memo))
+    return config, packs, broken
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -116,9 +123,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_format, args.log_level)
     memo = derived.Memo(apart=True)  # the agent lives long: compile apart (agent.hscompile)
-    config, packs = _load(args.config, memo)
+    config, packs, broken = _admit(args.config, memo)
     if not args.dry_run:
-        return Agent(config, packs, observer=from_environment(os.environ), memo=memo).run()
+        observer = from_environment(os.environ)
+        return Agent(config, packs, observer=observer, memo=memo, broken=broken).run()
     import dataclasses
     import sqlite3
     import tempfile
@@ -144,6 +152,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             runner=DryRunner(),
             dry_run=True,
             observer=from_environment(os.environ),
+            broken=broken,
         ).run()
 
 
@@ -156,8 +165,10 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise LogmendError("check: give either -c CONFIG or PACK_DIR..., not both or neither")
     if args.config is None:
         return _check_packs(args.packs)
-    config, packs = _load(args.config)
-    missing = unknown_packs(config, packs)
+    config = _load_config(args.config)
+    where = "a pack under " + ", ".join(map(str, config.packs))
+    packs, broken = _guarded(where, lambda: load_packs_apart(config.packs, host=config.params))
+    missing = unknown_packs(config, [p.name for p in packs + broken])
     if missing:
         raise ConfigErrors(missing)
     identities = identities_for(config, packs)
@@ -170,9 +181,11 @@ def cmd_check(args: argparse.Namespace) -> int:
             raise ConfigErrors(
                 [ConfigError(config.escalation.token_file, "escalation.token_file", None, loose)]
             )
+    packs, failing = _proven(packs)
     patterns = sum(len(p.patterns) for p in packs)
     print(
-        f"{args.config}: ok: {len(config.sources)} source(s), {len(packs)} pack(s), "
+        f"{args.config}: {'BROKEN' if broken or failing else 'ok'}: "
+        f"{len(config.sources)} source(s), {len(packs)} pack(s) would run, "
         f"{patterns} pattern(s); state in {config.state_db}"
     )
     for pack in packs:
@@ -182,8 +195,9 @@ def cmd_check(args: argparse.Namespace) -> int:
             f"  pack {pack.name} {pack.version} (owner {pack.owner}): "
             f"{len(pack.patterns)} pattern(s) from {pack.dir}{runs_as}"
         )
+    _print_broken(broken, failing)
     print_matcher(packs, config.limits.matcher, f"; regex timeout {config.limits.regex_timeout:g}s")
-    return 0 if _examples_hold(packs) else 1
+    return 1 if broken or failing else 0
 
 
 def _check_packs(roots: list[Path]) -> int:
@@ -191,27 +205,50 @@ def _check_packs(roots: list[Path]) -> int:
     dirs = find_pack_dirs(tuple(roots))
     if not dirs:
         raise LogmendError(f"no pack.toml found in {', '.join(map(str, roots))}")
-    packs = _guarded("a pack under " + ", ".join(map(str, roots)), lambda: load_packs(tuple(dirs)))
+    where = "a pack under " + ", ".join(map(str, roots))
+    packs, broken = _guarded(where, lambda: load_packs_apart(tuple(dirs)))
+    packs, failing = _proven(packs)
     for pack in packs:
         print(
             f"{pack.file}: ok: {pack.name} {pack.version} (owner {pack.owner}),"
             f" {len(pack.patterns)} pattern(s)"
         )
-    print_matcher(packs, "auto")
-    return 0 if _examples_hold(packs) else 1
+    _print_broken(broken, failing)
+    if packs:
+        print_matcher(packs, "auto")
+    return 1 if broken or failing else 0
 
 
-def _examples_hold(packs: list[Pack]) -> bool:
-    """Every pack's examples, proven as `logmend test` does; failures printed."""
-    from agent.packtest import check_examples, print_examples
+Failing = list[tuple[Pack, int, list[ExampleFailure]]]
 
-    held = True
+
+def _proven(packs: list[Pack]) -> tuple[list[Pack], Failing]:
+    """The packs whose examples all hold, and the others with their failures."""
+    held, failing = [], []
     for pack in packs:
         checked, failures = check_examples(pack)
         if failures:
-            print_examples(pack, checked, failures, sys.stdout)
-            held = False
-    return held
+            failing.append((pack, checked, failures))
+        else:
+            held.append(pack)
+    return held, failing
+
+
+def _print_broken(broken: list[BrokenPack], failing: Failing) -> None:
+    """Each pack that would not run, and why; the agent runs every other pack."""
+    from agent.packtest import print_examples
+
+    def head(file: Path, name: str, owner: str) -> None:
+        owner = f" (owner {owner})" if owner else ""
+        print(f"{file}: BROKEN: {name}{owner} would not run; the other packs would:")
+
+    for pack in broken:
+        head(pack.file, pack.name, pack.owner)
+        for error in pack.errors:
+            print(f"  {error}")
+    for failed, checked, failures in failing:
+        head(failed.file, failed.name, failed.owner)
+        print_examples(failed, checked, failures, sys.stdout)
 
 
 def print_matcher(
@@ -271,7 +308,7 @@ def describe_engine(engine: str, unfiltered: list[str]) -> str:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from agent.packtest import JsonSink, TextSink, check_examples, print_examples, scan_logs
+    from agent.packtest import JsonSink, TextSink, print_examples, scan_logs
 
     dirs = find_pack_dirs(tuple(args.packs))
     if not dirs:
@@ -314,6 +351,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     cooling = store.cooling(time.time())
     reload_meta = store.meta("last_reload")
     last_reload = json.loads(reload_meta) if reload_meta else None
+    broken = json.loads(store.meta("broken_packs") or "[]")
     if args.json:
         json.dump(
             {
@@ -324,6 +362,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 "patterns": store.pattern_stats(),
                 "cooldowns": cooling,
                 "last_reload": last_reload,
+                "broken_packs": broken,
             },
             sys.stdout,
             default=str,
@@ -342,6 +381,14 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"last reload: {when}, REFUSED (the previous set still runs):")
             for error in last_reload["errors"]:
                 print(f"  {error}")
+    if broken:
+        print(f"broken packs: {len(broken)} (they do not run; every other pack does)")
+        for pack in broken:
+            owner = f" (owner {pack['owner']})" if pack["owner"] else ""
+            more = len(pack["errors"]) - 1
+            print(f"  {pack['pack']}{owner} in {pack['dir']}: {pack['errors'][0]}")
+            if more:
+                print(f"    and {more} more: logmend check {pack['dir']}")
     print(f"open incidents: {len(open_incidents)}")
     for i in open_incidents:
         print(

@@ -24,12 +24,13 @@ from typing import TYPE_CHECKING, Any
 from agent import __version__, derived, events
 from agent.config import Config, load_config
 from agent.errors import ConfigErrors, LogmendError, StateError, unexpected
+from agent.examples import admit
 from agent.filewatch import watch_sources
 from agent.fixes import FixJob, Remediator
 from agent.ledger import Counters, FixLedger
 from agent.notify import Notifier
 from agent.observe import Observer
-from agent.packs import Pack, load_packs
+from agent.packs import BrokenPack, Pack
 from agent.policy import FIXING
 from agent.preflight import identities_for, own_log_identity, refuse_own_log, spool_limits
 from agent.reader import Produced, Reader
@@ -64,11 +65,13 @@ class Agent:
         monotonic: Callable[[], float] = time.monotonic,
         observer: Observer | None = None,
         memo: derived.Memo | None = None,
+        broken: list[BrokenPack] | None = None,
     ) -> None:
         # what an earlier start derived from the same patterns: a warm start skips compiling
         self.memo = memo or derived.Memo(config.state_dir / derived.FILE, apart=True)
         if packs is None:
-            packs = load_packs(config.packs, host=config.params, memo=self.memo)
+            packs, broken = admit(config.packs, config.params, self.memo)
+        self.broken = broken or []  # packs that do not run here; the others do
         identities = identities_for(config, packs)
         self.own_log = own_log_identity()
         refuse_own_log(config, self.own_log)
@@ -119,6 +122,7 @@ class Agent:
             memo=self.memo,
         )
         self._memo_tally = self.memo.finish()  # until a reload, the facts are in the file
+        self._note_broken()
         self.sender: Sender | None = self._new_sender()
         self.alerts: AlertSink | None = self._new_alerts()
         self.notify = Notifier()
@@ -212,12 +216,13 @@ class Agent:
         self.start_metrics()
         self.notify.ready(self.status_line())
         log.info(
-            "logmend %s running: %d source(s), %d file(s), %d pack(s), %d pattern(s) "
+            "logmend %s running: %d source(s), %d file(s), %d pack(s)%s, %d pattern(s) "
             "(facts about them: %s)",
             __version__,
             len(self.config.sources),
             len(reader.tailer.files),
             len(reader.packs),
+            self._broken_note(),
             len(reader.pattern_by_id),
             self._memo_tally,
         )
@@ -348,6 +353,8 @@ class Agent:
             lag=lag,
             incidents_by_status=by_status,
             spool=spool,
+            packs_running=len(reader.packs),
+            broken_packs=tuple(p.name for p in self.broken),
         )
 
     # reload ------------------------------------------------------------------------
@@ -365,7 +372,7 @@ class Agent:
             config = load_config(self.config.file)
             where = "a pack under " + ", ".join(map(str, config.packs))
             self.memo.reopen()
-            packs = load_packs(config.packs, host=config.params, memo=self.memo)
+            packs, broken = admit(config.packs, config.params, self.memo)
             where = self.config.file
             identities = identities_for(config, packs)
             refuse_own_log(config, self.own_log)
@@ -399,6 +406,8 @@ class Agent:
         reader = self.reader
         reader.adopt(config, packs)
         memo_tally = self.memo.finish()
+        self.broken = broken
+        self._note_broken()
         self.remediator.reconfigure(packs, identities)
         self.store.spool_limits = spool_limits(config)
         if tailer is not None:
@@ -408,9 +417,10 @@ class Agent:
         self.reloads["ok"] += 1
         self._record_reload([])
         log.info(
-            "reloaded: %d source(s), %d pack(s), %d pattern(s) (facts about them: %s)",
+            "reloaded: %d source(s), %d pack(s)%s, %d pattern(s) (facts about them: %s)",
             len(config.sources),
             len(packs),
+            self._broken_note(),
             len(reader.pattern_by_id),
             memo_tally,
         )
@@ -439,6 +449,31 @@ class Agent:
                 self.alerts.start()
         elif self.alerts is not None:  # keeps what fires, so it can end it later
             self.alerts.patterns, self.alerts.packs = reader.pattern_by_id, reader.pack_by_name
+
+    def _broken_note(self) -> str:
+        names = ", ".join(p.name for p in self.broken)
+        return f" ({len(self.broken)} broken, not running: {names})" if self.broken else ""
+
+    def _note_broken(self) -> None:
+        """Name each pack that does not run: in the log, for `status` and the metrics,
+        and to its owner through the receiver (once per host and way it is broken)."""
+        for pack in self.broken:
+            log.error(
+                "pack %s in %s does not run (%d problem(s)); every other pack does: %s",
+                pack.name,
+                pack.dir,
+                len(pack.errors),
+                "; ".join(str(e) for e in pack.errors[:5])
+                + (" ..." if len(pack.errors) > 5 else ""),
+            )
+        now = self.clock()
+        try:
+            self.store.set_meta("broken_packs", json.dumps([p.to_json() for p in self.broken]))
+            self.store.report_once(
+                [events.pack_error(p, self.config.host, now) for p in self.broken], now
+            )
+        except StateError as exc:
+            log.error("cannot record the broken packs in the state database: %s", exc)
 
     def _record_reload(self, errors: list[str]) -> None:
         try:
@@ -497,7 +532,7 @@ class Agent:
     def _apply_finished(self) -> None:
         while True:
             try:
-                fingerprint, incident_id, until = self.ledger.cooled.get_nowait()
+                fingerprint, incident_id, until, resolved_at = self.ledger.cooled.get_nowait()
             except queue.Empty:
                 return
-            self.reader.trigger.finished(fingerprint, incident_id, until)
+            self.reader.trigger.finished(fingerprint, incident_id, until, resolved_at)

@@ -13,8 +13,9 @@ from typing import Any
 import msgpack
 
 from agent import __version__
+from agent.hashing import blake2b
 from agent.model import Incident
-from agent.packs import Pack, Pattern
+from agent.packs import BrokenPack, Pack, Pattern
 from agent.policy import Outcome, Wire
 
 
@@ -124,6 +125,36 @@ def spool_dropped(host: str, dropped: int, first: float, last: float) -> Event:
         article_text=f"The agent's spool reached its bounds while the receiver was out of "
         f"reach and dropped its {dropped} oldest escalation(s). Raise "
         "[escalation] spool_max_events / spool_max_bytes, or look at why delivery stalled.",
+    )
+
+
+MAX_PACK_ERRORS = 20  # lines of one pack's report; the count says how many there were
+
+
+def pack_error(broken: BrokenPack, host: str, now: float) -> Event:
+    """A pack that does not run on `host`. Its id is its errors' digest: one report per
+    host for each way the pack is broken, however often the agent starts."""
+    errors = [str(e) for e in broken.errors]
+    digest = blake2b("\n".join(errors).encode(), digest_size=8).hexdigest()
+    return Event(
+        id=f"pack-error:{broken.name}:{broken.version}:{digest}:{host}",
+        fingerprint=f"pack-error:{broken.name}",
+        host=host,
+        pack=broken.name,
+        pack_version=broken.version,
+        owner=broken.owner,
+        pattern="pack.toml",
+        severity="error",
+        status=Wire.PACK_ERROR,
+        outcome="not-loaded",
+        key=str(broken.dir),
+        first_seen=now,
+        last_seen=now,
+        count=len(errors),
+        lines=errors[:MAX_PACK_ERRORS],
+        article_text=f"The pack in {broken.dir} does not run on {host}: it failed to load or "
+        "its examples failed. Every other pack runs without it. `logmend check "
+        f"{broken.dir}` shows the same errors; fix them and reload the agent (SIGHUP).",
     )
 
 

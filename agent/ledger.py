@@ -49,7 +49,7 @@ class FixLedger:
         self.wake = wake
         self.escalated = escalated
         self.counters = Counters()
-        self.cooled: queue.SimpleQueue[tuple[str, str, float]] = queue.SimpleQueue()
+        self.cooled: queue.SimpleQueue[tuple[str, str, float, float | None]] = queue.SimpleQueue()
 
     def report(self, job: FixJob, attempt: Attempt) -> None:
         """One run of a fix or its verify, logged with its argv redacted."""
@@ -105,8 +105,10 @@ class FixLedger:
             incident.fingerprint,
             escalation,
             now,
+            resolved=outcome.resolved,
         )
-        self.cooled.put((incident.fingerprint, incident.id, until))
+        resolved_at = now if outcome.resolved else None
+        self.cooled.put((incident.fingerprint, incident.id, until, resolved_at))
         self.wake.set()
         self._log(job, outcome, redact)
         if escalation is not None:

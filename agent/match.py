@@ -56,6 +56,7 @@ class PatternStats:
     seconds: float = 0.0
     quarantined: bool = False
     error: str = ""  # why its regex could not be compiled when first needed
+    ignored: int = 0  # lines it matched that its `ignore` regexes took back
 
 
 class _Scanner:
@@ -424,6 +425,20 @@ class Matcher:
         checks = self._checks
         return [index for index in sorted(chosen) if _holds(checks[index], raw)]
 
+    def _ignored(self, pattern: Pattern, text: str, stats: PatternStats) -> bool:
+        """Whether one of the pattern's `ignore` regexes takes back a line it matched.
+        One that runs past the timeout (or cannot compile here) takes nothing back: an
+        ignore rule fails toward telling."""
+        for rule in pattern.ignore:
+            try:
+                if rule.get().search(text, timeout=self.timeout) is not None:
+                    return True
+            except TimeoutError:
+                stats.timeouts += 1
+            except Exception as exc:  # it compiled at an earlier start; here it cannot
+                stats.error = f"ignore {rule.source!r}: {type(exc).__name__}: {exc}"
+        return False
+
     def _confirm(self, text: str, candidates: Sequence[int]) -> list[Hit]:
         hits: list[Hit] = []
         timeout = self.timeout
@@ -449,6 +464,9 @@ class Matcher:
                 if self.max_timeouts and stats.timeouts >= self.max_timeouts:
                     stats.quarantined = True
                     self.quarantined.append(pattern)
+            if found is not None and pattern.ignore and self._ignored(pattern, text, stats):
+                found = None
+                stats.ignored += 1
             stats.seconds += clock() - started
             stats.confirms += 1
             if found is not None:

@@ -65,6 +65,16 @@ class AgentCollector(Collector):
         for result, count in snap.reloads.items():
             reloads.add_metric([result], count)
         yield reloads
+        packs = GaugeMetricFamily("logmend_packs", "Packs by state", labels=["state"])
+        packs.add_metric(["running"], snap.packs_running)
+        packs.add_metric(["broken"], len(snap.broken_packs))
+        yield packs
+        broken = GaugeMetricFamily(
+            "logmend_pack_broken", "1 for each pack that does not run here", labels=["pack"]
+        )
+        for name in snap.broken_packs:
+            broken.add_metric([name], 1)
+        yield broken
         lag = GaugeMetricFamily("logmend_file_lag_bytes", "Bytes behind the end", labels=["path"])
         for path, behind in snap.lag:
             lag.add_metric([path], behind)

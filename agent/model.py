@@ -87,6 +87,8 @@ class Batch:
     forget: list[tuple[int, int]] = field(default_factory=list)
     done: list[tuple[int, int, int, bytes, str]] = field(default_factory=list)
     opened: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # incidents, escalated
+    # fixes that resolved and did not hold: (incident id, matches since, resolved at)
+    not_holding: list[tuple[str, int, float]] = field(default_factory=list)
 
     def merge(self, later: Batch) -> None:
         """Fold a later batch into this one (while the database refuses writes)."""

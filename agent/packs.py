@@ -17,7 +17,7 @@ import regex
 
 from agent.constraints import Constraint, parse_constraints
 from agent.derived import Memo
-from agent.errors import ConfigError, ConfigErrors
+from agent.errors import ConfigError, ConfigErrors, unexpected
 from agent.lint import remedy_pattern_problem
 from agent.params import HostParams, ParamValue, param_env, parse_params
 from agent.tomlsrc import Doc, Section
@@ -103,6 +103,15 @@ class Recovery:
 
 
 @dataclass(frozen=True, slots=True)
+class Recurrence:
+    """After a fix resolved: this many matches of its key within `within` seconds mean
+    the fix does not hold (escalated as fix-not-holding)."""
+
+    count: int = 1
+    within: float = 600.0
+
+
+@dataclass(frozen=True, slots=True)
 class Remedy:
     run: tuple[Template, ...]
     timeout: float = 30.0
@@ -159,6 +168,13 @@ class LazyRegex:
             self._compiled = compiled  # held here only: not also in regex's own cache
         return compiled
 
+    def unheld(self) -> regex.Pattern[str]:
+        """The compiled regex for one use, kept only if it was kept already."""
+        held = self._compiled
+        if held is not None:
+            return held
+        return regex.compile(self.source, regex.VERSION0, cache_pattern=False)
+
     @classmethod
     def checked(cls, source: str) -> LazyRegex:
         """Compiled once to learn that it compiles, its flags and groups (raises
@@ -187,6 +203,8 @@ class Pattern:
     remedy: Remedy | None
     examples: tuple[Example, ...]
     cooldown: float = 600.0
+    ignore: tuple[LazyRegex, ...] = ()  # a line any of these finds is not this pattern's
+    recurrence: Recurrence = Recurrence()
 
     @property
     def qualified(self) -> str:
@@ -211,6 +229,44 @@ class Pack:
     redact: tuple[regex.Pattern[str], ...] = ()
     params: Mapping[str, ParamValue] = field(default_factory=dict)
     redact_entropy: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BrokenPack:
+    """A pack folder that does not run, and why; every other pack runs without it.
+
+    Its name, owner and version are what its pack.toml says where it can be read
+    (else the folder's name and no owner): they route its report to its team.
+    """
+
+    dir: Path
+    name: str
+    owner: str
+    version: str
+    errors: tuple[ConfigError, ...]
+
+    @property
+    def file(self) -> Path:
+        return self.dir / "pack.toml"
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "pack": self.name,
+            "owner": self.owner,
+            "version": self.version,
+            "dir": str(self.dir),
+            "errors": [str(e) for e in self.errors],
+        }
+
+
+class PackErrors(ConfigErrors):
+    """A pack's errors, with what it could tell of itself before them."""
+
+    def __init__(
+        self, errors: list[ConfigError], name: str = "", owner: str = "", version: str = ""
+    ) -> None:
+        super().__init__(errors)
+        self.name, self.owner, self.version = name, owner, version
 
 
 def _templates(
@@ -348,7 +404,7 @@ def _is_regex_fact(value: Any) -> bool:
     )
 
 
-def _compile(section: Section, source: str, memo: Memo) -> LazyRegex | None:
+def _compile(section: Section, source: str, memo: Memo, key: str = "match") -> LazyRegex | None:
     known = memo.get("regex", source, _is_regex_fact)
     if known is not None:  # compiled on an earlier start: its flags and groups were kept
         flags, groups = known
@@ -356,9 +412,9 @@ def _compile(section: Section, source: str, memo: Memo) -> LazyRegex | None:
     try:
         compiled = LazyRegex.checked(source)
     except regex.error as exc:
-        section.error("match", f"is not a valid regex: {exc}")
+        section.error(key, f"is not a valid regex: {exc}")
     except (OverflowError, RecursionError, ValueError) as exc:
-        section.error("match", f"cannot be compiled: {exc}")
+        section.error(key, f"cannot be compiled: {exc}")
     else:
         memo.put("regex", source, (compiled.flags, compiled.groups))
         return compiled
@@ -451,9 +507,11 @@ def _pattern(
             section.error("match", problem)
     default_cooldown = remedy.cooldown if remedy else 600.0
     cooldown = section.duration("cooldown", default_cooldown)
+    recurrence = _recurrence(section, count or 1, cooldown or default_cooldown, remedy)
     examples = _examples(section)
     if not examples:
         section.error("example", "every pattern needs at least one example line that it matches")
+    ignore = _ignore(section, memo, examples)
     section.finish()
     if not (isinstance(pid, str) and compiled):
         return None
@@ -472,7 +530,65 @@ def _pattern(
         remedy=remedy,
         examples=examples,
         cooldown=cooldown if cooldown is not None else default_cooldown,
+        ignore=ignore,
+        recurrence=recurrence,
     )
+
+
+def _recurrence(section: Section, count: int, cooldown: float, remedy: Remedy | None) -> Recurrence:
+    """`recurrence`: when a resolved fix counts as not holding. By default, as many matches
+    as opened the incident (`when.count`), within the cooldown."""
+    table = section.table("recurrence")
+    if not table:
+        return Recurrence(count, cooldown)
+    if remedy is None:
+        section.error("recurrence", "only a pattern with a remedy has a fix that can fail to hold")
+    within = table.duration("within", cooldown)
+    recurrence = Recurrence(
+        table.integer("count", count, minimum=1) or count,
+        within if within is not None else cooldown,
+    )
+    table.finish()
+    return recurrence
+
+
+MAX_IGNORE = 16
+
+
+def _ignore(section: Section, memo: Memo, examples: tuple[Example, ...]) -> tuple[LazyRegex, ...]:
+    """`ignore`: regexes that take a line back from the pattern (fail2ban's ignoreregex),
+    tried only on lines the pattern matched; each must be proven by a `matches = false`
+    example (agent.examples)."""
+    sources = section.strings("ignore", (), allow_str=True)
+    if not sources:
+        return ()
+    if len(sources) > MAX_IGNORE:
+        section.error("ignore", f"at most {MAX_IGNORE} regexes")
+        return ()
+    if sources and not any(not e.matches for e in examples):
+        section.error("ignore", "needs a `matches = false` example that it takes back")
+    out = []
+    for n, source in enumerate(sources):
+        compiled = _compile(section, source, memo, f"ignore[{n}]")
+        if compiled is not None:
+            out.append(compiled)
+    return tuple(out)
+
+
+NAME = regex.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
+
+
+def _name(head: Section, key: str, value: Any) -> Any:
+    """A pack's name, owner or version: it labels logs, metrics and the receiver's
+    rows, so it is a plain name (None if it is not, so nothing shows it)."""
+    if isinstance(value, str) and not NAME.fullmatch(value):
+        head.error(
+            key,
+            f"{value[:80]!r} is not a name: 1 to 64 letters, digits and . _ @ + -, "
+            "starting with a letter or digit",
+        )
+        return None
+    return value
 
 
 def load_pack(
@@ -504,9 +620,9 @@ def load_pack(
     params: dict[str, ParamValue] = {}
     entropy: float | None = None
     if head:
-        name = head.string("name")
-        version = head.string("version", "0")
-        owner = head.string("owner")
+        name = _name(head, "name", head.string("name"))
+        version = _name(head, "version", head.string("version", "0"))
+        owner = _name(head, "owner", head.string("owner"))
         user = head.string("user", None)
         group = head.string("group", None)
         limit = head.integer("max_concurrent_fixes", None, minimum=1)
@@ -532,7 +648,12 @@ def load_pack(
         root.error("pattern", "a pack needs at least one [[pattern]]")
     root.finish()
     if doc.errors:
-        raise ConfigErrors(doc.errors)
+        raise PackErrors(
+            doc.errors,
+            name if isinstance(name, str) else "",
+            owner if isinstance(owner, str) else "",
+            str(version) if isinstance(version, str) else "",
+        )
     assert isinstance(name, str) and isinstance(owner, str)
     return Pack(
         name=name,
@@ -564,39 +685,66 @@ def find_pack_dirs(roots: tuple[Path, ...]) -> list[Path]:
     return found
 
 
-def load_packs(
+def load_packs_apart(
     roots: tuple[Path, ...],
     trust: bool = True,
     host: HostParams | None = None,
     memo: Memo | None = None,
-) -> list[Pack]:
-    """Load every pack under `roots`; all problems of all packs are raised together."""
+) -> tuple[list[Pack], list[BrokenPack]]:
+    """Every pack under `roots`, each on its own: one that cannot be loaded is
+    returned broken, with its errors, and the others load. Only what is no one
+    pack's fault is raised: a root that is not there, params for a pack that is
+    in no folder at all."""
     packs: list[Pack] = []
-    errors: list[ConfigError] = []
+    broken: list[BrokenPack] = []
     names: dict[str, Path] = {}
+    unnamed = False  # a broken pack whose name could not be read: params may be for it
     for pack_dir in find_pack_dirs(roots):
         try:
             pack = load_pack(pack_dir, trust, host, memo)
-        except ConfigErrors as exc:
-            errors.extend(exc.errors)
+        except PackErrors as exc:
+            unnamed = unnamed or not exc.name
+            name = exc.name or pack_dir.name
+            broken.append(BrokenPack(pack_dir, name, exc.owner, exc.version, tuple(exc.errors)))
+            continue
+        except ConfigErrors as exc:  # pack.toml could not be read at all
+            unnamed = True
+            broken.append(BrokenPack(pack_dir, pack_dir.name, "", "", tuple(exc.errors)))
+            continue
+        except Exception as exc:  # a hostile file or a bug in reading it: this pack only
+            unnamed = True
+            error = unexpected(pack_dir / "pack.toml", exc)
+            broken.append(BrokenPack(pack_dir, pack_dir.name, "", "", (error,)))
             continue
         if pack.name in names:
-            errors.append(
-                ConfigError(
-                    pack.file, "pack.name", None, f"{pack.name!r} is also in {names[pack.name]}"
-                )
+            clash = ConfigError(
+                pack.file, "pack.name", None, f"{pack.name!r} is also in {names[pack.name]}"
             )
+            broken.append(BrokenPack(pack.dir, pack.name, pack.owner, pack.version, (clash,)))
             continue
         names[pack.name] = pack.file
         packs.append(pack)
-    for pack_name in sorted(set(host.values) - set(names) if host else ()):
+    present = set(names) | {b.name for b in broken}
+    errors = []
+    for pack_name in sorted(set(host.values) - present if host and not unnamed else ()):
         assert host is not None
-        if any(e.key.startswith(f"params.{pack_name}.") for e in errors):
-            continue  # the pack is there; its params have errors already reported
         line = min((n for (p, _), n in host.lines.items() if p == pack_name and n), default=None)
         errors.append(
             ConfigError(host.file or "", f"params.{pack_name}", line, "no such pack is loaded")
         )
     if errors:
         raise ConfigErrors(errors)
+    return packs, broken
+
+
+def load_packs(
+    roots: tuple[Path, ...],
+    trust: bool = True,
+    host: HostParams | None = None,
+    memo: Memo | None = None,
+) -> list[Pack]:
+    """Every pack under `roots`; all problems of all packs are raised together."""
+    packs, broken = load_packs_apart(roots, trust, host, memo)
+    if broken:
+        raise ConfigErrors([error for pack in broken for error in pack.errors])
     return packs

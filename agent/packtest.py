@@ -5,57 +5,17 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, TextIO
 
 from agent.derived import Memo
+from agent.examples import ExampleFailure
 from agent.match import Matcher
-from agent.packs import Example, Pack, Pattern
+from agent.packs import Pack
 from agent.records import LineSplitter
 
 CHUNK = 1 << 18
 MAX_LINE = 64 * 1024
-
-EXAMPLE_TIMEOUT = 1.0
-
-
-@dataclass(frozen=True, slots=True)
-class ExampleFailure:
-    pattern: Pattern
-    line: str
-    expected: str
-    actual: str
-    at: int | None = None  # the example's line in pack.toml
-
-
-def check_examples(pack: Pack) -> tuple[int, list[ExampleFailure]]:
-    """Every example of every pattern; returns (examples checked, failures)."""
-    failures = [
-        ExampleFailure(pattern, example.line, expected, actual, example.at)
-        for pattern in pack.patterns
-        for example in pattern.examples
-        for expected, actual in [_example_problem(pattern, example)]
-        if expected
-    ]
-    return sum(len(p.examples) for p in pack.patterns), failures
-
-
-def _example_problem(pattern: Pattern, example: Example) -> tuple[str, str]:
-    """(what was expected, what happened), or ("", "") when the example holds."""
-    try:
-        found = pattern.regex.search(example.line, timeout=EXAMPLE_TIMEOUT)
-    except TimeoutError:
-        return "a result", f"regex timed out after {EXAMPLE_TIMEOUT}s"
-    if not example.matches:
-        return ("no match", f"matched {found.group(0)!r}") if found is not None else ("", "")
-    if found is None:
-        return "a match", "no match"
-    fields = {k: v for k, v in found.groupdict().items() if v is not None}
-    wanted = example.fields or {}
-    if any(fields.get(k) != v for k, v in wanted.items()):
-        return json.dumps(wanted, sort_keys=True), json.dumps(fields, sort_keys=True)
-    return "", ""
 
 
 class ScanSink(Protocol):
@@ -100,6 +60,7 @@ def scan_logs(
             "seconds": round(s.seconds, 6),
             "timeouts": s.timeouts,
             "confirms": s.confirms,
+            "ignored": s.ignored,
         }
         for p, s in matcher.pattern_stats()
     ]
@@ -173,7 +134,8 @@ class TextSink:
         for p in summary["patterns"]:
             print(
                 f"  {p['pack']}/{p['pattern']}: {p['matches']}  {100 * p['tried_share']:.1f}%"
-                f"  {p['us_per_line']:.3f}µs  {p['seconds']:.6f}s  {p['timeouts']}",
+                f"  {p['us_per_line']:.3f}µs  {p['seconds']:.6f}s  {p['timeouts']}"
+                + (f"  ({p['ignored']} taken back by its ignore rules)" if p["ignored"] else ""),
                 file=out,
             )
         for p in summary["patterns"]:

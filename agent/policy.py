@@ -34,6 +34,7 @@ class Outcome(StrEnum):
     REJECTED_FIELD = "rejected-field"
     FLAPPING = "flapping"
     QUARANTINED = "quarantined"
+    NOT_HOLDING = "fix-not-holding"  # resolved, then back within its window, enough times
 
 
 class Wire(StrEnum):
@@ -46,6 +47,8 @@ class Wire(StrEnum):
     FLAPPING = "flapping"
     QUARANTINED = "quarantined"
     SPOOL_OVERFLOW = "spool-overflow"
+    PACK_ERROR = "pack-error"  # a pack that does not run on a host, and why
+    FIX_NOT_HOLDING = "fix-not-holding"
 
 
 class Escalate(StrEnum):
@@ -91,3 +94,12 @@ def finished(escalate: str, resolved: bool, rejected: bool) -> Decision:
     if escalate == Escalate.ALWAYS:
         return Decision(Status.ESCALATED, outcome, Wire.ALWAYS)
     return Decision(Status.RESOLVED if resolved else Status.FAILED, outcome, None)
+
+
+def not_holding(escalate: str) -> Decision:
+    """A fix resolved, and its problem came back within the window often enough: the
+    fix does not hold. The owner is told now, not after the cooldown (unless the
+    pattern says never escalate)."""
+    if escalate == Escalate.NEVER:
+        return Decision(Status.FAILED, Outcome.NOT_HOLDING, None)
+    return Decision(Status.ESCALATED, Outcome.NOT_HOLDING, Wire.FIX_NOT_HOLDING, "fix not holding")

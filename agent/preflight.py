@@ -13,6 +13,7 @@ import logging
 import os
 import pwd
 import stat
+from collections.abc import Iterable
 
 from agent.config import Config
 from agent.derived import Memo
@@ -47,10 +48,10 @@ def matchers_for(config: Config, packs: list[Pack], memo: Memo | None = None) ->
     return out
 
 
-def unknown_packs(config: Config, packs: list[Pack]) -> list[ConfigError]:
-    """Sources naming a pack that is not loaded: at run time a warning (the other packs
-    run), in `logmend check` an error (nothing would match there)."""
-    names = sorted(p.name for p in packs)
+def unknown_packs(config: Config, present: Iterable[str]) -> list[ConfigError]:
+    """Sources naming a pack that is in no pack folder (`present`: the names of the
+    packs found, broken ones included): in `logmend check` an error."""
+    names = sorted(present)
     errors = []
     for index, source in enumerate(config.sources):
         for name in source.packs or ():

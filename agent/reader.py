@@ -9,6 +9,7 @@ whether anything escalated; the wiring (`daemon.Agent`) acts on that.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -347,9 +348,66 @@ class Reader:
         self, followed: _Reading, record: str, hits: Sequence[Hit], now: float, batch: Batch
     ) -> None:
         for pattern, fields in hits:
+            told = len(batch.not_holding)
             incident = self.trigger.feed(pattern, fields, record, followed.path, now, batch)
             if incident is not None:
                 self._opened(incident, pattern, batch)
+            if len(batch.not_holding) > told:
+                self._not_holding(pattern, *batch.not_holding[-1], now, batch)
+
+    def _not_holding(
+        self,
+        pattern: Pattern,
+        incident_id: str,
+        recurrences: int,
+        resolved_at: float,
+        now: float,
+        batch: Batch,
+    ) -> None:
+        """A fix resolved and its problem came back: told now (`policy.not_holding`), with
+        the fix's attempts and the lines before and since, not after the cooldown."""
+        try:
+            incident = batch.incidents.get(incident_id) or self.store.incident(incident_id)
+        except StateError as exc:  # the database is failing: the next pass commits nothing
+            log.error("cannot read incident %s to escalate it: %s", incident_id, exc)
+            return
+        if incident is None:
+            return
+        decision = policy.not_holding(pattern.escalate)
+        incident.status, incident.outcome = decision.status, decision.outcome
+        batch.incidents[incident_id] = incident
+        log.warning(
+            "the fix for %s/%s key=%r did not hold: %d match(es) within %.0fs of its resolution%s",
+            pattern.pack,
+            pattern.id,
+            incident.key,
+            recurrences,
+            now - resolved_at,
+            f"; escalating as {decision.wire}" if decision.wire else "",
+        )
+        if decision.wire is None:
+            return
+        update = batch.counts.get(incident_id)
+        since = update.samples if update is not None else []
+        event = events.of_incident(
+            incident,
+            pattern,
+            self.pack_by_name[pattern.pack],
+            self.config.host,
+            decision.wire,
+            decision.outcome or "",
+        )
+        # its own id: the incident may have been escalated already (escalate = "always")
+        lines = (incident.samples + since)[-self.config.limits.max_samples :]
+        batch.escalations.append(
+            dataclasses.replace(
+                event,
+                id=f"{incident_id}:not-holding",
+                count=incident.count + (update.added if update is not None else 0),
+                last_seen=now,
+                lines=lines,
+            )
+        )
 
     def _quarantine(self, matcher: Matcher, now: float, batch: Batch) -> None:
         """Patterns that kept timing out stop matching; their owner hears of it once."""

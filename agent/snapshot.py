@@ -26,3 +26,5 @@ class Snapshot:
     lag: list[tuple[str, int]]  # path, bytes behind its end
     incidents_by_status: Mapping[str, int] | None = None  # None: the state database failed
     spool: Mapping[str, Any] = field(default_factory=dict)
+    packs_running: int = 0
+    broken_packs: tuple[str, ...] = ()  # packs that do not run here (agent.examples.admit)

@@ -44,7 +44,7 @@ CREATE INDEX IF NOT EXISTS incidents_active ON incidents (status)
     WHERE status IN ('waiting', 'remediating', 'verifying');
 CREATE INDEX IF NOT EXISTS incidents_fp ON incidents (fingerprint, updated);
 CREATE TABLE IF NOT EXISTS cooldowns (
-    fingerprint TEXT PRIMARY KEY, until REAL NOT NULL, incident TEXT NOT NULL);
+    fingerprint TEXT PRIMARY KEY, until REAL NOT NULL, incident TEXT NOT NULL, resolved REAL);
 CREATE TABLE IF NOT EXISTS fix_runs (
     fingerprint TEXT NOT NULL, started REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS fix_runs_started ON fix_runs (started);
@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS pattern_stats (
     resolved INTEGER NOT NULL DEFAULT 0, failed INTEGER NOT NULL DEFAULT 0,
     escalated INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (pack, pattern));
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS reported (id TEXT PRIMARY KEY, at REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS spool_drops (
     one INTEGER PRIMARY KEY CHECK (one = 1), events INTEGER NOT NULL,
     first REAL NOT NULL, last REAL NOT NULL);
@@ -73,6 +74,7 @@ MIGRATIONS = (
     ("pattern_stats", "resolved", "INTEGER NOT NULL DEFAULT 0"),
     ("pattern_stats", "failed", "INTEGER NOT NULL DEFAULT 0"),
     ("pattern_stats", "escalated", "INTEGER NOT NULL DEFAULT 0"),
+    ("cooldowns", "resolved", "REAL"),  # when its fix resolved (recurrences are counted)
 )
 SPOOL_SIZE = "SELECT count(*), coalesce(sum(length(body)), 0) FROM spool"  # events, bytes
 MAX_DONE_FILES = 10_000
@@ -280,7 +282,7 @@ class Store:
                     (pack, pattern, now, incidents, escalated),
                 )
             db.executemany(
-                "INSERT OR REPLACE INTO cooldowns VALUES (?,?,?)",
+                "INSERT OR REPLACE INTO cooldowns (fingerprint, until, incident) VALUES (?,?,?)",
                 [(fp, until, iid) for fp, (until, iid) in batch.cooldowns.items()],
             )
             db.executemany("DELETE FROM checkpoints WHERE dev=? AND ino=?", batch.forget)
@@ -368,6 +370,18 @@ class Store:
         with self._tx() as db:
             db.execute("INSERT OR REPLACE INTO meta VALUES (?,?)", (key, value))
 
+    def report_once(self, events: list[Spoolable], now: float) -> int:
+        """Spool each event whose id was never spooled by this call before (a broken
+        pack's report: once per pack, version and errors, not once per start)."""
+        with self._tx() as db:
+            new = [
+                e
+                for e in events
+                if db.execute("INSERT OR IGNORE INTO reported VALUES (?,?)", (e.id, now)).rowcount
+            ]
+            self._spool(db, new, now)
+        return len(new)
+
     def meta(self, key: str) -> str | None:
         rows = self._read("SELECT value FROM meta WHERE key=?", (key,))
         return str(rows[0][0]) if rows else None
@@ -434,6 +448,7 @@ class Store:
         fingerprint: str,
         escalation: Spoolable | None,
         now: float,
+        resolved: bool = False,
     ) -> None:
         """Close an incident; its escalation (if any) is spooled in the same transaction."""
         with self._tx() as db:
@@ -456,15 +471,15 @@ class Store:
                 )
             if cooldown_until is not None:
                 db.execute(
-                    "INSERT OR REPLACE INTO cooldowns VALUES (?,?,?)",
-                    (fingerprint, cooldown_until, incident_id),
+                    "INSERT OR REPLACE INTO cooldowns VALUES (?,?,?,?)",
+                    (fingerprint, cooldown_until, incident_id, now if resolved else None),
                 )
             if escalation is not None:
                 self._spool(db, [escalation], now)
 
-    def cooldowns(self, now: float) -> dict[str, tuple[float, str]]:
+    def cooldowns(self, now: float) -> dict[str, tuple[float, str, float | None]]:
         rows = self._read("SELECT * FROM cooldowns WHERE until > ?", (now,))
-        return {r["fingerprint"]: (r["until"], r["incident"]) for r in rows}
+        return {r["fingerprint"]: (r["until"], r["incident"], r["resolved"]) for r in rows}
 
     # per-pattern cost ----------------------------------------------------------
     def add_pattern_stats(

@@ -29,6 +29,8 @@ def fingerprint_of(pack: str, pattern: str, key: str) -> str:
 class _Active:
     incident_id: str
     until: float
+    resolved_at: float | None = None  # its fix resolved then: later matches are recurrences
+    recurred: int = 0
 
 
 @dataclass(slots=True)
@@ -49,7 +51,7 @@ class Trigger:
     def restore(
         self,
         open_incidents: list[Incident],
-        cooldowns: dict[str, tuple[float, str]],
+        cooldowns: dict[str, tuple[float, str, float | None]],
         runs: list[tuple[str, float]],
         within: dict[tuple[str, str], float],
     ) -> None:
@@ -61,8 +63,8 @@ class Trigger:
         of a release before that has only the count: its hits are taken at
         the first and last sighting (it may reach the threshold a little early).
         """
-        for fp, (until, incident_id) in cooldowns.items():
-            self._active[fp] = _Active(incident_id, until)
+        for fp, (until, incident_id, resolved_at) in cooldowns.items():
+            self._active[fp] = _Active(incident_id, until, resolved_at)
         for incident in open_incidents:
             if incident.status == Status.WAITING:
                 hits = deque(incident.hits) or deque(
@@ -75,11 +77,15 @@ class Trigger:
         for fp, started in sorted(runs, key=lambda run: run[1]):
             self._runs.setdefault(fp, deque()).append(started)
 
-    def finished(self, fingerprint: str, incident_id: str, until: float) -> None:
-        """A remedy ended: the key cools down until `until`."""
+    def finished(
+        self, fingerprint: str, incident_id: str, until: float, resolved_at: float | None = None
+    ) -> None:
+        """A remedy ended: the key cools down until `until`; if it resolved (at
+        `resolved_at`), matches of the key in its recurrence window are counted."""
         active = self._active.get(fingerprint)
         if active is not None and active.incident_id == incident_id:
             active.until = until
+            active.resolved_at = resolved_at
 
     def feed(
         self,
@@ -103,6 +109,7 @@ class Trigger:
                 update.last_seen = now
                 if len(update.samples) < self.max_samples:
                     update.samples.append(self._redactor(pattern)(line))
+                self._recurred(active, pattern, now, batch)
                 return None
             del self._active[fp]
         if pattern.count == 1:
@@ -135,6 +142,16 @@ class Trigger:
             return None
         del self._waiting[fp]
         return self._open(incident, pattern, now, batch)
+
+    def _recurred(self, active: _Active, pattern: Pattern, now: float, batch: Batch) -> None:
+        """A match while cooling down after a fix resolved: a recurrence if within the
+        pattern's window; the count-th one says the fix does not hold (once)."""
+        resolved = active.resolved_at
+        if resolved is None or now - resolved > pattern.recurrence.within:
+            return
+        active.recurred += 1
+        if active.recurred == pattern.recurrence.count:
+            batch.not_holding.append((active.incident_id, active.recurred, resolved))
 
     def expire(self, now: float, batch: Batch) -> None:
         """Waiting incidents whose window passed without reaching the threshold."""

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from agent.errors import ConfigErrors
+from agent.examples import check_examples
 from agent.match import available_engines
 from agent.packs import find_pack_dirs, load_pack, load_packs, parse_template
-from agent.packtest import check_examples
 from tests.helpers import write_pack
 
 ROOT = Path(__file__).resolve().parent.parent

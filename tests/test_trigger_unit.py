@@ -456,3 +456,96 @@ def test_an_incident_opens_exactly_when_count_hits_fall_within_the_window_outsid
     # every hit is accounted for exactly once: on an incident, or as a count update
     assert sum(i.count for i in incidents.values()) + added == len(times)
     assert sum(i.status == "escalated" for i in incidents.values()) == len(opened)
+
+
+# recurrences: a fix that resolved and did not hold (issue 17, item 4) ------------------
+
+
+def fixed_at(trigger: Trigger, fix: Pattern, line: str, now: float, done: float) -> Incident:
+    """A fix opened at `now` that resolved at `done` (cooling down for 30 s)."""
+    incident = feed(trigger, fix, line, now, Batch())
+    assert incident is not None and incident.status == "remediating"
+    trigger.finished(incident.fingerprint, incident.id, done + 30.0, resolved_at=done)
+    return incident
+
+
+def test_a_match_soon_after_a_resolved_fix_says_the_fix_does_not_hold(pack, patterns):
+    fix = patterns["fix"]
+    assert (fix.recurrence.count, fix.recurrence.within) == (1, 30.0)  # when.count, cooldown
+    trigger = new_trigger(pack)
+    incident = fixed_at(trigger, fix, "fix web", 0.0, 5.0)
+    back = Batch()
+    assert feed(trigger, fix, "fix web", 9.0, back) is None
+    assert back.not_holding == [(incident.id, 1, 5.0)]
+    assert back.counts[incident.id].added == 1
+    again = Batch()  # told once per resolution, not once per line
+    assert feed(trigger, fix, "fix web", 10.0, again) is None
+    assert again.not_holding == [] and again.counts[incident.id].added == 1
+
+
+def test_other_keys_unresolved_fixes_and_late_matches_are_not_recurrences(pack, patterns):
+    fix = patterns["fix"]
+    trigger = new_trigger(pack)
+    fixed_at(trigger, fix, "fix web", 0.0, 5.0)
+    other = Batch()
+    assert feed(trigger, fix, "fix db", 6.0, other) is not None  # another key: its own fix
+    assert other.not_holding == []
+    failed = feed(trigger, fix, "fix api", 7.0, Batch())
+    assert failed is not None
+    trigger.finished(failed.fingerprint, failed.id, 40.0, resolved_at=None)  # did not resolve
+    after_failure = Batch()
+    feed(trigger, fix, "fix api", 8.0, after_failure)
+    assert after_failure.not_holding == []
+
+
+def test_the_window_and_count_are_the_patterns(tmp_path):
+    body = PACK.replace(
+        'budget = { runs = 2, within = "100s" }',
+        'budget = { runs = 2, within = "100s" }\n[pattern.recurrence]\ncount = 3\nwithin = "10s"',
+    )
+    pack = load_pack(write_pack(tmp_path, "ops", body, {"fix.sh": "#!/bin/sh\n"}), trust=False)
+    fix = next(p for p in pack.patterns if p.id == "fix")
+    assert (fix.recurrence.count, fix.recurrence.within) == (3, 10.0)
+    trigger = new_trigger(pack)
+    incident = fixed_at(trigger, fix, "fix web", 0.0, 100.0)
+    seen = []
+    for now in (101.0, 102.0, 109.0, 111.0, 129.0):  # the last two are past the 10 s window
+        batch = Batch()
+        feed(trigger, fix, "fix web", now, batch)
+        seen.append(batch.not_holding)
+    assert seen == [[], [], [(incident.id, 3, 100.0)], [], []]
+
+
+def test_a_restart_keeps_counting_recurrences_of_a_resolved_fix(tmp_path, pack, patterns):
+    store = Store(tmp_path / "state.db")
+    trigger = new_trigger(pack)
+    fix = patterns["fix"]
+    batch = Batch()
+    incident = feed(trigger, fix, "fix web", 0.0, batch)
+    assert incident is not None
+    commit(store, batch, 0.0)
+    store.finish_incident(
+        incident.id, "resolved", "resolved", [], 35.0, incident.fingerprint, None, 5.0,
+        resolved=True,
+    )  # fmt: skip
+    store.close()
+    store = Store(tmp_path / "state.db")
+    after = restored(store, pack, 6.0)
+    back = Batch()
+    assert feed(after, fix, "fix web", 7.0, back) is None
+    assert back.not_holding == [(incident.id, 1, 5.0)]
+    store.close()
+
+
+def test_a_recurrence_needs_a_remedy(tmp_path):
+    from tests.test_packs import errors_of
+
+    errors = errors_of(
+        tmp_path,
+        "[[pattern]]\nid = \"x\"\nmatch = '^x'\n[pattern.recurrence]\ncount = 2\n"
+        '[[pattern.example]]\nline = "x"\n',
+    )
+    assert any(
+        key == "pattern[0].recurrence" and "only a pattern with a remedy" in message
+        for key, _, message in errors
+    ), errors

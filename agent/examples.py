@@ -1,0 +1,155 @@
+"""A pack's examples, proven: the lines each pattern must (or must not) match and
+the fields it must find there.
+
+`logmend test` and `logmend check` print what fails; the agent runs no pack whose
+examples fail (agent/admit.py). The agent passes its memo: an example that held
+for the same pattern, line and fields on an earlier start is not tried again, and
+what it compiles to try one is let go (most patterns never see a candidate line).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from agent.derived import Memo
+from agent.errors import ConfigError
+from agent.packs import BrokenPack, Example, Pack, Pattern, load_packs_apart
+from agent.params import HostParams
+
+EXAMPLE_TIMEOUT = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class ExampleFailure:
+    pattern: Pattern
+    line: str
+    expected: str
+    actual: str
+    at: int | None = None  # the example's line in pack.toml
+
+    def as_error(self, pack: Pack) -> ConfigError:
+        return ConfigError(
+            pack.file,
+            f"pattern {self.pattern.id!r} example",
+            self.at,
+            f"{self.line!r}: expected {self.expected}, got {self.actual}",
+        )
+
+
+def check_examples(pack: Pack, memo: Memo | None = None) -> tuple[int, list[ExampleFailure]]:
+    """Every example of every pattern; returns (examples checked, failures)."""
+    failures = []
+    for pattern in pack.patterns:
+        for example in pattern.examples:
+            key = _key(pattern, example) if memo is not None else ""
+            if memo is not None and memo.get("example", key, _held):
+                continue
+            expected, actual = _example_problem(pattern, example, keep=memo is None)
+            if expected:
+                failures.append(ExampleFailure(pattern, example.line, expected, actual, example.at))
+            elif memo is not None:
+                memo.put("example", key, True)
+        failures.extend(_unproven_ignores(pattern, memo))
+    return sum(len(p.examples) for p in pack.patterns), failures
+
+
+def _unproven_ignores(pattern: Pattern, memo: Memo | None) -> list[ExampleFailure]:
+    """Each `ignore` regex must take back at least one `matches = false` example that the
+    pattern's own regex matches: else nothing shows it does what it is there for."""
+    out = []
+    for n, rule in enumerate(pattern.ignore):
+        key = json.dumps([pattern.source, rule.source, [e.line for e in pattern.examples]])
+        if memo is not None and memo.get("ignore-proof", key, _held):
+            continue
+        regex = pattern.regex if memo is None else pattern.lazy.unheld()
+        ignore = rule.get() if memo is None else rule.unheld()
+        proven = False
+        for example in pattern.examples:
+            if example.matches:
+                continue
+            try:
+                proven = (
+                    regex.search(example.line, timeout=EXAMPLE_TIMEOUT) is not None
+                    and ignore.search(example.line, timeout=EXAMPLE_TIMEOUT) is not None
+                )
+            except TimeoutError:
+                proven = False
+            if proven:
+                break
+        if proven:
+            if memo is not None:
+                memo.put("ignore-proof", key, True)
+            continue
+        out.append(
+            ExampleFailure(
+                pattern,
+                f"ignore[{n}] = {rule.source!r}",
+                "a `matches = false` example the pattern's regex matches and this takes back",
+                "none",
+            )
+        )
+    return out
+
+
+def admit(
+    roots: tuple[Path, ...], host: HostParams, memo: Memo, trust: bool = True
+) -> tuple[list[Pack], list[BrokenPack]]:
+    """The packs that may run, and the broken ones: a pack runs only if it loads and
+    every one of its examples holds; one that does not is the broken one, alone."""
+    loaded, broken = load_packs_apart(roots, trust, host, memo)
+    packs = []
+    for pack in loaded:
+        _, failures = check_examples(pack, memo)
+        if failures:
+            errors = tuple(f.as_error(pack) for f in failures)
+            broken.append(BrokenPack(pack.dir, pack.name, pack.owner, pack.version, errors))
+        else:
+            packs.append(pack)
+    return packs, broken
+
+
+def _held(value: object) -> bool:
+    return value is True
+
+
+def _key(pattern: Pattern, example: Example) -> str:
+    ignore = [rule.source for rule in pattern.ignore]
+    return json.dumps(
+        [pattern.source, ignore, example.line, example.matches, example.fields], sort_keys=True
+    )
+
+
+def _example_problem(pattern: Pattern, example: Example, keep: bool) -> tuple[str, str]:
+    """(what was expected, what happened), or ("", "") when the example holds."""
+    compiled = pattern.regex if keep else pattern.lazy.unheld()
+    try:
+        found = compiled.search(example.line, timeout=EXAMPLE_TIMEOUT)
+        taken_back = next(
+            (
+                rule.source
+                for rule in pattern.ignore
+                if found is not None
+                and (rule.get() if keep else rule.unheld()).search(
+                    example.line, timeout=EXAMPLE_TIMEOUT
+                )
+                is not None
+            ),
+            None,
+        )
+    except TimeoutError:
+        return "a result", f"regex timed out after {EXAMPLE_TIMEOUT}s"
+    if not example.matches:
+        if found is None or taken_back is not None:
+            return "", ""
+        return "no match", f"matched {found.group(0)!r}"
+    if found is None:
+        return "a match", "no match"
+    if taken_back is not None:
+        return "a match", f"no match: ignore {taken_back!r} takes it back"
+    fields = {k: v for k, v in found.groupdict().items() if v is not None}
+    wanted = example.fields or {}
+    if any(fields.get(k) != v for k, v in wanted.items()):
+        return json.dumps(wanted, sort_keys=True), json.dumps(fields, sort_keys=True)
+    return "", ""
