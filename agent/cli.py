@@ -9,7 +9,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
@@ -40,7 +40,8 @@ def setup_logging(fmt: str = "text", level: str = "INFO") -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+# and lone surrogates: a file name that is not UTF-8, which no stream could write
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
 _NAMED = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
 
 
@@ -240,12 +241,13 @@ def _print_broken(broken: list[BrokenPack], failing: Failing) -> None:
 
     def head(file: Path, name: str, owner: str) -> None:
         owner = f" (owner {owner})" if owner else ""
-        print(f"{file}: BROKEN: {name}{owner} would not run; the other packs would:")
+        said = f"{file}: BROKEN: {name}{owner} would not run; the other packs would:"
+        print(escape_controls(said))  # a folder's name may hold anything
 
     for pack in broken:
         head(pack.file, pack.name, pack.owner)
         for error in pack.errors:
-            print(f"  {error}")
+            print(escape_controls(f"  {error}"))
     for failed, checked, failures in failing:
         head(failed.file, failed.name, failed.owner)
         print_examples(failed, checked, failures, sys.stdout)
@@ -336,6 +338,63 @@ def cmd_test(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_explain(args: argparse.Namespace) -> int:
+    """What each line means, from the packs of a config or of pack folders (agent.explain)."""
+    import sqlite3
+
+    from agent.explain import History, explain_line, print_explained
+    from agent.match import Matcher
+    from agent.preflight import identities_for
+
+    words = list(args.words)
+    history: History | None = None
+    identities = None
+    if args.config is not None:
+        config, packs, broken = _admit(args.config)
+        timeout, engine = config.limits.regex_timeout, config.limits.matcher
+        try:
+            history = History.read(config.state_db, time.time())
+        except (OSError, sqlite3.Error) as exc:
+            print(f"note: cooldowns and fix budgets unknown ({exc})", file=sys.stderr)
+        identities = _guarded(args.config, lambda: identities_for(config, packs))
+    else:
+        dirs = []
+        while words and Path(words[0]).is_dir():  # leading folders are packs, the rest lines
+            dirs.append(Path(words.pop(0)))
+        if not dirs:
+            raise LogmendError("explain: give -c CONFIG or PACK_DIR..., then the lines")
+        where = "a pack under " + ", ".join(map(str, dirs))
+        found = find_pack_dirs(tuple(dirs))
+        packs, broken = _guarded(where, lambda: load_packs_apart(tuple(found), trust=False))
+        timeout, engine = 1.0, "auto"
+    for pack in broken:
+        print(f"note: pack {pack.name} does not run ({pack.errors[0]})", file=sys.stderr)
+    by_name = {pack.name: pack for pack in packs}
+    matcher = Matcher([p for pack in packs for p in pack.patterns], timeout, engine)
+    lines = words or _stdin_lines()
+    now = time.time()
+    explained = (explain_line(line, matcher, by_name, now, history, identities) for line in lines)
+    if args.json:
+        json.dump({"lines": list(explained)}, sys.stdout)
+        print()
+    else:
+        for one in explained:
+            print_explained(one, sys.stdout)
+    return 0
+
+
+def _stdin_lines() -> Iterator[str]:
+    """Standard input as lines, each cut at the agent's 64 KiB (never held whole)."""
+    from agent.packtest import CHUNK, MAX_LINE
+    from agent.records import LineSplitter
+
+    splitter = LineSplitter(MAX_LINE)
+    for chunk in iter(lambda: sys.stdin.buffer.read(CHUNK), b""):
+        block = splitter.feed(chunk)
+        yield from block.decode("utf-8", "replace").splitlines()
+    yield from splitter.flush().decode("utf-8", "replace").splitlines()
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from agent.state import Store
 
@@ -386,9 +445,10 @@ def cmd_status(args: argparse.Namespace) -> int:
         for pack in broken:
             owner = f" (owner {pack['owner']})" if pack["owner"] else ""
             more = len(pack["errors"]) - 1
-            print(f"  {pack['pack']}{owner} in {pack['dir']}: {pack['errors'][0]}")
+            said = f"  {pack['pack']}{owner} in {pack['dir']}: {pack['errors'][0]}"
+            print(escape_controls(said))  # a folder's name may hold anything
             if more:
-                print(f"    and {more} more: logmend check {pack['dir']}")
+                print(escape_controls(f"    and {more} more: logmend check {pack['dir']}"))
     print(f"open incidents: {len(open_incidents)}")
     for i in open_incidents:
         print(
@@ -497,6 +557,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="prefilter engine (default: the fastest installed)",
     )
     test.set_defaults(func=cmd_test)
+
+    explain = sub.add_parser(
+        "explain",
+        help="what a log line means and what the agent would do about it",
+        description="logmend explain (-c CONFIG | PACK_DIR...) [LINE...]: every pattern that"
+        " matches each line, its fields, key, severity, escalation, the fix and verify as they"
+        " would run (or why not) and the article. Lines from standard input when none given.",
+    )
+    explain.add_argument(
+        "-c", "--config", type=Path, help="an agent config: its packs, params and state"
+    )
+    explain.add_argument(
+        "words",
+        nargs="*",
+        metavar="PACK_DIR|LINE",
+        help="without -c: pack folders first, then lines; with -c: lines",
+    )
+    explain.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    explain.set_defaults(func=cmd_explain)
 
     status = sub.add_parser("status", help="open incidents, recent fixes, the spool")
     status.add_argument("-c", "--config", type=Path, required=True)

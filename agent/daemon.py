@@ -474,6 +474,8 @@ class Agent:
             )
         except StateError as exc:
             log.error("cannot record the broken packs in the state database: %s", exc)
+        except Exception as exc:  # a report must never stop the agent, at start or reload
+            log.error("cannot report the broken packs", exc_info=exc)
 
     def _record_reload(self, errors: list[str]) -> None:
         try:

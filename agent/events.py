@@ -134,28 +134,38 @@ MAX_PACK_ERRORS = 20  # lines of one pack's report; the count says how many ther
 def pack_error(broken: BrokenPack, host: str, now: float) -> Event:
     """A pack that does not run on `host`. Its id is its errors' digest: one report per
     host for each way the pack is broken, however often the agent starts."""
-    errors = [str(e) for e in broken.errors]
-    digest = blake2b("\n".join(errors).encode(), digest_size=8).hexdigest()
+    errors = [_text(str(e)) for e in broken.errors]
+    digest = blake2b(
+        "\0".join([broken.name, broken.version, host, *errors]).encode(), digest_size=16
+    ).hexdigest()
     return Event(
-        id=f"pack-error:{broken.name}:{broken.version}:{digest}:{host}",
+        id=f"pack-error:{digest}",  # of a fixed length, whatever the names
         fingerprint=f"pack-error:{broken.name}",
         host=host,
         pack=broken.name,
         pack_version=broken.version,
-        owner=broken.owner,
+        owner=broken.owner or "logmend",  # unreadable: the central team hears of it
         pattern="pack.toml",
         severity="error",
         status=Wire.PACK_ERROR,
         outcome="not-loaded",
-        key=str(broken.dir),
+        key=_text(str(broken.dir)),
         first_seen=now,
         last_seen=now,
         count=len(errors),
         lines=errors[:MAX_PACK_ERRORS],
-        article_text=f"The pack in {broken.dir} does not run on {host}: it failed to load or "
-        "its examples failed. Every other pack runs without it. `logmend check "
-        f"{broken.dir}` shows the same errors; fix them and reload the agent (SIGHUP).",
+        article_text=_text(
+            f"The pack in {broken.dir} does not run on {host}: it failed to load or its "
+            "examples failed. Every other pack runs without it. `logmend check "
+            f"{broken.dir}` shows the same errors; fix them and reload the agent (SIGHUP)."
+        ),
     )
+
+
+def _text(value: str) -> str:
+    """Text any receiver stores: a path that is not UTF-8 (a surrogate escape) is shown
+    with backslashes, not an encoding error."""
+    return value.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def decode(body: bytes) -> dict[str, Any]:

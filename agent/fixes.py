@@ -26,7 +26,7 @@ from agent.errors import StateError
 from agent.model import Incident
 from agent.packs import Pack, Pattern
 from agent.redact import BUILTIN_REDACTOR
-from agent.remedy import Attempt, Identity, Outcome, Runner
+from agent.remedy import NOT_AWAITED, Attempt, Identity, Outcome, Runner
 
 if TYPE_CHECKING:
     import asyncio
@@ -227,8 +227,8 @@ class Remediator:
     def _watch(self, path: str, pattern: regex.Pattern[str]) -> asyncio.Future[str]:
         assert self._loop is not None
         future: asyncio.Future[str] = self._loop.create_future()
-        if self.dry_run:
-            future.set_result("(dry run)")
+        if self.dry_run:  # no fix ran: no recovery line to wait for, and none is claimed
+            future.set_result(NOT_AWAITED)
             return future
         watcher = _Watcher(pattern, future)
         with self._watch_lock:

@@ -55,7 +55,10 @@ class FixLedger:
         """One run of a fix or its verify, logged with its argv redacted."""
         if attempt.phase == "check":
             return  # a refused field is logged once, with its reason, when the fix ends
-        if attempt.timed_out:
+        if attempt.phase == "recovery":  # what was seen, never more
+            seen = attempt.stdout
+            how = f"line seen: {self._redactor(job)(seen)!r}" if seen else attempt.stderr
+        elif attempt.timed_out:
             how = "timed out"
         elif attempt.signal is not None:
             how = f"signal {attempt.signal}"

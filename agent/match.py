@@ -425,6 +425,13 @@ class Matcher:
         checks = self._checks
         return [index for index in sorted(chosen) if _holds(checks[index], raw)]
 
+    def _timed_out(self, pattern: Pattern, stats: PatternStats) -> None:
+        """Counted; past max_timeouts the pattern is quarantined (and its owner told)."""
+        stats.timeouts += 1
+        if self.max_timeouts and stats.timeouts >= self.max_timeouts and not stats.quarantined:
+            stats.quarantined = True
+            self.quarantined.append(pattern)
+
     def _ignored(self, pattern: Pattern, text: str, stats: PatternStats) -> bool:
         """Whether one of the pattern's `ignore` regexes takes back a line it matched.
         One that runs past the timeout (or cannot compile here) takes nothing back: an
@@ -434,7 +441,7 @@ class Matcher:
                 if rule.get().search(text, timeout=self.timeout) is not None:
                     return True
             except TimeoutError:
-                stats.timeouts += 1
+                self._timed_out(pattern, stats)  # its rules are the pattern's cost
             except Exception as exc:  # it compiled at an earlier start; here it cannot
                 stats.error = f"ignore {rule.source!r}: {type(exc).__name__}: {exc}"
         return False
@@ -460,10 +467,7 @@ class Matcher:
                 found = search(text, timeout=timeout)
             except TimeoutError:
                 found = None
-                stats.timeouts += 1
-                if self.max_timeouts and stats.timeouts >= self.max_timeouts:
-                    stats.quarantined = True
-                    self.quarantined.append(pattern)
+                self._timed_out(pattern, stats)
             if found is not None and pattern.ignore and self._ignored(pattern, text, stats):
                 found = None
                 stats.ignored += 1

@@ -89,6 +89,8 @@ class Batch:
     opened: dict[tuple[str, str], list[int]] = field(default_factory=dict)  # incidents, escalated
     # fixes that resolved and did not hold: (incident id, matches since, resolved at)
     not_holding: list[tuple[str, int, float]] = field(default_factory=list)
+    # fingerprint -> (recurrences so far, told): kept with its cooldown across restarts
+    recurred: dict[str, tuple[int, bool]] = field(default_factory=dict)
 
     def merge(self, later: Batch) -> None:
         """Fold a later batch into this one (while the database refuses writes)."""
@@ -101,6 +103,8 @@ class Batch:
             mine.last_seen = max(mine.last_seen, update.last_seen)
             mine.samples.extend(update.samples)
         self.cooldowns.update(later.cooldowns)
+        self.not_holding.extend(later.not_holding)
+        self.recurred.update(later.recurred)
         self.escalations.extend(later.escalations)
         self.forget.extend(later.forget)
         self.done.extend(later.done)
@@ -116,6 +120,7 @@ class Batch:
             or self.runs
             or self.counts
             or self.cooldowns
+            or self.recurred
             or self.escalations
             or self.forget
             or self.done

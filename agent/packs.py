@@ -7,6 +7,7 @@ per-line path only runs compiled regexes and pre-parsed templates.
 
 from __future__ import annotations
 
+import os
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import regex
 from agent.constraints import Constraint, parse_constraints
 from agent.derived import Memo
 from agent.errors import ConfigError, ConfigErrors, unexpected
+from agent.hashing import blake2b
 from agent.lint import remedy_pattern_problem
 from agent.params import HostParams, ParamValue, param_env, parse_params
 from agent.tomlsrc import Doc, Section
@@ -507,7 +509,7 @@ def _pattern(
             section.error("match", problem)
     default_cooldown = remedy.cooldown if remedy else 600.0
     cooldown = section.duration("cooldown", default_cooldown)
-    recurrence = _recurrence(section, count or 1, cooldown or default_cooldown, remedy)
+    recurrence = _recurrence(section, count or 1, remedy)
     examples = _examples(section)
     if not examples:
         section.error("example", "every pattern needs at least one example line that it matches")
@@ -535,18 +537,26 @@ def _pattern(
     )
 
 
-def _recurrence(section: Section, count: int, cooldown: float, remedy: Remedy | None) -> Recurrence:
+def _recurrence(section: Section, count: int, remedy: Remedy | None) -> Recurrence:
     """`recurrence`: when a resolved fix counts as not holding. By default, as many matches
-    as opened the incident (`when.count`), within the cooldown."""
+    as opened the incident (`when.count`), within the remedy's cooldown: after it, a match
+    runs the fix again, so a longer window would never be reached."""
+    cooldown = remedy.cooldown if remedy is not None else 0.0
     table = section.table("recurrence")
     if not table:
         return Recurrence(count, cooldown)
     if remedy is None:
         section.error("recurrence", "only a pattern with a remedy has a fix that can fail to hold")
     within = table.duration("within", cooldown)
+    if within is not None and within > cooldown and remedy is not None:
+        table.error(
+            "within",
+            f"is longer than the remedy's cooldown ({cooldown:g}s): after the cooldown a "
+            "match runs the fix again, so the window would be cut short",
+        )
     recurrence = Recurrence(
         table.integer("count", count, minimum=1) or count,
-        within if within is not None else cooldown,
+        min(within, cooldown) if within is not None else cooldown,
     )
     table.finish()
     return recurrence
@@ -695,36 +705,37 @@ def load_packs_apart(
     returned broken, with its errors, and the others load. Only what is no one
     pack's fault is raised: a root that is not there, params for a pack that is
     in no folder at all."""
-    packs: list[Pack] = []
+    loaded: dict[str, list[Pack]] = {}
     broken: list[BrokenPack] = []
-    names: dict[str, Path] = {}
     unnamed = False  # a broken pack whose name could not be read: params may be for it
     for pack_dir in find_pack_dirs(roots):
         try:
             pack = load_pack(pack_dir, trust, host, memo)
         except PackErrors as exc:
             unnamed = unnamed or not exc.name
-            name = exc.name or pack_dir.name
+            name = exc.name or _folder_name(pack_dir)
             broken.append(BrokenPack(pack_dir, name, exc.owner, exc.version, tuple(exc.errors)))
             continue
         except ConfigErrors as exc:  # pack.toml could not be read at all
             unnamed = True
-            broken.append(BrokenPack(pack_dir, pack_dir.name, "", "", tuple(exc.errors)))
+            broken.append(BrokenPack(pack_dir, _folder_name(pack_dir), "", "", tuple(exc.errors)))
             continue
         except Exception as exc:  # a hostile file or a bug in reading it: this pack only
             unnamed = True
             error = unexpected(pack_dir / "pack.toml", exc)
-            broken.append(BrokenPack(pack_dir, pack_dir.name, "", "", (error,)))
+            broken.append(BrokenPack(pack_dir, _folder_name(pack_dir), "", "", (error,)))
             continue
-        if pack.name in names:
-            clash = ConfigError(
-                pack.file, "pack.name", None, f"{pack.name!r} is also in {names[pack.name]}"
-            )
+        loaded.setdefault(pack.name, []).append(pack)
+    packs = []
+    for name, claims in loaded.items():
+        if len(claims) == 1:
+            packs.extend(claims)
+            continue
+        for pack in claims:  # no folder wins a name by sorting first: none of them runs
+            others = ", ".join(str(p.file) for p in claims if p is not pack)
+            clash = ConfigError(pack.file, "pack.name", None, f"{name!r} is also in {others}")
             broken.append(BrokenPack(pack.dir, pack.name, pack.owner, pack.version, (clash,)))
-            continue
-        names[pack.name] = pack.file
-        packs.append(pack)
-    present = set(names) | {b.name for b in broken}
+    present = set(loaded) | {b.name for b in broken}
     errors = []
     for pack_name in sorted(set(host.values) - present if host and not unnamed else ()):
         assert host is not None
@@ -735,6 +746,15 @@ def load_packs_apart(
     if errors:
         raise ConfigErrors(errors)
     return packs, broken
+
+
+def _folder_name(pack_dir: Path) -> str:
+    """A broken pack's name when its pack.toml does not say: the folder's if it is a plain
+    name, else one made from its path (a folder name may hold anything)."""
+    if NAME.fullmatch(pack_dir.name):
+        return pack_dir.name
+    digest = blake2b(os.fsencode(pack_dir), digest_size=4).hexdigest()
+    return f"unnamed-{digest}"
 
 
 def load_packs(

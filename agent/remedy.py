@@ -25,6 +25,8 @@ from typing import IO, Any, Protocol
 from agent.packs import Template
 
 SAFE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+# what a dry run's recovery watch answers: no line was awaited, none is claimed
+NOT_AWAITED = "\0not awaited"
 KILL_GRACE = 2.0
 
 

@@ -20,7 +20,15 @@ import tenacity
 
 from agent.constraints import check_fields
 from agent.packs import Pattern, Recovery, Remedy, Template
-from agent.remedy import Attempt, Identity, Outcome, Runner, expand_argv, fix_env
+from agent.remedy import (
+    NOT_AWAITED,
+    Attempt,
+    Identity,
+    Outcome,
+    Runner,
+    expand_argv,
+    fix_env,
+)
 
 Watch = Callable[[], "asyncio.Future[str]"]
 """Starts listening for the recovery line; the future gets the line when it appears."""
@@ -133,6 +141,18 @@ async def _recovered(seen: asyncio.Future[str], recovery: Recovery) -> Attempt:
         line = await asyncio.wait_for(asyncio.shield(seen), recovery.within)
     except TimeoutError:
         line = None
+    if line == NOT_AWAITED:
+        return Attempt(
+            argv=("recovery", recovery.source),
+            started=started,
+            duration=0.0,
+            exit_code=0,
+            signal=None,
+            timed_out=False,
+            stdout="",
+            stderr="not awaited: a dry run runs no fix, so no recovery line is due",
+            phase="recovery",
+        )
     return Attempt(
         argv=("recovery", recovery.source),
         started=started,

@@ -44,7 +44,8 @@ CREATE INDEX IF NOT EXISTS incidents_active ON incidents (status)
     WHERE status IN ('waiting', 'remediating', 'verifying');
 CREATE INDEX IF NOT EXISTS incidents_fp ON incidents (fingerprint, updated);
 CREATE TABLE IF NOT EXISTS cooldowns (
-    fingerprint TEXT PRIMARY KEY, until REAL NOT NULL, incident TEXT NOT NULL, resolved REAL);
+    fingerprint TEXT PRIMARY KEY, until REAL NOT NULL, incident TEXT NOT NULL, resolved REAL,
+    recurred INTEGER NOT NULL DEFAULT 0);
 CREATE TABLE IF NOT EXISTS fix_runs (
     fingerprint TEXT NOT NULL, started REAL NOT NULL);
 CREATE INDEX IF NOT EXISTS fix_runs_started ON fix_runs (started);
@@ -75,6 +76,7 @@ MIGRATIONS = (
     ("pattern_stats", "failed", "INTEGER NOT NULL DEFAULT 0"),
     ("pattern_stats", "escalated", "INTEGER NOT NULL DEFAULT 0"),
     ("cooldowns", "resolved", "REAL"),  # when its fix resolved (recurrences are counted)
+    ("cooldowns", "recurred", "INTEGER NOT NULL DEFAULT 0"),
 )
 SPOOL_SIZE = "SELECT count(*), coalesce(sum(length(body)), 0) FROM spool"  # events, bytes
 MAX_DONE_FILES = 10_000
@@ -285,6 +287,11 @@ class Store:
                 "INSERT OR REPLACE INTO cooldowns (fingerprint, until, incident) VALUES (?,?,?)",
                 [(fp, until, iid) for fp, (until, iid) in batch.cooldowns.items()],
             )
+            db.executemany(
+                "UPDATE cooldowns SET recurred=?, resolved=CASE WHEN ? THEN NULL ELSE resolved END"
+                " WHERE fingerprint=?",
+                [(n, told, fp) for fp, (n, told) in batch.recurred.items()],
+            )
             db.executemany("DELETE FROM checkpoints WHERE dev=? AND ino=?", batch.forget)
             db.executemany("INSERT OR IGNORE INTO done_rotated VALUES (?,?,?,?,?)", batch.done)
 
@@ -471,15 +478,19 @@ class Store:
                 )
             if cooldown_until is not None:
                 db.execute(
-                    "INSERT OR REPLACE INTO cooldowns VALUES (?,?,?,?)",
+                    "INSERT OR REPLACE INTO cooldowns (fingerprint, until, incident, resolved)"
+                    " VALUES (?,?,?,?)",
                     (fingerprint, cooldown_until, incident_id, now if resolved else None),
                 )
             if escalation is not None:
                 self._spool(db, [escalation], now)
 
-    def cooldowns(self, now: float) -> dict[str, tuple[float, str, float | None]]:
+    def cooldowns(self, now: float) -> dict[str, tuple[float, str, float | None, int]]:
         rows = self._read("SELECT * FROM cooldowns WHERE until > ?", (now,))
-        return {r["fingerprint"]: (r["until"], r["incident"], r["resolved"]) for r in rows}
+        return {
+            r["fingerprint"]: (r["until"], r["incident"], r["resolved"], r["recurred"])
+            for r in rows
+        }
 
     # per-pattern cost ----------------------------------------------------------
     def add_pattern_stats(

@@ -30,7 +30,7 @@ class _Active:
     incident_id: str
     until: float
     resolved_at: float | None = None  # its fix resolved then: later matches are recurrences
-    recurred: int = 0
+    recurred: int = 0  # matches since; once told, resolved_at is None
 
 
 @dataclass(slots=True)
@@ -51,7 +51,7 @@ class Trigger:
     def restore(
         self,
         open_incidents: list[Incident],
-        cooldowns: dict[str, tuple[float, str, float | None]],
+        cooldowns: dict[str, tuple[float, str, float | None, int]],
         runs: list[tuple[str, float]],
         within: dict[tuple[str, str], float],
     ) -> None:
@@ -63,8 +63,8 @@ class Trigger:
         of a release before that has only the count: its hits are taken at
         the first and last sighting (it may reach the threshold a little early).
         """
-        for fp, (until, incident_id, resolved_at) in cooldowns.items():
-            self._active[fp] = _Active(incident_id, until, resolved_at)
+        for fp, (until, incident_id, resolved_at, recurred) in cooldowns.items():
+            self._active[fp] = _Active(incident_id, until, resolved_at, recurred)
         for incident in open_incidents:
             if incident.status == Status.WAITING:
                 hits = deque(incident.hits) or deque(
@@ -109,7 +109,7 @@ class Trigger:
                 update.last_seen = now
                 if len(update.samples) < self.max_samples:
                     update.samples.append(self._redactor(pattern)(line))
-                self._recurred(active, pattern, now, batch)
+                self._recurred(fp, active, pattern, now, batch)
                 return None
             del self._active[fp]
         if pattern.count == 1:
@@ -143,14 +143,21 @@ class Trigger:
         del self._waiting[fp]
         return self._open(incident, pattern, now, batch)
 
-    def _recurred(self, active: _Active, pattern: Pattern, now: float, batch: Batch) -> None:
+    def _recurred(
+        self, fp: str, active: _Active, pattern: Pattern, now: float, batch: Batch
+    ) -> None:
         """A match while cooling down after a fix resolved: a recurrence if within the
-        pattern's window; the count-th one says the fix does not hold (once)."""
+        pattern's window; at `count` of them the fix does not hold, told once (the count
+        and the telling are stored with the cooldown: a restart neither forgets nor
+        repeats them)."""
         resolved = active.resolved_at
-        if resolved is None or now - resolved > pattern.recurrence.within:
+        if resolved is None or now - resolved >= pattern.recurrence.within:
             return
         active.recurred += 1
-        if active.recurred == pattern.recurrence.count:
+        told = active.recurred >= pattern.recurrence.count
+        batch.recurred[fp] = (active.recurred, told)
+        if told:
+            active.resolved_at = None  # no more counting until a fix resolves again
             batch.not_holding.append((active.incident_id, active.recurred, resolved))
 
     def expire(self, now: float, batch: Batch) -> None:

@@ -89,7 +89,9 @@ def test_the_agent_opens_nothing_for_a_line_taken_back(tmp_path):
 
 
 def test_a_rule_needs_its_proof_and_must_compile(tmp_path):
-    no_false_example = PACK.split('\n[[pattern.example]]\nline = "auth failure for probe')[0]
+    no_false_example = PACK.split(
+        '\n[[pattern.example]]\nline = "auth failure for probe', maxsplit=1
+    )[0]
     errors = errors_of(tmp_path / "a", no_false_example)
     assert any(
         key == "pattern[0].ignore" and "needs a `matches = false` example" in message

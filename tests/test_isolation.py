@@ -161,8 +161,9 @@ def test_reload_applies_the_rule_pack_by_pack(tmp_path):
 
 
 def test_hostile_pack_files_break_only_their_own_pack(tmp_path):
-    """A FIFO, binary noise, a name with control characters and a duplicate name:
-    each is a broken pack, named safely; the good pack runs."""
+    """A FIFO, binary noise, a name with control characters and two packs claiming one
+    name (neither wins by sorting first): each is a broken pack, named safely; a pack
+    with none of that runs."""
     agent, log, packs = three_packs(tmp_path)
     (packs / "typo").rename(packs / "zz-noise")
     (packs / "zz-noise" / "pack.toml").write_bytes(b"\x00\xff[pack\n" * 100)
@@ -174,15 +175,18 @@ def test_hostile_pack_files_break_only_their_own_pack(tmp_path):
     twin.write_text(twin.read_text().replace('name = "twin"', 'name = "good"'))
     (packs / "wrong" / "pack.toml").unlink()
     os.mkfifo(packs / "wrong" / "pack.toml")
+    write_pack(packs, "spare", GOOD, owner="team-spare")
     agent.start()
     try:
-        assert "1 pack(s) (4 broken" in agent.log()
+        assert "1 pack(s) (5 broken" in agent.log()
         assert [line for line in agent.lines if "\x1b" in line or line.startswith("FAKE")] == []
-        broken = {p["pack"]: p for p in status(agent.config)["broken_packs"]}
-        assert {"zz-noise", "evil", "good", "wrong"} == set(broken)
-        assert "is not a name" in broken["evil"]["errors"][0]
-        assert "is also in" in broken["good"]["errors"][0]
+        broken = status(agent.config)["broken_packs"]
+        assert sorted(p["pack"] for p in broken) == ["evil", "good", "good", "wrong", "zz-noise"]
+        named = {p["dir"].rsplit("/", 1)[1]: p for p in broken}
+        assert "is not a name" in named["evil"]["errors"][0]
+        assert "'good' is also in" in named["good"]["errors"][0]
+        assert "'good' is also in" in named["twin"]["errors"][0]
         append(log, "disk full on sde")
-        assert wait_for(lambda: matched(agent.config, "good") or None)
+        assert wait_for(lambda: matched(agent.config, "spare") or None)
     finally:
         assert agent.stop() == 0

@@ -30,9 +30,7 @@ def test_a_problem_back_right_after_its_fix_resolved_is_escalated_at_once(tmp_pa
     append(log, "queue stuck q1 third")
     assert wait_for(lambda: status(agent.config)["spool"]["queued"] == 0)
     assert wait_for(
-        lambda: any(
-            c["key"] == "q1" and c["count"] == 3 for c in status(agent.config)["cooldowns"]
-        )
+        lambda: any(c["key"] == "q1" and c["count"] == 3 for c in status(agent.config)["cooldowns"])
     )
     assert len(receiver.escalations(pattern="sticky")) == 1
     assert runs(out / "sticky") == 1

@@ -422,3 +422,26 @@ def test_dry_run_logs_the_fix_runs_nothing_and_leaves_the_state_alone(tmp_path):
     assert runs(out / "sticky") == 1
     assert [tuple(r) for r in db_rows(tmp_path, "SELECT offset FROM checkpoints")] == before
     assert [r[0] for r in db_rows(tmp_path, "SELECT key FROM incidents")] == ["q1"]
+
+
+def test_a_dry_run_claims_no_recovery_line_it_did_not_see(tmp_path):
+    """Issue 17: a dry run used to log the recovery line as seen (`-> exit 0`)."""
+    agent, log, _ = make_agent(tmp_path, None)
+    agent.start("--dry-run")
+    append(log, "database main is down")
+    assert wait_for(lambda: agent.saw("recovery ops/db-down")), agent.log()
+    [line] = [line for line in agent.lines if "recovery ops/db-down" in line]
+    assert line.endswith("-> not awaited: a dry run runs no fix, so no recovery line is due")
+    assert "line seen" not in agent.log() and "exit 0" not in line
+    assert agent.stop() == 0
+
+
+def test_a_recovery_line_seen_is_logged_as_the_line_it_was(tmp_path):
+    agent, log, _ = make_agent(tmp_path, None)
+    agent.start()
+    append(log, "database main is down")
+    assert wait_for(lambda: agent.saw("dry run") == 0 and agent.saw("fix ops/db-down"))
+    append(log, "database main is back")
+    assert wait_for(lambda: agent.saw("recovery ops/db-down")), agent.log()
+    assert "-> line seen: 'database main is back'" in agent.log()
+    assert agent.stop() == 0

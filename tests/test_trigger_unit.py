@@ -7,6 +7,7 @@ real Batch, from real patterns loaded from a pack written to tmp_path.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -516,18 +517,23 @@ def test_the_window_and_count_are_the_patterns(tmp_path):
     assert seen == [[], [], [(incident.id, 3, 100.0)], [], []]
 
 
-def test_a_restart_keeps_counting_recurrences_of_a_resolved_fix(tmp_path, pack, patterns):
-    store = Store(tmp_path / "state.db")
-    trigger = new_trigger(pack)
-    fix = patterns["fix"]
+def resolved_in_store(db: Path, pack: Pack, fix: Pattern) -> tuple[Store, Incident]:
+    """`fix web` opened at 0 and resolved at 5 (cooling until 35), as the state has it."""
+    store = Store(db)
     batch = Batch()
-    incident = feed(trigger, fix, "fix web", 0.0, batch)
+    incident = feed(new_trigger(pack), fix, "fix web", 0.0, batch)
     assert incident is not None
     commit(store, batch, 0.0)
     store.finish_incident(
         incident.id, "resolved", "resolved", [], 35.0, incident.fingerprint, None, 5.0,
         resolved=True,
     )  # fmt: skip
+    return store, incident
+
+
+def test_a_restart_keeps_counting_recurrences_of_a_resolved_fix(tmp_path, pack, patterns):
+    fix = patterns["fix"]
+    store, incident = resolved_in_store(tmp_path / "state.db", pack, fix)
     store.close()
     store = Store(tmp_path / "state.db")
     after = restored(store, pack, 6.0)
