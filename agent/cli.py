@@ -172,16 +172,20 @@ def cmd_check(args: argparse.Namespace) -> int:
     missing = unknown_packs(config, [p.name for p in packs + broken])
     if missing:
         raise ConfigErrors(missing)
-    identities = identities_for(config, packs)
+    identities = identities_for(config, packs, [b.name for b in broken])
     if config.escalation is not None:
-        read_token(config.escalation)
-        tls_context(config.escalation)
+        token = read_token(config.escalation)
+        tls = tls_context(config.escalation)
         loose = config.escalation.token_file and token_file_problem(config.escalation.token_file)
         if loose:
             assert config.escalation.token_file is not None
             raise ConfigErrors(
                 [ConfigError(config.escalation.token_file, "escalation.token_file", None, loose)]
             )
+    if args.online:
+        if config.escalation is None:
+            raise LogmendError(f"check --online: {args.config} has no [escalation] to try")
+        _try_token(config.escalation.url, token, tls)
     packs, failing = _proven(packs)
     patterns = sum(len(p.patterns) for p in packs)
     print(
@@ -199,6 +203,38 @@ def cmd_check(args: argparse.Namespace) -> int:
     _print_broken(broken, failing)
     print_matcher(packs, config.limits.matcher, f"; regex timeout {config.limits.regex_timeout:g}s")
     return 1 if broken or failing else 0
+
+
+def _try_token(url: str, token: str, tls: Any) -> None:
+    """Post an empty batch with the token: the receiver authenticates it and stores
+    nothing. A refusal or no answer is an error naming what to do."""
+    import httpx
+
+    try:
+        answer = httpx.post(
+            url,
+            json={"events": []},
+            headers={"Authorization": f"Bearer {token}"} if token else {},
+            verify=tls,
+            timeout=10.0,
+        )
+    except httpx.HTTPError as exc:
+        raise LogmendError(f"check --online: cannot reach the receiver at {url}: {exc}") from None
+    if answer.status_code == 200:
+        print(f"receiver: {url} accepts the token")
+        return
+    try:
+        said = str(answer.json().get("error", ""))
+    except ValueError:
+        said = answer.text[:200]
+    hint = {
+        401: "the token is wrong, revoked or expired: ask the central team for a new one",
+        403: "the token may not send escalations (its scope): use an ingest token",
+    }.get(answer.status_code, "")
+    raise LogmendError(
+        f"check --online: the receiver at {url} answered {answer.status_code} ({said})"
+        + (f": {hint}" if hint else "")
+    )
 
 
 def _check_packs(roots: list[Path]) -> int:
@@ -310,7 +346,7 @@ def describe_engine(engine: str, unfiltered: list[str]) -> str:
 
 
 def cmd_test(args: argparse.Namespace) -> int:
-    from agent.packtest import JsonSink, TextSink, print_examples, scan_logs
+    from agent.packtest import JsonSink, Progress, TextSink, print_examples, scan_logs
 
     dirs = find_pack_dirs(tuple(args.packs))
     if not dirs:
@@ -334,8 +370,18 @@ def cmd_test(args: argparse.Namespace) -> int:
             print(f"{missing[0]}: no such file", file=sys.stderr)
             return 1
         sink = JsonSink(sys.stdout) if args.json else TextSink(sys.stdout)
-        scan_logs(packs, args.log, args.timeout, sink, args.engine, memo)
+        progress = Progress(sys.stderr) if sys.stderr.isatty() else None
+        scan_logs(packs, args.log, args.timeout, sink, args.engine, memo, progress)
     return 1 if failed else 0
+
+
+def cmd_pack_new(args: argparse.Namespace) -> int:
+    from agent.scaffold import new_pack
+
+    folder = new_pack(args.name, args.dir, args.owner)
+    print(f"{folder}: a pack with one pattern, its examples, an article and a fix stub")
+    print(f"next: edit {folder / 'pack.toml'}, then: logmend test {folder}")
+    return 0
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
@@ -356,7 +402,9 @@ def cmd_explain(args: argparse.Namespace) -> int:
             history = History.read(config.state_db, time.time())
         except (OSError, sqlite3.Error) as exc:
             print(f"note: cooldowns and fix budgets unknown ({exc})", file=sys.stderr)
-        identities = _guarded(args.config, lambda: identities_for(config, packs))
+        identities = _guarded(
+            args.config, lambda: identities_for(config, packs, [b.name for b in broken])
+        )
     else:
         dirs = []
         while words and Path(words[0]).is_dir():  # leading folders are packs, the rest lines
@@ -517,9 +565,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="follow the configured logs, fix and escalate")
-    run.add_argument("-c", "--config", type=Path, required=True)
-    run.add_argument("--log-format", choices=("text", "json"), default="text")
-    run.add_argument("--log-level", default="INFO")
+    run.add_argument("-c", "--config", type=Path, required=True, help="the agent config")
+    run.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="the agent's own log on stderr: text (control characters escaped) or JSON lines",
+    )
+    run.add_argument(
+        "--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)"
+    )
     run.add_argument(
         "--dry-run",
         action="store_true",
@@ -537,10 +592,15 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument(
         "packs", nargs="*", type=Path, metavar="PACK_DIR", help="pack folders, without a config"
     )
+    check.add_argument(
+        "--online",
+        action="store_true",
+        help="also try the config's token against its receiver (an empty batch: nothing stored)",
+    )
     check.set_defaults(func=cmd_check)
 
     test = sub.add_parser("test", help="prove packs with their examples, try them on logs")
-    test.add_argument("packs", nargs="+", type=Path, metavar="PACK_DIR")
+    test.add_argument("packs", nargs="+", type=Path, metavar="PACK_DIR", help="pack folders")
     test.add_argument(
         "--log",
         nargs="+",
@@ -578,16 +638,34 @@ def build_parser() -> argparse.ArgumentParser:
     explain.set_defaults(func=cmd_explain)
 
     status = sub.add_parser("status", help="open incidents, recent fixes, the spool")
-    status.add_argument("-c", "--config", type=Path, required=True)
-    status.add_argument("--limit", type=int, default=20)
-    status.add_argument("--json", action="store_true")
+    status.add_argument("-c", "--config", type=Path, required=True, help="the agent config")
+    status.add_argument(
+        "--limit", type=int, default=20, help="recent incidents and fixes listed (default 20)"
+    )
+    status.add_argument("--json", action="store_true", help="one JSON document on stdout")
     status.set_defaults(func=cmd_status)
 
     spool = sub.add_parser("spool", help="manage the outbound spool")
     spool_sub = spool.add_subparsers(dest="spool_command", required=True)
     retry = spool_sub.add_parser("retry", help="send parked events again")
-    retry.add_argument("-c", "--config", type=Path, required=True)
+    retry.add_argument("-c", "--config", type=Path, required=True, help="the agent config")
     retry.set_defaults(func=cmd_spool_retry)
+
+    pack = sub.add_parser("pack", help="write packs")
+    pack_sub = pack.add_subparsers(dest="pack_command", required=True)
+    new = pack_sub.add_parser(
+        "new",
+        help="scaffold a pack that passes `logmend test` at once",
+        description="logmend pack new NAME --owner TEAM: a folder NAME with pack.toml (one"
+        " commented pattern and its examples), an article, a fix script stub that changes"
+        " nothing and a CI snippet (ci/logmend.yml) that runs logmend test and check",
+    )
+    new.add_argument("name", metavar="NAME", help="the pack's name (and its folder's)")
+    new.add_argument("--owner", required=True, help="the team that receives the pack's escalations")
+    new.add_argument(
+        "--dir", type=Path, default=Path("."), help="where to make the folder (default: here)"
+    )
+    new.set_defaults(func=cmd_pack_new)
 
     add_receiver_commands(sub)
 

@@ -72,7 +72,7 @@ class Agent:
         if packs is None:
             packs, broken = admit(config.packs, config.params, self.memo)
         self.broken = broken or []  # packs that do not run here; the others do
-        identities = identities_for(config, packs)
+        identities = identities_for(config, packs, [b.name for b in broken or ()])
         self.own_log = own_log_identity()
         refuse_own_log(config, self.own_log)
         self.clock = clock
@@ -374,7 +374,7 @@ class Agent:
             self.memo.reopen()
             packs, broken = admit(config.packs, config.params, self.memo)
             where = self.config.file
-            identities = identities_for(config, packs)
+            identities = identities_for(config, packs, [b.name for b in broken])
             refuse_own_log(config, self.own_log)
             token = ""
             if config.escalation:

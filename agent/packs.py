@@ -705,6 +705,19 @@ def load_packs_apart(
     returned broken, with its errors, and the others load. Only what is no one
     pack's fault is raised: a root that is not there, params for a pack that is
     in no folder at all."""
+    packs, broken, stray = _load_each(roots, trust, host, memo)
+    if stray:
+        raise ConfigErrors(stray)
+    return packs, broken
+
+
+def _load_each(
+    roots: tuple[Path, ...],
+    trust: bool,
+    host: HostParams | None,
+    memo: Memo | None,
+) -> tuple[list[Pack], list[BrokenPack], list[ConfigError]]:
+    """The packs, the broken ones, and the host's params that name no pack at all."""
     loaded: dict[str, list[Pack]] = {}
     broken: list[BrokenPack] = []
     unnamed = False  # a broken pack whose name could not be read: params may be for it
@@ -743,9 +756,7 @@ def load_packs_apart(
         errors.append(
             ConfigError(host.file or "", f"params.{pack_name}", line, "no such pack is loaded")
         )
-    if errors:
-        raise ConfigErrors(errors)
-    return packs, broken
+    return packs, broken, errors
 
 
 def _folder_name(pack_dir: Path) -> str:
@@ -764,7 +775,7 @@ def load_packs(
     memo: Memo | None = None,
 ) -> list[Pack]:
     """Every pack under `roots`; all problems of all packs are raised together."""
-    packs, broken = load_packs_apart(roots, trust, host, memo)
-    if broken:
-        raise ConfigErrors([error for pack in broken for error in pack.errors])
+    packs, broken, stray = _load_each(roots, trust, host, memo)
+    if broken or stray:
+        raise ConfigErrors([error for pack in broken for error in pack.errors] + stray)
     return packs

@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import json
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, TextIO
 
@@ -35,8 +37,10 @@ def scan_logs(
     sink: ScanSink,
     engine: str = "auto",
     memo: Memo | None = None,
+    progress: Progress | None = None,
 ) -> None:
-    """Match every line of every log against every pattern, into `sink`."""
+    """Match every line of every log against every pattern, into `sink`; `progress`
+    hears of each chunk read (a terminal shows how far a large log has got)."""
     patterns = [p for pack in packs for p in pack.patterns]
     # the compile's memory apart: a large log keeps the process long enough to matter
     matcher = Matcher(patterns, timeout, engine, memo=memo or Memo(apart=True))
@@ -45,11 +49,17 @@ def scan_logs(
         sink.file(log_path)
         splitter = LineSplitter(MAX_LINE)
         lines = found = 0
+        done = 0
         with _opened(log_path) as handle:
             for chunk in iter(lambda: handle.read(CHUNK), b""):
                 block = splitter.feed(chunk)
                 lines, found = _scan_block(matcher, block, lines, found, sink)
+                done += len(chunk)
+                if progress is not None:
+                    progress.read(log_path, done, lines)
             lines, found = _scan_block(matcher, splitter.flush(), lines, found, sink)
+        if progress is not None:
+            progress.finish()
         sink.file_done(log_path, lines, found)
         total_lines += lines
     summary = [
@@ -71,6 +81,37 @@ def scan_logs(
             "ungated": [p.qualified for p in matcher.ungated],
         }
     )
+
+
+class Progress:
+    """How far a large log has got, on a terminal: one line redrawn at most twice a
+    second (only for a file of at least `LARGE` bytes; a pipe's size is unknown)."""
+
+    LARGE = 16 << 20
+
+    def __init__(self, out: TextIO, clock: Callable[[], float] = time.monotonic) -> None:
+        self.out = out
+        self.clock = clock
+        self._last = 0.0
+        self._shown = False
+
+    def read(self, path: Path, done: int, lines: int) -> None:
+        now = self.clock()
+        if now - self._last < 0.5:
+            return
+        size = path.stat().st_size if str(path) != "-" else 0
+        if size < self.LARGE:
+            return
+        self._last = now
+        self._shown = True
+        self.out.write(f"\r{path}: {100 * done // size}% read, {lines:,} lines")
+        self.out.flush()
+
+    def finish(self) -> None:
+        if self._shown:
+            self.out.write("\r\x1b[K")  # the line is cleared: the report follows
+            self.out.flush()
+            self._shown = False
 
 
 def _opened(path: Path) -> contextlib.AbstractContextManager[BinaryIO]:

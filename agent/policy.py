@@ -35,6 +35,7 @@ class Outcome(StrEnum):
     FLAPPING = "flapping"
     QUARANTINED = "quarantined"
     NOT_HOLDING = "fix-not-holding"  # resolved, then back within its window, enough times
+    ALWAYS = "always"  # no fix to try; told because the pattern says always
 
 
 class Wire(StrEnum):
@@ -76,12 +77,19 @@ def opened(escalate: str, has_remedy: bool, over_budget: bool) -> Decision:
     if has_remedy and not over_budget:
         return Decision(Status.REMEDIATING, None, None)
     outcome = Outcome.FLAPPING if over_budget else Outcome.NO_REMEDY
+    if escalate == Escalate.ALWAYS and not over_budget:
+        outcome = Outcome.ALWAYS  # `status` says why it was told, not only that no fix ran
     if escalate == Escalate.NEVER:
         return Decision(Status.CLOSED, outcome, None)
     if over_budget:
         return Decision(Status.ESCALATED, outcome, Wire.FLAPPING, "over its fix budget")
     wire = Wire.ALWAYS if escalate == Escalate.ALWAYS else Wire.NO_REMEDY
-    return Decision(Status.ESCALATED, outcome, wire, "no remedy known")
+    return Decision(
+        Status.ESCALATED,
+        outcome,
+        wire,
+        "always told" if outcome == Outcome.ALWAYS else "no remedy known",
+    )
 
 
 def finished(escalate: str, resolved: bool, rejected: bool) -> Decision:

@@ -78,12 +78,15 @@ def spool_limits(config: Config) -> SpoolLimits:
     return SpoolLimits(esc.aggregate, esc.spool_max_events, esc.spool_max_bytes)
 
 
-def identities_for(config: Config, packs: list[Pack]) -> dict[str, Identity | None]:
+def identities_for(
+    config: Config, packs: list[Pack], broken: Iterable[str] = ()
+) -> dict[str, Identity | None]:
     """Who each pack's fixes run as (applied only when the agent is root).
 
     Least privilege: root only for a pack that asks for it (`user = "root"`)
     and that the host's config lists in `allow_root`; every other fix runs as
-    the pack's user or the config's unprivileged `fix_user`.
+    the pack's user or the config's unprivileged `fix_user`. `allow_root` may name
+    a pack that is `broken` (set aside, not missing).
     """
     out: dict[str, Identity | None] = {}
     errors = []
@@ -102,7 +105,7 @@ def identities_for(config: Config, packs: list[Pack]) -> dict[str, Identity | No
                 )
             ]
         )
-    names = {p.name for p in packs}
+    names = {p.name for p in packs} | set(broken)
     for name in config.allow_root:
         if name not in names:
             errors.append(ConfigError(config.file, "agent.allow_root", None, f"no pack {name!r}"))

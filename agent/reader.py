@@ -465,5 +465,7 @@ class Reader:
             pattern.id,
             incident.key,
             wire,
-            "over its fix budget" if wire == Wire.FLAPPING else "no remedy known",
+            {Wire.FLAPPING: "over its fix budget", Wire.ALWAYS: "the pattern says always"}.get(
+                wire, "no remedy known"
+            ),
         )

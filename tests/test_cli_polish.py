@@ -185,3 +185,121 @@ def test_a_toml_syntax_error_names_the_key_it_is_at(tmp_path):
     assert f"{pack / 'pack.toml'}:" in done.stderr and ": pattern[0].key: " in done.stderr, (
         done.stderr
     )
+
+
+def test_every_option_of_every_command_says_what_it_is_for():
+    import argparse
+
+    from agent.cli import build_parser
+
+    silent = []
+
+    def walk(parser: argparse.ArgumentParser, path: str) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, child in action.choices.items():
+                    walk(child, f"{path} {name}")
+            elif not action.help and not isinstance(
+                action, argparse._HelpAction | argparse._VersionAction
+            ):
+                silent.append(f"{path} {action.option_strings or action.dest}")
+
+    walk(build_parser(), "logmend")
+    assert silent == []
+    done = subprocess.run(
+        [sys.executable, "-m", "agent", "explain", "--help"], capture_output=True, text=True
+    )
+    assert done.returncode == 0 and "lines from standard input" in done.stdout.lower()
+
+
+def check_online(config) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "agent", "check", "-c", str(config), "--online"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_check_online_tries_the_token_against_the_receiver(tmp_path, receiver):
+    from agent.receiver.scopes import Scope
+    from agent.receiver.store import ReceiverStore
+    from tests.helpers import agent_with_pack
+
+    agent, _ = agent_with_pack(tmp_path, GOOD, {"fix.sh": "#!/bin/sh\n"}, receiver)
+    done = check_online(agent.config)
+    assert done.returncode == 0, done.stderr
+    assert f"receiver: {receiver.url}/v1/escalations accepts the token" in done.stdout
+    assert receiver.escalations() == []  # the try stored nothing
+    (tmp_path / "token").write_text("not-a-token")
+    done = check_online(agent.config)
+    assert done.returncode == 1
+    assert "answered 401" in done.stderr and "ask the central team for a new one" in done.stderr
+    store = ReceiverStore(receiver.db)
+    try:
+        reader = store.create_token(Scope.READ, "reader", ("team-test",))
+    finally:
+        store.close()
+    (tmp_path / "token").write_text(reader)
+    done = check_online(agent.config)
+    assert done.returncode == 1 and "answered 403" in done.stderr, done.stderr
+    assert "use an ingest token" in done.stderr
+
+
+def test_check_online_says_when_there_is_no_receiver_to_try(tmp_path):
+    from tests.helpers import agent_with_pack, free_port
+
+    agent, _ = agent_with_pack(tmp_path, GOOD, {"fix.sh": "#!/bin/sh\n"})
+    done = check_online(agent.config)
+    assert done.returncode == 1 and "has no [escalation] to try" in done.stderr
+    dead = f"http://127.0.0.1:{free_port()}/v1/escalations"
+    token = tmp_path / "token"
+    token.write_text("x")
+    token.chmod(0o600)
+    agent.config.write_text(
+        agent.config.read_text() + f'[escalation]\nurl = "{dead}"\ntoken_file = "{token}"\n'
+    )
+    done = check_online(agent.config)
+    assert done.returncode == 1 and "cannot reach the receiver at" in done.stderr, done.stderr
+
+
+def test_a_large_log_shows_how_far_it_has_got_on_a_terminal_only(tmp_path):
+    """`test --log` on a large file: a progress line on a terminal (a pty here), cleared
+    before the report; nothing of it in a pipe or in the --json document."""
+    import os
+    import pty
+
+    pack = write_pack(tmp_path, "good", GOOD, {"fix.sh": "#!/bin/sh\n"})
+    log = tmp_path / "big.log"
+    log.write_text(("nothing to see here at all\n" * 9 + "error for bob\n") * 4000)
+    while log.stat().st_size < 16 << 20:  # Progress.LARGE
+        log.write_bytes(log.read_bytes() * 2)
+    master, slave = pty.openpty()
+    report = tmp_path / "report.json"
+    with report.open("wb") as stdout:  # a file: a pipe nobody reads would block the child
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "agent", "test", str(pack), "--log", str(log), "--json"],
+            stdout=stdout,
+            stderr=slave,
+        )
+    os.close(slave)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:  # the child closed its end
+            break
+        if not chunk:
+            break
+        seen += chunk
+    assert proc.wait(timeout=120) == 0
+    os.close(master)
+    assert b"% read, " in seen and b"\r\x1b[K" in seen, seen[-400:]
+    assert json.loads(report.read_text())["files"][0]["lines"] > 0  # whole, no progress in it
+    piped = subprocess.run(
+        [sys.executable, "-m", "agent", "test", str(pack), "--log", str(log)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "% read" not in piped.stderr and "% read" not in piped.stdout

@@ -72,7 +72,7 @@ def test_any_exception_while_reloading_is_refused_counted_and_recorded(tmp_path,
     agent = daemon.Agent(load_config(agent_proc.config))
     try:
 
-        def broken(roots: tuple[Path, ...], **_: object) -> None:
+        def broken(*_: object) -> None:
             raise RuntimeError("a bug in the pack loader")
 
         monkeypatch.setattr(daemon, "admit", broken)

@@ -170,7 +170,7 @@ def tee_lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
 
-def test_reload_swaps_packs_keeps_positions_and_cooldowns_and_refuses_a_broken_pack(
+def test_reload_swaps_packs_keeps_positions_and_cooldowns_and_sets_a_broken_pack_aside(
     tmp_path, monkeypatch
 ):
     tee = tmp_path / "tee"
@@ -191,18 +191,29 @@ def test_reload_swaps_packs_keeps_positions_and_cooldowns_and_refuses_a_broken_p
     good = pack.read_text()
     pack.write_text(good + "\n[[pattern]]\nid = 'broken'\nmatch = '''(unclosed'''\n")
     agent.proc.send_signal(signal.SIGHUP)
-    assert wait_for(lambda: agent.saw("reload refused")), agent.log()
-    assert re.search(r"reload refused.*pack\.toml:\d+: pattern\[2\]\.match", agent.log())
+    assert wait_for(lambda: agent.saw("reloaded: ") == 2), agent.log()
+    # issue 17: the broken pack is set aside alone (here the only one) and named
+    assert re.search(
+        r"pack ops in .* does not run .*pack\.toml:\d+: pattern\[2\]\.match", agent.log()
+    )
     status = cli("status", "-c", str(agent.config))
-    assert "REFUSED (the previous set still runs)" in status and "pattern[2].match" in status
+    assert "broken packs: 1" in status and "pattern[2].match" in status
     last = [f"line {n}" for n in range(200, 300)] + ["added later 8"]
     append(log, *last)
-    assert wait_for(lambda: agent.saw("matched ops/late key='8'")), agent.log()  # old set runs
+    assert wait_for(lambda: len(tee_lines(tee)) == len(written + more + last))
+    pack.write_text(good)  # mended: it runs again
+    agent.proc.send_signal(signal.SIGHUP)
+    assert wait_for(lambda: agent.saw("reloaded: ") == 3), agent.log()
+    final = ["added later 9"]
+    append(log, *final)
+    assert wait_for(lambda: agent.saw("matched ops/late key='9'")), agent.log()
+    last += final
     assert wait_for(lambda: len(tee_lines(tee)) == len(written + more + last))
     assert agent.stop() == 0
     assert tee_lines(tee) == written + more + last  # each line once, in order, across reloads
     assert not (out / "fix.1.argv").exists()  # the cooldown of q1 survived both reloads
     assert agent.saw("matched ops/stuck") == 1
+    assert not agent.saw("matched ops/late key='8'")  # the pack was set aside then
 
 
 def test_sigterm_under_load_exits_0_soon_with_checkpoints_committed(tmp_path, monkeypatch):

@@ -555,3 +555,15 @@ def test_a_recurrence_needs_a_remedy(tmp_path):
         key == "pattern[0].recurrence" and "only a pattern with a remedy" in message
         for key, _, message in errors
     ), errors
+
+
+def test_an_always_pattern_with_no_fix_is_told_as_always_not_as_no_remedy():
+    """Issue 17: `status` listed an `always` escalation as `no-remedy`."""
+    from agent import policy
+
+    always = policy.opened("always", has_remedy=False, over_budget=False)
+    assert (always.status, always.outcome, always.wire) == ("escalated", "always", "always")
+    unresolved = policy.opened("unresolved", has_remedy=False, over_budget=False)
+    assert (unresolved.outcome, unresolved.wire) == ("no-remedy", "no-remedy")
+    flapping = policy.opened("always", has_remedy=True, over_budget=True)
+    assert (flapping.outcome, flapping.wire) == ("flapping", "flapping")

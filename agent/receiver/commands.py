@@ -173,9 +173,16 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
 def add_receiver_commands(sub: Any) -> None:
     """`logmend receiver ...`, on the command's subparsers."""
     receiver = sub.add_parser("receiver", help="the central escalation endpoint")
-    receiver.add_argument("--listen", default="127.0.0.1:8470")
+    receiver.add_argument(
+        "--listen", default="127.0.0.1:8470", help="HOST:PORT to serve on (default 127.0.0.1:8470)"
+    )
     _db_arguments(receiver)
-    receiver.add_argument("--max-body", type=int, default=4 * 1024 * 1024)
+    receiver.add_argument(
+        "--max-body",
+        type=int,
+        default=4 * 1024 * 1024,
+        help="largest request body in bytes (default 4 MiB); larger is 413",
+    )
     receiver.add_argument(
         "--rate", type=float, default=50.0, help="requests a second per token (0: no limit)"
     )
@@ -207,7 +214,13 @@ def add_receiver_commands(sub: Any) -> None:
         description="ingest: agents post for --host and --owner; read/write: one team's"
         " (--owner TEAM); admin: the central team, every owner",
     )
-    create.add_argument("--scope", required=True, choices=["ingest", "read", "write", "admin"])
+    create.add_argument(
+        "--scope",
+        required=True,
+        choices=["ingest", "read", "write", "admin"],
+        help="ingest: agents send; read: the console and API read; write: also act on"
+        " escalations; admin: tokens and every owner",
+    )
     create.add_argument(
         "--owner", action="append", default=[], help="an owner it is bound to (repeat; '*': any)"
     )
