@@ -1,4 +1,5 @@
-"""The `logmend` command: run, check, test, status, spool, receiver, demo."""
+"""The `logmend` command: run, check, test, status, spool, demo; `explain` and `pack`
+(agent/packcommands.py) and `receiver` (agent/receiver/commands.py) are wired in here."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
@@ -20,6 +21,7 @@ from agent.derived import Memo
 from agent.errors import ConfigErrors, LogmendError, unexpected
 from agent.examples import ExampleFailure, check_examples
 from agent.observe import from_environment
+from agent.packcommands import add_pack_commands
 from agent.packs import BrokenPack, Pack, find_pack_dirs, load_packs, load_packs_apart
 from agent.policy import Outcome
 from agent.receiver.commands import add_receiver_commands
@@ -87,7 +89,7 @@ class _JsonFormatter(logging.Formatter):
         )
 
 
-def _guarded(where: Path | str, load: Callable[[], T]) -> T:
+def guarded(where: Path | str, load: Callable[[], T]) -> T:
     """Run a loader; an exception nobody raised on purpose is an error naming `where`.
 
     So a hostile pack or config stops `run`, `check` or `status` with a line
@@ -102,10 +104,10 @@ def _guarded(where: Path | str, load: Callable[[], T]) -> T:
 
 
 def _load_config(config_path: Path) -> Config:
-    return _guarded(config_path, lambda: load_config(config_path))
+    return guarded(config_path, lambda: load_config(config_path))
 
 
-def _admit(
+def admitted(
     config_path: Path, memo: Memo | None = None
 ) -> tuple[Config, list[Pack], list[BrokenPack]]:
     """The config, the packs that would run and the broken ones (agent.examples.admit)."""
@@ -115,7 +117,7 @@ def _admit(
     memo = memo or Memo()
     memo.open(config.state_dir / derived.FILE)  # what earlier starts derived (agent.derived)
     where = "a pack under " + ", ".join(map(str, config.packs))
-    packs, broken = _guarded(where, lambda: admit(config.packs, config.params, memo))
+    packs, broken = guarded(where, lambda: admit(config.packs, config.params, memo))
     return config, packs, broken
 
 
@@ -124,7 +126,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_format, args.log_level)
     memo = derived.Memo(apart=True)  # the agent lives long: compile apart (agent.hscompile)
-    config, packs, broken = _admit(args.config, memo)
+    config, packs, broken = admitted(args.config, memo)
     if not args.dry_run:
         observer = from_environment(os.environ)
         return Agent(config, packs, observer=observer, memo=memo, broken=broken).run()
@@ -168,7 +170,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         return _check_packs(args.packs)
     config = _load_config(args.config)
     where = "a pack under " + ", ".join(map(str, config.packs))
-    packs, broken = _guarded(where, lambda: load_packs_apart(config.packs, host=config.params))
+    packs, broken = guarded(where, lambda: load_packs_apart(config.packs, host=config.params))
     missing = unknown_packs(config, [p.name for p in packs + broken])
     if missing:
         raise ConfigErrors(missing)
@@ -243,7 +245,7 @@ def _check_packs(roots: list[Path]) -> int:
     if not dirs:
         raise LogmendError(f"no pack.toml found in {', '.join(map(str, roots))}")
     where = "a pack under " + ", ".join(map(str, roots))
-    packs, broken = _guarded(where, lambda: load_packs_apart(tuple(dirs)))
+    packs, broken = guarded(where, lambda: load_packs_apart(tuple(dirs)))
     packs, failing = _proven(packs)
     for pack in packs:
         print(
@@ -352,7 +354,7 @@ def cmd_test(args: argparse.Namespace) -> int:
     if not dirs:
         print(f"no pack.toml found in {', '.join(map(str, args.packs))}", file=sys.stderr)
         return 1
-    packs = _guarded(
+    packs = guarded(
         "a pack under " + ", ".join(map(str, args.packs)),
         lambda: load_packs(tuple(dirs), trust=False),
     )
@@ -373,74 +375,6 @@ def cmd_test(args: argparse.Namespace) -> int:
         progress = Progress(sys.stderr) if sys.stderr.isatty() else None
         scan_logs(packs, args.log, args.timeout, sink, args.engine, memo, progress)
     return 1 if failed else 0
-
-
-def cmd_pack_new(args: argparse.Namespace) -> int:
-    from agent.scaffold import new_pack
-
-    folder = new_pack(args.name, args.dir, args.owner)
-    print(f"{folder}: a pack with one pattern, its examples, an article and a fix stub")
-    print(f"next: edit {folder / 'pack.toml'}, then: logmend test {folder}")
-    return 0
-
-
-def cmd_explain(args: argparse.Namespace) -> int:
-    """What each line means, from the packs of a config or of pack folders (agent.explain)."""
-    import sqlite3
-
-    from agent.explain import History, explain_line, print_explained
-    from agent.match import Matcher
-    from agent.preflight import identities_for
-
-    words = list(args.words)
-    history: History | None = None
-    identities = None
-    if args.config is not None:
-        config, packs, broken = _admit(args.config)
-        timeout, engine = config.limits.regex_timeout, config.limits.matcher
-        try:
-            history = History.read(config.state_db, time.time())
-        except (OSError, sqlite3.Error) as exc:
-            print(f"note: cooldowns and fix budgets unknown ({exc})", file=sys.stderr)
-        identities = _guarded(
-            args.config, lambda: identities_for(config, packs, [b.name for b in broken])
-        )
-    else:
-        dirs = []
-        while words and Path(words[0]).is_dir():  # leading folders are packs, the rest lines
-            dirs.append(Path(words.pop(0)))
-        if not dirs:
-            raise LogmendError("explain: give -c CONFIG or PACK_DIR..., then the lines")
-        where = "a pack under " + ", ".join(map(str, dirs))
-        found = find_pack_dirs(tuple(dirs))
-        packs, broken = _guarded(where, lambda: load_packs_apart(tuple(found), trust=False))
-        timeout, engine = 1.0, "auto"
-    for pack in broken:
-        print(f"note: pack {pack.name} does not run ({pack.errors[0]})", file=sys.stderr)
-    by_name = {pack.name: pack for pack in packs}
-    matcher = Matcher([p for pack in packs for p in pack.patterns], timeout, engine)
-    lines = words or _stdin_lines()
-    now = time.time()
-    explained = (explain_line(line, matcher, by_name, now, history, identities) for line in lines)
-    if args.json:
-        json.dump({"lines": list(explained)}, sys.stdout)
-        print()
-    else:
-        for one in explained:
-            print_explained(one, sys.stdout)
-    return 0
-
-
-def _stdin_lines() -> Iterator[str]:
-    """Standard input as lines, each cut at the agent's 64 KiB (never held whole)."""
-    from agent.packtest import CHUNK, MAX_LINE
-    from agent.records import LineSplitter
-
-    splitter = LineSplitter(MAX_LINE)
-    for chunk in iter(lambda: sys.stdin.buffer.read(CHUNK), b""):
-        block = splitter.feed(chunk)
-        yield from block.decode("utf-8", "replace").splitlines()
-    yield from splitter.flush().decode("utf-8", "replace").splitlines()
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -618,25 +552,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     test.set_defaults(func=cmd_test)
 
-    explain = sub.add_parser(
-        "explain",
-        help="what a log line means and what the agent would do about it",
-        description="logmend explain (-c CONFIG | PACK_DIR...) [LINE...]: every pattern that"
-        " matches each line, its fields, key, severity, escalation, the fix and verify as they"
-        " would run (or why not) and the article. Lines from standard input when none given.",
-    )
-    explain.add_argument(
-        "-c", "--config", type=Path, help="an agent config: its packs, params and state"
-    )
-    explain.add_argument(
-        "words",
-        nargs="*",
-        metavar="PACK_DIR|LINE",
-        help="without -c: pack folders first, then lines; with -c: lines",
-    )
-    explain.add_argument("--json", action="store_true", help="one JSON document on stdout")
-    explain.set_defaults(func=cmd_explain)
-
     status = sub.add_parser("status", help="open incidents, recent fixes, the spool")
     status.add_argument("-c", "--config", type=Path, required=True, help="the agent config")
     status.add_argument(
@@ -651,22 +566,7 @@ def build_parser() -> argparse.ArgumentParser:
     retry.add_argument("-c", "--config", type=Path, required=True, help="the agent config")
     retry.set_defaults(func=cmd_spool_retry)
 
-    pack = sub.add_parser("pack", help="write packs")
-    pack_sub = pack.add_subparsers(dest="pack_command", required=True)
-    new = pack_sub.add_parser(
-        "new",
-        help="scaffold a pack that passes `logmend test` at once",
-        description="logmend pack new NAME --owner TEAM: a folder NAME with pack.toml (one"
-        " commented pattern and its examples), an article, a fix script stub that changes"
-        " nothing and a CI snippet (ci/logmend.yml) that runs logmend test and check",
-    )
-    new.add_argument("name", metavar="NAME", help="the pack's name (and its folder's)")
-    new.add_argument("--owner", required=True, help="the team that receives the pack's escalations")
-    new.add_argument(
-        "--dir", type=Path, default=Path("."), help="where to make the folder (default: here)"
-    )
-    new.set_defaults(func=cmd_pack_new)
-
+    add_pack_commands(sub)
     add_receiver_commands(sub)
 
     demo = sub.add_parser("demo", help="a receiver, an agent and a log that breaks, in 30s")

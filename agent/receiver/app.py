@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from agent.receiver.articles import MAX_QUERY, validate_articles
 from agent.receiver.console import Console
 from agent.receiver.engine import Unavailable
 from agent.receiver.guard import Busy, Lane
@@ -229,6 +230,30 @@ def create_app(
 
         return read
 
+    def ingest_articles(who: Identity, body: bytes, request: Request) -> Response:
+        """A pack's articles, published by its team: they replace the pack's earlier ones."""
+        try:
+            doc = validate_articles(decoded(body, request))
+        except InvalidBody as exc:
+            return error(400, str(exc))
+        except InvalidEvent as exc:
+            return error(422, str(exc))
+        try:
+            stored = store.put_articles(who, doc)
+        except Forbidden as exc:
+            return error(403, str(exc))
+        return JSONResponse({"stored": stored, "pack": doc["pack"]})
+
+    async def put_articles(request: Request) -> Response:
+        return await upload(request, ingest_articles)
+
+    def get_articles(request: Request, who: Identity) -> Response:
+        """`?q=` an error line: the team's articles that answer it (articles.search)."""
+        query = request.query_params.get("q", "")
+        if not query.strip() or len(query) > MAX_QUERY:
+            return error(400, f"q: the error line asked about, 1 to {MAX_QUERY} characters")
+        return JSONResponse({"articles": store.find_articles(who.visible_owners(), query)})
+
     def get_stats(request: Request, who: Identity) -> Response:
         limit, offset = paging(request)
         found, more = store.stats(who.visible_owners(), limit, offset)
@@ -380,6 +405,8 @@ def create_app(
             Route("/v1/escalations/{ref}", patch_escalation, methods=["PATCH"]),
             Route("/v1/stats", post_stats, methods=["POST"]),
             Route("/v1/stats", reading(get_stats), methods=["GET"]),
+            Route("/v1/articles", put_articles, methods=["PUT"]),
+            Route("/v1/articles", reading(get_articles), methods=["GET"]),
             Route("/healthz", health),
             Route("/", html(console.inbox)),
             Route("/g/{ref}", html(console.detail), methods=["GET"]),

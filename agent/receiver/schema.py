@@ -15,7 +15,7 @@ from collections.abc import Callable
 from agent.errors import StateError
 from agent.receiver.engine import Conn, Engine, SqliteConn, SqliteEngine
 
-LATEST = 4
+LATEST = 5
 
 # The tables as schema 2 made them; a new database starts from these and takes
 # every upgrade after, so a new and an upgraded database are the same.
@@ -192,7 +192,21 @@ def _create(db: Conn, ddl: str) -> None:
             db.execute(statement)
 
 
-UPGRADES: dict[int, Callable[[Conn], list[str]]] = {3: _to_4}
+ARTICLES = """
+CREATE TABLE articles (
+    owner TEXT NOT NULL, pack TEXT NOT NULL, pattern TEXT NOT NULL, version TEXT NOT NULL,
+    match TEXT NOT NULL, article TEXT NOT NULL, text TEXT NOT NULL, updated REAL NOT NULL,
+    PRIMARY KEY (owner, pack, pattern));
+"""
+
+
+def _to_5(db: Conn) -> list[str]:
+    """The knowledge articles teams publish, searchable by error text (issue 17)."""
+    _create(db, ARTICLES)
+    return []
+
+
+UPGRADES: dict[int, Callable[[Conn], list[str]]] = {3: _to_4, 4: _to_5}
 """Upgrades from FIRST_POSTGRESQL on, version -> the step to the next: SQL both engines
 speak (see engine.py), run on both, in the migrating transaction."""
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import StateError
+from agent.receiver.articles import ArticleStore
 from agent.receiver.engine import POOL_SIZE, Conn, Engine, Row, Unavailable, open_engine
 from agent.receiver.fleet import FleetStore
 from agent.receiver.groups import GroupStore, Growth, growth
@@ -40,7 +41,7 @@ __all__ = ["PAGE_BYTES", "ReceiverStore", "token_hash"]
 Key = tuple[str, str, str, str]  # an escalation's: submitting name, owner, host, id
 
 
-class ReceiverStore(GroupStore, FleetStore):
+class ReceiverStore(GroupStore, FleetStore, ArticleStore):
     """Tokens, sessions and escalations; groups (GroupStore) and hosts (FleetStore) share
     its engine."""
 

@@ -30,6 +30,7 @@ TABLES = (
     "hosts",
     "stats",
     "stats_history",
+    "articles",
 )
 IDENTITIES = {"actions": "seq", "silences": "id"}  # their next value follows the copied rows
 BATCH = 5000

@@ -1,0 +1,173 @@
+"""The `logmend` commands for pack authors and anyone who meets an error: `pack new`,
+`pack publish` and `explain`; their modules are imported when one runs."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from agent.errors import LogmendError
+from agent.packs import find_pack_dirs, load_packs, load_packs_apart
+
+
+def add_pack_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    explain = sub.add_parser(
+        "explain",
+        help="what a log line means and what the agent would do about it",
+        description="logmend explain (-c CONFIG | PACK_DIR...) [LINE...]: every pattern that"
+        " matches each line, its fields, key, severity, escalation, the fix and verify as they"
+        " would run (or why not) and the article. Lines from standard input when none given.",
+    )
+    explain.add_argument(
+        "-c", "--config", type=Path, help="an agent config: its packs, params and state"
+    )
+    explain.add_argument(
+        "words",
+        nargs="*",
+        metavar="PACK_DIR|LINE",
+        help="without -c: pack folders first, then lines; with -c: lines",
+    )
+    explain.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    explain.set_defaults(func=cmd_explain)
+
+    pack = sub.add_parser("pack", help="write packs")
+    pack_sub = pack.add_subparsers(dest="pack_command", required=True)
+    new = pack_sub.add_parser(
+        "new",
+        help="scaffold a pack that passes `logmend test` at once",
+        description="logmend pack new NAME --owner TEAM: a folder NAME with pack.toml (one"
+        " commented pattern and its examples), an article, a fix script stub that changes"
+        " nothing and a CI snippet (ci/logmend.yml) that runs logmend test and check",
+    )
+    new.add_argument("name", metavar="NAME", help="the pack's name (and its folder's)")
+    new.add_argument("--owner", required=True, help="the team that receives the pack's escalations")
+    new.add_argument(
+        "--dir", type=Path, default=Path("."), help="where to make the folder (default: here)"
+    )
+    new.set_defaults(func=cmd_pack_new)
+    publish = pack_sub.add_parser(
+        "publish",
+        help="send the packs' articles to the receiver, searchable there by error text",
+    )
+    publish.add_argument("packs", nargs="+", type=Path, metavar="PACK_DIR", help="pack folders")
+    publish.add_argument("--url", required=True, help="the receiver, e.g. https://logmend.example")
+    publish.add_argument(
+        "--token-file", type=Path, required=True, help="a file holding the team's ingest token"
+    )
+    publish.set_defaults(func=cmd_pack_publish)
+
+
+def cmd_pack_new(args: argparse.Namespace) -> int:
+    from agent.scaffold import new_pack
+
+    folder = new_pack(args.name, args.dir, args.owner)
+    print(f"{folder}: a pack with one pattern, its examples, an article and a fix stub")
+    print(f"next: edit {folder / 'pack.toml'}, then: logmend test {folder}")
+    return 0
+
+
+def cmd_pack_publish(args: argparse.Namespace) -> int:
+    """Each pack's articles to the receiver, where its team's tokens find them by error
+    text (agent/receiver/articles.py); a pack with errors is published by no one."""
+    import httpx
+
+    from agent import cli
+
+    dirs = find_pack_dirs(tuple(args.packs))
+    if not dirs:
+        raise LogmendError(f"no pack.toml found in {', '.join(map(str, args.packs))}")
+    where = "a pack under " + ", ".join(map(str, args.packs))
+    packs = cli.guarded(where, lambda: load_packs(tuple(dirs), trust=False))
+    try:
+        token = args.token_file.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LogmendError(f"pack publish: cannot read the token: {exc}") from None
+    url = args.url.rstrip("/") + "/v1/articles"
+    for pack in packs:
+        body = {
+            "pack": pack.name,
+            "version": pack.version,
+            "owner": pack.owner,
+            "patterns": [
+                {"pattern": p.id, "match": p.source, "article": p.article or "",
+                 "text": p.article_text}
+                for p in pack.patterns
+            ],
+        }  # fmt: skip
+        try:
+            answer = httpx.put(
+                url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=30.0
+            )
+        except httpx.HTTPError as exc:
+            raise LogmendError(f"pack publish: cannot reach {url}: {exc}") from None
+        if answer.status_code != 200:
+            raise LogmendError(
+                f"pack publish: {pack.name}: the receiver answered {answer.status_code}"
+                f" ({answer.text[:300]})"
+            )
+        print(f"{pack.name} {pack.version}: {len(pack.patterns)} article(s) published to {url}")
+    return 0
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    """What each line means, from the packs of a config or of pack folders (agent.explain)."""
+    import sqlite3
+
+    from agent import cli
+    from agent.explain import History, explain_line, print_explained
+    from agent.match import Matcher
+    from agent.preflight import identities_for
+
+    words = list(args.words)
+    history: History | None = None
+    identities = None
+    if args.config is not None:
+        config, packs, broken = cli.admitted(args.config)
+        timeout, engine = config.limits.regex_timeout, config.limits.matcher
+        try:
+            history = History.read(config.state_db, time.time())
+        except (OSError, sqlite3.Error) as exc:
+            print(f"note: cooldowns and fix budgets unknown ({exc})", file=sys.stderr)
+        identities = cli.guarded(
+            args.config, lambda: identities_for(config, packs, [b.name for b in broken])
+        )
+    else:
+        dirs = []
+        while words and Path(words[0]).is_dir():  # leading folders are packs, the rest lines
+            dirs.append(Path(words.pop(0)))
+        if not dirs:
+            raise LogmendError("explain: give -c CONFIG or PACK_DIR..., then the lines")
+        where = "a pack under " + ", ".join(map(str, dirs))
+        found = find_pack_dirs(tuple(dirs))
+        packs, broken = cli.guarded(where, lambda: load_packs_apart(tuple(found), trust=False))
+        timeout, engine = 1.0, "auto"
+    for pack in broken:
+        print(f"note: pack {pack.name} does not run ({pack.errors[0]})", file=sys.stderr)
+    by_name = {pack.name: pack for pack in packs}
+    matcher = Matcher([p for pack in packs for p in pack.patterns], timeout, engine)
+    lines = words or _stdin_lines()
+    now = time.time()
+    explained = (explain_line(line, matcher, by_name, now, history, identities) for line in lines)
+    if args.json:
+        json.dump({"lines": list(explained)}, sys.stdout)
+        print()
+    else:
+        for one in explained:
+            print_explained(one, sys.stdout)
+    return 0
+
+
+def _stdin_lines() -> Iterator[str]:
+    """Standard input as lines, each cut at the agent's 64 KiB (never held whole)."""
+    from agent.packtest import CHUNK, MAX_LINE
+    from agent.records import LineSplitter
+
+    splitter = LineSplitter(MAX_LINE)
+    for chunk in iter(lambda: sys.stdin.buffer.read(CHUNK), b""):
+        block = splitter.feed(chunk)
+        yield from block.decode("utf-8", "replace").splitlines()
+    yield from splitter.flush().decode("utf-8", "replace").splitlines()
