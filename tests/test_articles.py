@@ -128,3 +128,36 @@ def test_hostile_questions_and_publications_are_bounded(tmp_path, receiver):
     assert [
         a["pattern"] for a in ask(receiver, t["read-cache"], "unclosed").json()["articles"]
     ] == ["x"]
+
+
+def test_the_console_page_finds_the_article_and_renders_it_safely(tmp_path, receiver):
+    t = tokens(receiver)
+    pack = write_pack(tmp_path / "packs", "cache", PACK, owner="team-cache")
+    (pack / "articles" / "a.md").write_text(
+        "# what to do\n\nRestart the **consumer**.\n\n<script>alert(1)</script>\n"
+        "[evil](javascript:alert(1))\n"
+    )
+    assert publish(receiver, pack, t["ingest-cache"], tmp_path).returncode == 0
+
+    def page(token: str, q: str) -> httpx.Response:
+        return httpx.get(
+            f"{receiver.url}/articles",
+            params={"q": q},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=10,
+        )
+
+    shown = page(t["read-cache"], "queue stuck q9")
+    assert shown.status_code == 200, shown.text
+    html = shown.text
+    assert "cache/stuck" in html and "its pattern matches this line" in html
+    assert "q = q9" in html and "<strong>consumer</strong>" in html
+    assert "<script>" not in html.split("</head>", 1)[1] and "href=\"javascript:" not in html
+    assert "No article of team-web knows this line." in page(t["read-web"], "queue stuck q9").text
+    assert page(t["read-cache"], "x" * 5000).status_code == 400
+    assert httpx.get(
+        f"{receiver.url}/articles", timeout=10, follow_redirects=False
+    ).status_code in (
+        303,
+        401,
+    )

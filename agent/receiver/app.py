@@ -416,6 +416,7 @@ def create_app(
             Route("/logout", form(console.logout), methods=["POST"]),
             Route("/tier1", html(console.tier1)),
             Route("/hosts", html(console.hosts)),
+            Route("/articles", html(console.articles)),
             Route("/admin/tokens", html(console.tokens), methods=["GET"]),
             Route("/admin/tokens", form(console.create_token), methods=["POST"]),
             Route("/admin/tokens/revoke", form(console.revoke_token), methods=["POST"]),

@@ -26,6 +26,7 @@ from markdown_it import MarkdownIt
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from agent.receiver.articles import MAX_QUERY
 from agent.receiver.inbox import BadView, InboxView
 from agent.receiver.scopes import Action, Forbidden, Identity, Scope
 from agent.receiver.store import ReceiverStore, token_hash
@@ -328,6 +329,20 @@ class Console:
         return self._page(
             "tier1.html", request, who, t=done, window=window, owner=owner, chart_top=top
         )
+
+    def articles(self, request: Request) -> Response:
+        """Self-service: paste an error line, read what the team's articles say of it."""
+        who = self._who(request, Action.READ)
+        if isinstance(who, Response):
+            return who
+        query = request.query_params.get("q", "")
+        if len(query) > MAX_QUERY:
+            message = f"q: at most {MAX_QUERY} characters"
+            return self._page("error.html", request, who, 400, message=message)
+        found = self.store.find_articles(who[0].visible_owners(), query) if query.strip() else []
+        for article in found:
+            article["html"] = render_article(article["text"])
+        return self._page("articles.html", request, who, q=query, found=found, max_query=MAX_QUERY)
 
     def hosts(self, request: Request) -> Response:
         """Every host heard from: when, which packs and versions, what tier 1 did there;
