@@ -35,7 +35,8 @@ class History:
         """Read-only (a missing or unreadable database is an OSError or sqlite3.Error)."""
         if not db.is_file():
             raise FileNotFoundError(f"no state database at {db}")
-        conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=2)
+        # a URI, percent-encoded: a ? # or % in the path is part of its name
+        conn = sqlite3.connect(db.resolve().as_uri() + "?mode=ro", uri=True, timeout=2)
         try:
             cooling = dict(
                 conn.execute("SELECT fingerprint, until FROM cooldowns WHERE until > ?", (now,))

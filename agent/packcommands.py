@@ -56,7 +56,10 @@ def add_pack_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     publish.add_argument("packs", nargs="+", type=Path, metavar="PACK_DIR", help="pack folders")
     publish.add_argument("--url", required=True, help="the receiver, e.g. https://logmend.example")
     publish.add_argument(
-        "--token-file", type=Path, required=True, help="a file holding the team's ingest token"
+        "--token-file",
+        type=Path,
+        required=True,
+        help="a file holding a write token of the pack's team",
     )
     publish.set_defaults(func=cmd_pack_publish)
 

@@ -7,6 +7,7 @@ snippet that proves the pack on every change. The team edits from there.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from agent.errors import LogmendError
@@ -92,11 +93,15 @@ def new_pack(name: str, where: Path, owner: str) -> Path:
                 " starting with a letter or digit)"
             )
     folder = where / name
-    if folder.exists():
+    if os.path.lexists(folder):  # a dangling symlink is there too
         raise LogmendError(f"pack new: {folder} is already there; nothing was written")
-    (folder / "articles").mkdir(parents=True)
-    (folder / "scripts").mkdir()
-    (folder / "ci").mkdir()
+    try:
+        folder.mkdir()  # not parents: --dir must be a folder that is there
+        (folder / "articles").mkdir()
+        (folder / "scripts").mkdir()
+        (folder / "ci").mkdir()
+    except OSError as exc:
+        raise LogmendError(f"pack new: cannot make {folder}: {exc.strerror}") from None
     (folder / "pack.toml").write_text(PACK_TOML.format(name=name, owner=owner))
     (folder / "articles" / "example-error.md").write_text(ARTICLE)
     script = folder / "scripts" / "fix.sh"

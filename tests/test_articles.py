@@ -44,10 +44,11 @@ def tokens(receiver: Receiver) -> dict[str, str]:
     store = ReceiverStore(receiver.db)
     try:
         return {
-            "ingest-cache": store.create_token(Scope.INGEST, "ci-cache", ("team-cache",), ("*",)),
+            "write-cache": store.create_token(Scope.WRITE, "ci-cache", ("team-cache",)),
             "read-cache": store.create_token(Scope.READ, "cache", ("team-cache",)),
             "read-web": store.create_token(Scope.READ, "web", ("team-web",)),
-            "ingest-web": store.create_token(Scope.INGEST, "ci-web", ("team-web",), ("*",)),
+            "write-web": store.create_token(Scope.WRITE, "ci-web", ("team-web",)),
+            "agent-cache": store.create_token(Scope.INGEST, "host-1", ("team-cache",), ("*",)),
         }
     finally:
         store.close()
@@ -75,7 +76,7 @@ def ask(receiver: Receiver, token: str, q: str) -> httpx.Response:
 def test_a_team_publishes_and_finds_its_article_by_the_error_line(tmp_path, receiver):
     t = tokens(receiver)
     pack = write_pack(tmp_path / "packs", "cache", PACK, owner="team-cache")
-    done = publish(receiver, pack, t["ingest-cache"], tmp_path)
+    done = publish(receiver, pack, t["write-cache"], tmp_path)
     assert done.returncode == 0, done.stderr
     assert "cache 1.2.3: 2 article(s) published" in done.stdout
     answer = ask(receiver, t["read-cache"], "queue stuck q9")
@@ -91,10 +92,12 @@ def test_a_team_publishes_and_finds_its_article_by_the_error_line(tmp_path, rece
 def test_no_team_sees_another_teams_articles_or_publishes_as_it(tmp_path, receiver):
     t = tokens(receiver)
     pack = write_pack(tmp_path / "packs", "cache", PACK, owner="team-cache")
-    assert publish(receiver, pack, t["ingest-cache"], tmp_path).returncode == 0
+    assert publish(receiver, pack, t["write-cache"], tmp_path).returncode == 0
     assert ask(receiver, t["read-web"], "queue stuck q9").json() == {"articles": []}
-    posing = publish(receiver, pack, t["ingest-web"], tmp_path)  # owner team-cache
+    posing = publish(receiver, pack, t["write-web"], tmp_path)  # owner team-cache
     assert posing.returncode == 1 and "answered 403" in posing.stderr
+    agent = publish(receiver, pack, t["agent-cache"], tmp_path)  # a host's token: no
+    assert agent.returncode == 1 and "answered 403" in agent.stderr
     assert ask(receiver, t["read-cache"], "x").status_code == 200
     assert ask(receiver, "not-a-token", "x").status_code == 401
     assert httpx.put(f"{receiver.url}/v1/articles", json={}, timeout=5).status_code == 401
@@ -103,18 +106,20 @@ def test_no_team_sees_another_teams_articles_or_publishes_as_it(tmp_path, receiv
 def test_hostile_questions_and_publications_are_bounded(tmp_path, receiver):
     t = tokens(receiver)
     pack = write_pack(tmp_path / "packs", "cache", PACK, owner="team-cache")
-    assert publish(receiver, pack, t["ingest-cache"], tmp_path).returncode == 0
+    assert publish(receiver, pack, t["write-cache"], tmp_path).returncode == 0
     started = time.monotonic()
     answer = ask(receiver, t["read-cache"], "a" * 4000 + "!")  # the catastrophic regex
     assert answer.status_code == 200 and time.monotonic() - started < 5
     assert ask(receiver, t["read-cache"], "x" * 5000).status_code == 400
     assert ask(receiver, t["read-cache"], " ").status_code == 400
-    headers = {"Authorization": f"Bearer {t['ingest-cache']}"}
+    headers = {"Authorization": f"Bearer {t['write-cache']}"}
     for body, status in (
         ({"pack": "p", "patterns": "no"}, 422),
         ({"pack": "p", "patterns": [{"pattern": "x", "match": "y" * 5000}]}, 422),
         ({"pack": "p\x1b", "patterns": []}, 422),
         ({"pack": "p", "patterns": [{"pattern": "x", "match": "(unclosed"}] * 2001}, 422),
+        ({"pack": "p", "patterns": [{"pattern": "x", "match": "x(?:\\w{1000}){1000}"}]}, 422),
+        ({"pack": "p", "patterns": [{"pattern": "x", "match": "^a$", "text": "t\x00"}]}, 422),
     ):
         put = httpx.put(f"{receiver.url}/v1/articles", json=body, headers=headers, timeout=10)
         assert put.status_code == status, (body if len(str(body)) < 200 else "...", put.text)
@@ -137,7 +142,7 @@ def test_the_console_page_finds_the_article_and_renders_it_safely(tmp_path, rece
         "# what to do\n\nRestart the **consumer**.\n\n<script>alert(1)</script>\n"
         "[evil](javascript:alert(1))\n"
     )
-    assert publish(receiver, pack, t["ingest-cache"], tmp_path).returncode == 0
+    assert publish(receiver, pack, t["write-cache"], tmp_path).returncode == 0
 
     def page(token: str, q: str) -> httpx.Response:
         return httpx.get(
@@ -152,7 +157,7 @@ def test_the_console_page_finds_the_article_and_renders_it_safely(tmp_path, rece
     html = shown.text
     assert "cache/stuck" in html and "its pattern matches this line" in html
     assert "q = q9" in html and "<strong>consumer</strong>" in html
-    assert "<script>" not in html.split("</head>", 1)[1] and "href=\"javascript:" not in html
+    assert "<script>" not in html.split("</head>", 1)[1] and 'href="javascript:' not in html
     assert "No article of team-web knows this line." in page(t["read-web"], "queue stuck q9").text
     assert page(t["read-cache"], "x" * 5000).status_code == 400
     assert httpx.get(
@@ -161,3 +166,15 @@ def test_the_console_page_finds_the_article_and_renders_it_safely(tmp_path, rece
         303,
         401,
     )
+
+
+def test_the_repeat_bound_reads_nesting_not_length():
+    from agent.receiver.articles import repeats
+
+    assert repeats(r"^\d{10} \S+ \d{3}$") == 10
+    assert repeats(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12} [0-9a-f]{8}") == 12
+    assert repeats(r"(\d{1,3}\.){3}\d{1,3}") == 9
+    assert repeats(r"(?:\w{1000}){1000}") == 1_000_000
+    assert repeats(r"((a{10}){10}){10}") == 1000
+    assert repeats(r"\{1000\}[{]{5}x{") == 5
+    assert repeats("((((") == 1 and repeats("))}{") == 1

@@ -98,12 +98,14 @@ def create_app(
         return who
 
     async def upload(
-        request: Request, ingest: Callable[[Identity, bytes, Request], Response]
+        request: Request,
+        ingest: Callable[[Identity, bytes, Request], Response],
+        action: Action = Action.INGEST,
     ) -> Response:
         """Authenticate and rate-limit (off the loop: the database may be busy), then,
         in one of a few upload slots, read the body within its size and time and
         hand it to `ingest` on the thread pool, one of two at a time."""
-        who = await run_in_threadpool(auth, request, Action.INGEST)
+        who = await run_in_threadpool(auth, request, action)
         if isinstance(who, Response):
             return who
         try:
@@ -242,10 +244,12 @@ def create_app(
             stored = store.put_articles(who, doc)
         except Forbidden as exc:
             return error(403, str(exc))
+        except InvalidEvent as exc:
+            return error(422, str(exc))
         return JSONResponse({"stored": stored, "pack": doc["pack"]})
 
     async def put_articles(request: Request) -> Response:
-        return await upload(request, ingest_articles)
+        return await upload(request, ingest_articles, Action.WRITE)  # a team's, not an agent's
 
     def get_articles(request: Request, who: Identity) -> Response:
         """`?q=` an error line: the team's articles that answer it (articles.search)."""
