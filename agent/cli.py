@@ -117,8 +117,11 @@ def admitted(
     memo = memo or Memo()
     memo.open(config.state_dir / derived.FILE)  # what earlier starts derived (agent.derived)
     where = "a pack under " + ", ".join(map(str, config.packs))
+    from agent.preflight import unrunnable
+
     packs, broken = guarded(where, lambda: admit(config.packs, config.params, memo))
-    return config, packs, broken
+    packs, homeless = unrunnable(config, packs)
+    return config, packs, broken + homeless
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -162,7 +165,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_check(args: argparse.Namespace) -> int:
     from agent.errors import ConfigError
     from agent.escalate import read_token, tls_context, token_file_problem
-    from agent.preflight import identities_for, unknown_packs
+    from agent.preflight import identities_for, unknown_packs, unrunnable
 
     if (args.config is None) == (not args.packs):
         raise LogmendError("check: give either -c CONFIG or PACK_DIR..., not both or neither")
@@ -171,6 +174,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = _load_config(args.config)
     where = "a pack under " + ", ".join(map(str, config.packs))
     packs, broken = guarded(where, lambda: load_packs_apart(config.packs, host=config.params))
+    packs, homeless = unrunnable(config, packs)
+    broken += homeless
     missing = unknown_packs(config, [p.name for p in packs + broken])
     if missing:
         raise ConfigErrors(missing)

@@ -32,7 +32,13 @@ from agent.notify import Notifier
 from agent.observe import Observer
 from agent.packs import BrokenPack, Pack
 from agent.policy import FIXING
-from agent.preflight import identities_for, own_log_identity, refuse_own_log, spool_limits
+from agent.preflight import (
+    identities_for,
+    own_log_identity,
+    refuse_own_log,
+    spool_limits,
+    unrunnable,
+)
 from agent.reader import Produced, Reader
 from agent.remedy import ProcessRunner, Runner
 from agent.snapshot import Snapshot
@@ -71,6 +77,8 @@ class Agent:
         self.memo = memo or derived.Memo(config.state_dir / derived.FILE, apart=True)
         if packs is None:
             packs, broken = admit(config.packs, config.params, self.memo)
+            packs, homeless = unrunnable(config, packs)
+            broken += homeless
         self.broken = broken or []  # packs that do not run here; the others do
         identities = identities_for(config, packs, [b.name for b in broken or ()])
         self.own_log = own_log_identity()
@@ -373,6 +381,8 @@ class Agent:
             where = "a pack under " + ", ".join(map(str, config.packs))
             self.memo.reopen()
             packs, broken = admit(config.packs, config.params, self.memo)
+            packs, homeless = unrunnable(config, packs)
+            broken += homeless
             where = self.config.file
             identities = identities_for(config, packs, [b.name for b in broken])
             refuse_own_log(config, self.own_log)

@@ -19,7 +19,7 @@ from agent.config import Config
 from agent.derived import Memo
 from agent.errors import ConfigError, ConfigErrors
 from agent.match import Matcher
-from agent.packs import Pack
+from agent.packs import BrokenPack, Pack
 from agent.remedy import Identity, resolve_identity
 from agent.state import SpoolLimits
 
@@ -76,6 +76,24 @@ def spool_limits(config: Config) -> SpoolLimits:
     if esc is None:
         return SpoolLimits()
     return SpoolLimits(esc.aggregate, esc.spool_max_events, esc.spool_max_bytes)
+
+
+def unrunnable(config: Config, packs: list[Pack]) -> tuple[list[Pack], list[BrokenPack]]:
+    """The packs whose fixes' user or group this host does not have, set aside like a
+    broken pack (named, reported, the others run) instead of refusing the agent."""
+    keep: list[Pack] = []
+    broken: list[BrokenPack] = []
+    for pack in packs:
+        if pack.user is not None or pack.group is not None:
+            try:
+                group = pack.group or (None if pack.user else config.fix_group)
+                resolve_identity(pack.user or config.fix_user, group)
+            except ValueError as exc:
+                error = ConfigError(pack.file, "pack.user", None, f"{exc} on this host")
+                broken.append(BrokenPack(pack.dir, pack.name, pack.owner, pack.version, (error,)))
+                continue
+        keep.append(pack)
+    return keep, broken
 
 
 def identities_for(

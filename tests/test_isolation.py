@@ -190,3 +190,37 @@ def test_hostile_pack_files_break_only_their_own_pack(tmp_path):
         assert wait_for(lambda: matched(agent.config, "spare") or None)
     finally:
         assert agent.stop() == 0
+
+
+def test_a_pack_whose_user_this_host_lacks_is_set_aside_not_the_agent(tmp_path):
+    """A pack asking to run its fixes as a user this host does not have used to refuse
+    the whole agent at start (a crash loop for every team's packs)."""
+    agent, log, packs = three_packs(tmp_path)
+    for name in ("typo", "wrong"):
+        toml = packs / name / "pack.toml"
+        toml.write_text(with_good_pattern(toml.read_text()))
+    alien = packs / "typo" / "pack.toml"
+    alien.write_text(
+        alien.read_text().replace(
+            'owner = "team-typo"', 'owner = "team-typo"\nuser = "no-such-user-17"'
+        )
+    )
+    agent.start()
+    try:
+        assert "2 pack(s) (1 broken, not running: typo)" in agent.log()
+        assert "pack.user: no such user 'no-such-user-17' on this host" in agent.log()
+        append(log, "disk full on sdf")
+        assert wait_for(lambda: matched(agent.config, "good") or None)
+    finally:
+        assert agent.stop() == 0
+    done = subprocess.run(
+        [sys.executable, "-m", "agent", "check", "-c", str(agent.config)],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 1 and "BROKEN: typo (owner team-typo) would not run" in done.stdout
+
+
+def with_good_pattern(text: str) -> str:
+    """The pack's header with the good pattern: what is wrong is only in the header."""
+    head = text.split("[[pattern]]", 1)[0]
+    return head + GOOD
