@@ -398,13 +398,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     reload_meta = store.meta("last_reload")
     last_reload = json.loads(reload_meta) if reload_meta else None
     broken = json.loads(store.meta("broken_packs") or "[]")
+    articles = _articles_of(config)
+
+    def shown(incident: Any) -> dict[str, Any]:
+        return {**asdict(incident), "article": articles.get((incident.pack, incident.pattern))}
+
     if args.json:
         json.dump(
             {
                 "spool": spool,
-                "open": [asdict(i) for i in open_incidents],
-                "recent": [asdict(i) for i in recent],
-                "fixes": [asdict(i) for i in fixes],
+                "open": [shown(i) for i in open_incidents],
+                "recent": [shown(i) for i in recent],
+                "fixes": [shown(i) for i in fixes],
                 "patterns": store.pattern_stats(),
                 "cooldowns": cooling,
                 "last_reload": last_reload,
@@ -442,6 +447,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"  {i.pack}/{i.pattern} key={i.key!r} {i.status} count={i.count}"
             f" since {local_time(i.first_seen)}"
         )
+        _print_article(articles, i)
     print(f"in cooldown: {len(cooling)}")
     for row in cooling:
         flapping = row["outcome"] == Outcome.FLAPPING
@@ -453,6 +459,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     print("recent fixes:")
     for i in fixes:
         print(f"  {local_time(i.last_seen)} {i.pack}/{i.pattern} key={i.key!r} {_how_it_went(i)}")
+        _print_article(articles, i)
     stats = store.pattern_stats()
     if stats:
         print("patterns by regex time (matches, lines confirmed, timeouts, seconds):")
@@ -466,6 +473,23 @@ def cmd_status(args: argparse.Namespace) -> int:
     for i in recent:
         print(f"  {local_time(i.last_seen)} {i.pack}/{i.pattern} key={i.key!r} {_how_it_went(i)}")
     return 0
+
+
+def _articles_of(config: Config) -> dict[tuple[str, str], str]:
+    """(pack, pattern) -> its article, from the packs as they are on disk now; status
+    shows what it can when a pack cannot be read (it is then only without articles)."""
+    try:
+        packs, _ = load_packs_apart(config.packs, trust=False, host=config.params)
+    except Exception:  # status reports the state; the packs are check's business
+        return {}
+    return {(p.pack, p.id): p.article for pack in packs for p in pack.patterns if p.article}
+
+
+def _print_article(articles: dict[tuple[str, str], str], incident: Any) -> None:
+    article = articles.get((incident.pack, incident.pattern))
+    if article:
+        pack_dir = "" if "://" in article else " (in the pack's folder)"
+        print(escape_controls(f"    article: {article}{pack_dir}"))
 
 
 def _how_it_went(incident: Any) -> str:

@@ -130,6 +130,11 @@ def test_with_a_config_the_state_says_what_cools_down(tmp_path):
         assert wait_for(lambda: status(config)["cooldowns"])
     finally:
         assert agent.stop() == 0
+    # status names the article too (issue 17: it never did)
+    assert status(config)["fixes"][0]["article"] == "articles/a.md"
+    from tests.helpers import cli
+
+    assert "    article: articles/a.md (in the pack's folder)" in cli("status", "-c", str(config))
     done = explain("-c", str(config), "queue stuck q1", "queue stuck q2", "--json")
     assert done.returncode == 0, done.stderr
     q1, q2 = (line["matches"][0]["remedy"] for line in json.loads(done.stdout)["lines"])
