@@ -262,7 +262,9 @@ def test_root_only_when_the_pack_asks_and_the_host_allows(allow, expected):
         agent.start()
         try:
             append(log, "whoami one")
-            assert wait_for((out / "one").exists, 15), status(agent.config)["recent"]
+            # the shell makes the file before it writes the uid: wait for the uid
+            written = lambda: (out / "one").exists() and (out / "one").read_text().strip()  # noqa: E731
+            assert wait_for(written, 15), status(agent.config)["recent"]
             uid = int((out / "one").read_text())
         finally:
             agent.stop()

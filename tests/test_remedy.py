@@ -13,7 +13,6 @@ import pytest
 
 from agent.config import load_config
 from agent.daemon import Agent
-from agent.errors import ConfigErrors
 from agent.packs import load_pack
 from agent.remedy import ProcessRunner, resolve_identity
 from agent.retry import run_remedy
@@ -140,12 +139,18 @@ def test_as_root_a_fix_runs_as_the_user_and_group_it_names():
         shutil.rmtree(folder)
 
 
-def test_an_unknown_fix_user_is_a_config_error_naming_the_pack(tmp_path):
+def test_an_unknown_fix_user_sets_the_pack_aside_naming_it(tmp_path):
+    """Issue 17: a pack whose fix user this host lacks is broken alone; the agent starts."""
     pack = write_pack(tmp_path / "packs", "t", BODY, {"fix.sh": "#!/bin/sh\n"})
     text = (pack / "pack.toml").read_text()
     (pack / "pack.toml").write_text(text.replace("\n\n", '\nuser = "no-such-user-x"\n\n', 1))
     config = write_config(tmp_path, [(str(tmp_path / "*.log"), None)], tmp_path / "packs")
-    with pytest.raises(ConfigErrors) as caught:
-        Agent(load_config(config))
-    [error] = caught.value.errors
-    assert error.file == str(pack / "pack.toml") and "no such user 'no-such-user-x'" in str(error)
+    agent = Agent(load_config(config))
+    try:
+        [broken] = agent.broken
+        [error] = broken.errors
+        assert error.file == str(pack / "pack.toml")
+        assert "no such user 'no-such-user-x' on this host" in str(error)
+        assert agent.packs == []
+    finally:
+        agent.store.close()
