@@ -15,6 +15,7 @@ from pathlib import Path
 
 from agent.derived import Memo
 from agent.errors import ConfigError
+from agent.hashing import blake2b
 from agent.packs import BrokenPack, Example, Pack, Pattern, load_packs_apart
 from agent.params import HostParams
 
@@ -43,7 +44,7 @@ def check_examples(pack: Pack, memo: Memo | None = None) -> tuple[int, list[Exam
     failures = []
     for pattern in pack.patterns:
         for example in pattern.examples:
-            key = _key(pattern, example) if memo is not None else ""
+            key = _key(pattern, example) if memo is not None else b""
             if memo is not None and memo.get("example", key, _held):
                 continue
             expected, actual = _example_problem(pattern, example, keep=memo is None)
@@ -60,7 +61,8 @@ def _unproven_ignores(pattern: Pattern, memo: Memo | None) -> list[ExampleFailur
     pattern's own regex matches: else nothing shows it does what it is there for."""
     out = []
     for n, rule in enumerate(pattern.ignore):
-        key = json.dumps([pattern.source, rule.source, [e.line for e in pattern.examples]])
+        what = [pattern.source, rule.source, [e.line for e in pattern.examples]]
+        key = blake2b(json.dumps(what).encode(), digest_size=16).digest()
         if memo is not None and memo.get("ignore-proof", key, _held):
             continue
         regex = pattern.regex if memo is None else pattern.lazy.unheld()
@@ -114,11 +116,12 @@ def _held(value: object) -> bool:
     return value is True
 
 
-def _key(pattern: Pattern, example: Example) -> str:
+def _key(pattern: Pattern, example: Example) -> bytes:
+    """A digest of all the example's answer depends on: 16 bytes held per example, not
+    the texts (the memo is in memory through a start)."""
     ignore = [rule.source for rule in pattern.ignore]
-    return json.dumps(
-        [pattern.source, ignore, example.line, example.matches, example.fields], sort_keys=True
-    )
+    what = [pattern.source, ignore, example.line, example.matches, example.fields]
+    return blake2b(json.dumps(what, sort_keys=True).encode(), digest_size=16).digest()
 
 
 def _example_problem(pattern: Pattern, example: Example, keep: bool) -> tuple[str, str]:
