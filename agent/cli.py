@@ -110,18 +110,15 @@ def _load_config(config_path: Path) -> Config:
 def admitted(
     config_path: Path, memo: Memo | None = None
 ) -> tuple[Config, list[Pack], list[BrokenPack]]:
-    """The config, the packs that would run and the broken ones (agent.examples.admit)."""
-    from agent.examples import admit
+    """The config, the packs that would run and the broken ones (preflight.runnable_packs)."""
+    from agent.preflight import runnable_packs
 
     config = _load_config(config_path)
     memo = memo or Memo()
     memo.open(config.state_dir / derived.FILE)  # what earlier starts derived (agent.derived)
     where = "a pack under " + ", ".join(map(str, config.packs))
-    from agent.preflight import unrunnable
-
-    packs, broken = guarded(where, lambda: admit(config.packs, config.params, memo))
-    packs, homeless = unrunnable(config, packs)
-    return config, packs, broken + homeless
+    packs, broken = guarded(where, lambda: runnable_packs(config, memo))
+    return config, packs, broken
 
 
 def cmd_run(args: argparse.Namespace) -> int:

@@ -24,7 +24,6 @@ from typing import TYPE_CHECKING, Any
 from agent import __version__, derived, events
 from agent.config import Config, load_config
 from agent.errors import ConfigErrors, LogmendError, StateError, unexpected
-from agent.examples import admit
 from agent.filewatch import watch_sources
 from agent.fixes import FixJob, Remediator
 from agent.ledger import Counters, FixLedger
@@ -36,8 +35,8 @@ from agent.preflight import (
     identities_for,
     own_log_identity,
     refuse_own_log,
+    runnable_packs,
     spool_limits,
-    unrunnable,
 )
 from agent.reader import Produced, Reader
 from agent.remedy import ProcessRunner, Runner
@@ -76,9 +75,7 @@ class Agent:
         # what an earlier start derived from the same patterns: a warm start skips compiling
         self.memo = memo or derived.Memo(config.state_dir / derived.FILE, apart=True)
         if packs is None:
-            packs, broken = admit(config.packs, config.params, self.memo)
-            packs, homeless = unrunnable(config, packs)
-            broken += homeless
+            packs, broken = runnable_packs(config, self.memo)
         self.broken = broken or []  # packs that do not run here; the others do
         identities = identities_for(config, packs, [b.name for b in broken or ()])
         self.own_log = own_log_identity()
@@ -380,9 +377,7 @@ class Agent:
             config = load_config(self.config.file)
             where = "a pack under " + ", ".join(map(str, config.packs))
             self.memo.reopen()
-            packs, broken = admit(config.packs, config.params, self.memo)
-            packs, homeless = unrunnable(config, packs)
-            broken += homeless
+            packs, broken = runnable_packs(config, self.memo)
             where = self.config.file
             identities = identities_for(config, packs, [b.name for b in broken])
             refuse_own_log(config, self.own_log)

@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from agent.config import Config
 from agent.derived import Memo
 from agent.errors import ConfigError, ConfigErrors
+from agent.examples import admit
 from agent.match import Matcher
 from agent.packs import BrokenPack, Pack
 from agent.remedy import Identity, resolve_identity
@@ -94,6 +95,15 @@ def unrunnable(config: Config, packs: list[Pack]) -> tuple[list[Pack], list[Brok
                 continue
         keep.append(pack)
     return keep, broken
+
+
+def runnable_packs(config: Config, memo: Memo) -> tuple[list[Pack], list[BrokenPack]]:
+    """The packs that run on this host and the ones set aside (each named with its
+    errors): loaded one by one, examples proven, fix users present. For the agent's
+    start and reload and for `run`, `explain`."""
+    packs, broken = admit(config.packs, config.params, memo)
+    packs, homeless = unrunnable(config, packs)
+    return packs, broken + homeless
 
 
 def identities_for(

@@ -75,7 +75,7 @@ def test_any_exception_while_reloading_is_refused_counted_and_recorded(tmp_path,
         def broken(*_: object) -> None:
             raise RuntimeError("a bug in the pack loader")
 
-        monkeypatch.setattr(daemon, "admit", broken)
+        monkeypatch.setattr(daemon, "runnable_packs", broken)
         assert agent.reload() is False
         assert agent.reloads == {"ok": 0, "failed": 1}
         assert [p.name for p in agent.packs] == ["ops"]  # the running set stays
