@@ -22,7 +22,8 @@ from agent.errors import ConfigErrors, LogmendError, unexpected
 from agent.examples import ExampleFailure, check_examples
 from agent.observe import from_environment
 from agent.packcommands import add_pack_commands
-from agent.packs import BrokenPack, Pack, find_pack_dirs, load_packs, load_packs_apart
+from agent.packs import Pack
+from agent.packset import BrokenPack, find_pack_dirs, load_packs, load_packs_apart
 from agent.policy import Outcome
 from agent.receiver.commands import add_receiver_commands
 

@@ -29,7 +29,8 @@ from agent.fixes import FixJob, Remediator
 from agent.ledger import Counters, FixLedger
 from agent.notify import Notifier
 from agent.observe import Observer
-from agent.packs import BrokenPack, Pack
+from agent.packs import Pack
+from agent.packset import BrokenPack
 from agent.policy import FIXING
 from agent.preflight import (
     identities_for,

@@ -23,7 +23,7 @@ from typing import IO
 
 import httpx
 
-from agent.packs import load_packs
+from agent.packset import load_packs
 from agent.receiver.scopes import Scope
 from agent.receiver.store import ReceiverStore
 

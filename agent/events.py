@@ -15,7 +15,8 @@ import msgpack
 from agent import __version__
 from agent.hashing import blake2b
 from agent.model import Incident
-from agent.packs import BrokenPack, Pack, Pattern
+from agent.packs import Pack, Pattern
+from agent.packset import BrokenPack
 from agent.policy import Outcome, Wire
 
 

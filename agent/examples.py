@@ -16,7 +16,8 @@ from pathlib import Path
 from agent.derived import Memo
 from agent.errors import ConfigError
 from agent.hashing import blake2b
-from agent.packs import BrokenPack, Example, Pack, Pattern, load_packs_apart
+from agent.packs import Example, Pack, Pattern
+from agent.packset import BrokenPack, load_packs_apart
 from agent.params import HostParams
 
 EXAMPLE_TIMEOUT = 1.0

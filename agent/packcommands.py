@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from agent.errors import LogmendError
-from agent.packs import find_pack_dirs, load_packs, load_packs_apart
+from agent.packset import find_pack_dirs, load_packs, load_packs_apart
 
 
 def add_pack_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

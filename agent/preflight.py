@@ -20,7 +20,8 @@ from agent.derived import Memo
 from agent.errors import ConfigError, ConfigErrors
 from agent.examples import admit
 from agent.match import Matcher
-from agent.packs import BrokenPack, Pack
+from agent.packs import Pack
+from agent.packset import BrokenPack
 from agent.remedy import Identity, resolve_identity
 from agent.state import SpoolLimits
 

@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 from agent import derived, hscompile, match
 from agent.derived import Memo
 from agent.match import Matcher, available_engines
-from agent.packs import load_packs
+from agent.packset import load_packs
 from tests.helpers import agent_with_pack, append, wait_for
 from tests.test_match import pattern, plain
 

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from agent.literals import requirement
 from agent.match import Matcher, available_engines
-from agent.packs import LazyRegex, Pattern, Template, load_packs
+from agent.packs import LazyRegex, Pattern, Template
+from agent.packset import load_packs
 
 ENGINES = available_engines()
 ROOT = Path(__file__).resolve().parent.parent

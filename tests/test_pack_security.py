@@ -13,7 +13,8 @@ import pytest
 
 from agent.config import load_config
 from agent.errors import ConfigErrors
-from agent.packs import load_pack, load_packs
+from agent.packs import load_pack
+from agent.packset import load_packs
 from agent.params import HostParams
 from agent.preflight import identities_for
 from tests.attack import needs_root

@@ -14,7 +14,8 @@ import pytest
 from agent.errors import ConfigErrors
 from agent.examples import check_examples
 from agent.match import available_engines
-from agent.packs import find_pack_dirs, load_pack, load_packs, parse_template
+from agent.packs import load_pack, parse_template
+from agent.packset import find_pack_dirs, load_packs
 from tests.helpers import write_pack
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,7 +16,8 @@ import pytest
 from agent import events
 from agent.match import Matcher
 from agent.model import Batch
-from agent.packs import Recurrence, load_pack, load_packs_apart
+from agent.packs import Recurrence, load_pack
+from agent.packset import load_packs_apart
 from agent.receiver.limits import InvalidEvent, validate
 from tests.helpers import (
     AgentProc,
