@@ -70,7 +70,7 @@ class Alertmanager:
 class Limits:
     max_line_bytes: int = 64 * 1024
     regex_timeout: float = 0.1
-    read_chunk_bytes: int = 128 * 1024  # as quick as 1 MiB, and 2.5 MiB less at the peak
+    read_chunk_bytes: int = 256 * 1024  # 2 MiB less at the peak than 1 MiB, as quick
     max_concurrent_fixes: int = 4
     sweep_interval: float = 1.0
     max_samples: int = 10
