@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from agent.derived import Memo
 from agent.errors import ConfigError
 from agent.hashing import blake2b
-from agent.packs import Example, Pack, Pattern
+from agent.packs import Example, LazyRegex, Pack, Pattern
 from agent.packset import BrokenPack, load_packs_apart
 from agent.params import HostParams
 
@@ -66,16 +67,14 @@ def _unproven_ignores(pattern: Pattern, memo: Memo | None) -> list[ExampleFailur
         key = blake2b(json.dumps(what).encode(), digest_size=16).digest()
         if memo is not None and memo.get("ignore-proof", key, _held):
             continue
-        regex = pattern.regex if memo is None else pattern.lazy.unheld()
-        ignore = rule.get() if memo is None else rule.unheld()
+        keep = memo is None
         proven = False
         for example in pattern.examples:
             if example.matches:
                 continue
             try:
-                proven = (
-                    regex.search(example.line, timeout=EXAMPLE_TIMEOUT) is not None
-                    and ignore.search(example.line, timeout=EXAMPLE_TIMEOUT) is not None
+                proven = bool(
+                    _search(pattern.lazy, example.line, keep) and _search(rule, example.line, keep)
                 )
             except TimeoutError:
                 proven = False
@@ -125,23 +124,21 @@ def _key(pattern: Pattern, example: Example) -> bytes:
     return blake2b(json.dumps(what, sort_keys=True).encode(), digest_size=16).digest()
 
 
+def _search(rule: LazyRegex, line: str, keep: bool) -> Any:
+    """One search of an example line (raises TimeoutError); `keep` holds the compiled
+    regex (test and check), else it is let go after (the agent's start)."""
+    return (rule.get() if keep else rule.unheld()).search(line, timeout=EXAMPLE_TIMEOUT)
+
+
 def _example_problem(pattern: Pattern, example: Example, keep: bool) -> tuple[str, str]:
     """(what was expected, what happened), or ("", "") when the example holds."""
-    compiled = pattern.regex if keep else pattern.lazy.unheld()
     try:
-        found = compiled.search(example.line, timeout=EXAMPLE_TIMEOUT)
-        taken_back = next(
-            (
-                rule.source
-                for rule in pattern.ignore
-                if found is not None
-                and (rule.get() if keep else rule.unheld()).search(
-                    example.line, timeout=EXAMPLE_TIMEOUT
-                )
-                is not None
-            ),
-            None,
-        )
+        found = _search(pattern.lazy, example.line, keep)
+        taken_back = None
+        if found is not None:
+            taken_back = next(
+                (r.source for r in pattern.ignore if _search(r, example.line, keep)), None
+            )
     except TimeoutError:
         return "a result", f"regex timed out after {EXAMPLE_TIMEOUT}s"
     if not example.matches:

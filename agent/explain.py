@@ -145,8 +145,8 @@ def print_explained(explained: dict[str, Any], out: Any) -> None:
             )
         remedy = m["remedy"]
         if remedy is None:
-            print("    fix: none (the owner is told)" if m["escalate"] != "never" else
-                  "    fix: none (recorded only)", file=out)  # fmt: skip
+            told = "recorded only" if m["escalate"] == "never" else "the owner is told"
+            print(f"    fix: none ({told})", file=out)
         else:
             if remedy["run"] is not None:
                 runs_as = f"  (as {remedy['runs_as']})" if remedy["runs_as"] else ""
