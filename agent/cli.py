@@ -31,6 +31,41 @@ log = logging.getLogger("logmend")
 T = TypeVar("T")
 
 
+class HelpFormatter(argparse.HelpFormatter):
+    """argparse's, with the terminal's width found as shutil would, without shutil: a
+    parser is built on every start, and shutil brings bz2 and lzma (0.5 MiB resident)."""
+
+    def __init__(
+        self,
+        prog: str,
+        indent_increment: int = 2,
+        max_help_position: int = 24,
+        width: int | None = None,
+    ) -> None:
+        super().__init__(prog, indent_increment, max_help_position, width or _columns() - 2)
+
+
+class Parser(argparse.ArgumentParser):
+    """Every parser and subparser (add_subparsers makes them of this class) with the
+    HelpFormatter above."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
+def _columns() -> int:
+    """$COLUMNS, else the terminal's width, else 80 (shutil.get_terminal_size)."""
+    try:
+        return int(os.environ["COLUMNS"])
+    except (KeyError, ValueError):
+        pass
+    try:
+        return os.get_terminal_size(sys.__stdout__.fileno()).columns  # type: ignore[union-attr]
+    except (AttributeError, ValueError, OSError):
+        return 80
+
+
 def setup_logging(fmt: str = "text", level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     if fmt == "json":
@@ -521,7 +556,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="logmend", description=__doc__)
+    parser = Parser(prog="logmend", description=__doc__)
     parser.add_argument("--version", action="version", version=f"logmend {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 

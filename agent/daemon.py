@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from agent import __version__, derived, events
 from agent.config import Config, load_config
 from agent.errors import ConfigErrors, LogmendError, StateError, unexpected
-from agent.filewatch import watch_sources
+from agent.filewatch import FolderWatch, watch_sources
 from agent.fixes import FixJob, Remediator
 from agent.ledger import Counters, FixLedger
 from agent.notify import Notifier
@@ -137,7 +137,7 @@ class Agent:
         self._status_lines = 0
         self.metrics_server: Any = None
         self.metrics_port = 0
-        self._watchdog: Any = None
+        self._file_events: FolderWatch | None = None
         self._last_stats = monotonic()
 
     @property
@@ -214,7 +214,7 @@ class Agent:
         if self.alerts is not None:
             self.alerts.start()
         if self.config.limits.file_events:
-            self._watchdog = watch_sources(
+            self._file_events = watch_sources(
                 self.config.sources, self.wake, self.config.limits.sweep_interval
             )
         reader.tailer.sweep()
@@ -269,8 +269,8 @@ class Agent:
         self.notify.stopping()
         if self.metrics_server is not None:
             self.metrics_server.shutdown()
-        if self._watchdog is not None:
-            self._watchdog.stop()
+        if self._file_events is not None:
+            self._file_events.stop()
         deadline = self.monotonic() + SHUTDOWN_GRACE
         fixes_ended = self.remediator.stop(grace=SHUTDOWN_GRACE / 2)
         if self.sender is not None:

@@ -9,12 +9,13 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from agent.errors import LogmendError
 from agent.packset import find_pack_dirs, load_packs, load_packs_apart
 
 
-def add_pack_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_pack_commands(sub: argparse._SubParsersAction[Any]) -> None:
     explain = sub.add_parser(
         "explain",
         help="what a log line means and what the agent would do about it",
