@@ -31,6 +31,7 @@ import msgpack
 import regex
 
 from agent import __version__
+from agent.atomic import write_atomically
 from agent.hashing import blake2b
 
 log = logging.getLogger("logmend")
@@ -175,14 +176,8 @@ class Memo:
         ):
             return
         body = self._header() + _encode(self._used)
-        temporary = path.with_name(path.name + ".new")
         try:
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(body)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(temporary, path)
+            write_atomically(path, body, 0o600)
         except OSError as exc:  # a full disk costs the next start its warmth, nothing else
             log.warning("could not save the pattern memo %s: %s", path, exc.strerror)
             return

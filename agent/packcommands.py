@@ -11,7 +11,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from agent.errors import LogmendError
+from agent import __version__
+from agent.errors import ConfigErrors, LogmendError
+from agent.packs import Pack
 from agent.packset import find_pack_dirs, load_packs, load_packs_apart
 
 
@@ -63,6 +65,55 @@ def add_pack_commands(sub: argparse._SubParsersAction[Any]) -> None:
         help="a file holding a write token of the pack's team",
     )
     publish.set_defaults(func=cmd_pack_publish)
+    build = pack_sub.add_parser(
+        "build",
+        help="prove a pack and write its bundle (to sign, publish and sync)",
+        description="logmend pack build DIR -o FILE: the pack must load (lint included) and"
+        " every example must hold; the bundle holds a manifest (name, version, owner, each"
+        " file's SHA-256, the oldest agent it runs on) and the files. The same pack gives the"
+        " same bytes.",
+    )
+    build.add_argument("dir", type=Path, metavar="DIR", help="the pack folder (with pack.toml)")
+    build.add_argument("-o", "--output", type=Path, required=True, help="the bundle to write")
+    build.add_argument(
+        "--min-agent",
+        default=__version__,
+        metavar="VERSION",
+        help=f"the oldest logmend that may run it (default: this one, {__version__})",
+    )
+    build.set_defaults(func=cmd_pack_build)
+    keygen = pack_sub.add_parser(
+        "keygen",
+        help="make a team's Ed25519 signing key: PREFIX.key (secret) and PREFIX.pub",
+        description="logmend pack keygen --owner TEAM -o PREFIX: PREFIX.key (mode 0600, keep"
+        " it secret, e.g. in CI's secrets) and PREFIX.pub (one line: the key and TEAM), which"
+        " hosts list as trusted for TEAM's packs. Existing files are never overwritten.",
+    )
+    keygen.add_argument("--owner", required=True, help="the team whose packs the key signs")
+    keygen.add_argument(
+        "-o", "--output", type=Path, required=True, metavar="PREFIX", help="PREFIX.key, PREFIX.pub"
+    )
+    keygen.set_defaults(func=cmd_pack_keygen)
+    sign = pack_sub.add_parser("sign", help="sign a bundle (in place) with a team's key")
+    sign.add_argument("bundle", type=Path, metavar="FILE", help="a bundle from pack build")
+    sign.add_argument("--key", type=Path, required=True, help="the private key (PREFIX.key)")
+    sign.set_defaults(func=cmd_pack_sign)
+    verify = pack_sub.add_parser(
+        "verify",
+        help="check a bundle as a host would: signature, owner, hashes, examples",
+        description="logmend pack verify FILE --trust KEYS...: signed by a trusted key of the"
+        " pack's owner, every file as the manifest says, the pack loads and its examples hold",
+    )
+    verify.add_argument("bundle", type=Path, metavar="FILE", help="the bundle")
+    verify.add_argument(
+        "--trust",
+        type=Path,
+        action="append",
+        required=True,
+        metavar="KEYS",
+        help="a public key file (PREFIX.pub); repeat for several",
+    )
+    verify.set_defaults(func=cmd_pack_verify)
 
 
 def cmd_pack_new(args: argparse.Namespace) -> int:
@@ -115,6 +166,118 @@ def cmd_pack_publish(args: argparse.Namespace) -> int:
             )
         print(f"{pack.name} {pack.version}: {len(pack.patterns)} article(s) published to {url}")
     return 0
+
+
+def cmd_pack_build(args: argparse.Namespace) -> int:
+    """A proven pack as a bundle (agent/bundle.py): nothing is written for a pack that
+    fails to load or whose examples fail."""
+    from agent import bundle, cli
+    from agent.examples import check_examples
+
+    if not (args.dir / "pack.toml").is_file():
+        raise LogmendError(f"pack build: no pack.toml in {args.dir}")
+    packs, broken = cli.guarded(args.dir, lambda: load_packs_apart((args.dir,), trust=False))
+    if broken:
+        raise ConfigErrors(list(broken[0].errors))
+    pack = packs[0]
+    _, failures = check_examples(pack)
+    if failures:
+        raise ConfigErrors([f.as_error(pack) for f in failures])
+    data = bundle.build(pack.dir, pack.name, pack.version, pack.owner, args.min_agent)
+    write_atomically(args.output, data)
+    files = len(bundle.read(data, str(args.output)).files)
+    print(
+        f"{args.output}: {pack.name} {pack.version} (owner {pack.owner}), {files} file(s),"
+        f" {len(data)} bytes, unsigned; next: logmend pack sign {args.output} --key KEY"
+    )
+    return 0
+
+
+def cmd_pack_keygen(args: argparse.Namespace) -> int:
+    from agent.signing import generate, load_public
+
+    private, public = generate(args.owner, args.output)
+    key = load_public(public)[0]
+    print(f"{private}: the private key; keep it secret (CI secrets), never on hosts")
+    print(f"{public}: key {key.key_id} for {args.owner}'s packs; hosts and the receiver trust it")
+    return 0
+
+
+def cmd_pack_sign(args: argparse.Namespace) -> int:
+    from agent import bundle
+    from agent.signing import load_private, sign
+
+    key = load_private(args.key)
+    found = bundle.read(_read_bundle(args.bundle), str(args.bundle))
+    signature = sign(key, found.manifest_bytes)
+    write_atomically(args.bundle, bundle.signed(found, signature))
+    print(f"{args.bundle}: {found.manifest.label} signed by key {signature.key_id}")
+    return 0
+
+
+def cmd_pack_verify(args: argparse.Namespace) -> int:
+    """As a host would check it, before it runs anything of it."""
+    import tempfile
+
+    from agent import bundle
+    from agent.signing import trusted_keys
+
+    where = str(args.bundle)
+    found = bundle.read(_read_bundle(args.bundle), where)
+    key = bundle.verify(found, trusted_keys(args.trust), where)
+    with tempfile.TemporaryDirectory(prefix="logmend-verify-") as scratch:
+        pack = proven_copy(found, Path(scratch) / "pack", where)
+    print(
+        f"{where}: ok: {found.manifest.label}, {len(found.files)} file(s),"
+        f" {sum(len(p.examples) for p in pack.patterns)} example(s) hold;"
+        f" signed by key {key.key_id} of {key.owner}"
+    )
+    return 0
+
+
+def proven_copy(found: Any, folder: Path, where: str) -> Pack:
+    """Unpack a verified bundle into `folder` and load it as the agent would: it must be
+    the pack its manifest names, and its examples must hold here."""
+    from agent import bundle
+    from agent.examples import check_examples
+
+    bundle.unpack(found, folder)
+    manifest = found.manifest
+    packs, broken = load_packs_apart((folder,), trust=False)
+    if broken:
+        raise bundle.BundleError(f"{where}: {manifest.label} does not load: {broken[0].errors[0]}")
+    pack = packs[0]
+    if (pack.name, pack.version, pack.owner) != (manifest.name, manifest.version, manifest.owner):
+        raise bundle.BundleError(
+            f"{where}: the manifest says {manifest.label}, its pack.toml says"
+            f" {pack.name} {pack.version} (owner {pack.owner})"
+        )
+    _, failures = check_examples(pack)
+    if failures:
+        raise bundle.BundleError(
+            f"{where}: {manifest.label}: {len(failures)} example(s) fail here:"
+            f" {failures[0].as_error(pack)}"
+        )
+    return pack
+
+
+def _read_bundle(path: Path) -> bytes:
+    from agent.bundle import MAX_BUNDLE
+
+    try:
+        with path.open("rb") as source:
+            return source.read(MAX_BUNDLE + 1)
+    except OSError as exc:
+        raise LogmendError(f"{path}: cannot read the bundle: {exc.strerror}") from None
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    from agent import atomic
+
+    try:
+        atomic.write_atomically(path, data)
+    except OSError as exc:
+        raise LogmendError(f"{path}: cannot write: {exc.strerror}") from None
 
 
 def cmd_explain(args: argparse.Namespace) -> int:

@@ -80,6 +80,9 @@ jobs:
       - run: pip install logmend
       - run: logmend test {name}
       - run: logmend check {name}
+      - run: logmend pack build {name} -o {name}.lmpack
+      # with the team's key in the CI's secrets (logmend pack keygen, docs/packs.md):
+      # - run: logmend pack sign {name}.lmpack --key "$RUNNER_TEMP/team.key"
 """
 
 

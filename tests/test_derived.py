@@ -257,7 +257,7 @@ def test_a_memo_that_is_not_the_agents_own_is_not_read(tmp_path, how, caplog):
 def test_a_memo_that_cannot_be_written_costs_only_the_next_start(tmp_path, caplog):
     folder = tmp_path / "state"
     folder.mkdir()
-    (folder / "patterns.memo.new").mkdir()  # where the write goes: a directory
+    (folder / f".patterns.memo.{os.getpid()}.new").mkdir()  # where the write goes: a folder
     memo = Memo(folder / "patterns.memo")
     matcher = Matcher([pattern(s, i) for i, s in enumerate(SOURCES)], 5.0, memo=memo)
     memo.save()

@@ -51,8 +51,17 @@ def test_the_fix_stub_changes_nothing_and_the_ci_snippet_runs_the_same_proof(tmp
     assert (ran.returncode, ran.stdout) == (0, "would mend cache\n")
     assert sorted(os.listdir(tmp_path)) == before
     ci = (tmp_path / "redis" / "ci" / "logmend.yml").read_text().splitlines()
-    runs = [line.split("- run: ", 1)[1] for line in ci if "- run: " in line]
-    assert runs == ["pip install logmend", "logmend test redis", "logmend check redis"]
+    runs = [line.split("- run: ", 1)[1] for line in ci if line.lstrip().startswith("- run: ")]
+    assert runs == [
+        "pip install logmend",
+        "logmend test redis",
+        "logmend check redis",
+        "logmend pack build redis -o redis.lmpack",
+    ]
+    for command in runs[1:]:  # as CI runs them, in the checkout
+        done = logmend(*command.split()[1:], cwd=tmp_path)
+        assert done.returncode == 0, (command, done.stderr)
+    assert (tmp_path / "redis.lmpack").stat().st_size > 0
 
 
 def test_nothing_is_overwritten_and_names_are_plain(tmp_path):
