@@ -54,9 +54,21 @@ def add_pack_commands(sub: argparse._SubParsersAction[Any]) -> None:
     new.set_defaults(func=cmd_pack_new)
     publish = pack_sub.add_parser(
         "publish",
-        help="send the packs' articles to the receiver, searchable there by error text",
+        help="send signed bundles (hosts sync them) or packs' articles to the receiver",
+        description="logmend pack publish FILE.lmpack... --url URL --token-file F [--percent N]:"
+        " signed bundles, current for every host or for N%% of them (a rollback is publishing"
+        " the earlier bundle again); logmend pack publish PACK_DIR...: the packs' articles,"
+        " searchable by error text",
     )
-    publish.add_argument("packs", nargs="+", type=Path, metavar="PACK_DIR", help="pack folders")
+    publish.add_argument(
+        "packs", nargs="+", type=Path, metavar="FILE|PACK_DIR", help="bundles, or pack folders"
+    )
+    publish.add_argument(
+        "--percent",
+        type=int,
+        default=100,
+        help="bundles: the share of hosts that take it (stable per host); 100: all (default)",
+    )
     publish.add_argument("--url", required=True, help="the receiver, e.g. https://logmend.example")
     publish.add_argument(
         "--token-file",
@@ -132,15 +144,20 @@ def cmd_pack_publish(args: argparse.Namespace) -> int:
 
     from agent import cli
 
+    try:
+        token = args.token_file.read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LogmendError(f"pack publish: cannot read the token: {exc}") from None
+    bundles = [path for path in args.packs if path.is_file()]
+    if bundles:
+        if len(bundles) != len(args.packs):
+            raise LogmendError("pack publish: give bundles or pack folders, not both")
+        return _publish_bundles(bundles, args.url, token, args.percent)
     dirs = find_pack_dirs(tuple(args.packs))
     if not dirs:
         raise LogmendError(f"no pack.toml found in {', '.join(map(str, args.packs))}")
     where = "a pack under " + ", ".join(map(str, args.packs))
     packs = cli.guarded(where, lambda: load_packs(tuple(dirs), trust=False))
-    try:
-        token = args.token_file.read_text(encoding="utf-8").strip()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise LogmendError(f"pack publish: cannot read the token: {exc}") from None
     url = args.url.rstrip("/") + "/v1/articles"
     for pack in packs:
         body = {
@@ -153,18 +170,51 @@ def cmd_pack_publish(args: argparse.Namespace) -> int:
                 for p in pack.patterns
             ],
         }  # fmt: skip
-        try:
-            answer = httpx.put(
-                url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=30.0
-            )
-        except httpx.HTTPError as exc:
-            raise LogmendError(f"pack publish: cannot reach {url}: {exc}") from None
-        if answer.status_code != 200:
-            raise LogmendError(
-                f"pack publish: {pack.name}: the receiver answered {answer.status_code}"
-                f" ({answer.text[:300]})"
-            )
+        _send(httpx.Request("PUT", url, json=body), token, pack.name)
         print(f"{pack.name} {pack.version}: {len(pack.patterns)} article(s) published to {url}")
+    return 0
+
+
+def _send(request: Any, token: str, what: str) -> Any:
+    """One request to the receiver with the team's token; its answer if 200, else an
+    error naming `what` and the receiver's reason."""
+    import httpx
+
+    request.headers["Authorization"] = f"Bearer {token}"
+    try:
+        with httpx.Client(timeout=60.0) as client:
+            answer = client.send(request)
+    except httpx.HTTPError as exc:
+        raise LogmendError(f"pack publish: cannot reach {request.url}: {exc}") from None
+    if answer.status_code != 200:
+        raise LogmendError(
+            f"pack publish: {what}: the receiver answered {answer.status_code}"
+            f" ({answer.text[:300]})"
+        )
+    return answer
+
+
+def _publish_bundles(paths: list[Path], url: str, token: str, percent: int) -> int:
+    """POST each bundle to /v1/packs (agent/receiver/packstore.py says what it checks)."""
+    import httpx
+
+    if not 1 <= percent <= 100:
+        raise LogmendError("pack publish: --percent is 1 to 100")
+    where = url.rstrip("/") + "/v1/packs"
+    for path in paths:
+        request = httpx.Request(
+            "POST",
+            where,
+            params={"percent": str(percent)},
+            content=_read_bundle(path),
+            headers={"Content-Type": "application/gzip"},
+        )
+        done = _send(request, token, str(path)).json()
+        share = "every host" if done["percent"] == 100 else f"{done['percent']}% of hosts"
+        print(
+            f"{path}: {done['pack']} {done['version']} (owner {done['owner']})"
+            f" {'published' if done['new'] else 'already there'}; current for {share}"
+        )
     return 0
 
 

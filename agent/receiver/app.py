@@ -18,12 +18,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from agent.packs import NAME
 from agent.receiver.articles import MAX_QUERY, validate_articles
 from agent.receiver.console import Console
 from agent.receiver.engine import Unavailable
 from agent.receiver.guard import Busy, Lane
 from agent.receiver.inbox import MAX_FILTER
 from agent.receiver.limits import MAX_EVENTS, InvalidEvent, decode, validate, validate_stats
+from agent.receiver.packstore import Conflict, sync_request
 from agent.receiver.schema import group_ref
 from agent.receiver.scopes import Action, Forbidden, Identity
 from agent.receiver.store import ReceiverStore
@@ -206,14 +208,16 @@ def create_app(
 
     in_flight = InFlight(READS_PER_TOKEN)
 
-    def reading(endpoint: Callable[[Request, Identity], Response]) -> Callable[[Request], Any]:
+    def reading(
+        endpoint: Callable[[Request, Identity], Response], action: Action = Action.READ
+    ) -> Callable[[Request], Any]:
         """A read for a read, write or admin token: on the thread pool, a few at a time,
         so a busy database or a big page never holds up the event loop nor takes every
         thread; and at most READS_PER_TOKEN answers of one token in flight until they
         are sent, so a client that never reads them cannot pile up pages in memory."""
 
         async def read(request: Request) -> Response:
-            who = await run_in_threadpool(auth, request, Action.READ)
+            who = await run_in_threadpool(auth, request, action)
             if isinstance(who, Response):
                 return who
             if not in_flight.enter(who.token_id):
@@ -257,6 +261,55 @@ def create_app(
         if not query.strip() or len(query) > MAX_QUERY:
             return error(400, f"q: the error line asked about, 1 to {MAX_QUERY} characters")
         return JSONResponse({"articles": store.find_articles(who.visible_owners(), query)})
+
+    def ingest_pack(who: Identity, body: bytes, request: Request) -> Response:
+        """A signed bundle, published by its team: current (?percent=100, the default)
+        or the candidate of a share of hosts (agent/receiver/packstore.py)."""
+        raw = request.query_params.get("percent", "100")
+        if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= 100):
+            return error(400, "percent: the share of hosts that take it, 1 to 100")
+        try:
+            published = store.publish(who, body, int(raw))
+        except Forbidden as exc:
+            return error(403, str(exc))
+        except Conflict as exc:
+            return error(409, str(exc))
+        except InvalidEvent as exc:
+            return error(422, str(exc))
+        return JSONResponse(published)
+
+    async def post_pack(request: Request) -> Response:
+        return await upload(request, ingest_pack, Action.WRITE)
+
+    def get_packs(request: Request, who: Identity) -> Response:
+        return JSONResponse({"packs": store.packs(who.visible_owners())})
+
+    def get_bundle(request: Request, who: Identity) -> Response:
+        name, version = request.path_params["name"], request.path_params["version"]
+        if not (NAME.fullmatch(name) and NAME.fullmatch(version)):
+            return error(404, "no such pack version")
+        found = store.bundle_of(who, name, version)
+        if found is None:  # another team's is as absent as one never published
+            return error(404, "no such pack version")
+        return Response(found, media_type="application/gzip")
+
+    def ingest_sync(who: Identity, body: bytes, request: Request) -> Response:
+        """An agent: {"host": H, "packs": [NAME or "owner:TEAM"...], "running": {NAME:
+        VERSION}} -> the version of each pack this host should run."""
+        try:
+            doc = decoded(body, request)
+            host, wanted, running = sync_request(doc)
+        except InvalidBody as exc:
+            return error(400, str(exc))
+        except InvalidEvent as exc:
+            return error(422, str(exc))
+        try:
+            return JSONResponse({"packs": store.sync(who, host, wanted, running)})
+        except Forbidden as exc:
+            return error(403, str(exc))
+
+    async def post_sync(request: Request) -> Response:
+        return await upload(request, ingest_sync)
 
     def get_stats(request: Request, who: Identity) -> Response:
         limit, offset = paging(request)
@@ -411,6 +464,10 @@ def create_app(
             Route("/v1/stats", reading(get_stats), methods=["GET"]),
             Route("/v1/articles", put_articles, methods=["PUT"]),
             Route("/v1/articles", reading(get_articles), methods=["GET"]),
+            Route("/v1/packs", post_pack, methods=["POST"]),
+            Route("/v1/packs", reading(get_packs), methods=["GET"]),
+            Route("/v1/packs/sync", post_sync, methods=["POST"]),
+            Route("/v1/packs/{name}/{version}", reading(get_bundle, Action.FETCH), methods=["GET"]),
             Route("/healthz", health),
             Route("/", html(console.inbox)),
             Route("/g/{ref}", html(console.detail), methods=["GET"]),

@@ -1,6 +1,6 @@
-"""The receiver's commands: `logmend receiver` (serve), `receiver token create|list|revoke`
-and `receiver migrate`; their modules are imported when a command runs, so a host
-without the receiver's extra can still run the agent."""
+"""The receiver's commands: `logmend receiver` (serve), `receiver token create|list|revoke`,
+`receiver key add|list` and `receiver migrate`; their modules are imported when a
+command runs, so a host without the receiver's extra can still run the agent."""
 
 from __future__ import annotations
 
@@ -170,6 +170,34 @@ def cmd_token_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_key_add(args: argparse.Namespace) -> int:
+    from agent.receiver.scopes import Forbidden
+    from agent.signing import load_public
+
+    found = [key for path in args.files for key in load_public(path)]
+    store = _receiver_store(args)
+    try:
+        for key in found:
+            added = store.add_key(key)
+            print(f"{key.key_id} ({key.owner}): {'added' if added else 'already registered'}")
+    except Forbidden as exc:
+        raise LogmendError(f"receiver key add: {exc}") from None
+    finally:
+        store.close()
+    return 0
+
+
+def cmd_key_list(args: argparse.Namespace) -> int:
+    from agent.cli import local_time
+
+    store = _receiver_store(args)
+    rows = store.keys(None)
+    store.close()
+    for row in rows:
+        print(f"{row['key_id']}  {row['owner']:<20} added {local_time(row['added'])}")
+    return 0
+
+
 def add_receiver_commands(sub: Any) -> None:
     """`logmend receiver ...`, on the command's subparsers."""
     receiver = sub.add_parser("receiver", help="the central escalation endpoint")
@@ -240,6 +268,22 @@ def add_receiver_commands(sub: Any) -> None:
     revoke.add_argument("id", help="the token's id, as `token list` shows it")
     _db_arguments(revoke)
     revoke.set_defaults(func=cmd_token_revoke)
+
+    key = receiver_sub.add_parser("key", help="the teams' pack signing keys")
+    key_sub = key.add_subparsers(dest="key_command", required=True)
+    add = key_sub.add_parser(
+        "add",
+        help="register a team's public key: bundles it signs may be published for the team",
+        description="logmend receiver key add PREFIX.pub: each key of the file (from logmend"
+        " pack keygen) for the team the file names; the team's write token may then publish"
+        " packs signed with it",
+    )
+    add.add_argument("files", nargs="+", type=Path, metavar="KEYS", help="public key files")
+    _db_arguments(add)
+    add.set_defaults(func=cmd_key_add)
+    keys = key_sub.add_parser("list", help="every registered key: id, team, when")
+    _db_arguments(keys)
+    keys.set_defaults(func=cmd_key_list)
 
     move = receiver_sub.add_parser(
         "migrate",

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from agent.errors import StateError
 from agent.receiver.engine import Conn, Engine, SqliteConn, SqliteEngine
 
-LATEST = 5
+LATEST = 6
 
 # The tables as schema 2 made them; a new database starts from these and takes
 # every upgrade after, so a new and an upgraded database are the same.
@@ -206,7 +206,27 @@ def _to_5(db: Conn) -> list[str]:
     return []
 
 
-UPGRADES: dict[int, Callable[[Conn], list[str]]] = {3: _to_4, 4: _to_5}
+PACKS = """
+CREATE TABLE pack_keys (
+    key_id TEXT PRIMARY KEY, owner TEXT NOT NULL, line TEXT NOT NULL, added REAL NOT NULL);
+CREATE TABLE pack_versions (
+    pack TEXT NOT NULL, version TEXT NOT NULL, owner TEXT NOT NULL, digest TEXT NOT NULL,
+    key_id TEXT NOT NULL, size INTEGER NOT NULL, bundle BLOB NOT NULL, published REAL NOT NULL,
+    PRIMARY KEY (pack, version));
+CREATE TABLE pack_channels (
+    pack TEXT PRIMARY KEY, owner TEXT NOT NULL, current TEXT, candidate TEXT,
+    percent INTEGER NOT NULL, updated REAL NOT NULL);
+CREATE INDEX pack_channels_owner ON pack_channels (owner);
+"""
+
+
+def _to_6(db: Conn) -> list[str]:
+    """Signed pack bundles, the teams' keys, and which version hosts run (issue 18)."""
+    _create(db, PACKS)
+    return []
+
+
+UPGRADES: dict[int, Callable[[Conn], list[str]]] = {3: _to_4, 4: _to_5, 5: _to_6}
 """Upgrades from FIRST_POSTGRESQL on, version -> the step to the next: SQL both engines
 speak (see engine.py), run on both, in the migrating transaction."""
 
@@ -307,4 +327,5 @@ def postgresql_ddl(ddl: str) -> str:
     )
     ddl = re.sub(r"\bINTEGER\b", "BIGINT", ddl)
     ddl = re.sub(r"\bREAL\b", "DOUBLE PRECISION", ddl)
+    ddl = re.sub(r"\bBLOB\b", "BYTEA", ddl)
     return re.sub(r"\bTEXT\b", 'TEXT COLLATE "C"', ddl)

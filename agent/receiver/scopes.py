@@ -32,14 +32,15 @@ class Scope(StrEnum):
 class Action(StrEnum):
     INGEST = "ingest"  # POST escalations and statistics
     READ = "read"  # GET escalations, statistics, the page
-    WRITE = "write"  # change a team's escalations (acknowledge, resolve)
+    WRITE = "write"  # change a team's escalations (acknowledge, resolve), publish packs
+    FETCH = "fetch"  # GET a pack bundle: agents (ingest) and the team's people alike
 
 
 ALLOWED: dict[Scope, frozenset[Action]] = {
-    Scope.INGEST: frozenset({Action.INGEST}),
-    Scope.READ: frozenset({Action.READ}),
-    Scope.WRITE: frozenset({Action.READ, Action.WRITE}),
-    Scope.ADMIN: frozenset({Action.READ, Action.WRITE}),
+    Scope.INGEST: frozenset({Action.INGEST, Action.FETCH}),
+    Scope.READ: frozenset({Action.READ, Action.FETCH}),
+    Scope.WRITE: frozenset({Action.READ, Action.WRITE, Action.FETCH}),
+    Scope.ADMIN: frozenset({Action.READ, Action.WRITE, Action.FETCH}),
 }
 
 
@@ -111,6 +112,7 @@ _HINT = {
     Action.INGEST: "agents post with an ingest token",
     Action.READ: "reading takes a team's read or write token, or an admin token",
     Action.WRITE: "changing escalations takes a team's write token, or an admin token",
+    Action.FETCH: "any live token fetches the bundles of packs it may see",
 }
 
 

@@ -20,8 +20,8 @@ from typing import Any
 from agent.errors import StateError
 from agent.receiver.articles import ArticleStore
 from agent.receiver.engine import POOL_SIZE, Conn, Engine, Row, Unavailable, open_engine
-from agent.receiver.fleet import FleetStore
 from agent.receiver.groups import GroupStore, Growth, growth
+from agent.receiver.packstore import PackStore
 from agent.receiver.schema import escalation_ref, migrate
 from agent.receiver.scopes import Identity, Scope, binding_problem
 from agent.receiver.storebase import (
@@ -41,7 +41,7 @@ __all__ = ["PAGE_BYTES", "ReceiverStore", "token_hash"]
 Key = tuple[str, str, str, str]  # an escalation's: submitting name, owner, host, id
 
 
-class ReceiverStore(GroupStore, FleetStore, ArticleStore):
+class ReceiverStore(GroupStore, PackStore, ArticleStore):
     """Tokens, sessions and escalations; groups (GroupStore) and hosts (FleetStore) share
     its engine."""
 

@@ -31,6 +31,9 @@ TABLES = (
     "stats",
     "stats_history",
     "articles",
+    "pack_keys",
+    "pack_channels",
+    "pack_versions",
 )
 IDENTITIES = {"actions": "seq", "silences": "id"}  # their next value follows the copied rows
 BATCH = 5000
