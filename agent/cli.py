@@ -144,15 +144,19 @@ def _load_config(config_path: Path) -> Config:
 
 
 def admitted(
-    config_path: Path, memo: Memo | None = None
+    config_path: Path, memo: Memo | None = None, prepare: bool = False
 ) -> tuple[Config, list[Pack], list[BrokenPack]]:
     """The config, the packs that would run and the broken ones (preflight.runnable_packs)."""
     from agent.preflight import runnable_packs
 
     config = _load_config(config_path)
+    if prepare and config.sync is not None:
+        from agent import packsync
+
+        packsync.prepare(config)  # the synced packs' folders, nothing half-done in them
     memo = memo or Memo()
     memo.open(config.state_dir / derived.FILE)  # what earlier starts derived (agent.derived)
-    where = "a pack under " + ", ".join(map(str, config.packs))
+    where = "a pack under " + ", ".join(map(str, config.pack_roots))
     packs, broken = guarded(where, lambda: runnable_packs(config, memo))
     return config, packs, broken
 
@@ -162,7 +166,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_format, args.log_level)
     memo = derived.Memo(apart=True)  # the agent lives long: compile apart (agent.hscompile)
-    config, packs, broken = admitted(args.config, memo)
+    config, packs, broken = admitted(args.config, memo, prepare=not args.dry_run)
     if not args.dry_run:
         observer = from_environment(os.environ)
         return Agent(config, packs, observer=observer, memo=memo, broken=broken).run()
@@ -195,6 +199,19 @@ def cmd_run(args: argparse.Namespace) -> int:
         ).run()
 
 
+def _print_sync(synced: dict[str, Any]) -> None:
+    """The last pack sync: when, what it installed or refused, or why it could not ask."""
+    state = (
+        f"FAILED ({synced['failed']}); the packs here keep running" if synced["failed"] else "ok"
+    )
+    print(f"last pack sync: {local_time(synced['at'])}, {state}")
+    for line in synced["installed"]:
+        print(f"  installed {line}")
+    for refused in synced["refused"]:
+        said = f"  REFUSED {refused['pack']} {refused['version']}: {refused['reason']}"
+        print(escape_controls(said))
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     from agent.errors import ConfigError
     from agent.escalate import read_token, tls_context, token_file_problem
@@ -205,8 +222,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     if args.config is None:
         return _check_packs(args.packs)
     config = _load_config(args.config)
-    where = "a pack under " + ", ".join(map(str, config.packs))
-    packs, broken = guarded(where, lambda: load_packs_apart(config.packs, host=config.params))
+    where = "a pack under " + ", ".join(map(str, config.pack_roots))
+    packs, broken = guarded(where, lambda: load_packs_apart(config.pack_roots, host=config.params))
     packs, homeless = unrunnable(config, packs)
     broken += homeless
     missing = unknown_packs(config, [p.name for p in packs + broken])
@@ -431,6 +448,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     reload_meta = store.meta("last_reload")
     last_reload = json.loads(reload_meta) if reload_meta else None
     broken = json.loads(store.meta("broken_packs") or "[]")
+    synced = json.loads(store.meta("pack_sync") or "null")
+    running = json.loads(store.meta("packs") or "{}")
     articles = _articles_of(config)
 
     def shown(incident: Any) -> dict[str, Any]:
@@ -447,6 +466,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                 "cooldowns": cooling,
                 "last_reload": last_reload,
                 "broken_packs": broken,
+                "pack_sync": synced,
+                "packs": running,
             },
             sys.stdout,
             default=str,
@@ -474,6 +495,10 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(escape_controls(said))  # a folder's name may hold anything
             if more:
                 print(escape_controls(f"    and {more} more: logmend check {pack['dir']}"))
+    if running:
+        print("packs: " + ", ".join(f"{name} {version}" for name, version in running.items()))
+    if synced is not None:
+        _print_sync(synced)
     print(f"open incidents: {len(open_incidents)}")
     for i in open_incidents:
         print(
@@ -512,7 +537,7 @@ def _articles_of(config: Config) -> dict[tuple[str, str], str]:
     """(pack, pattern) -> its article, from the packs as they are on disk now; status
     shows what it can when a pack cannot be read (it is then only without articles)."""
     try:
-        packs, _ = load_packs_apart(config.packs, trust=False, host=config.params)
+        packs, _ = load_packs_apart(config.pack_roots, trust=False, host=config.params)
     except Exception:  # status reports the state; the packs are check's business
         return {}
     return {(p.pack, p.id): p.article for pack in packs for p in pack.patterns if p.article}

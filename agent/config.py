@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import regex
 
 from agent.errors import ConfigError, ConfigErrors
-from agent.params import HostParams, ParamValue, param_value
+from agent.params import HostParams, ParamValue, param_value, valid_pack_name
 from agent.tomlsrc import Doc, Section, read_bounded
 
 EVERY_PACK = "*"
@@ -49,6 +50,24 @@ class Escalation:
     client_key: Path | None = None
     tls_verify: bool = True
     stats_interval: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class Sync:
+    """Packs this host takes from the receiver (agent/packsync.py)."""
+
+    url: str  # the receiver's base URL
+    token_file: Path | None  # an ingest token (default: [escalation]'s)
+    packs: tuple[str, ...]  # pack names, or "owner:TEAM" for every pack of a team
+    trust: tuple[Path, ...]  # public key files (logmend pack keygen): key and owner
+    interval: float = 300.0
+    timeout: float = 30.0
+    ca_file: Path | None = None
+    pin: tuple[tuple[str, str], ...] = ()  # (pack, version): this host stays on it
+
+    @property
+    def names(self) -> frozenset[str]:
+        return frozenset(p for p in self.packs if not p.startswith("owner:"))
 
 
 METRICS_LISTEN = "127.0.0.1:9464"
@@ -96,10 +115,23 @@ class Config:
     metrics: Metrics | None = None
     allow_root: tuple[str, ...] = ()
     params: HostParams = field(default_factory=HostParams)
+    sync: Sync | None = None
 
     @property
     def state_db(self) -> Path:
         return self.state_dir / "state.db"
+
+    @property
+    def synced_packs(self) -> Path:
+        """Where synced packs are linked from (agent/packsync.py)."""
+        return self.state_dir / "packs"
+
+    @property
+    def pack_roots(self) -> tuple[Path, ...]:
+        """The configured pack folders, and the synced packs once there are any."""
+        if self.sync is None or not self.synced_packs.is_dir():
+            return self.packs
+        return (*self.packs, self.synced_packs)
 
 
 def _path(base: Path, value: str) -> Path:
@@ -130,12 +162,17 @@ def _limits(section: Section | None) -> Limits:
     return limits
 
 
-def _escalation(section: Section | None, base: Path) -> Escalation | None:
-    if section is None:
-        return None
+def _url(section: Section) -> str | None:
     url = section.string("url")
     if isinstance(url, str) and not url.startswith(("http://", "https://")):
         section.error("url", f"must be an http:// or https:// URL, not {url!r}")
+    return url if isinstance(url, str) else None
+
+
+def _escalation(section: Section | None, base: Path) -> Escalation | None:
+    if section is None:
+        return None
+    url = _url(section)
     token_file = section.string("token_file", None)
     d = Escalation(url="")
 
@@ -165,6 +202,51 @@ def _escalation(section: Section | None, base: Path) -> Escalation | None:
     return esc
 
 
+def _sync(section: Section | None, base: Path, escalation: Escalation | None) -> Sync | None:
+    if section is None:
+        return None
+    url = _url(section)
+    token_file = section.string("token_file", None)
+    packs = section.strings("packs") or ()
+    for name in packs:
+        if not valid_pack_name(name.removeprefix("owner:")):
+            section.error("packs", f"{name!r} is not a pack name or owner:TEAM")
+    trust = tuple(_path(base, p) for p in section.strings("trust") or ())
+    if not trust:
+        section.error("trust", "name the public key files of the teams whose packs it takes")
+    pins = section.table("pin")
+    pin: list[tuple[str, str]] = []
+    if pins is not None:
+        for name in sorted(pins.data):
+            version = pins.string(name)
+            if not (
+                valid_pack_name(name) and isinstance(version, str) and valid_pack_name(version)
+            ):
+                pins.error(name, "a pack name and the version this host stays on")
+            else:
+                pin.append((name, version))
+        pins.finish()
+    d = Sync(url="", token_file=None, packs=(), trust=())
+    sync = Sync(
+        url=(url or "").rstrip("/"),
+        token_file=_path(base, token_file)
+        if isinstance(token_file, str)
+        else (escalation.token_file if escalation else None),
+        packs=tuple(packs),
+        trust=trust,
+        interval=section.duration("interval", d.interval),
+        timeout=section.duration("timeout", d.timeout),
+        ca_file=_path(base, ca) if isinstance(ca := section.string("ca_file", None), str) else None,
+        pin=tuple(pin),
+    )
+    if sync.token_file is None:
+        section.error("token_file", "an ingest token's file is needed (or [escalation]'s)")
+    if not packs and not pin:
+        section.error("packs", "name the packs (or owner:TEAM) this host takes")
+    section.finish()
+    return sync
+
+
 def _metrics(section: Section | None) -> Metrics | None:
     if section is None:
         return None
@@ -180,9 +262,7 @@ def _metrics(section: Section | None) -> Metrics | None:
 def _alertmanager(section: Section | None) -> Alertmanager | None:
     if section is None:
         return None
-    url = section.string("url")
-    if isinstance(url, str) and not url.startswith(("http://", "https://")):
-        section.error("url", f"must be an http:// or https:// URL, not {url!r}")
+    url = _url(section)
     d = Alertmanager(url="")
     sink = Alertmanager(
         url=(url or "").rstrip("/"),
@@ -296,10 +376,15 @@ def parse_config(file: Path, text: str) -> Config:
     if not sources and "source" not in root.data:
         root.error("source", "at least one [[source]] is needed")
     escalation = _escalation(root.table("escalation"), base)
+    sync = _sync(root.table("sync"), base, escalation)
     alertmanager = _alertmanager(root.table("alertmanager"))
     metrics = _metrics(root.table("metrics"))
     limits = _limits(root.table("limits"))
     params = _params(root.table("params"), file)
+    if sync is not None:
+        wildcard = any(p.startswith("owner:") for p in sync.packs)
+        pending = sync.names | {name for name, _ in sync.pin} | ({"*"} if wildcard else set())
+        params = dataclasses.replace(params, pending=frozenset(pending))
     root.finish()
     for index, source in enumerate(sources):
         if source.path and not Path(source.path).is_absolute():
@@ -320,6 +405,7 @@ def parse_config(file: Path, text: str) -> Config:
         metrics=metrics,
         allow_root=allow_root,
         params=params,
+        sync=sync,
     )
 
 

@@ -139,6 +139,9 @@ class Agent:
         self.metrics_port = 0
         self._file_events: FolderWatch | None = None
         self._last_stats = monotonic()
+        self.dry_run = dry_run
+        self._reload_why = "received SIGHUP"
+        self._pack_sync: Any = None  # agent.packsync.SyncLoop, with [sync]
 
     @property
     def config(self) -> Config:
@@ -213,6 +216,7 @@ class Agent:
             self.sender.start()
         if self.alerts is not None:
             self.alerts.start()
+        self._start_pack_sync()
         if self.config.limits.file_events:
             self._file_events = watch_sources(
                 self.config.sources, self.wake, self.config.limits.sweep_interval
@@ -242,6 +246,7 @@ class Agent:
             self._signalled.set()
 
         def reload(signum: int, frame: FrameType | None) -> None:
+            self._reload_why = "received SIGHUP"
             self._reload_asked.set()
             self._signalled.set()
 
@@ -271,6 +276,8 @@ class Agent:
             self.metrics_server.shutdown()
         if self._file_events is not None:
             self._file_events.stop()
+        if self._pack_sync is not None:
+            self._pack_sync.stop()
         deadline = self.monotonic() + SHUTDOWN_GRACE
         fixes_ended = self.remediator.stop(grace=SHUTDOWN_GRACE / 2)
         if self.sender is not None:
@@ -371,12 +378,12 @@ class Agent:
         changes nothing: the running set stays, and the errors are logged and
         kept for `logmend status`.
         """
-        log.info("received SIGHUP, reloading %s", self.config.file)
+        log.info("%s, reloading %s", self._reload_why, self.config.file)
         self.notify.reloading()
         where: Path | str = self.config.file
         try:
             config = load_config(self.config.file)
-            where = "a pack under " + ", ".join(map(str, config.packs))
+            where = "a pack under " + ", ".join(map(str, config.pack_roots))
             self.memo.reopen()
             packs, broken = runnable_packs(config, self.memo)
             where = self.config.file
@@ -388,6 +395,8 @@ class Agent:
 
                 token = read_token(config.escalation)
             old = self.config
+            resync = config.sync != old.sync
+            syncing = self._new_pack_sync(config) if resync else None
             tailer = None
             if config.sources != old.sources or config.limits != old.limits:
                 tailer = self.reader.new_tailer(config)  # reads the store: may be refused
@@ -420,6 +429,12 @@ class Agent:
             reader.retail(tailer)  # resumes at the committed checkpoints
             self._act(reader.housekeeping())
         self._swap_sinks(old, token)
+        if resync:  # [sync] changed: the new one from now
+            if self._pack_sync is not None:
+                self._pack_sync.stop()
+            self._pack_sync = syncing
+            if syncing is not None:
+                syncing.start()
         self.reloads["ok"] += 1
         self._record_reload([])
         log.info(
@@ -456,6 +471,54 @@ class Agent:
         elif self.alerts is not None:  # keeps what fires, so it can end it later
             self.alerts.patterns, self.alerts.packs = reader.pattern_by_id, reader.pack_by_name
 
+    def _start_pack_sync(self) -> None:
+        self._pack_sync = self._new_pack_sync(self.config)
+        if self._pack_sync is not None:
+            self._pack_sync.start()
+
+    def _new_pack_sync(self, config: Config) -> Any:
+        """With [sync]: the packs the receiver says this host runs, checked here, then
+        swapped in by a reload (agent/packsync.py); never in a dry run. Raises a config
+        error for an unreadable token or key file."""
+        sync = config.sync
+        if sync is None or self.dry_run:
+            return None
+        from agent import packsync
+        from agent.signing import trusted_keys
+
+        transport = packsync.HttpTransport(sync, packsync.read_token(sync))
+        syncer = packsync.PackSync(
+            config, transport, trusted_keys(list(sync.trust)), packsync.prove_here(config)
+        )
+        return packsync.SyncLoop(syncer, sync.interval, self._synced)
+
+    def _synced(self, result: Any) -> None:
+        """(On the sync's thread.) Record it for `status`; report each refused version to
+        its owner once; reload for what was installed."""
+        from agent import packsync
+
+        now = self.clock()
+        self.store.set_meta("pack_sync", json.dumps({"at": now, **result.to_json()}))
+        if result.failed:
+            log.warning("pack sync: %s; the packs here keep running", result.failed)
+        for refusal in result.refused:
+            log.error(
+                "pack sync: %s %s refused, the running version stays: %s",
+                refusal.name,
+                refusal.version,
+                "; ".join(refusal.reasons[:3]),
+            )
+        if result.refused:
+            wrecks = [packsync.as_broken(r, self.config) for r in result.refused]
+            self.store.report_once(
+                [events.pack_error(b, self.config.host, now) for b in wrecks], now
+            )
+        if result.installed:
+            log.info("pack sync: installed %s", ", ".join(result.installed))
+            self._reload_why = "packs synced"
+            self._reload_asked.set()
+            self.wake.set()
+
     def _broken_note(self) -> str:
         names = ", ".join(p.name for p in self.broken)
         return f" ({len(self.broken)} broken, not running: {names})" if self.broken else ""
@@ -475,6 +538,8 @@ class Agent:
         now = self.clock()
         try:
             self.store.set_meta("broken_packs", json.dumps([p.to_json() for p in self.broken]))
+            running = {p.name: p.version for p in self.reader.packs}  # for `status`
+            self.store.set_meta("packs", json.dumps(running, sort_keys=True))
             self.store.report_once(
                 [events.pack_error(p, self.config.host, now) for p in self.broken], now
             )

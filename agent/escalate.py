@@ -110,19 +110,20 @@ def read_token(config: Escalation) -> str:
     """The bearer token from its file; an unreadable or empty file is a config error."""
     if config.token_file is None:
         return ""
+    return read_token_file(config.token_file, "escalation.token_file")
+
+
+def read_token_file(path: Path, key: str) -> str:
+    """A bearer token from the file `key` names; unreadable or empty: a config error."""
     try:
-        token = config.token_file.read_text(encoding="utf-8").strip()
+        token = path.read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigErrors(
-            [ConfigError(config.token_file, "escalation.token_file", None, f"cannot read: {exc}")]
-        ) from exc
+        raise ConfigErrors([ConfigError(path, key, None, f"cannot read: {exc}")]) from exc
     if not token:
-        raise ConfigErrors(
-            [ConfigError(config.token_file, "escalation.token_file", None, "the file is empty")]
-        )
-    problem = token_file_problem(config.token_file)
+        raise ConfigErrors([ConfigError(path, key, None, "the file is empty")])
+    problem = token_file_problem(path)
     if problem:  # `logmend check` refuses it; a running agent keeps working and says so
-        log.warning("%s: %s", config.token_file, problem)
+        log.warning("%s: %s", path, problem)
     return token
 
 

@@ -19,7 +19,7 @@ from agent.constraints import Constraint, parse_constraints
 from agent.derived import Memo
 from agent.errors import ConfigError, ConfigErrors
 from agent.lint import remedy_pattern_problem
-from agent.params import HostParams, ParamValue, param_env, parse_params
+from agent.params import PLAIN_NAME, HostParams, ParamValue, param_env, parse_params
 from agent.tomlsrc import Doc, Section
 from agent.trust import trust_chain, untrusted
 
@@ -555,7 +555,7 @@ def _ignore(section: Section, memo: Memo, examples: tuple[Example, ...]) -> tupl
     return tuple(out)
 
 
-NAME = regex.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
+NAME = PLAIN_NAME
 
 
 def _name(head: Section, key: str, value: Any) -> Any:

@@ -113,7 +113,8 @@ def _load_each(
             broken.append(BrokenPack(pack.dir, pack.name, pack.owner, pack.version, (clash,)))
     present = set(loaded) | {b.name for b in broken}
     errors = []
-    for pack_name in sorted(set(host.values) - present if host and not unnamed else ()):
+    stray = set(host.values) - present - host.pending if host and "*" not in host.pending else ()
+    for pack_name in sorted(stray if not unnamed else ()):
         assert host is not None
         line = min((n for (p, _), n in host.lines.items() if p == pack_name and n), default=None)
         errors.append(

@@ -30,6 +30,9 @@ class HostParams:
     file: Path | None = None
     values: Mapping[str, Mapping[str, ParamValue]] = field(default_factory=dict)
     lines: Mapping[tuple[str, str], int | None] = field(default_factory=dict)
+    # packs that may come later, from [sync] ("*": any, for owner:TEAM): params for
+    # them before they arrive are not an error
+    pending: frozenset[str] = frozenset()
 
 
 def param_value(raw: Any) -> tuple[ParamValue | None, str | None]:
@@ -44,6 +47,14 @@ def param_value(raw: Any) -> tuple[ParamValue | None, str | None]:
     if any(_CONTROL.search(item) for item in items):
         return None, "must not contain control characters (newline, tab, NUL, ...)"
     return value, None
+
+
+# a pack's name, owner or version: plain, as they label logs, folders and URLs
+PLAIN_NAME = regex.compile(r"[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}")
+
+
+def valid_pack_name(name: str) -> bool:
+    return PLAIN_NAME.fullmatch(name) is not None
 
 
 def valid_name(name: str) -> bool:

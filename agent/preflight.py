@@ -54,10 +54,11 @@ def unknown_packs(config: Config, present: Iterable[str]) -> list[ConfigError]:
     """Sources naming a pack that is in no pack folder (`present`: the names of the
     packs found, broken ones included): in `logmend check` an error."""
     names = sorted(present)
+    pending = config.params.pending  # synced packs not here yet are not unknown
     errors = []
     for index, source in enumerate(config.sources):
         for name in source.packs or ():
-            if name not in names:
+            if name not in names and name not in pending and "*" not in pending:
                 import difflib  # only on an error
 
                 close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
@@ -102,7 +103,7 @@ def runnable_packs(config: Config, memo: Memo) -> tuple[list[Pack], list[BrokenP
     """The packs that run on this host and the ones set aside (each named with its
     errors): loaded one by one, examples proven, fix users present. For the agent's
     start and reload and for `run`, `explain`."""
-    packs, broken = admit(config.packs, config.params, memo)
+    packs, broken = admit(config.pack_roots, config.params, memo)
     packs, homeless = unrunnable(config, packs)
     return packs, broken + homeless
 
@@ -135,8 +136,9 @@ def identities_for(
             ]
         )
     names = {p.name for p in packs} | set(broken)
+    pending = config.params.pending  # synced packs not here yet
     for name in config.allow_root:
-        if name not in names:
+        if name not in names and name not in pending and "*" not in pending:
             errors.append(ConfigError(config.file, "agent.allow_root", None, f"no pack {name!r}"))
     for pack in packs:
         if pack.user is None and pack.group is None:

@@ -1,0 +1,398 @@
+"""Packs from the receiver: asked for, fetched, verified, proven on this host, and
+swapped in whole; or refused, with the last good version left running.
+
+Under the state directory:
+
+    packs/NAME -> ../pack-versions/DIGEST/pack   one link per synced pack (a pack root)
+    pack-versions/DIGEST/manifest.json           what the bundle said (name, version...)
+    pack-versions/DIGEST/pack/                   the pack, complete before a link names it
+    pack-versions/.incoming-*                    an unpack under way (removed at start)
+
+A swap is the rename of a new link over the old one: killed at any moment, the
+agent restarts on the old link or the new one, each naming a whole folder. The
+agent then reloads as on SIGHUP (agent/daemon.py), which proves every pack again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from agent import bundle
+from agent.config import Config, Sync
+from agent.errors import ConfigError, ConfigErrors, LogmendError
+from agent.packset import BrokenPack
+from agent.signing import PublicKey
+
+log = logging.getLogger("logmend")
+
+MAX_ANSWER = 1024 * 1024  # a sync's JSON answer
+KEEP_VERSIONS = 2  # per pack: the running one and the one before (a quick way back)
+RETRY = 5.0  # seconds before asking a receiver that could not be asked again (doubling)
+
+
+class SyncFailed(LogmendError):
+    """The receiver could not be asked (down, refused, garbled): nothing changes here."""
+
+
+class Transport(Protocol):
+    """The receiver, as the sync sees it (agent.packsync.HttpTransport, or a fake)."""
+
+    def wanted(
+        self, host: str, packs: list[str], running: dict[str, str]
+    ) -> list[dict[str, Any]]: ...
+
+    def fetch(self, name: str, version: str) -> bytes: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    name: str
+    owner: str
+    version: str
+    reasons: tuple[str, ...]
+
+
+@dataclass
+class SyncResult:
+    installed: list[str] = field(default_factory=list)  # "NAME VERSION"
+    refused: list[Refusal] = field(default_factory=list)  # newly: to report
+    standing: list[Refusal] = field(default_factory=list)  # every version refused still wanted
+    failed: str = ""  # the receiver could not be asked; nothing changed
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "installed": self.installed,
+            "refused": [
+                {"pack": r.name, "version": r.version, "reason": r.reasons[0] if r.reasons else ""}
+                for r in self.standing
+            ],
+            "failed": self.failed,
+        }
+
+
+Prove = Callable[[Path], list[str]]  # a pack folder -> why it may not run here
+
+
+class PackSync:
+    """One host's synced packs: `run_once` brings them to what the receiver says."""
+
+    def __init__(
+        self,
+        config: Config,
+        transport: Transport,
+        trusted: dict[str, PublicKey],
+        prove: Prove,
+    ) -> None:
+        assert config.sync is not None
+        self.sync: Sync = config.sync
+        self.host = config.host
+        self.links = config.synced_packs
+        self.store = config.state_dir / "pack-versions"
+        self.transport = transport
+        self.trusted = trusted
+        self.prove = prove
+        self.refused: dict[str, Refusal] = {}  # by digest (or pinned name@version)
+
+    def running(self) -> dict[str, dict[str, str]]:
+        """Each synced pack's manifest facts (name -> version, owner, digest)."""
+        out = {}
+        for link in sorted(self.links.iterdir()):
+            if link.name.startswith(".") or not link.is_symlink():
+                continue
+            try:
+                facts = json.loads((link.resolve().parent / "manifest.json").read_text())
+            except (OSError, ValueError):
+                continue
+            out[link.name] = facts
+        return out
+
+    def run_once(self) -> SyncResult:
+        result = SyncResult()
+        running = self.running()
+        pins = dict(self.sync.pin)
+        try:
+            wanted = self.transport.wanted(
+                self.host,
+                sorted(set(self.sync.packs) | set(pins)),
+                {name: facts["version"] for name, facts in running.items()},
+            )
+        except SyncFailed as exc:
+            result.failed = str(exc)
+            return result
+        plan: dict[str, tuple[str, str, str]] = {}  # name -> (owner, version, digest or "")
+        for item in wanted:
+            plan[item["name"]] = (item["owner"], item["version"], item["digest"])
+        for name, version in pins.items():  # a pin wins over the channel
+            owner = plan.get(name, ("", "", ""))[0]
+            plan[name] = (owner, version, "")
+        for name, (owner, version, digest) in sorted(plan.items()):
+            now = running.get(name)
+            if now is not None and (
+                now["digest"] == digest or (not digest and now["version"] == version)
+            ):
+                continue
+            mark = digest or f"{name}@{version}"
+            if mark in self.refused:
+                result.standing.append(self.refused[mark])
+                continue  # refused before: reported once, not fetched again
+            try:
+                self._install(name, owner, version, digest)
+            except SyncFailed as exc:  # the receiver: try again next time
+                result.failed = str(exc)
+                continue
+            except _Refused as exc:
+                refusal = Refusal(name, exc.owner or owner, version, exc.reasons)
+                self.refused[mark] = refusal
+                result.refused.append(refusal)
+                result.standing.append(refusal)
+                continue
+            result.installed.append(f"{name} {version}")
+        self._prune()
+        return result
+
+    def _install(self, name: str, owner: str, version: str, digest: str) -> None:
+        where = f"{name} {version} from {self.sync.url}"
+        data = self.transport.fetch(name, version)
+        try:
+            found = bundle.read(data, where)
+            manifest = found.manifest
+            if (manifest.name, manifest.version) != (name, version):
+                raise bundle.BundleError(f"{where}: the bundle is {manifest.label}")
+            if digest and found.digest() != digest:
+                raise bundle.BundleError(f"{where}: not the bundle the receiver named")
+            if owner and manifest.owner != owner:
+                raise bundle.BundleError(
+                    f"{where}: the bundle is {manifest.owner}'s, not {owner}'s"
+                )
+            if not self._takes(manifest.name, manifest.owner):
+                raise bundle.BundleError(f"{where}: this host does not take {manifest.label}")
+            bundle.verify(found, self.trusted, where)
+        except bundle.BundleError as exc:
+            raise _Refused(owner, [str(exc)]) from None
+        final = self.store / found.digest()[:32]
+        if not final.exists():
+            incoming = self.store / f".incoming-{os.getpid()}-{found.digest()[:16]}"
+            shutil.rmtree(incoming, ignore_errors=True)
+            incoming.mkdir(mode=0o755)
+            bundle.unpack(found, incoming / "pack")
+            (incoming / "manifest.json").write_text(
+                json.dumps({"name": name, "version": version, "owner": manifest.owner,
+                            "digest": found.digest()})
+            )  # fmt: skip
+            problems = self.prove(incoming / "pack")
+            if problems:
+                shutil.rmtree(incoming, ignore_errors=True)
+                raise _Refused(manifest.owner, problems)
+            os.rename(incoming, final)
+        else:
+            problems = self.prove(final / "pack")
+            if problems:
+                raise _Refused(manifest.owner, problems)
+        self._link(name, final / "pack")
+        log.info("pack %s installed from %s (%s)", found.manifest.label, self.sync.url, final.name)
+
+    def _takes(self, name: str, owner: str) -> bool:
+        return (
+            name in self.sync.names
+            or name in dict(self.sync.pin)
+            or (f"owner:{owner}" in self.sync.packs)
+        )
+
+    def _link(self, name: str, target: Path) -> None:
+        """Point packs/NAME at `target` in one rename (synced to disk first)."""
+        temporary = self.links / f".{name}.{os.getpid()}.new"
+        with contextlib.suppress(FileNotFoundError):
+            temporary.unlink()
+        os.symlink(os.path.relpath(target, self.links), temporary)
+        os.replace(temporary, self.links / name)
+        fd = os.open(self.links, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def _prune(self) -> None:
+        """Versions no link names, but the newest KEEP_VERSIONS - 1 of each pack's."""
+        linked = {link.resolve().parent for link in self.links.iterdir() if link.is_symlink()}
+        by_pack: dict[str, list[tuple[float, Path]]] = {}
+        for folder in self.store.iterdir():
+            if folder.name.startswith(".") or folder in linked:
+                continue
+            try:
+                facts = json.loads((folder / "manifest.json").read_text())
+                by_pack.setdefault(facts["name"], []).append((folder.stat().st_mtime, folder))
+            except (OSError, ValueError, KeyError):
+                shutil.rmtree(folder, ignore_errors=True)
+        for kept in by_pack.values():
+            for _, folder in sorted(kept, reverse=True)[KEEP_VERSIONS - 1 :]:
+                shutil.rmtree(folder, ignore_errors=True)
+
+
+class _Refused(Exception):
+    def __init__(self, owner: str, reasons: list[str]) -> None:
+        super().__init__(reasons[0] if reasons else "refused")
+        self.owner = owner
+        self.reasons = tuple(reasons)
+
+
+def prepare(config: Config) -> None:
+    """Before the packs are loaded: the folders, and nothing half-done left by a kill."""
+    assert config.sync is not None
+    links, store = config.synced_packs, config.state_dir / "pack-versions"
+    config.state_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    for folder in (links, store):
+        folder.mkdir(mode=0o755, exist_ok=True)
+    for leftover in store.glob(".incoming-*"):
+        shutil.rmtree(leftover, ignore_errors=True)
+    for link in links.iterdir():
+        if link.name.startswith(".") and link.is_symlink():  # a swap cut short
+            link.unlink()
+
+
+def read_token(sync: Sync) -> str:
+    from agent.escalate import read_token_file
+
+    assert sync.token_file is not None
+    return read_token_file(sync.token_file, "sync.token_file")
+
+
+class SyncLoop:
+    """Runs a PackSync at start and every interval on a thread of its own; sooner again
+    (5 s, doubling) while the receiver cannot be asked."""
+
+    def __init__(
+        self,
+        sync: PackSync,
+        interval: float,
+        on_result: Callable[[SyncResult], None],
+        wait: Callable[[float], bool] | None = None,
+    ) -> None:
+        import threading
+
+        self.sync, self.interval, self.on_result = sync, interval, on_result
+        self._stop = threading.Event()
+        self._wait = wait or self._stop.wait
+        self._thread = threading.Thread(target=self._run, name="pack-sync", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        delay, retry = 0.0, RETRY
+        while not self._wait(delay):
+            try:
+                result = self.sync.run_once()
+            except Exception as exc:  # a bug or a full disk: logged, tried again later
+                log.error("pack sync failed", exc_info=exc)
+                result = SyncResult(failed=f"{type(exc).__name__}: {exc}")
+            try:
+                self.on_result(result)
+            except Exception as exc:
+                log.error("pack sync: cannot act on the result", exc_info=exc)
+            if result.failed:
+                delay, retry = min(self.interval, retry), min(self.interval, retry * 2)
+            else:
+                delay, retry = self.interval, RETRY
+
+
+def as_broken(refusal: Refusal, config: Config) -> BrokenPack:
+    """A refused version as a broken pack, for its owner's `pack-error` report."""
+    errors = tuple(
+        ConfigError(f"{refusal.name} {refusal.version} (synced)", "", None, reason)
+        for reason in refusal.reasons
+    )
+    return BrokenPack(
+        config.synced_packs / refusal.name, refusal.name, refusal.owner, refusal.version, errors
+    )
+
+
+def prove_here(config: Config) -> Prove:
+    """The agent's own rules for a pack folder: it loads (ownership, lint, params), its
+    examples hold, and its fix user exists here."""
+
+    def prove(folder: Path) -> list[str]:
+        from agent.examples import check_examples
+        from agent.packs import load_pack
+        from agent.preflight import unrunnable
+
+        try:
+            pack = load_pack(folder, trust=True, host=config.params)
+        except ConfigErrors as exc:
+            return [str(e) for e in exc.errors]
+        except Exception as exc:  # a hostile file: refused, never fatal
+            return [str(ConfigError(folder / "pack.toml", "", None, f"cannot be loaded: {exc}"))]
+        _, failures = check_examples(pack)
+        if failures:
+            return [str(f.as_error(pack)) for f in failures]
+        _, homeless = unrunnable(config, [pack])
+        return [str(e) for b in homeless for e in b.errors]
+
+    return prove
+
+
+class HttpTransport:
+    """The receiver over HTTP(S) with the host's ingest token; bounded answers."""
+
+    def __init__(self, sync: Sync, token: str) -> None:
+        import httpx
+
+        verify: Any = True
+        if sync.ca_file is not None:
+            import ssl
+
+            verify = ssl.create_default_context(cafile=str(sync.ca_file))
+        self._client = httpx.Client(
+            base_url=sync.url,
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=sync.timeout,
+            verify=verify,
+        )
+
+    def wanted(self, host: str, packs: list[str], running: dict[str, str]) -> list[dict[str, Any]]:
+        body = {"host": host, "packs": packs, "running": running}
+        raw = self._request("POST", "/v1/packs/sync", MAX_ANSWER, json=body)
+        try:
+            answer = json.loads(raw)["packs"]
+            return [
+                {k: str(item[k]) for k in ("name", "owner", "version", "digest")} for item in answer
+            ]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SyncFailed(f"the receiver's answer is not a sync ({exc})") from None
+
+    def fetch(self, name: str, version: str) -> bytes:
+        return self._request("GET", f"/v1/packs/{name}/{version}", bundle.MAX_BUNDLE)
+
+    def _request(self, method: str, path: str, limit: int, **kwargs: Any) -> bytes:
+        import httpx
+
+        try:
+            with self._client.stream(method, path, **kwargs) as answer:
+                if answer.status_code != 200:
+                    answer.read()
+                    raise SyncFailed(
+                        f"{method} {path}: the receiver answered {answer.status_code}"
+                        f" ({answer.text[:200]})"
+                    )
+                data = bytearray()
+                for chunk in answer.iter_bytes():
+                    data += chunk
+                    if len(data) > limit:
+                        raise SyncFailed(f"{method} {path}: the answer is over {limit} bytes")
+                return bytes(data)
+        except httpx.HTTPError as exc:
+            raise SyncFailed(f"{method} {path}: cannot reach the receiver ({exc})") from None
+
+    def close(self) -> None:
+        self._client.close()
