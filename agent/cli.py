@@ -664,6 +664,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="keep the receiver and its console running until Ctrl-C, and the temp directory",
     )
     demo.set_defaults(func=cmd_demo)
+    service = sub.add_parser(
+        "install-service",
+        help="lay out the agent as a systemd service (and the receiver, with --receiver)",
+        description="/etc/logmend (a starter agent.toml if there is none, packs.d, keys),"
+        " /var/lib/logmend (0700) and /etc/systemd/system/logmend.service running this"
+        " logmend; with --receiver also the logmend-receiver user, its folders and unit."
+        " Idempotent; nothing is enabled or started (see docs/operations.md).",
+    )
+    service.add_argument(
+        "--root", type=Path, default=Path("/"), help="lay it out under this folder (default: /)"
+    )
+    service.add_argument("--receiver", action="store_true", help="the receiver's service too")
+    service.set_defaults(func=cmd_install_service)
     return parser
 
 
@@ -671,6 +684,19 @@ RECEIVER_EXTRA = frozenset(
     {"starlette", "uvicorn", "jinja2", "itsdangerous", "multipart", "python_multipart",
      "markdown_it", "nh3", "psycopg", "psycopg_pool"}
 )  # fmt: skip
+
+
+def cmd_install_service(args: argparse.Namespace) -> int:
+    from agent.install import install
+
+    if args.root == Path("/") and os.geteuid() != 0:
+        raise LogmendError("install-service: run it as root (or give --root FOLDER)")
+    for step in install(args.root, args.receiver):
+        print(f"{step.what}: {step.done}")
+    units = "logmend" + (" logmend-receiver" if args.receiver else "")
+    print(f"next: edit /etc/logmend/agent.toml, logmend check -c /etc/logmend/agent.toml,"
+          f" then systemctl enable --now {units}")  # fmt: skip
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
