@@ -301,3 +301,36 @@ def test_published_bundles_and_keys_move_to_postgresql_byte_for_byte(tmp_path, p
     assert post(moved_to, write, v2.read_bytes()).status_code == 200
     assert sync(moved_to, agent, "h", ["redis"]).json()["packs"][0]["version"] == "2.0.0"
     moved_to.stop()
+
+
+def test_the_console_lists_versions_and_the_hosts_on_each_escaped_and_per_team(tmp_path, receiver):
+    t = tokens(receiver)
+    cache = Team(tmp_path, "team-cache", receiver)
+    cache.published(receiver, t["write-cache"], "redis", "1.0.0")
+    assert (
+        post(
+            receiver, t["write-cache"], cache.bundle("redis", "2.0.0").read_bytes(), "25"
+        ).status_code
+        == 200
+    )
+    hostile = '<img src=x onerror="alert(1)">'
+    for host, version in (("cache-1", "1.0.0"), ("cache-2", "2.0.0"), (hostile, "1.0.0")):
+        assert sync(receiver, t["agent"], host, ["redis"], redis=version).status_code == 200
+
+    def page(token: str) -> str:
+        answer = httpx.get(
+            f"{receiver.url}/packs", headers={"Authorization": f"Bearer {token}"}, timeout=10
+        )
+        assert answer.status_code == 200, answer.text
+        return answer.text
+
+    shown = page(t["read-cache"])
+    assert 'id="pack-redis"' in shown and 'class="current">1.0.0<' in shown
+    assert 'class="candidate">2.0.0</strong> for 25% of hosts' in shown
+    one = shown[shown.index('data-version="1.0.0"') :]
+    two = shown[shown.index('data-version="2.0.0"') : shown.index('data-version="1.0.0"')]
+    row_one = one.split("</tr>")[0]
+    assert 'class="hosts">2: ' in row_one and "cache-1" in row_one and "cache-2" not in row_one
+    assert 'class="hosts">1: cache-2<' in two
+    assert hostile not in shown and "&lt;img src=x onerror=" in shown
+    assert 'id="pack-redis"' not in page(t["read-web"]) and 'id="empty"' in page(t["read-web"])

@@ -478,6 +478,7 @@ def create_app(
             Route("/tier1", html(console.tier1)),
             Route("/hosts", html(console.hosts)),
             Route("/articles", html(console.articles)),
+            Route("/packs", html(console.packs)),
             Route("/admin/tokens", html(console.tokens), methods=["GET"]),
             Route("/admin/tokens", form(console.create_token), methods=["POST"]),
             Route("/admin/tokens/revoke", form(console.revoke_token), methods=["POST"]),

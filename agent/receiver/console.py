@@ -356,6 +356,15 @@ class Console:
             h["ago"], h["quiet"] = _ago(h["last_heard"], now), now - h["last_heard"] > QUIET
         return self._page("hosts.html", request, who, hosts=found, quiet_minutes=QUIET // 60)
 
+    def packs(self, request: Request) -> Response:
+        """Each pack the team ships: its versions, which is current, which rolls out to
+        what share, and per version the hosts last heard running it."""
+        who = self._who(request, Action.READ)
+        if isinstance(who, Response):
+            return who
+        found = self.store.packs(who[0].visible_owners())
+        return self._page("packs.html", request, who, packs=found)
+
     def tokens(self, request: Request, created: str = "", message: str = "") -> Response:
         """The admin's page: every token (never the token itself), create, revoke; owners."""
         who = self._who(request, Action.READ)
