@@ -450,6 +450,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     broken = json.loads(store.meta("broken_packs") or "[]")
     synced = json.loads(store.meta("pack_sync") or "null")
     running = json.loads(store.meta("packs") or "{}")
+    params = json.loads(store.meta("params") or "{}")
     articles = _articles_of(config)
 
     def shown(incident: Any) -> dict[str, Any]:
@@ -468,6 +469,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 "broken_packs": broken,
                 "pack_sync": synced,
                 "packs": running,
+                "params": params,
             },
             sys.stdout,
             default=str,
@@ -497,6 +499,9 @@ def cmd_status(args: argparse.Namespace) -> int:
                 print(escape_controls(f"    and {more} more: logmend check {pack['dir']}"))
     if running:
         print("packs: " + ", ".join(f"{name} {version}" for name, version in running.items()))
+    for pack, values in params.items():  # the host facts its fixes act on
+        facts = ", ".join(f"{k}={v!r}" for k, v in values.items())
+        print(escape_controls(f"  {pack} params: {facts}"))
     if synced is not None:
         _print_sync(synced)
     print(f"open incidents: {len(open_incidents)}")

@@ -513,8 +513,9 @@ class Agent:
             self.store.report_once(
                 [events.pack_error(b, self.config.host, now) for b in wrecks], now
             )
-        if result.installed:
-            log.info("pack sync: installed %s", ", ".join(result.installed))
+        if result.installed or result.params_changed:
+            said = ", ".join(result.installed) or "new central values of params"
+            log.info("pack sync: installed %s", said)
             self._reload_why = "packs synced"
             self._reload_asked.set()
             self.wake.set()
@@ -540,6 +541,8 @@ class Agent:
             self.store.set_meta("broken_packs", json.dumps([p.to_json() for p in self.broken]))
             running = {p.name: p.version for p in self.reader.packs}  # for `status`
             self.store.set_meta("packs", json.dumps(running, sort_keys=True))
+            params = {p.name: dict(p.params) for p in self.reader.packs if p.params}
+            self.store.set_meta("params", json.dumps(params, sort_keys=True))
             self.store.report_once(
                 [events.pack_error(p, self.config.host, now) for p in self.broken], now
             )

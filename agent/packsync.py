@@ -16,6 +16,7 @@ agent then reloads as on SIGHUP (agent/daemon.py), which proves every pack again
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -26,15 +27,18 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from agent import bundle
+from agent.atomic import write_atomically
 from agent.config import Config, Sync
 from agent.errors import ConfigError, ConfigErrors, LogmendError
 from agent.packset import BrokenPack
+from agent.params import HostParams, param_value, valid_name
 from agent.signing import PublicKey
 
 log = logging.getLogger("logmend")
 
 MAX_ANSWER = 1024 * 1024  # a sync's JSON answer
 KEEP_VERSIONS = 2  # per pack: the running one and the one before (a quick way back)
+PARAMS_FILE = "pack-params.json"  # the central values of params, as last synced
 RETRY = 5.0  # seconds before asking a receiver that could not be asked again (doubling)
 
 
@@ -66,6 +70,7 @@ class SyncResult:
     refused: list[Refusal] = field(default_factory=list)  # newly: to report
     standing: list[Refusal] = field(default_factory=list)  # every version refused still wanted
     failed: str = ""  # the receiver could not be asked; nothing changed
+    params_changed: bool = False  # the central values of some pack's params
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -78,7 +83,9 @@ class SyncResult:
         }
 
 
-Prove = Callable[[Path], list[str]]  # a pack folder -> why it may not run here
+# a pack folder (and central values of params to try, else the stored ones) -> why it
+# may not run here
+Prove = Callable[[Path, "dict[str, dict[str, Any]] | None"], list[str]]
 
 
 class PackSync:
@@ -130,6 +137,11 @@ class PackSync:
         plan: dict[str, tuple[str, str, str]] = {}  # name -> (owner, version, digest or "")
         for item in wanted:
             plan[item["name"]] = (item["owner"], item["version"], item["digest"])
+        result.params_changed = self._keep_params(
+            {item["name"]: item.get("params") or {} for item in wanted},
+            result.refused,
+            result.standing,
+        )
         for name, version in pins.items():  # a pin wins over the channel
             owner = plan.get(name, ("", "", ""))[0]
             plan[name] = (owner, version, "")
@@ -187,17 +199,62 @@ class PackSync:
                 json.dumps({"name": name, "version": version, "owner": manifest.owner,
                             "digest": found.digest()})
             )  # fmt: skip
-            problems = self.prove(incoming / "pack")
+            problems = self.prove(incoming / "pack", None)
             if problems:
                 shutil.rmtree(incoming, ignore_errors=True)
                 raise _Refused(manifest.owner, problems)
             os.rename(incoming, final)
         else:
-            problems = self.prove(final / "pack")
+            problems = self.prove(final / "pack", None)
             if problems:
                 raise _Refused(manifest.owner, problems)
         self._link(name, final / "pack")
         log.info("pack %s installed from %s (%s)", found.manifest.label, self.sync.url, final.name)
+
+    def _keep_params(
+        self,
+        central: dict[str, dict[str, Any]],
+        refused: list[Refusal],
+        standing: list[Refusal],
+    ) -> bool:
+        """Store the central values of the packs' params (before any proof: a new version
+        is proven with them); whether they changed. Values that are not params are
+        left out, and said."""
+        kept: dict[str, dict[str, Any]] = {}
+        for pack, values in sorted(central.items()):
+            good = {}
+            for key, value in sorted(values.items()) if isinstance(values, dict) else ():
+                _, problem = param_value(value)
+                if valid_name(key) and problem is None:
+                    good[key] = value
+                else:
+                    log.warning("pack sync: %s: central param %r left out", pack, key[:64])
+            if good:
+                kept[pack] = good
+        path = self.links.parent / PARAMS_FILE
+        text = json.dumps(kept, sort_keys=True)
+        old = path.read_text() if path.is_file() else "{}"
+        if old == text:
+            return False
+        before = json.loads(old)
+        for name in sorted(set(kept) | set(before)):  # each pack they change, proven with them
+            link = self.links / name
+            if kept.get(name) == before.get(name) or not link.is_symlink():
+                continue
+            problems = self.prove(link.resolve(), kept)
+            if problems:
+                mark = "params:" + text
+                if mark not in self.refused:
+                    facts = self.running().get(name, {})
+                    version, owner = facts.get("version", ""), facts.get("owner", "")
+                    self.refused[mark] = Refusal(name, owner, version, tuple(
+                        f"central params refused, the previous ones stay: {p}" for p in problems
+                    ))  # fmt: skip
+                    refused.append(self.refused[mark])
+                standing.append(self.refused[mark])
+                return False
+        write_atomically(path, text.encode(), 0o600)
+        return True
 
     def _takes(self, name: str, owner: str) -> bool:
         return (
@@ -307,6 +364,33 @@ class SyncLoop:
                 delay, retry = self.interval, RETRY
 
 
+def effective_params(
+    config: Config, central: dict[str, dict[str, Any]] | None = None
+) -> HostParams:
+    """The host's params: the central values for its groups (`central`, else those of
+    the last sync), and over them the agent config's own `[params.PACK]`, which wins."""
+    if central is None:
+        try:
+            central = json.loads((config.state_dir / PARAMS_FILE).read_text())
+        except FileNotFoundError:
+            return config.params
+        except (OSError, ValueError) as exc:
+            log.warning("central params unreadable (%s); the config's alone apply", exc)
+            return config.params
+    assert central is not None
+    values: dict[str, dict[str, Any]] = {
+        pack: dict(given) for pack, given in central.items() if isinstance(given, dict)
+    }
+    for pack, given in config.params.values.items():
+        values.setdefault(pack, {}).update(given)
+    mine = config.params.values
+    central_keys = frozenset(
+        (pack, key) for pack, given in values.items() for key in given
+        if key not in mine.get(pack, {})
+    )  # fmt: skip
+    return dataclasses.replace(config.params, values=values, central=central_keys)
+
+
 def as_broken(refusal: Refusal, config: Config) -> BrokenPack:
     """A refused version as a broken pack, for its owner's `pack-error` report."""
     errors = tuple(
@@ -322,13 +406,13 @@ def prove_here(config: Config) -> Prove:
     """The agent's own rules for a pack folder: it loads (ownership, lint, params), its
     examples hold, and its fix user exists here."""
 
-    def prove(folder: Path) -> list[str]:
+    def prove(folder: Path, central: dict[str, dict[str, Any]] | None) -> list[str]:
         from agent.examples import check_examples
         from agent.packs import load_pack
         from agent.preflight import unrunnable
 
         try:
-            pack = load_pack(folder, trust=True, host=config.params)
+            pack = load_pack(folder, trust=True, host=effective_params(config, central))
         except ConfigErrors as exc:
             return [str(e) for e in exc.errors]
         except Exception as exc:  # a hostile file: refused, never fatal
@@ -366,7 +450,11 @@ class HttpTransport:
         try:
             answer = json.loads(raw)["packs"]
             return [
-                {k: str(item[k]) for k in ("name", "owner", "version", "digest")} for item in answer
+                {
+                    **{k: str(item[k]) for k in ("name", "owner", "version", "digest")},
+                    "params": item.get("params") or {},
+                }
+                for item in answer
             ]
         except (ValueError, KeyError, TypeError) as exc:
             raise SyncFailed(f"the receiver's answer is not a sync ({exc})") from None

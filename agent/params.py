@@ -33,6 +33,7 @@ class HostParams:
     # packs that may come later, from [sync] ("*": any, for owner:TEAM): params for
     # them before they arrive are not an error
     pending: frozenset[str] = frozenset()
+    central: frozenset[tuple[str, str]] = frozenset()  # (pack, param) set by the receiver
 
 
 def param_value(raw: Any) -> tuple[ParamValue | None, str | None]:
@@ -86,6 +87,8 @@ def parse_params(
             params[key] = value
     for key, raw in (host.values.get(pack, {}) if isinstance(pack, str) else {}).items():
         where = (host.file or "", f"params.{pack}.{key}", host.lines.get((pack, key)))
+        if (pack, key) in host.central:
+            where = ("the receiver", f"params.{pack}.{key} (set centrally)", None)
         if key not in params:
             declared = ", ".join(sorted(params)) or "none"
             doc.errors.append(

@@ -103,7 +103,12 @@ def runnable_packs(config: Config, memo: Memo) -> tuple[list[Pack], list[BrokenP
     """The packs that run on this host and the ones set aside (each named with its
     errors): loaded one by one, examples proven, fix users present. For the agent's
     start and reload and for `run`, `explain`."""
-    packs, broken = admit(config.pack_roots, config.params, memo)
+    params = config.params
+    if config.sync is not None:  # and the central values, from the last sync
+        from agent.packsync import effective_params
+
+        params = effective_params(config)
+    packs, broken = admit(config.pack_roots, params, memo)
     packs, homeless = unrunnable(config, packs)
     return packs, broken + homeless
 

@@ -334,3 +334,70 @@ def test_the_console_lists_versions_and_the_hosts_on_each_escaped_and_per_team(t
     assert 'class="hosts">1: cache-2<' in two
     assert hostile not in shown and "&lt;img src=x onerror=" in shown
     assert 'id="pack-redis"' not in page(t["read-web"]) and 'id="empty"' in page(t["read-web"])
+
+
+def put_params(receiver: Receiver, token: str, pack: str, body: Any) -> httpx.Response:
+    return httpx.put(
+        f"{receiver.url}/v1/packs/{pack}/params",
+        json=body,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+    )
+
+
+def test_a_team_sets_params_per_group_of_hosts_and_each_host_gets_its_own(tmp_path, receiver):
+    t = tokens(receiver)
+    cache = Team(tmp_path, "team-cache", receiver)
+    cache.published(receiver, t["write-cache"], "redis", "1.0.0")
+    for hosts, params in (
+        ("*", {"out": "/var/tmp/all", "dirs": ["/a", "/b"]}),
+        ("cache-*", {"out": "/var/tmp/cache"}),
+        ("cache-eu-*", {"out": "/var/tmp/eu"}),
+    ):
+        answer = put_params(receiver, t["write-cache"], "redis", {"hosts": hosts, "params": params})
+        assert answer.status_code == 200, answer.text
+
+    def params(host: str) -> dict[str, Any]:
+        found: dict[str, Any] = sync(receiver, t["agent"], host, ["redis"]).json()["packs"][0][
+            "params"
+        ]
+        return found
+
+    assert params("web-1") == {"out": "/var/tmp/all", "dirs": ["/a", "/b"]}
+    assert params("cache-1") == {"out": "/var/tmp/cache", "dirs": ["/a", "/b"]}
+    assert params("cache-eu-1") == {"out": "/var/tmp/eu", "dirs": ["/a", "/b"]}  # most specific
+    [pack] = listing(receiver, t["read-cache"])
+    assert set(pack["params"]) == {"*", "cache-*", "cache-eu-*"}
+    assert (
+        put_params(
+            receiver, t["write-cache"], "redis", {"hosts": "cache-*", "params": {}}
+        ).status_code
+        == 200
+    )
+    assert params("cache-1")["out"] == "/var/tmp/all"  # the group's values removed
+
+
+@pytest.mark.parametrize(
+    ("token_key", "body", "status"),
+    [
+        ("write-web", {"hosts": "*", "params": {"out": "/x"}}, 404),  # another team's pack
+        ("agent", {"hosts": "*", "params": {"out": "/x"}}, 403),  # a host's token
+        ("read-cache", {"hosts": "*", "params": {"out": "/x"}}, 403),
+        ("write-cache", {"hosts": "*", "params": {"Out": "/x"}}, 422),
+        ("write-cache", {"hosts": "*", "params": {"out": "/x\n/y"}}, 422),
+        ("write-cache", {"hosts": "*", "params": {"out": 3}}, 422),
+        ("write-cache", {"hosts": "*", "params": {"out": ["x"] * 65}}, 422),
+        ("write-cache", {"hosts": "*", "params": {f"p{n}": "x" for n in range(65)}}, 422),
+        ("write-cache", {"hosts": "a\x00b", "params": {"out": "/x"}}, 422),
+        ("write-cache", ["not", "an", "object"], 422),
+    ],
+)
+def test_params_from_others_or_out_of_bounds_are_refused(
+    tmp_path, receiver, token_key, body, status
+):
+    t = tokens(receiver)
+    cache = Team(tmp_path, "team-cache", receiver)
+    cache.published(receiver, t["write-cache"], "redis", "1.0.0")
+    answer = put_params(receiver, t[token_key], "redis", body)
+    assert answer.status_code == status, answer.text
+    assert sync(receiver, t["agent"], "h", ["redis"]).json()["packs"][0]["params"] == {}

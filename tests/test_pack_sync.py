@@ -95,7 +95,9 @@ class Team:
         return found
 
 
-def host_agent(tmp: Path, host: str, receiver: Receiver, trust: Path) -> tuple[AgentProc, Path]:
+def host_agent(
+    tmp: Path, host: str, receiver: Receiver, trust: Path, local_params: bool = True
+) -> tuple[AgentProc, Path]:
     """An agent for `host` taking team-cache's redis pack from the receiver."""
     base = tmp / host
     (base / "packs").mkdir(parents=True)
@@ -114,8 +116,8 @@ def host_agent(tmp: Path, host: str, receiver: Receiver, trust: Path) -> tuple[A
         'backoff_initial = "100ms"\nbackoff_max = "500ms"\naggregate = "0s"\n'
         f'[sync]\nurl = "{receiver.url}"\npacks = ["redis"]\ntrust = ["{trust}"]\n'
         'interval = "1s"\ntimeout = "5s"\n'
-        f'[params.redis]\nout = "{base / "out" / "fix"}"\n'
-        '[limits]\nsweep_interval = "100ms"\n'
+        + (f'[params.redis]\nout = "{base / "out" / "fix"}"\n' if local_params else "")
+        + '[limits]\nsweep_interval = "100ms"\n'
     )
     return AgentProc(config), log
 
@@ -238,4 +240,47 @@ def test_a_host_refuses_a_key_it_does_not_trust_and_a_kill_mid_sync_leaves_whole
         agent.start()  # restarts on a complete pack set, nothing broken
         assert agent.saw("broken") == 0, agent.log()
         assert wait_for(lambda n=n: runs(agent, f"1.{n}.0"), 30), agent.log()
+    assert agent.stop() == 0
+
+
+def test_central_params_for_a_group_of_hosts_reach_the_fix_and_the_hosts_own_win(
+    tmp_path, receiver
+):
+    team = Team(tmp_path, receiver)
+    team.publish("1.0.0")
+    central = tmp_path / "central"
+    central.mkdir()
+
+    def set_out(path: Path) -> None:
+        answer = httpx.put(
+            f"{receiver.url}/v1/packs/redis/params",
+            json={"hosts": "cache-*", "params": {"out": str(path / "fix")}},
+            headers={"Authorization": f"Bearer {team.token}"},
+            timeout=10,
+        )
+        assert answer.status_code == 200, answer.text
+
+    set_out(central)
+    agent, log = host_agent(tmp_path, "cache-0", receiver, team.public, local_params=False)
+    agent.start()
+    assert wait_for(lambda: runs(agent, "1.0.0"), 30), agent.log()
+    append(log, "queue stuck c1")
+    assert wait_for(lambda: (central / "fix.0.argv").exists()), agent.log()
+    status = logmend("status", "-c", str(agent.config))
+    assert f"redis params: out='{central / 'fix'}'" in status.stdout
+    moved = tmp_path / "moved"
+    moved.mkdir()
+    set_out(moved)  # the team moves it: the host follows at its next sync
+    assert wait_for(lambda: agent.saw("new central values of params") > 0, 15), agent.log()
+    assert wait_for(lambda: agent.saw("reloaded") > 0, 15), agent.log()
+    append(log, "queue stuck c2")
+    assert wait_for(lambda: (moved / "fix.0.argv").exists()), agent.log()
+    # the host's own [params.redis] wins over the group's
+    own = tmp_path / "own"
+    own.mkdir()
+    agent.config.write_text(agent.config.read_text() + f'[params.redis]\nout = "{own / "fix"}"\n')
+    agent.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
+    assert wait_for(lambda: agent.saw("reloaded") > 1, 15), agent.log()
+    append(log, "queue stuck c3")
+    assert wait_for(lambda: (own / "fix.0.argv").exists()), agent.log()
     assert agent.stop() == 0

@@ -306,3 +306,41 @@ def test_sync_config_errors_name_the_key(tmp_path):
         with pytest.raises(ConfigErrors) as caught:
             parse_config(tmp_path / "agent.toml", base + body)
         assert words in str(caught.value), (body, str(caught.value))
+
+
+PARAM_PACK = PACK.replace("[[pattern]]", '[pack.params]\nout = "/var/tmp/x"\n\n[[pattern]]', 1)
+
+
+def test_central_params_that_would_break_the_pack_are_refused_and_the_old_ones_stay(tmp_path):
+    team, fake = Team(tmp_path), FakeReceiver()
+    fake.put(team.bundle("1.0.0", PARAM_PACK))
+    sync = syncer(tmp_path, team, fake)
+    original = fake.wanted
+    central: dict[str, Any] = {"out": "/srv/a"}
+
+    def wanted(*args: Any) -> list[dict[str, Any]]:
+        return [{**item, "params": dict(central)} for item in original(*args)]
+
+    fake.wanted = wanted  # type: ignore[method-assign]
+    first = sync.run_once()
+    assert first.installed == ["redis 1.0.0"] and first.params_changed
+    params_file = sync.links.parent / packsync.PARAMS_FILE
+    assert json.loads(params_file.read_text()) == {"redis": {"out": "/srv/a"}}
+    assert not sync.run_once().params_changed  # the same values: nothing to do
+    central.clear()
+    central["outt"] = "/srv/b"  # a typo: the pack declares no such param
+    bad = sync.run_once()
+    assert not bad.params_changed and bad.refused
+    assert "central params refused" in bad.refused[0].reasons[0]
+    assert "no param 'outt'" in bad.refused[0].reasons[0]
+    assert bad.refused[0].owner == "team-cache"
+    assert json.loads(params_file.read_text()) == {"redis": {"out": "/srv/a"}}
+    again = sync.run_once()
+    assert again.refused == [] and again.standing  # reported once, still shown
+    central.clear()
+    central["out"] = ["not", "a", "string"]  # the wrong type
+    assert sync.run_once().refused
+    central.clear()
+    central["out"] = "/srv/c"
+    assert sync.run_once().params_changed
+    assert json.loads(params_file.read_text()) == {"redis": {"out": "/srv/c"}}

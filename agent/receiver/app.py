@@ -25,7 +25,7 @@ from agent.receiver.engine import Unavailable
 from agent.receiver.guard import Busy, Lane
 from agent.receiver.inbox import MAX_FILTER
 from agent.receiver.limits import MAX_EVENTS, InvalidEvent, decode, validate, validate_stats
-from agent.receiver.packstore import Conflict, sync_request
+from agent.receiver.packstore import Conflict, params_request, sync_request
 from agent.receiver.schema import group_ref
 from agent.receiver.scopes import Action, Forbidden, Identity
 from agent.receiver.store import ReceiverStore
@@ -308,6 +308,24 @@ def create_app(
         except Forbidden as exc:
             return error(403, str(exc))
 
+    def ingest_params(who: Identity, body: bytes, request: Request) -> Response:
+        """A group of hosts' values for the pack's params: {"hosts": "web-*", "params":
+        {...}} (empty params: the group's are removed)."""
+        pack = request.path_params["name"]
+        try:
+            hosts, params = params_request(decoded(body, request))
+            store.set_params(who, pack, hosts, params)
+        except InvalidBody as exc:
+            return error(400, str(exc))
+        except InvalidEvent as exc:
+            return error(422, str(exc))
+        except Forbidden as exc:
+            return error(404 if "no pack" in str(exc) else 403, str(exc))
+        return JSONResponse({"pack": pack, "hosts": hosts, "params": params})
+
+    async def put_params(request: Request) -> Response:
+        return await upload(request, ingest_params, Action.WRITE)
+
     async def post_sync(request: Request) -> Response:
         return await upload(request, ingest_sync)
 
@@ -467,6 +485,7 @@ def create_app(
             Route("/v1/packs", post_pack, methods=["POST"]),
             Route("/v1/packs", reading(get_packs), methods=["GET"]),
             Route("/v1/packs/sync", post_sync, methods=["POST"]),
+            Route("/v1/packs/{name}/params", put_params, methods=["PUT"]),
             Route("/v1/packs/{name}/{version}", reading(get_bundle, Action.FETCH), methods=["GET"]),
             Route("/healthz", health),
             Route("/", html(console.inbox)),

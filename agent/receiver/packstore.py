@@ -11,6 +11,7 @@ the rest keep the current one. A rollback is publishing an earlier version again
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import json
 import time
@@ -18,6 +19,7 @@ from typing import Any
 
 from agent import bundle
 from agent.packs import NAME
+from agent.params import param_value, valid_name
 from agent.receiver.engine import Conn
 from agent.receiver.fleet import FleetStore
 from agent.receiver.limits import InvalidEvent, name
@@ -29,6 +31,8 @@ MAX_VERSIONS = 200  # per pack: versions are never replaced, so they are bounded
 MAX_PACKS = 500  # per team
 MAX_KEYS = 20  # per team
 MAX_SYNC = 200  # packs named in one sync
+MAX_GROUPS = 100  # groups of hosts with params, per pack
+MAX_PARAMS = 64  # params per group
 
 
 class Conflict(Exception):
@@ -164,6 +168,30 @@ class PackStore(FleetStore):
 
         return self._engine.write(put)
 
+    def set_params(self, who: Identity, pack: str, hosts: str, params: dict[str, Any]) -> None:
+        """A group of hosts' values for a pack's params (empty: the group's are removed);
+        only the pack's team (or an admin). Raises Forbidden, InvalidEvent."""
+
+        def put(db: Conn) -> None:
+            row = db.execute("SELECT owner FROM pack_channels WHERE pack=?", (pack,)).fetchone()
+            if row is None or not (who.scope is Scope.ADMIN or row["owner"] in who.owners):
+                raise Forbidden(f"no pack {pack!r} of this team")  # another's is as absent
+            if not params:
+                db.execute("DELETE FROM pack_params WHERE pack=? AND hosts=?", (pack, hosts))
+                return
+            held = db.execute(
+                "SELECT count(*) AS n FROM pack_params WHERE pack=? AND hosts<>?", (pack, hosts)
+            ).fetchone()["n"]
+            if held >= MAX_GROUPS:
+                raise InvalidEvent(f"a pack has params for at most {MAX_GROUPS} groups of hosts")
+            db.execute(
+                "INSERT INTO pack_params VALUES (?,?,?,?,?) ON CONFLICT (pack, hosts) DO UPDATE"
+                " SET params=excluded.params, updated=excluded.updated",
+                (pack, hosts, row["owner"], json.dumps(params, sort_keys=True), time.time()),
+            )
+
+        self._engine.write(put)
+
     def packs(self, owners: tuple[str, ...] | None) -> list[dict[str, Any]]:
         """Each pack of `owners` (None: all): its channel, its versions, and per version
         the hosts heard running it."""
@@ -183,16 +211,28 @@ class PackStore(FleetStore):
                 f"SELECT h.host, h.packs FROM hosts h {owned(owners, column='h.owner')[0]}",  # noqa: S608
                 args,
             ).fetchall()
+            of_owners = owned(owners, column="p.owner")[0]
+            params = db.execute(
+                f"SELECT p.pack, p.hosts, p.params FROM pack_params p {of_owners}"  # noqa: S608
+                " ORDER BY p.pack, p.hosts",
+                args,
+            ).fetchall()
         running: dict[tuple[str, str], set[str]] = {}
         for h in hosts:
             for pack, version in json.loads(h["packs"]).items():
                 running.setdefault((pack, version), set()).add(h["host"])
+        groups: dict[str, dict[str, Any]] = {}
+        for g in params:
+            groups.setdefault(g["pack"], {})[g["hosts"]] = json.loads(g["params"])
         by_pack: dict[str, list[dict[str, Any]]] = {}
         for v in versions:
             item = dict(v)
             item["hosts"] = sorted(running.get((v["pack"], v["version"]), ()))
             by_pack.setdefault(v["pack"], []).append(item)
-        return [{**dict(c), "versions": by_pack.get(c["pack"], [])} for c in channels]
+        return [
+            {**dict(c), "versions": by_pack.get(c["pack"], []), "params": groups.get(c["pack"], {})}
+            for c in channels
+        ]
 
     def bundle_of(self, who: Identity, pack: str, version: str) -> bytes | None:
         """A version's bundle, if the caller may have it: its team, an admin, or an agent
@@ -225,6 +265,12 @@ class PackStore(FleetStore):
                 f" OR c.owner IN ({','.join('?' * len(teams))}) ORDER BY c.pack",
                 [*names, *teams],
             ).fetchall()
+        with self._engine.read() as db:
+            marks = ",".join("?" * len(rows)) or "''"
+            groups = db.execute(
+                f"SELECT pack, hosts, params FROM pack_params WHERE pack IN ({marks})",  # noqa: S608
+                [c["pack"] for c in rows],
+            ).fetchall()
         answer = {}
         for c in rows:
             if not _may_fetch(who, c["owner"]):
@@ -238,6 +284,7 @@ class PackStore(FleetStore):
                     "owner": c["owner"],
                     "version": version,
                     "digest": digest,
+                    "params": params_for(host, [g for g in groups if g["pack"] == c["pack"]]),
                 }
         heard: dict[tuple[str, str], dict[str, str]] = {}
         owners = {c["pack"]: c["owner"] for c in rows}
@@ -248,6 +295,36 @@ class PackStore(FleetStore):
             now = time.time()
             self._engine.write(lambda db: self._heard(db, heard, who.name, "", now))
         return [answer[name] for name in sorted(answer)]
+
+
+def params_for(host: str, groups: list[Any]) -> dict[str, Any]:
+    """The values of every group whose host pattern matches `host`; a longer (more
+    specific) pattern's win over a shorter one's, `*` weakest."""
+    merged: dict[str, Any] = {}
+    for g in sorted(groups, key=lambda g: (len(g["hosts"]), g["hosts"])):
+        if fnmatch.fnmatchcase(host, g["hosts"]):
+            merged.update(json.loads(g["params"]))
+    return merged
+
+
+def params_request(doc: Any) -> tuple[str, dict[str, Any]]:
+    """{"hosts": PATTERN, "params": {NAME: "text" | ["text", ...]}}, checked."""
+    if not isinstance(doc, dict):
+        raise InvalidEvent("params: an object with hosts and params")
+    hosts = name(doc.get("hosts"), "hosts", 128)
+    params = doc.get("params")
+    if not isinstance(params, dict) or len(params) > MAX_PARAMS:
+        raise InvalidEvent(f"params: an object of at most {MAX_PARAMS} names")
+    for key, value in params.items():
+        _, problem = param_value(value)
+        if not valid_name(key):
+            raise InvalidEvent(f"params.{key[:64]!r}: lower case letters, digits and _")
+        if problem:
+            raise InvalidEvent(f"params.{key}: {problem}")
+        items = [value] if isinstance(value, str) else value
+        if len(items) > 64 or any(len(i) > 4096 for i in items):
+            raise InvalidEvent(f"params.{key}: at most 64 items of 4 KiB")
+    return hosts, params
 
 
 def sync_request(doc: Any) -> tuple[str, list[str], dict[str, str]]:

@@ -217,6 +217,9 @@ CREATE TABLE pack_channels (
     pack TEXT PRIMARY KEY, owner TEXT NOT NULL, current TEXT, candidate TEXT,
     percent INTEGER NOT NULL, updated REAL NOT NULL);
 CREATE INDEX pack_channels_owner ON pack_channels (owner);
+CREATE TABLE pack_params (
+    pack TEXT NOT NULL, hosts TEXT NOT NULL, owner TEXT NOT NULL, params TEXT NOT NULL,
+    updated REAL NOT NULL, PRIMARY KEY (pack, hosts));
 """
 
 

@@ -34,6 +34,7 @@ TABLES = (
     "pack_keys",
     "pack_channels",
     "pack_versions",
+    "pack_params",
 )
 IDENTITIES = {"actions": "seq", "silences": "id"}  # their next value follows the copied rows
 BATCH = 5000
