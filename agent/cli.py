@@ -239,6 +239,8 @@ def cmd_check(args: argparse.Namespace) -> int:
             raise ConfigErrors(
                 [ConfigError(config.escalation.token_file, "escalation.token_file", None, loose)]
             )
+    if config.sync is not None:
+        _check_sync(config)
     if args.online:
         if config.escalation is None:
             raise LogmendError(f"check --online: {args.config} has no [escalation] to try")
@@ -260,6 +262,27 @@ def cmd_check(args: argparse.Namespace) -> int:
     _print_broken(broken, failing)
     print_matcher(packs, config.limits.matcher, f"; regex timeout {config.limits.regex_timeout:g}s")
     return 1 if broken or failing else 0
+
+
+def _check_sync(config: Config) -> None:
+    """[sync]: its token file readable, private and not empty, every trusted key file
+    a key file (what the agent would refuse at start)."""
+    from agent import packsync
+    from agent.errors import ConfigError
+    from agent.escalate import token_file_problem
+    from agent.signing import trusted_keys
+
+    sync = config.sync
+    assert sync is not None and sync.token_file is not None
+    packsync.read_token(sync)
+    loose = token_file_problem(sync.token_file)
+    if loose:
+        raise ConfigErrors([ConfigError(sync.token_file, "sync.token_file", None, loose)])
+    keys = trusted_keys(list(sync.trust))
+    owners = sorted({key.owner for key in keys.values()})
+    print(
+        f"{config.file}: [sync] from {sync.url}: {len(keys)} trusted key(s) of {', '.join(owners)}"
+    )
 
 
 def _try_token(url: str, token: str, tls: Any) -> None:

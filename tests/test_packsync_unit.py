@@ -344,3 +344,36 @@ def test_central_params_that_would_break_the_pack_are_refused_and_the_old_ones_s
     central["out"] = "/srv/c"
     assert sync.run_once().params_changed
     assert json.loads(params_file.read_text()) == {"redis": {"out": "/srv/c"}}
+
+
+def test_check_reads_the_sync_token_and_keys_as_the_agent_would(tmp_path):
+    import subprocess
+    import sys
+
+    team = Team(tmp_path)
+    config_for(tmp_path, team)  # writes the token file
+    token = tmp_path / "token"
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'[agent]\nstate_dir = "{tmp_path / "state"}"\n'
+        f'[[source]]\npath = "{tmp_path / "app.log"}"\npacks = ["redis"]\n'
+        f'[sync]\nurl = "http://127.0.0.1:9"\ntoken_file = "{token}"\npacks = ["redis"]\n'
+        f'trust = ["{team.public}"]\n'
+    )
+
+    def check() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "agent", "check", "-c", str(config)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    token.chmod(0o644)
+    loose = check()
+    assert loose.returncode == 1 and "sync.token_file" in loose.stderr
+    token.chmod(0o600)
+    done = check()
+    assert done.returncode == 0, done.stderr  # redis, not synced yet, is no unknown pack
+    assert "1 trusted key(s) of team-cache" in done.stdout
+    team.public.write_text("logmend-ed25519 nonsense team-cache\n")
+    bad = check()
+    assert bad.returncode == 1 and f"{team.public}:1" in bad.stderr
