@@ -1,0 +1,170 @@
+"""Grouping log lines into templates online: Drain (He et al., ICWS 2017), with masking.
+
+A line is masked first (UUIDs, IPs, hex, paths, numbers become `<UUID>`, `<IP>` ...),
+then split into tokens. Lines of the same length whose first tokens agree meet in
+one leaf of a fixed-depth tree; there a line joins the most similar template (the
+share of tokens equal, a `<*>` agreeing with anything) if it is similar enough,
+and the tokens that differ become `<*>`; else it starts a template of its own.
+Templates are bounded: past `max_templates` the least recently seen is evicted
+(and counted), so memory is bounded whatever the log says.
+
+Written here rather than taken from drain3: drain3 0.9.11 pins jsonpickle 1.5.1 and
+cachetools 4.2.1 (2021), and importing its package imports jsonpickle, a
+deserializer that builds arbitrary objects, into a process that may run as root.
+The algorithm is 150 lines; its state here is plain data (agent.discover keeps it).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+WILDCARD = "<*>"
+MAX_TOKENS = 64  # a longer line is grouped by its first tokens only
+_MASKS = [
+    ("<UUID>", r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b"),
+    (
+        "<TIME>",
+        r"\b\d{4}-\d\d-\d\d(?:[T ]\d\d:\d\d(?::\d\d(?:[.,]\d+)?)?(?:Z|[+-]\d\d:?\d\d)?)?\b"
+        r"|\b\d\d:\d\d:\d\d(?:[.,]\d+)?\b",
+    ),
+    ("<IP>", r"(?<![\w.:])(?:\d{1,3}\.){3}\d{1,3}(?::\d{1,5})?(?![\w.])"),
+    ("<IP>", r"(?<![\w:])(?:[0-9a-fA-F]{0,4}:){2,7}[0-9a-fA-F]{1,4}(?![\w:])"),
+    (
+        "<HEX>",
+        r"\b0[xX][0-9a-fA-F]+\b|\b(?=[0-9a-fA-F]*\d)(?=[0-9a-fA-F]*[a-fA-F])[0-9a-fA-F]{8,}\b",
+    ),
+    ("<PATH>", r"(?<![\w<])(?:[A-Za-z]:)?(?:/[\w.\-@+~%]+){2,}/?"),
+    ("<NUM>", r"(?<![\w<.])[vV]?[-+]?\d+(?:[.,:]\d+)*(?:[a-zA-Z%]{1,3})?(?![\w>])"),
+]
+_MASK = re.compile("|".join(f"(?P<m{n}>{regex})" for n, (_, regex) in enumerate(_MASKS)))
+_NAMES = {f"m{n}": name for n, (name, _) in enumerate(_MASKS)}
+PLACEHOLDERS = frozenset(name for name, _ in _MASKS)
+
+
+def mask(line: str) -> str:
+    """The line with its variable parts replaced by placeholders (idempotent)."""
+    return _MASK.sub(lambda m: _NAMES[m.lastgroup or ""], line)
+
+
+def tokens_of(masked: str) -> list[str]:
+    return masked.split()[:MAX_TOKENS]
+
+
+@dataclass
+class Template:
+    id: int
+    tokens: list[str]
+    count: int = 0
+    first_seen: float = 0.0
+    last_seen: float = 0.0
+    samples: list[str] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        return " ".join(self.tokens)
+
+    def similarity(self, tokens: list[str]) -> tuple[float, int]:
+        """(share of equal tokens, how many of the template's are wildcards)."""
+        same = wild = 0
+        for mine, theirs in zip(self.tokens, tokens, strict=True):
+            if mine == WILDCARD:
+                wild += 1
+                same += 1
+            elif mine == theirs:
+                same += 1
+        return same / len(tokens), wild
+
+    def merge(self, tokens: list[str]) -> bool:
+        """Generalise to cover `tokens`; whether the template changed."""
+        changed = False
+        for n, (mine, theirs) in enumerate(zip(self.tokens, tokens, strict=True)):
+            if mine not in (theirs, WILDCARD):
+                self.tokens[n] = WILDCARD
+                changed = True
+        return changed
+
+
+class Drain:
+    """The online grouping. `add` is called only for lines worth grouping (the caller
+    chooses: unmatched error lines), so its cost is paid on those alone."""
+
+    def __init__(
+        self,
+        depth: int = 4,
+        similarity: float = 0.4,
+        max_children: int = 100,
+        max_templates: int = 1000,
+        max_samples: int = 3,
+    ) -> None:
+        if depth < 3:
+            raise ValueError("depth is at least 3 (the root, the length, one token)")
+        self.prefix = depth - 2  # tokens that route a line to its leaf
+        self.similarity = similarity
+        self.max_children = max_children
+        self.max_templates = max_templates
+        self.max_samples = max_samples
+        self.templates: OrderedDict[int, Template] = OrderedDict()  # least recent first
+        self.evicted = 0
+        self._tree: dict[int, dict[str, object]] = {}
+        self._next_id = 1
+
+    def add(self, line: str, now: float = 0.0, sample: str | None = None) -> Template:
+        """Group `line` (its template, new or generalised); `sample` is what to keep of
+        it as an example (the caller redacts), by default the line."""
+        tokens = tokens_of(mask(line))
+        leaf = self._leaf(tokens)
+        best: Template | None = None
+        best_key = (-1.0, -1)
+        for template_id in leaf:
+            template = self.templates.get(template_id)
+            if template is None:
+                continue
+            share, wild = template.similarity(tokens)
+            if (share, wild) > best_key:
+                best, best_key = template, (share, wild)
+        if best is None or best_key[0] < self.similarity:
+            best = self._new(tokens, leaf, now)
+        else:
+            best.merge(tokens)
+            self.templates.move_to_end(best.id)
+        best.count += 1
+        best.last_seen = now
+        if len(best.samples) < self.max_samples:
+            best.samples.append(sample if sample is not None else line)
+        return best
+
+    def _new(self, tokens: list[str], leaf: list[int], now: float) -> Template:
+        while len(self.templates) >= self.max_templates:
+            self.templates.popitem(last=False)  # the least recently seen; its leaf entry lapses
+            self.evicted += 1
+        template = Template(self._next_id, list(tokens), first_seen=now)
+        self._next_id += 1
+        self.templates[template.id] = template
+        leaf[:] = [t for t in leaf if t in self.templates]  # drop the evicted
+        leaf.append(template.id)
+        return template
+
+    def _leaf(self, tokens: list[str]) -> list[int]:
+        """The leaf for a line of this length and these first tokens (made if new): a
+        token with a digit, or one past `max_children` at its node, routes as `<*>`."""
+        node: dict[str, object] = self._tree.setdefault(len(tokens), {})
+        for token in tokens[: self.prefix]:
+            key = WILDCARD if any(c.isdigit() for c in token) else token
+            if key not in node and len(node) >= self.max_children:
+                key = WILDCARD
+            child = node.setdefault(key, {})
+            assert isinstance(child, dict)
+            node = child
+        leaf = node.setdefault("", [])
+        assert isinstance(leaf, list)
+        return leaf
+
+    def restore(self, template: Template) -> None:
+        """Put back a template kept from an earlier run (agent.discover's state)."""
+        self._next_id = max(self._next_id, template.id + 1)
+        self.templates[template.id] = template
+        leaf = self._leaf(template.tokens)
+        if template.id not in leaf:
+            leaf.append(template.id)

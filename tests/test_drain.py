@@ -1,0 +1,120 @@
+"""Drain (agent/drain.py): masking and template merging, by property and by example."""
+
+from __future__ import annotations
+
+import re
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from agent.drain import PLACEHOLDERS, WILDCARD, Drain, mask, tokens_of
+
+WORDS = st.sampled_from(
+    ["ERROR", "failed", "cannot", "open", "user", "job", "denied", "connection", "to", "for"]
+)
+VARIABLE = st.one_of(
+    st.integers(0, 10**9).map(str),
+    st.uuids().map(str),
+    st.ip_addresses(v=4).map(str),
+    st.integers(0, 2**64).map(lambda n: f"0x{n:x}"),
+    st.lists(st.from_regex(r"[a-z]{1,6}", fullmatch=True), min_size=2, max_size=4).map(
+        lambda parts: "/" + "/".join(parts)
+    ),
+)
+LINES = st.lists(st.one_of(WORDS, VARIABLE), min_size=1, max_size=12).map(" ".join)
+
+
+@given(st.text(max_size=200))
+def test_masking_is_idempotent_on_any_text(line):
+    once = mask(line)
+    assert mask(once) == once
+
+
+@given(VARIABLE)
+def test_every_kind_of_variable_is_masked_whole(value):
+    masked = mask(f"x {value} y")
+    middle = masked.split()[1]
+    assert middle in PLACEHOLDERS, (value, masked)
+
+
+@given(st.lists(LINES, min_size=1, max_size=60))
+@settings(max_examples=150, deadline=None)
+def test_every_line_fits_its_template_and_counts_add_up(lines):
+    drain = Drain(max_templates=1000)
+    seen = []
+    for n, line in enumerate(lines):
+        template = drain.add(line, now=float(n))
+        seen.append((template.id, tokens_of(mask(line))))
+    for template_id, tokens in seen:
+        template = drain.templates[template_id]
+        assert len(template.tokens) == len(tokens)
+        assert all(t in (WILDCARD, mine) for t, mine in zip(template.tokens, tokens, strict=True))
+    assert sum(t.count for t in drain.templates.values()) == len(lines)
+    assert all(len(t.samples) <= drain.max_samples for t in drain.templates.values())
+
+
+@given(st.lists(LINES, min_size=1, max_size=200), st.integers(1, 8))
+@settings(max_examples=100, deadline=None)
+def test_templates_stay_bounded_and_evictions_are_counted(lines, cap):
+    drain = Drain(max_templates=cap)
+    for n, line in enumerate(lines):
+        drain.add(line, now=float(n))
+        assert len(drain.templates) <= cap
+    made = max(t.id for t in drain.templates.values())
+    assert made - len(drain.templates) == drain.evicted
+
+
+def test_lines_that_differ_in_their_variables_share_one_template():
+    drain = Drain()
+    for n in range(50):
+        drain.add(f"ERROR job {n} failed for user u{n} at 10.0.0.{n} in /srv/app/job{n}.py")
+    [template] = drain.templates.values()
+    assert template.text == "ERROR job <NUM> failed for user <*> at <IP> in <PATH>"
+    assert template.count == 50 and len(template.samples) == 3
+
+
+def test_different_errors_stay_apart():
+    drain = Drain()
+    drain.add("ERROR cannot open /var/lib/app/db.sqlite: permission denied")
+    drain.add("ERROR cannot open /var/lib/app/other.sqlite: permission denied")
+    drain.add("FATAL out of memory allocating 4096 bytes")
+    drain.add("ERROR connection refused by 10.0.0.1:5432")
+    texts = sorted(t.text for t in drain.templates.values())
+    assert texts == [
+        "ERROR cannot open <PATH>: permission denied",
+        "ERROR connection refused by <IP>",
+        "FATAL out of memory allocating <NUM> bytes",
+    ]
+
+
+def test_the_least_recently_seen_template_is_the_one_evicted():
+    drain = Drain(max_templates=2)
+    a = drain.add("alpha one two")
+    drain.add("beta three four five")
+    drain.add("alpha one two")  # seen again: now the most recent
+    drain.add("gamma six")
+    assert a.id in drain.templates and drain.evicted == 1
+    assert sorted(t.text for t in drain.templates.values()) == ["alpha one two", "gamma six"]
+
+
+def test_a_restored_template_takes_the_lines_it_took_before():
+    first = Drain()
+    for n in range(5):
+        first.add(f"ERROR worker {n} crashed: signal {n + 9}")
+    [kept] = first.templates.values()
+    second = Drain()
+    second.restore(kept)
+    again = second.add("ERROR worker 77 crashed: signal 11")
+    assert again.id == kept.id and again.count == 6
+    assert second.add("something else entirely").id == kept.id + 1
+
+
+def test_hostile_lines_are_cheap_and_bounded():
+    drain = Drain(max_templates=10)
+    huge = "x " * 100_000  # a 200 KB line of tokens: grouped by its first MAX_TOKENS
+    drain.add(huge)
+    drain.add("\x00\x1b[2J" * 1000)
+    drain.add("")
+    assert len(drain.templates) <= 10
+    assert all(len(t.tokens) <= 64 for t in drain.templates.values())
+    assert re.fullmatch(r"[^\n]*", mask("a\x00b"))
