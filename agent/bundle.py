@@ -40,6 +40,8 @@ MAX_TOTAL = 8 * 1024 * 1024  # every member, inflated
 MAX_INFLATED = MAX_TOTAL + 4 * 1024 * 1024  # and their tar headers
 MAX_FILES = 1000
 MAX_PATH = 512
+MAX_PART = 255  # bytes of one path part, as file systems allow
+MAX_META = 256 * 1024  # manifest.json, signature.json
 MAX_DEPTH = 8
 SKIPPED = ("__pycache__",)  # build leaves these out, as it does hidden names
 
@@ -197,7 +199,7 @@ def read(data: bytes, where: str) -> Bundle:
                     raise BundleError(f"{where}: {member.name!r} is not a regular file")
                 if member.name in members:
                     raise BundleError(f"{where}: {member.name!r} is in it twice")
-                limit = MAX_FILE if member.name.startswith(FILES) else 1024 * 1024
+                limit = MAX_FILE if member.name.startswith(FILES) else MAX_META
                 total += member.size
                 if member.size > limit or total > MAX_TOTAL:
                     raise BundleError(f"{where}: {member.name!r} is too large ({member.size})")
@@ -251,8 +253,8 @@ def _inflate(data: bytes, where: str) -> bytes:
 def parse_manifest(raw: bytes, where: str) -> Manifest:
     try:
         body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise BundleError(f"{where}: {MANIFEST} is not JSON ({exc})") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise BundleError(f"{where}: {MANIFEST} is not JSON ({type(exc).__name__})") from None
     if not isinstance(body, dict) or body.get("format") != FORMAT:
         raise BundleError(f"{where}: {MANIFEST}: format is not {FORMAT!r}")
     fields = {}
@@ -284,6 +286,12 @@ def parse_manifest(raw: bytes, where: str) -> Manifest:
         ):
             raise BundleError(f"{where}: {MANIFEST}: {path!r}: needs sha256, size and executable")
         entries.append(FileEntry(path, sha, size, executable))
+    paths = {e.path for e in entries}
+    for entry in entries:  # a file where another's folder would be: cannot be unpacked
+        folders = PurePosixPath(entry.path).parents
+        clash = next((str(f) for f in folders if str(f) in paths), None)
+        if clash is not None:
+            raise BundleError(f"{where}: {MANIFEST}: {clash!r} is a file and a folder")
     parse_version(fields["min_agent"], f"{where}: {MANIFEST}: min_agent")
     return Manifest(
         fields["name"], fields["version"], fields["owner"], fields["min_agent"], tuple(entries)
@@ -300,6 +308,8 @@ def path_problem(path: str) -> str | None:
     for part in parts:
         if part in (".", "..") or part.startswith(".") or not part.isprintable():
             return f"{part!r} is not allowed in a path"
+        if len(part.encode("utf-8", "surrogatepass")) > MAX_PART:
+            return f"a part of it is over {MAX_PART} bytes"
     return None
 
 
@@ -340,12 +350,34 @@ def verify(bundle: Bundle, trusted: Mapping[str, PublicKey], where: str) -> Publ
             f"{where}: {manifest.label}: the signature does not match the manifest"
             " (changed after signing?)"
         )
+    declared = declared_identity(bundle)
+    if declared != (manifest.name, manifest.version, manifest.owner):
+        name, version, owner = declared
+        raise BundleError(
+            f"{where}: the manifest says {manifest.label}, its pack.toml says"
+            f" {name} {version} (owner {owner}): a key vouches for what the manifest names"
+        )
     if version_key(manifest.min_agent) > version_key(__version__):
         raise BundleError(
             f"{where}: {manifest.label} needs logmend {manifest.min_agent} or later"
             f" (this is {__version__})"
         )
     return key
+
+
+def declared_identity(bundle: Bundle) -> tuple[str, str, str]:
+    """(name, version, owner) as the bundle's pack.toml declares them (as the agent reads
+    them: version "0" when it says none); unreadable parts as "?"."""
+    import tomllib
+
+    try:
+        head = tomllib.loads(bundle.files["pack.toml"].decode("utf-8")).get("pack", {})
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError, AttributeError):
+        return ("?", "?", "?")
+    if not isinstance(head, dict):
+        return ("?", "?", "?")
+    values = (head.get("name"), head.get("version", "0"), head.get("owner"))
+    return tuple(v if isinstance(v, str) else "?" for v in values)  # type: ignore[return-value]
 
 
 def unpack(bundle: Bundle, dest: Path) -> None:

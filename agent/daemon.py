@@ -395,7 +395,9 @@ class Agent:
 
                 token = read_token(config.escalation)
             old = self.config
-            resync = config.sync != old.sync
+            # a new sync on every reload: the trusted keys and token read again, new
+            # versions proven with the config as reloaded
+            resync = config.sync is not None or old.sync is not None
             syncing = self._new_pack_sync(config) if resync else None
             tailer = None
             if config.sources != old.sources or config.limits != old.limits:
@@ -429,7 +431,7 @@ class Agent:
             reader.retail(tailer)  # resumes at the committed checkpoints
             self._act(reader.housekeeping())
         self._swap_sinks(old, token)
-        if resync:  # [sync] changed: the new one from now
+        if resync:
             if self._pack_sync is not None:
                 self._pack_sync.stop()
             self._pack_sync = syncing
@@ -488,7 +490,11 @@ class Agent:
 
         transport = packsync.HttpTransport(sync, packsync.read_token(sync))
         syncer = packsync.PackSync(
-            config, transport, trusted_keys(list(sync.trust)), packsync.prove_here(config)
+            config,
+            transport,
+            trusted_keys(list(sync.trust)),
+            packsync.prove_here(config),
+            in_use=lambda: {pack.dir for pack in self.reader.packs},
         )
         return packsync.SyncLoop(syncer, sync.interval, self._synced)
 
@@ -513,8 +519,10 @@ class Agent:
             self.store.report_once(
                 [events.pack_error(b, self.config.host, now) for b in wrecks], now
             )
-        if result.installed or result.params_changed:
+        if result.reload:
             said = ", ".join(result.installed) or "new central values of params"
+            if result.removed:
+                said = f"{said}; removed {', '.join(result.removed)}"
             log.info("pack sync: installed %s", said)
             self._reload_why = "packs synced"
             self._reload_asked.set()

@@ -69,25 +69,34 @@ def install(root: Path, receiver: bool, binary: str | None = None) -> list[Step]
     """Lay out the service(s) under `root`; each step and what it did."""
     binary = binary or this_logmend()
     steps = [
-        _folder(root / "etc/logmend", 0o755),
-        _folder(root / "etc/logmend/packs.d", 0o755),
-        _folder(root / "etc/logmend/keys", 0o755),
-        _folder(root / "var/lib/logmend", 0o700),
-        _file(root / "etc/logmend/agent.toml", STARTER.format(config="/etc/logmend/agent.toml"),
-              0o644, keep=True),
+        _folder(root, root / "etc/logmend", 0o755),
+        _folder(root, root / "etc/logmend/packs.d", 0o755),
+        _folder(root, root / "etc/logmend/keys", 0o755),
+        _folder(root, root / "var/lib/logmend", 0o700),
+        _file(root, root / "etc/logmend/agent.toml",
+              STARTER.format(config="/etc/logmend/agent.toml"), 0o644, keep=True),
         _unit(root, "logmend.service", binary),
     ]  # fmt: skip
     if receiver:
         steps.append(_user(root, RECEIVER_USER))
-        steps.append(_folder(root / "etc/logmend-receiver", 0o750, RECEIVER_USER, root))
-        steps.append(_folder(root / "var/lib/logmend-receiver", 0o700, RECEIVER_USER, root))
+        steps.append(_folder(root, root / "etc/logmend-receiver", 0o750, RECEIVER_USER))
+        steps.append(_folder(root, root / "var/lib/logmend-receiver", 0o700, RECEIVER_USER))
         steps.append(_unit(root, "logmend-receiver.service", binary))
     if any(s.what.endswith(".service") and s.done in ("created", "updated") for s in steps):
         steps.append(_daemon_reload(root))
     return steps
 
 
-def _folder(path: Path, mode: int, owner: str = "", root: Path | None = None) -> Step:
+def _no_links(root: Path, path: Path) -> None:
+    """Refuse a path that goes through a symbolic link below the root: writing through
+    one would put the unit or change the modes of folders somewhere else entirely."""
+    for part in [*reversed(path.relative_to(root).parents[:-1]), path.relative_to(root)]:
+        if (root / part).is_symlink():
+            raise LogmendError(f"install-service: {root / part} is a symbolic link; refused")
+
+
+def _folder(root: Path, path: Path, mode: int, owner: str = "") -> Step:
+    _no_links(root, path)
     existed = path.is_dir()
     if path.is_symlink() or (path.exists() and not existed):
         raise LogmendError(f"install-service: {path} is there and is not a folder")
@@ -96,7 +105,7 @@ def _folder(path: Path, mode: int, owner: str = "", root: Path | None = None) ->
     if (path.stat().st_mode & 0o7777) != mode:
         os.chmod(path, mode)
         changed = True
-    if owner and root is not None:
+    if owner:
         uid, gid = _ids(root, owner)
         info = path.stat()
         if (info.st_uid, info.st_gid) != (uid, gid):
@@ -105,7 +114,8 @@ def _folder(path: Path, mode: int, owner: str = "", root: Path | None = None) ->
     return Step(str(path), "created" if not existed else "updated" if changed else "unchanged")
 
 
-def _file(path: Path, text: str, mode: int, keep: bool = False) -> Step:
+def _file(root: Path, path: Path, text: str, mode: int, keep: bool = False) -> Step:
+    _no_links(root, path.parent)
     if path.is_symlink():
         raise LogmendError(f"install-service: {path} is a symbolic link; not written through")
     if path.exists():
@@ -125,8 +135,9 @@ def _file(path: Path, text: str, mode: int, keep: bool = False) -> Step:
 def _unit(root: Path, name: str, binary: str) -> Step:
     text = (units_folder() / name).read_text().replace(UNIT_BIN, binary)
     folder = root / "etc/systemd/system"
+    _no_links(root, folder)
     folder.mkdir(mode=0o755, parents=True, exist_ok=True)
-    return _file(folder / name, text, 0o644)
+    return _file(root, folder / name, text, 0o644)
 
 
 def _user(root: Path, name: str) -> Step:

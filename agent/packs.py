@@ -606,7 +606,7 @@ def load_pack(
         user = head.string("user", None)
         group = head.string("group", None)
         limit = head.integer("max_concurrent_fixes", None, minimum=1)
-        params = parse_params(head.table("params"), name, host or HostParams(), doc)
+        params = parse_params(head.table("params"), name, host or HostParams(), doc, owner)
         entropy = head.number("redact_entropy", None, maximum=6.0)
         head.finish()
     seen: set[str] = set()

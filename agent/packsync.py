@@ -39,6 +39,7 @@ log = logging.getLogger("logmend")
 MAX_ANSWER = 1024 * 1024  # a sync's JSON answer
 KEEP_VERSIONS = 2  # per pack: the running one and the one before (a quick way back)
 PARAMS_FILE = "pack-params.json"  # the central values of params, as last synced
+GARBLED = 3  # fetches in a row that are not the named bundle before it is refused
 RETRY = 5.0  # seconds before asking a receiver that could not be asked again (doubling)
 
 
@@ -71,6 +72,11 @@ class SyncResult:
     standing: list[Refusal] = field(default_factory=list)  # every version refused still wanted
     failed: str = ""  # the receiver could not be asked; nothing changed
     params_changed: bool = False  # the central values of some pack's params
+    removed: list[str] = field(default_factory=list)  # packs no longer taken here
+
+    @property
+    def reload(self) -> bool:
+        return bool(self.installed or self.params_changed or self.removed)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -97,16 +103,20 @@ class PackSync:
         transport: Transport,
         trusted: dict[str, PublicKey],
         prove: Prove,
+        in_use: Callable[[], set[Path]] | None = None,
     ) -> None:
         assert config.sync is not None
         self.sync: Sync = config.sync
         self.host = config.host
         self.links = config.synced_packs
         self.store = config.state_dir / "pack-versions"
+        self.local_roots = config.packs
         self.transport = transport
         self.trusted = trusted
         self.prove = prove
+        self.in_use: Callable[[], set[Path]] = in_use or set  # folders the agent runs
         self.refused: dict[str, Refusal] = {}  # by digest (or pinned name@version)
+        self.garbled: dict[str, int] = {}  # fetches in a row that were not the bundle
 
     def running(self) -> dict[str, dict[str, str]]:
         """Each synced pack's manifest facts (name -> version, owner, digest)."""
@@ -138,7 +148,7 @@ class PackSync:
         for item in wanted:
             plan[item["name"]] = (item["owner"], item["version"], item["digest"])
         result.params_changed = self._keep_params(
-            {item["name"]: item.get("params") or {} for item in wanted},
+            {item["name"]: (item["owner"], item.get("params") or {}) for item in wanted},
             result.refused,
             result.standing,
         )
@@ -167,19 +177,41 @@ class PackSync:
                 result.standing.append(refusal)
                 continue
             result.installed.append(f"{name} {version}")
+        result.removed = self._unlink_untaken(running)
         self._prune()
         return result
+
+    def _unlink_untaken(self, running: dict[str, dict[str, str]]) -> list[str]:
+        """Packs this host no longer takes ([sync] changed): unlinked, so the reload that
+        follows stops them (their folders go with the next prune)."""
+        gone = []
+        for name, facts in sorted(running.items()):
+            if not self._takes(name, facts.get("owner", "")):
+                (self.links / name).unlink(missing_ok=True)
+                gone.append(name)
+                log.info("pack sync: %s is no longer taken by this host; removed", name)
+        return gone
 
     def _install(self, name: str, owner: str, version: str, digest: str) -> None:
         where = f"{name} {version} from {self.sync.url}"
         data = self.transport.fetch(name, version)
+        mark = digest or f"{name}@{version}"
         try:
             found = bundle.read(data, where)
+            if digest and found.digest() != digest:
+                raise bundle.BundleError(f"{where}: not the bundle the receiver named")
+        except bundle.BundleError as exc:
+            # a proxy's page, a cut download: fetched again; the same answer GARBLED times
+            # over is what the receiver serves, and is refused
+            self.garbled[mark] = self.garbled.get(mark, 0) + 1
+            if self.garbled[mark] < GARBLED:
+                raise SyncFailed(f"{exc} (fetched again later)") from None
+            raise _Refused(owner, [f"{exc} ({GARBLED} fetches in a row)"]) from None
+        self.garbled.pop(mark, None)
+        try:
             manifest = found.manifest
             if (manifest.name, manifest.version) != (name, version):
                 raise bundle.BundleError(f"{where}: the bundle is {manifest.label}")
-            if digest and found.digest() != digest:
-                raise bundle.BundleError(f"{where}: not the bundle the receiver named")
             if owner and manifest.owner != owner:
                 raise bundle.BundleError(
                     f"{where}: the bundle is {manifest.owner}'s, not {owner}'s"
@@ -194,7 +226,13 @@ class PackSync:
             incoming = self.store / f".incoming-{os.getpid()}-{found.digest()[:16]}"
             shutil.rmtree(incoming, ignore_errors=True)
             incoming.mkdir(mode=0o755)
-            bundle.unpack(found, incoming / "pack")
+            try:
+                bundle.unpack(found, incoming / "pack")
+            except OSError as exc:  # a name this file system refuses, a full disk
+                shutil.rmtree(incoming, ignore_errors=True)
+                raise _Refused(
+                    manifest.owner, [f"{where}: cannot be unpacked here: {exc}"]
+                ) from None
             (incoming / "manifest.json").write_text(
                 json.dumps({"name": name, "version": version, "owner": manifest.owner,
                             "digest": found.digest()})
@@ -213,15 +251,16 @@ class PackSync:
 
     def _keep_params(
         self,
-        central: dict[str, dict[str, Any]],
+        central: dict[str, tuple[str, dict[str, Any]]],
         refused: list[Refusal],
         standing: list[Refusal],
     ) -> bool:
-        """Store the central values of the packs' params (before any proof: a new version
-        is proven with them); whether they changed. Values that are not params are
-        left out, and said."""
+        """Store the central values of the packs' params, each with the owner the receiver
+        named (they apply only to that team's pack of the name); whether they changed.
+        Before they are taken, every pack they change (synced or local) is proven with
+        them: values that would break one are refused, and the previous ones stay."""
         kept: dict[str, dict[str, Any]] = {}
-        for pack, values in sorted(central.items()):
+        for pack, (owner, values) in sorted(central.items()):
             good = {}
             for key, value in sorted(values.items()) if isinstance(values, dict) else ():
                 _, problem = param_value(value)
@@ -230,24 +269,27 @@ class PackSync:
                 else:
                     log.warning("pack sync: %s: central param %r left out", pack, key[:64])
             if good:
-                kept[pack] = good
+                kept[pack] = {"owner": owner, "values": good}
         path = self.links.parent / PARAMS_FILE
         text = json.dumps(kept, sort_keys=True)
         old = path.read_text() if path.is_file() else "{}"
         if old == text:
             return False
-        before = json.loads(old)
-        for name in sorted(set(kept) | set(before)):  # each pack they change, proven with them
-            link = self.links / name
-            if kept.get(name) == before.get(name) or not link.is_symlink():
+        try:
+            before = json.loads(old)
+        except ValueError:
+            before = {}
+        for name in sorted(set(kept) | set(before)):
+            if kept.get(name) == before.get(name):
                 continue
-            problems = self.prove(link.resolve(), kept)
-            if problems:
+            owner = (kept.get(name) or before.get(name) or {}).get("owner", "")
+            for folder in self._folders_of(name, owner):
+                problems = self.prove(folder, kept)
+                if not problems:
+                    continue
                 mark = "params:" + text
                 if mark not in self.refused:
-                    facts = self.running().get(name, {})
-                    version, owner = facts.get("version", ""), facts.get("owner", "")
-                    self.refused[mark] = Refusal(name, owner, version, tuple(
+                    self.refused[mark] = Refusal(name, owner, "", tuple(
                         f"central params refused, the previous ones stay: {p}" for p in problems
                     ))  # fmt: skip
                     refused.append(self.refused[mark])
@@ -255,6 +297,29 @@ class PackSync:
                 return False
         write_atomically(path, text.encode(), 0o600)
         return True
+
+    def _folders_of(self, name: str, owner: str) -> list[Path]:
+        """The folders of `owner`'s pack `name` here: the synced one and any local one."""
+        import tomllib
+
+        from agent.packset import find_pack_dirs
+
+        found = []
+        link = self.links / name
+        if link.is_symlink():
+            found.append(link.resolve())
+        try:
+            local = find_pack_dirs(self.local_roots)
+        except ConfigErrors:
+            local = []
+        for folder in local:
+            try:
+                head = tomllib.loads((folder / "pack.toml").read_text()).get("pack", {})
+            except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+                continue
+            if isinstance(head, dict) and (head.get("name"), head.get("owner")) == (name, owner):
+                found.append(folder)
+        return found
 
     def _takes(self, name: str, owner: str) -> bool:
         return (
@@ -277,8 +342,10 @@ class PackSync:
             os.close(fd)
 
     def _prune(self) -> None:
-        """Versions no link names, but the newest KEEP_VERSIONS - 1 of each pack's."""
+        """Versions no link names, but the newest KEEP_VERSIONS - 1 of each pack's and
+        those the agent still runs (a reload may not have happened yet)."""
         linked = {link.resolve().parent for link in self.links.iterdir() if link.is_symlink()}
+        linked |= {folder.resolve().parent for folder in self.in_use()}
         by_pack: dict[str, list[tuple[float, Path]]] = {}
         for folder in self.store.iterdir():
             if folder.name.startswith(".") or folder in linked:
@@ -343,8 +410,13 @@ class SyncLoop:
         self._thread.start()
 
     def stop(self) -> None:
+        """Stop asking; a request under way is cut (its transport closed) and waited for,
+        so no two syncs ever work in the state directory at once."""
         self._stop.set()
-        self._thread.join(timeout=10)
+        close = getattr(self.sync.transport, "close", None)
+        if close is not None:
+            close()
+        self._thread.join(timeout=self.sync.sync.timeout + 10)
 
     def _run(self) -> None:
         delay, retry = 0.0, RETRY
@@ -368,7 +440,8 @@ def effective_params(
     config: Config, central: dict[str, dict[str, Any]] | None = None
 ) -> HostParams:
     """The host's params: the central values for its groups (`central`, else those of
-    the last sync), and over them the agent config's own `[params.PACK]`, which wins."""
+    the last sync), each for the named team's pack only, and over them the agent
+    config's own `[params.PACK]`, which wins."""
     if central is None:
         try:
             central = json.loads((config.state_dir / PARAMS_FILE).read_text())
@@ -378,17 +451,21 @@ def effective_params(
             log.warning("central params unreadable (%s); the config's alone apply", exc)
             return config.params
     assert central is not None
-    values: dict[str, dict[str, Any]] = {
-        pack: dict(given) for pack, given in central.items() if isinstance(given, dict)
-    }
-    for pack, given in config.params.values.items():
-        values.setdefault(pack, {}).update(given)
     mine = config.params.values
-    central_keys = frozenset(
-        (pack, key) for pack, given in values.items() for key in given
-        if key not in mine.get(pack, {})
-    )  # fmt: skip
-    return dataclasses.replace(config.params, values=values, central=central_keys)
+    values: dict[str, dict[str, Any]] = {pack: dict(given) for pack, given in mine.items()}
+    owners: dict[str, str] = {}
+    keys: set[tuple[str, str]] = set()
+    for pack, entry in central.items():
+        if not (isinstance(entry, dict) and isinstance(entry.get("values"), dict)):
+            continue
+        owners[pack] = str(entry.get("owner", ""))
+        for key, value in entry["values"].items():
+            if key not in mine.get(pack, {}):
+                values.setdefault(pack, {})[key] = value
+                keys.add((pack, key))
+    return dataclasses.replace(
+        config.params, values=values, central=frozenset(keys), central_owner=owners
+    )
 
 
 def as_broken(refusal: Refusal, config: Config) -> BrokenPack:

@@ -34,6 +34,7 @@ class HostParams:
     # them before they arrive are not an error
     pending: frozenset[str] = frozenset()
     central: frozenset[tuple[str, str]] = frozenset()  # (pack, param) set by the receiver
+    central_owner: Mapping[str, str] = field(default_factory=dict)  # whose pack they are for
 
 
 def param_value(raw: Any) -> tuple[ParamValue | None, str | None]:
@@ -71,7 +72,7 @@ def param_env(params: Mapping[str, ParamValue]) -> dict[str, str]:
 
 
 def parse_params(
-    section: Section | None, pack: Any, host: HostParams, doc: Doc
+    section: Section | None, pack: Any, host: HostParams, doc: Doc, owner: Any = None
 ) -> dict[str, ParamValue]:
     """`[pack.params]` defaults, overridden by the host's `[params.PACK]`."""
     params: dict[str, ParamValue] = {}
@@ -88,6 +89,8 @@ def parse_params(
     for key, raw in (host.values.get(pack, {}) if isinstance(pack, str) else {}).items():
         where = (host.file or "", f"params.{pack}.{key}", host.lines.get((pack, key)))
         if (pack, key) in host.central:
+            if host.central_owner.get(pack) != owner:
+                continue  # another team's values for its own pack of this name
             where = ("the receiver", f"params.{pack}.{key} (set centrally)", None)
         if key not in params:
             declared = ", ".join(sorted(params)) or "none"

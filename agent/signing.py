@@ -59,7 +59,14 @@ class Signature:
             body = json.loads(raw)
             value = base64.b64decode(body["signature"], validate=True)
             key = body["key"]
-        except (ValueError, KeyError, TypeError, binascii.Error, UnicodeDecodeError):
+        except (
+            ValueError,
+            KeyError,
+            TypeError,
+            binascii.Error,
+            UnicodeDecodeError,
+            RecursionError,
+        ):
             raise ValueError("signature.json is not a logmend signature") from None
         if not isinstance(key, str) or len(value) != 64 or len(key) > 64:
             raise ValueError("signature.json is not a logmend signature")

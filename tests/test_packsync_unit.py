@@ -179,7 +179,11 @@ def test_what_a_lying_or_compromised_receiver_serves_is_refused(tmp_path, lie, r
 
         fake.wanted = wanted  # type: ignore[method-assign]
         del original
-    result = sync.run_once()
+    # what is not the named bundle may be a proxy's hiccup: fetched again, refused when the
+    # receiver serves the same GARBLED times in a row
+    tries = packsync.GARBLED if lie in ("other digest", "not a bundle") else 1
+    for _ in range(tries):
+        result = sync.run_once()
     assert result.refused and reason in result.refused[0].reasons[0], result
     assert running_version(sync) is None and running_version(sync, "miner") is None
     assert not [p for p in sync.store.iterdir() if not p.name.startswith(".")]
@@ -325,7 +329,9 @@ def test_central_params_that_would_break_the_pack_are_refused_and_the_old_ones_s
     first = sync.run_once()
     assert first.installed == ["redis 1.0.0"] and first.params_changed
     params_file = sync.links.parent / packsync.PARAMS_FILE
-    assert json.loads(params_file.read_text()) == {"redis": {"out": "/srv/a"}}
+    assert json.loads(params_file.read_text()) == {
+        "redis": {"owner": "team-cache", "values": {"out": "/srv/a"}}
+    }
     assert not sync.run_once().params_changed  # the same values: nothing to do
     central.clear()
     central["outt"] = "/srv/b"  # a typo: the pack declares no such param
@@ -334,7 +340,9 @@ def test_central_params_that_would_break_the_pack_are_refused_and_the_old_ones_s
     assert "central params refused" in bad.refused[0].reasons[0]
     assert "no param 'outt'" in bad.refused[0].reasons[0]
     assert bad.refused[0].owner == "team-cache"
-    assert json.loads(params_file.read_text()) == {"redis": {"out": "/srv/a"}}
+    assert json.loads(params_file.read_text()) == {
+        "redis": {"owner": "team-cache", "values": {"out": "/srv/a"}}
+    }
     again = sync.run_once()
     assert again.refused == [] and again.standing  # reported once, still shown
     central.clear()
@@ -343,7 +351,7 @@ def test_central_params_that_would_break_the_pack_are_refused_and_the_old_ones_s
     central.clear()
     central["out"] = "/srv/c"
     assert sync.run_once().params_changed
-    assert json.loads(params_file.read_text()) == {"redis": {"out": "/srv/c"}}
+    assert json.loads(params_file.read_text())["redis"]["values"] == {"out": "/srv/c"}
 
 
 def test_check_reads_the_sync_token_and_keys_as_the_agent_would(tmp_path):

@@ -28,6 +28,7 @@ from agent.receiver.storebase import owned
 from agent.signing import PublicKey
 
 MAX_VERSIONS = 200  # per pack: versions are never replaced, so they are bounded
+MAX_TEAM_BYTES = 256 * 1024 * 1024  # of bundles, per team
 MAX_PACKS = 500  # per team
 MAX_KEYS = 20  # per team
 MAX_SYNC = 200  # packs named in one sync
@@ -134,18 +135,37 @@ class PackStore(FleetStore):
                     f"{manifest.name} {manifest.version} was published with other contents;"
                     " versions are immutable: give this one a new version"
                 )
-            if same is None:
-                _bounded(db, owner, manifest.name, channel is None)
+            if channel is None:  # a first publication: the name is this team's from now
+                _bounded(db, owner, manifest.name, True, len(data))
                 db.execute(
-                    "INSERT INTO pack_versions VALUES (?,?,?,?,?,?,?,?)",
-                    (manifest.name, manifest.version, owner, found.digest(),
-                     found.signature.key_id, len(data), data, now),
-                )  # fmt: skip
-            if channel is None:
-                db.execute(
-                    "INSERT INTO pack_channels VALUES (?,?,NULL,NULL,0,?)",
+                    "INSERT INTO pack_channels VALUES (?,?,NULL,NULL,0,?)"
+                    " ON CONFLICT (pack) DO NOTHING",
                     (manifest.name, owner, now),
                 )
+                claimed = db.execute(  # another receiver may have claimed it meanwhile
+                    "SELECT owner FROM pack_channels WHERE pack=?", (manifest.name,)
+                ).fetchone()
+                if claimed["owner"] != owner:
+                    raise Forbidden(f"pack {manifest.name!r} belongs to {claimed['owner']}")
+            if same is None:
+                _bounded(db, owner, manifest.name, False, len(data))
+                stored = db.execute(
+                    "INSERT INTO pack_versions VALUES (?,?,?,?,?,?,?,?)"
+                    " ON CONFLICT (pack, version) DO NOTHING",
+                    (manifest.name, manifest.version, owner, found.digest(),
+                     found.signature.key_id, len(data), data, now),
+                ).rowcount  # fmt: skip
+                if not stored:  # published at the same moment through another receiver
+                    again = db.execute(
+                        "SELECT digest FROM pack_versions WHERE pack=? AND version=?",
+                        (manifest.name, manifest.version),
+                    ).fetchone()
+                    if again["digest"] != found.digest():
+                        raise Conflict(
+                            f"{manifest.name} {manifest.version} was published with other"
+                            " contents; versions are immutable: give this one a new version"
+                        )
+                    same = again
             if percent >= 100:
                 db.execute(
                     "UPDATE pack_channels SET current=?, candidate=NULL, percent=0, updated=?"
@@ -365,8 +385,14 @@ def _keys_of(lines: list[str]) -> dict[str, PublicKey]:
     return keys
 
 
-def _bounded(db: Conn, owner: str, pack: str, new_pack: bool) -> None:
-    """A team's packs and a pack's versions are bounded: no token wears the store down."""
+def _bounded(db: Conn, owner: str, pack: str, new_pack: bool, size: int) -> None:
+    """A team's packs, a pack's versions and a team's bytes are bounded: no token wears
+    the store down."""
+    held_bytes = db.execute(
+        "SELECT coalesce(sum(size), 0) AS n FROM pack_versions WHERE owner=?", (owner,)
+    ).fetchone()["n"]
+    if held_bytes + size > MAX_TEAM_BYTES:
+        raise InvalidEvent(f"a team keeps at most {MAX_TEAM_BYTES} bytes of bundles")
     if new_pack:
         held = db.execute(
             "SELECT count(*) AS n FROM pack_channels WHERE owner=?", (owner,)
