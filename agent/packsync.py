@@ -289,7 +289,8 @@ class PackSync:
                     continue
                 mark = "params:" + text
                 if mark not in self.refused:
-                    self.refused[mark] = Refusal(name, owner, "", tuple(
+                    version = self.running().get(name, {}).get("version", "local")
+                    self.refused[mark] = Refusal(name, owner, version, tuple(
                         f"central params refused, the previous ones stay: {p}" for p in problems
                     ))  # fmt: skip
                     refused.append(self.refused[mark])

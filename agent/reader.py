@@ -148,9 +148,14 @@ class Reader:
             if source.multiline is not None
         }
         names = set(self.pack_by_name)
+        pending = config.params.pending  # synced packs that have not arrived (yet)
         for source in config.sources:
             for name in source.packs or ():
-                if name not in names:
+                if name in names:
+                    continue
+                if name in pending or "*" in pending:
+                    log.info("source %s names pack %r, not synced yet", source.path, name)
+                else:
                     log.warning("source %s names pack %r, which is not loaded", source.path, name)
 
     def new_tailer(self, config: Config | None = None) -> Tailer:
