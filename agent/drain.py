@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 WILDCARD = "<*>"
@@ -97,6 +98,7 @@ class Drain:
         max_children: int = 100,
         max_templates: int = 1000,
         max_samples: int = 3,
+        redact: Callable[[str], str] | None = None,
     ) -> None:
         if depth < 3:
             raise ValueError("depth is at least 3 (the root, the length, one token)")
@@ -105,14 +107,16 @@ class Drain:
         self.max_children = max_children
         self.max_templates = max_templates
         self.max_samples = max_samples
+        self.redact = redact  # applied to every line first: no secret reaches a template
         self.templates: OrderedDict[int, Template] = OrderedDict()  # least recent first
         self.evicted = 0
         self._tree: dict[int, dict[str, object]] = {}
         self._next_id = 1
 
-    def add(self, line: str, now: float = 0.0, sample: str | None = None) -> Template:
-        """Group `line` (its template, new or generalised); `sample` is what to keep of
-        it as an example (the caller redacts), by default the line."""
+    def add(self, line: str, now: float = 0.0) -> Template:
+        """Group `line`: its template, new or generalised."""
+        if self.redact is not None:
+            line = self.redact(line)
         tokens = tokens_of(mask(line))
         leaf = self._leaf(tokens)
         best: Template | None = None
@@ -132,7 +136,7 @@ class Drain:
         best.count += 1
         best.last_seen = now
         if len(best.samples) < self.max_samples:
-            best.samples.append(sample if sample is not None else line)
+            best.samples.append(line)
         return best
 
     def _new(self, tokens: list[str], leaf: list[int], now: float) -> Template:

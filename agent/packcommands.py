@@ -37,6 +37,33 @@ def add_pack_commands(sub: argparse._SubParsersAction[Any]) -> None:
     explain.add_argument("--json", action="store_true", help="one JSON document on stdout")
     explain.set_defaults(func=cmd_explain)
 
+    found = sub.add_parser(
+        "discover",
+        help="group a log's error lines into templates: what a pack could learn to know",
+        description="logmend discover --log FILE... [--all] [--json]: the lines that look like"
+        " errors (error words, without regard to case), their variable parts masked, grouped"
+        " into templates with counts, line numbers and redacted samples, most frequent first",
+    )
+    found.add_argument(
+        "--log", type=Path, action="append", required=True, metavar="FILE", help="a log (repeat)"
+    )
+    found.add_argument("--all", action="store_true", help="every line, not only error lines")
+    found.add_argument(
+        "--word",
+        action="append",
+        metavar="WORD",
+        help="an error word instead of the built-in ones (repeat)",
+    )
+    found.add_argument(
+        "--top", type=int, default=50, help="templates shown (text only; default 50)"
+    )
+    found.add_argument(
+        "--json",
+        action="store_true",
+        help='{"templates": [{"template", "count", "lines", "samples"}]}, every template',
+    )
+    found.set_defaults(func=cmd_discover)
+
     pack = sub.add_parser("pack", help="write packs")
     pack_sub = pack.add_subparsers(dest="pack_command", required=True)
     new = pack_sub.add_parser(
@@ -126,6 +153,35 @@ def add_pack_commands(sub: argparse._SubParsersAction[Any]) -> None:
         help="a public key file (PREFIX.pub); repeat for several",
     )
     verify.set_defaults(func=cmd_pack_verify)
+
+
+def cmd_discover(args: argparse.Namespace) -> int:
+    """Templates of a log's error lines (agent/discover.py)."""
+    from agent.discover import ERROR_WORDS, discover
+
+    for path in args.log:
+        if not path.is_file():
+            raise LogmendError(f"discover: {path} is not a file")
+    words = tuple(args.word) if args.word else ERROR_WORDS
+    mined, read, grouped = discover(args.log, every_line=args.all, words=words)
+    if args.json:
+        json.dump({"templates": [m.to_json() for m in mined]}, sys.stdout)
+        print()
+        return 0
+    what = "line(s)" if args.all else "that look like errors"
+    print(f"{read} line(s) read, {grouped} {what}, {len(mined)} template(s)")
+    from agent.cli import escape_controls
+
+    for m in mined[: args.top]:
+        t = m.template
+        print(escape_controls(f"{t.count:>8}  {t.text}"))
+        for sample in t.samples[:1]:
+            print(escape_controls(f"          e.g. {sample}"))
+        more = " ..." if t.count > min(len(m.lines), 8) else ""
+        print(f"          lines {', '.join(map(str, m.lines[:8]))}{more}")
+    if len(mined) > args.top:
+        print(f"... and {len(mined) - args.top} more (--top N, or --json for all)")
+    return 0
 
 
 def cmd_pack_new(args: argparse.Namespace) -> int:
