@@ -199,6 +199,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         ).run()
 
 
+def _unknown_of(store: Any) -> list[dict[str, Any]]:
+    """The templates of unmatched error lines (agent.unknown), most seen first."""
+    rows = []
+    for owner, _, tokens, count, first, last, samples in store.unknown_templates():
+        rows.append(
+            {"owner": owner, "template": " ".join(json.loads(tokens)), "count": count,
+             "first_seen": first, "last_seen": last, "samples": json.loads(samples)}
+        )  # fmt: skip
+    rows.sort(key=lambda r: (-r["count"], r["owner"], r["template"]))
+    return rows
+
+
 def _print_sync(synced: dict[str, Any]) -> None:
     """The last pack sync: when, what it installed or refused, or why it could not ask."""
     state = (
@@ -474,6 +486,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     synced = json.loads(store.meta("pack_sync") or "null")
     running = json.loads(store.meta("packs") or "{}")
     params = json.loads(store.meta("params") or "{}")
+    unknown = _unknown_of(store)
     articles = _articles_of(config)
 
     def shown(incident: Any) -> dict[str, Any]:
@@ -493,6 +506,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 "pack_sync": synced,
                 "packs": running,
                 "params": params,
+                "unknown": unknown,
             },
             sys.stdout,
             default=str,
@@ -527,6 +541,11 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(escape_controls(f"  {pack} params: {facts}"))
     if synced is not None:
         _print_sync(synced)
+    if unknown:
+        print(f"errors no pack knows yet: {len(unknown)} template(s), most seen first")
+        for row in unknown[:10]:
+            owner = f" [{row['owner']}]" if row["owner"] else ""
+            print(escape_controls(f"  {row['count']:>7}  {row['template']}{owner}"))
     print(f"open incidents: {len(open_incidents)}")
     for i in open_incidents:
         print(

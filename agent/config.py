@@ -32,6 +32,9 @@ class Source:
     start: str = "end"
     multiline: Multiline | None = None
     flush_after: float = 5.0
+    owner: str = ""  # whose its unknown errors are (default: the one owner of its packs)
+    discover: bool = False  # group its unmatched error lines into templates (agent.unknown)
+    error_words: tuple[str, ...] | None = None  # what makes a line look like an error
 
 
 @dataclass(frozen=True, slots=True)
@@ -317,6 +320,13 @@ def _source(section: Section) -> Source | None:
     start = section.string("start", "end", choices=("end", "beginning"))
     multiline = _multiline(section.table("multiline"))
     flush_after = section.duration("flush_after", 5.0)
+    owner = section.string("owner", "")
+    if owner and not valid_pack_name(owner):
+        section.error("owner", f"{owner!r} is not a plain name (a team, as packs name owners)")
+    discover = section.boolean("discover", False)
+    words = section.strings("error_words", None)
+    if words is not None and (not words or not all(w.strip() for w in words)):
+        section.error("error_words", "a list of words (or leave it out for the built-in ones)")
     section.finish()
     if not isinstance(path, str):
         return None
@@ -326,6 +336,9 @@ def _source(section: Section) -> Source | None:
         start=start or "end",
         multiline=multiline,
         flush_after=flush_after if flush_after is not None else 5.0,
+        owner=owner or "",
+        discover=bool(discover),
+        error_words=tuple(words) if words else None,
     )
 
 

@@ -39,14 +39,40 @@ _MASKS = [
     ("<PATH>", r"(?<![\w<])(?:[A-Za-z]:)?(?:/[\w.\-@+~%]+){2,}/?"),
     ("<NUM>", r"(?<![\w<.])[vV]?[-+]?\d+(?:[.,:]\d+)*(?:[a-zA-Z%]{1,3})?(?![\w>])"),
 ]
-_MASK = re.compile("|".join(f"(?P<m{n}>{regex})" for n, (_, regex) in enumerate(_MASKS)))
-_NAMES = {f"m{n}": name for n, (name, _) in enumerate(_MASKS)}
+_COMPILED = [(name, re.compile(regex)) for name, regex in _MASKS]
 PLACEHOLDERS = frozenset(name for name, _ in _MASKS)
+_MAYBE_VARIABLE = re.compile(r"[\d/:]")  # every placeholder's text holds one of these
+
+
+def _may(name: str, word: str) -> bool:
+    """A cheap test of whether mask `name` could match in `word` at all: most regexes
+    then never run (a word's masks cost a few substring tests, not seven searches)."""
+    if name == "<UUID>":
+        return word.count("-") >= 4
+    if name == "<TIME>":
+        return ":" in word or word.count("-") >= 2
+    if name == "<IP>":
+        return word.count(".") >= 3 or word.count(":") >= 2
+    if name == "<HEX>":
+        return len(word) >= 8 or "0x" in word or "0X" in word
+    if name == "<PATH>":
+        return "/" in word
+    return True  # <NUM>: the word holds a digit or it would not be here
+
+
+def _mask_word(word: str) -> str:
+    for name, regex in _COMPILED:
+        if _may(name, word):
+            word = regex.sub(name, word)
+    return word
 
 
 def mask(line: str) -> str:
-    """The line with its variable parts replaced by placeholders (idempotent)."""
-    return _MASK.sub(lambda m: _NAMES[m.lastgroup or ""], line)
+    """The line's words, their variable parts replaced by placeholders (idempotent); the
+    masks run only on words that could hold one, which most words cannot."""
+    return " ".join(
+        _mask_word(word) if _MAYBE_VARIABLE.search(word) else word for word in line.split()
+    )
 
 
 def tokens_of(masked: str) -> list[str]:
@@ -107,7 +133,7 @@ class Drain:
         self.max_children = max_children
         self.max_templates = max_templates
         self.max_samples = max_samples
-        self.redact = redact  # applied to every line first: no secret reaches a template
+        self.redact = redact  # applied to the lines kept as samples (templates: the caller)
         self.templates: OrderedDict[int, Template] = OrderedDict()  # least recent first
         self.evicted = 0
         self._tree: dict[int, dict[str, object]] = {}
@@ -115,8 +141,6 @@ class Drain:
 
     def add(self, line: str, now: float = 0.0) -> Template:
         """Group `line`: its template, new or generalised."""
-        if self.redact is not None:
-            line = self.redact(line)
         tokens = tokens_of(mask(line))
         leaf = self._leaf(tokens)
         best: Template | None = None
@@ -136,7 +160,7 @@ class Drain:
         best.count += 1
         best.last_seen = now
         if len(best.samples) < self.max_samples:
-            best.samples.append(line)
+            best.samples.append(self.redact(line) if self.redact is not None else line)
         return best
 
     def _new(self, tokens: list[str], leaf: list[int], now: float) -> Template:

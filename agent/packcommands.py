@@ -174,7 +174,7 @@ def cmd_discover(args: argparse.Namespace) -> int:
 
     for m in mined[: args.top]:
         t = m.template
-        print(escape_controls(f"{t.count:>8}  {t.text}"))
+        print(escape_controls(f"{t.count:>8}  {m.text}"))
         for sample in t.samples[:1]:
             print(escape_controls(f"          e.g. {sample}"))
         more = " ..." if t.count > min(len(m.lines), 8) else ""

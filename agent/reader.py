@@ -34,6 +34,7 @@ from agent.redact import Redactor
 from agent.state import Store
 from agent.tail import Followed, Sink, Tailer, marker_of
 from agent.trigger import Trigger
+from agent.unknown import Unknowns
 
 log = logging.getLogger("logmend")
 
@@ -97,6 +98,7 @@ class Reader:
         self.watched: Mapping[str, Any] = watched if watched is not None else {}
         self.exclude = exclude
         self._quarantined: set[tuple[str, str]] = set()
+        self.unknowns = Unknowns(store, Redactor())  # errors no pack knows yet
         self._take(config, packs)
         self.trigger = Trigger(config.limits.max_samples, self.redactors)
         budget_window = max(
@@ -135,6 +137,7 @@ class Reader:
         self.pack_by_name = {p.name: p for p in packs}
         self.pattern_by_id = {(p.pack, p.id): p for pack in packs for p in pack.patterns}
         self.matchers = matchers_for(config, packs, self.memo)
+        self.unknowns.configure(config, packs)
         self.max_line = config.limits.max_line_bytes
         self.redactors = {p.name: Redactor(p.redact, entropy=p.redact_entropy) for p in packs}
         self._multiline = {
@@ -181,7 +184,9 @@ class Reader:
         self.tailer.sweep()
 
     def flush_pattern_stats(self) -> None:
-        """Store what each pattern cost since the last flush; kept for the next try on error."""
+        """Store what each pattern cost since the last flush, and the unknown errors'
+        templates; kept for the next try on error."""
+        self.unknowns.save()
         rows = []
         flushed = {}
         for matcher in {id(m): m for m in self.matchers}.values():
@@ -333,8 +338,12 @@ class Reader:
                 followed.hold_from(joiner.pending_start)
             return
         matcher = self.matchers[followed.source]
-        for _, line, hits in matcher.scan(block, self.max_line):
+        found = matcher.scan(block, self.max_line)
+        for _, line, hits in found:
             self._hits(followed, line, hits, now, batch)
+        if self.unknowns.mines(followed.source):
+            matched = {start for start, _, _ in found}
+            self.unknowns.feed(followed.source, block, matched, now, self.max_line)
         if matcher.quarantined:
             self._quarantine(matcher, now, batch)
 
@@ -346,6 +355,8 @@ class Reader:
             hits = matcher.match(record)
             if hits:
                 self._hits(followed, record, hits, now, batch)
+            else:
+                self.unknowns.feed_record(followed.source, record, now)
         if matcher.quarantined:
             self._quarantine(matcher, now, batch)
 

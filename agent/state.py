@@ -58,6 +58,10 @@ CREATE TABLE IF NOT EXISTS pattern_stats (
     escalated INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (pack, pattern));
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS reported (id TEXT PRIMARY KEY, at REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS unknown_templates (
+    owner TEXT NOT NULL, id INTEGER NOT NULL, tokens TEXT NOT NULL, count INTEGER NOT NULL,
+    first_seen REAL NOT NULL, last_seen REAL NOT NULL, samples TEXT NOT NULL,
+    PRIMARY KEY (owner, id));
 CREATE TABLE IF NOT EXISTS spool_drops (
     one INTEGER PRIMARY KEY CHECK (one = 1), events INTEGER NOT NULL,
     first REAL NOT NULL, last REAL NOT NULL);
@@ -388,6 +392,17 @@ class Store:
             ]
             self._spool(db, new, now)
         return len(new)
+
+    def unknown_templates(self) -> list[tuple[Any, ...]]:
+        """(owner, id, tokens JSON, count, first_seen, last_seen, samples JSON) of the
+        templates of unmatched error lines (agent.unknown)."""
+        return [tuple(r) for r in self._read("SELECT * FROM unknown_templates ORDER BY owner, id")]
+
+    def save_unknown_templates(self, owner: str, rows: list[tuple[Any, ...]]) -> None:
+        """An owner's templates, replaced whole (bounded by the miner's cap)."""
+        with self._tx() as db:
+            db.execute("DELETE FROM unknown_templates WHERE owner=?", (owner,))
+            db.executemany("INSERT INTO unknown_templates VALUES (?,?,?,?,?,?,?)", rows)
 
     def meta(self, key: str) -> str | None:
         rows = self._read("SELECT value FROM meta WHERE key=?", (key,))

@@ -84,9 +84,12 @@ def logmend_test(base: Path, corpus: Path) -> tuple[float, float, int]:
     return seconds, rss, len(json.loads(out)["files"][0]["matches"])
 
 
-def logmend_agent(base: Path, corpus: Path, warm: bool = False) -> tuple[float, float, int]:
+def logmend_agent(
+    base: Path, corpus: Path, warm: bool = False, source_extra: str = ""
+) -> tuple[float, float, int]:
     """The whole agent reading the file from its start to its end (no remedies run);
-    `warm`: with the pattern memo an earlier run of the same set left (agent.derived)."""
+    `warm`: with the pattern memo an earlier run of the same set left (agent.derived);
+    `source_extra`: more keys of the [[source]] (`discover = false`)."""
     state = base / "agent-state"
     memo = state / "patterns.memo"
     kept = memo.read_bytes() if warm and memo.exists() else None
@@ -98,7 +101,7 @@ def logmend_agent(base: Path, corpus: Path, warm: bool = False) -> tuple[float, 
     config = base / "agent.toml"
     config.write_text(
         f'[agent]\nstate_dir = "{state}"\npacks = ["{base / "pack"}"]\n'
-        f'[[source]]\npath = "{corpus}"\npacks = "*"\nstart = "beginning"\n'
+        f'[[source]]\npath = "{corpus}"\npacks = "*"\nstart = "beginning"\n{source_extra}'
         '[limits]\nsweep_interval = "20ms"\n'
     )
     size = corpus.stat().st_size
