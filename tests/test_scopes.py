@@ -26,11 +26,11 @@ def ingest(owners: tuple[str, ...] = ("team-a",), hosts: tuple[str, ...] = ("web
 @pytest.mark.parametrize("action", list(Action))
 def test_each_scope_may_do_exactly_its_actions(scope, action):
     who = Identity("id", "n", scope, ("team-a",) if scope is not Scope.ADMIN else ())
-    allowed = {
-        Scope.INGEST: {Action.INGEST},
-        Scope.READ: {Action.READ},
-        Scope.WRITE: {Action.READ, Action.WRITE},
-        Scope.ADMIN: {Action.READ, Action.WRITE},
+    allowed = {  # every live token may fetch the bundles of the packs it may see
+        Scope.INGEST: {Action.INGEST, Action.FETCH},
+        Scope.READ: {Action.READ, Action.FETCH},
+        Scope.WRITE: {Action.READ, Action.WRITE, Action.FETCH},
+        Scope.ADMIN: {Action.READ, Action.WRITE, Action.FETCH},
     }[scope]
     if action in allowed:
         who.require(action)
