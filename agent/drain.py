@@ -60,7 +60,14 @@ def _may(name: str, word: str) -> bool:
     return True  # <NUM>: the word holds a digit or it would not be here
 
 
+_WRAPPING = "()[]{},;'\"="  # around a number: kept, the number masked
+
+
 def _mask_word(word: str) -> str:
+    core = word.strip(_WRAPPING)
+    if core.isdigit() and core.isascii():  # the commonest variable word: a plain number
+        head = word.index(core)
+        return f"{word[:head]}<NUM>{word[head + len(core) :]}"
     for name, regex in _COMPILED:
         if _may(name, word):
             word = regex.sub(name, word)

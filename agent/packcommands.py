@@ -58,6 +58,12 @@ def add_pack_commands(sub: argparse._SubParsersAction[Any]) -> None:
         "--top", type=int, default=50, help="templates shown (text only; default 50)"
     )
     found.add_argument(
+        "--draft",
+        action="store_true",
+        help="print a [[pattern]] block (anchored regex, samples as examples) for each of the"
+        " --top templates, for a pack.toml; logmend test proves them as printed",
+    )
+    found.add_argument(
         "--json",
         action="store_true",
         help='{"templates": [{"template", "count", "lines", "samples"}]}, every template',
@@ -167,6 +173,15 @@ def cmd_discover(args: argparse.Namespace) -> int:
     if args.json:
         json.dump({"templates": [m.to_json() for m in mined]}, sys.stdout)
         print()
+        return 0
+    if args.draft:
+        from agent.draft import draft_toml, pattern_id
+
+        taken: set[str] = set()
+        for m in mined[: args.top]:
+            tokens = m.text.split()
+            print(f"# seen {m.template.count} time(s)")
+            print(draft_toml(tokens, m.template.samples, pattern_id(tokens, taken)))
         return 0
     what = "line(s)" if args.all else "that look like errors"
     print(f"{read} line(s) read, {grouped} {what}, {len(mined)} template(s)")

@@ -1,0 +1,85 @@
+"""A pattern drafted from a template: so a team goes from "seen N times" to a tested
+pattern in minutes (issue 19).
+
+The template's literal words stay literal (escaped); each `<*>` becomes a named
+group for a word, each placeholder a named group of its shape; words are joined by
+`\\s+` and the whole is anchored. The template's samples become its examples, so
+`logmend test` proves the draft as it is written. A secret the redaction masked
+(`[REDACTED]`) is a word group: the real lines hold the real value.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+
+from agent.drain import PLACEHOLDERS, WILDCARD
+from agent.redact import MASK
+
+SHAPES = {
+    "<UUID>": r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
+    "<TIME>": r"[\d:.,TZ+-]+",
+    "<IP>": r"[0-9a-fA-F.:]+",
+    "<HEX>": r"(?:0[xX])?[0-9a-fA-F]+",
+    "<PATH>": r"(?:[A-Za-z]:)?/[^\s]*",
+    # (no repeated group: the literal prefilter then still gates the draft by its words)
+    "<NUM>": r"[vV]?[-+]?[\d.,:]*\d[a-zA-Z%]{0,3}",
+}
+_PIECES = re.compile("|".join(re.escape(p) for p in sorted(PLACEHOLDERS | {MASK}, key=len)))
+
+
+def draft_regex(tokens: Sequence[str]) -> str:
+    """The anchored regex of a template's tokens, a named group per variable part."""
+    counts: dict[str, int] = {}
+
+    def group(kind: str, shape: str) -> str:
+        counts[kind] = counts.get(kind, 0) + 1
+        return f"(?P<{kind}{counts[kind]}>{shape})"
+
+    words = []
+    for token in tokens:
+        if token == WILDCARD:
+            words.append(group("field", r"\S+"))
+            continue
+        out, at = [], 0
+        for piece in _PIECES.finditer(token):
+            out.append(re.escape(token[at : piece.start()]))
+            if piece.group() == MASK:
+                out.append(group("secret", r"\S+?"))
+            else:
+                kind = piece.group().strip("<>").lower()
+                out.append(group(kind, SHAPES[piece.group()]))
+            at = piece.end()
+        out.append(re.escape(token[at:]))
+        words.append("".join(out))
+    return "^\\s*" + r"\s+".join(words) + r"\s*$"
+
+
+def draft_toml(tokens: Sequence[str], samples: Sequence[str], pattern_id: str) -> str:
+    """A `[[pattern]]` block with its examples: paste it into a pack.toml."""
+    source = draft_regex(tokens)
+    lines = [
+        "[[pattern]]",
+        f"id = {json.dumps(pattern_id)}",
+        f"match = '''{source}'''" if "'''" not in source else f"match = {json.dumps(source)}",
+        'severity = "error"',
+        "# drafted from the template: " + " ".join(tokens).replace("\n", " "),
+        "",
+    ]
+    for sample in samples:
+        lines += ["[[pattern.example]]", f"line = {json.dumps(sample)}", ""]
+    return "\n".join(lines)
+
+
+def pattern_id(tokens: Sequence[str], taken: set[str]) -> str:
+    """A plain id from the template's first literal words, unique among `taken`."""
+    words = [re.sub(r"[^a-z0-9]+", "-", t.lower()).strip("-") for t in tokens]
+    base = "-".join(w for w in words if w and not w.isdigit() and w not in ("num", "field"))[:40]
+    base = base.strip("-") or "unknown-error"
+    name, n = base, 1
+    while name in taken:
+        n += 1
+        name = f"{base}-{n}"
+    taken.add(name)
+    return name
