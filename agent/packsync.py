@@ -31,7 +31,7 @@ from agent.atomic import write_atomically
 from agent.config import Config, Sync
 from agent.errors import ConfigError, ConfigErrors, LogmendError
 from agent.packset import BrokenPack
-from agent.params import HostParams, param_value, valid_name
+from agent.params import HostParams, param_value, valid_name, valid_pack_name
 from agent.signing import PublicKey
 
 log = logging.getLogger("logmend")
@@ -143,6 +143,10 @@ class PackSync:
             )
         except SyncFailed as exc:
             result.failed = str(exc)
+            return result
+        odd = [item for item in wanted if not _plain(item)]
+        if odd:  # a name that could be a path, a digest that is not one: not a receiver's
+            result.failed = f"the receiver's answer names {str(odd[0])[:200]!r}: not a pack"
             return result
         plan: dict[str, tuple[str, str, str]] = {}  # name -> (owner, version, digest or "")
         for item in wanted:
@@ -366,6 +370,23 @@ class _Refused(Exception):
         super().__init__(reasons[0] if reasons else "refused")
         self.owner = owner
         self.reasons = tuple(reasons)
+
+
+def _plain(item: dict[str, Any]) -> bool:
+    """A sync answer's item names a pack plainly: names as packs have them (no `/`, no
+    `..`: they become paths here), an owner that is one or none, a SHA-256 digest."""
+    name, owner, version, digest = (item.get(k) for k in ("name", "owner", "version", "digest"))
+    return (
+        isinstance(name, str)
+        and valid_pack_name(name)
+        and isinstance(version, str)
+        and valid_pack_name(version)
+        and isinstance(owner, str)
+        and (owner == "" or valid_pack_name(owner))
+        and isinstance(digest, str)
+        and len(digest) == 64
+        and all(c in "0123456789abcdef" for c in digest)
+    )
 
 
 def prepare(config: Config) -> None:

@@ -385,3 +385,30 @@ def test_check_reads_the_sync_token_and_keys_as_the_agent_would(tmp_path):
     team.public.write_text("logmend-ed25519 nonsense team-cache\n")
     bad = check()
     assert bad.returncode == 1 and f"{team.public}:1" in bad.stderr
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        {"name": "../../etc", "owner": "team-cache", "version": "1.0.0"},
+        {"name": "redis", "owner": "team/cache", "version": "1.0.0"},
+        {"name": "redis", "owner": "team-cache", "version": "../1"},
+        {"name": "redis", "owner": "team-cache", "version": "1.0.0", "digest": "not-hex"},
+    ],
+)
+def test_a_sync_answer_naming_no_plain_pack_changes_nothing(tmp_path, item):
+    """A name from the receiver becomes a path here: one that is not a plain pack name (or a
+    digest that is not one) is a garbled answer, and nothing on disk is touched."""
+    team, fake = Team(tmp_path), FakeReceiver()
+    fake.put(team.bundle("1.0.0"))
+    sync = syncer(tmp_path, team, fake)
+
+    def wanted(*args: Any) -> list[dict[str, Any]]:
+        return [{"digest": fake.digests[("redis", "1.0.0")], "params": {"x": "y"}, **item}]
+
+    fake.wanted = wanted  # type: ignore[method-assign]
+    before = sorted(p.name for p in (tmp_path / "state").rglob("*"))
+    result = sync.run_once()
+    assert "not a pack" in result.failed and not result.installed and not result.params_changed
+    assert sorted(p.name for p in (tmp_path / "state").rglob("*")) == before
+    assert fake.fetched == []
