@@ -401,3 +401,12 @@ def test_params_from_others_or_out_of_bounds_are_refused(
     answer = put_params(receiver, t[token_key], "redis", body)
     assert answer.status_code == status, answer.text
     assert sync(receiver, t["agent"], "h", ["redis"]).json()["packs"][0]["params"] == {}
+
+
+def test_a_pack_name_in_the_path_that_is_no_pack_name_finds_nothing(tmp_path, receiver):
+    t = tokens(receiver)
+    Team(tmp_path, "team-cache", receiver).published(receiver, t["write-cache"], "redis", "1.0.0")
+    for name in ("<script>x", "redis%00", "a" * 300, "red is"):
+        answer = put_params(receiver, t["write-cache"], name, {"hosts": "*", "params": {"o": "x"}})
+        assert answer.status_code == 404, (name, answer.text)
+        assert "<script>" not in answer.text

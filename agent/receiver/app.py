@@ -312,6 +312,8 @@ def create_app(
         """A group of hosts' values for the pack's params: {"hosts": "web-*", "params":
         {...}} (empty params: the group's are removed)."""
         pack = request.path_params["name"]
+        if not NAME.fullmatch(pack):
+            return error(404, "no such pack")
         try:
             hosts, params = params_request(decoded(body, request))
             store.set_params(who, pack, hosts, params)
