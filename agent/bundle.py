@@ -366,12 +366,17 @@ def verify(bundle: Bundle, trusted: Mapping[str, PublicKey], where: str) -> Publ
 
 
 def declared_identity(bundle: Bundle) -> tuple[str, str, str]:
-    """(name, version, owner) as the bundle's pack.toml declares them (as the agent reads
-    them: version "0" when it says none); unreadable parts as "?"."""
+    """(name, version, owner) as the bundle's pack.toml declares them."""
+    return pack_head(bundle.files["pack.toml"])
+
+
+def pack_head(raw: bytes) -> tuple[str, str, str]:
+    """(name, version, owner) a pack.toml declares, as the agent reads them (version "0"
+    when it says none); what cannot be read as "?"."""
     import tomllib
 
     try:
-        head = tomllib.loads(bundle.files["pack.toml"].decode("utf-8")).get("pack", {})
+        head = tomllib.loads(raw.decode("utf-8")).get("pack", {})
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError, AttributeError):
         return ("?", "?", "?")
     if not isinstance(head, dict):

@@ -39,25 +39,19 @@ _MASKS = [
     ("<PATH>", r"(?<![\w<])(?:[A-Za-z]:)?(?:/[\w.\-@+~%]+){2,}/?"),
     ("<NUM>", r"(?<![\w<.])[vV]?[-+]?\d+(?:[.,:]\d+)*(?:[a-zA-Z%]{1,3})?(?![\w>])"),
 ]
-_COMPILED = [(name, re.compile(regex)) for name, regex in _MASKS]
 PLACEHOLDERS = frozenset(name for name, _ in _MASKS)
 _MAYBE_VARIABLE = re.compile(r"[\d/:]")  # every placeholder's text holds one of these
-
-
-def _may(name: str, word: str) -> bool:
-    """A cheap test of whether mask `name` could match in `word` at all: most regexes
-    then never run (a word's masks cost a few substring tests, not seven searches)."""
-    if name == "<UUID>":
-        return word.count("-") >= 4
-    if name == "<TIME>":
-        return ":" in word or word.count("-") >= 2
-    if name == "<IP>":
-        return word.count(".") >= 3 or word.count(":") >= 2
-    if name == "<HEX>":
-        return len(word) >= 8 or "0x" in word or "0X" in word
-    if name == "<PATH>":
-        return "/" in word
-    return True  # <NUM>: the word holds a digit or it would not be here
+# a cheap test per mask of whether it could match in a word at all: most regexes then
+# never run (a word's masks cost a few substring tests, not seven searches)
+_MAY: dict[str, Callable[[str], bool]] = {
+    "<UUID>": lambda w: w.count("-") >= 4,
+    "<TIME>": lambda w: ":" in w or w.count("-") >= 2,
+    "<IP>": lambda w: w.count(".") >= 3 or w.count(":") >= 2,
+    "<HEX>": lambda w: len(w) >= 8 or "0x" in w or "0X" in w,
+    "<PATH>": lambda w: "/" in w,
+    "<NUM>": lambda w: True,  # the word holds a digit or it would not be masked at all
+}
+_COMPILED = [(name, re.compile(regex), _MAY[name]) for name, regex in _MASKS]
 
 
 _WRAPPING = "()[]{},;'\"="  # around a number: kept, the number masked
@@ -68,8 +62,8 @@ def _mask_word(word: str) -> str:
     if core.isdigit() and core.isascii():  # the commonest variable word: a plain number
         head = word.index(core)
         return f"{word[:head]}<NUM>{word[head + len(core) :]}"
-    for name, regex in _COMPILED:
-        if _may(name, word):
+    for name, regex, may in _COMPILED:
+        if may(word):
             word = regex.sub(name, word)
     return word
 

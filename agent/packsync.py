@@ -305,8 +305,6 @@ class PackSync:
 
     def _folders_of(self, name: str, owner: str) -> list[Path]:
         """The folders of `owner`'s pack `name` here: the synced one and any local one."""
-        import tomllib
-
         from agent.packset import find_pack_dirs
 
         found = []
@@ -319,10 +317,10 @@ class PackSync:
             local = []
         for folder in local:
             try:
-                head = tomllib.loads((folder / "pack.toml").read_text()).get("pack", {})
-            except (OSError, ValueError, UnicodeDecodeError, RecursionError):
+                name_, _, owner_ = bundle.pack_head((folder / "pack.toml").read_bytes())
+            except OSError:
                 continue
-            if isinstance(head, dict) and (head.get("name"), head.get("owner")) == (name, owner):
+            if (name_, owner_) == (name, owner):
                 found.append(folder)
         return found
 

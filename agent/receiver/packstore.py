@@ -135,8 +135,9 @@ class PackStore(FleetStore):
                     f"{manifest.name} {manifest.version} was published with other contents;"
                     " versions are immutable: give this one a new version"
                 )
+            if same is None:  # a new version (and, with no channel yet, a new pack)
+                _bounded(db, owner, manifest.name, channel is None, len(data))
             if channel is None:  # a first publication: the name is this team's from now
-                _bounded(db, owner, manifest.name, True, len(data))
                 db.execute(
                     "INSERT INTO pack_channels VALUES (?,?,NULL,NULL,0,?)"
                     " ON CONFLICT (pack) DO NOTHING",
@@ -148,7 +149,6 @@ class PackStore(FleetStore):
                 if claimed["owner"] != owner:
                     raise Forbidden(f"pack {manifest.name!r} belongs to {claimed['owner']}")
             if same is None:
-                _bounded(db, owner, manifest.name, False, len(data))
                 stored = db.execute(
                     "INSERT INTO pack_versions VALUES (?,?,?,?,?,?,?,?)"
                     " ON CONFLICT (pack, version) DO NOTHING",
