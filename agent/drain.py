@@ -197,3 +197,7 @@ class Drain:
         leaf = self._leaf(template.tokens)
         if template.id not in leaf:
             leaf.append(template.id)
+
+    def remove(self, template_id: int) -> Template | None:
+        """Forget a template (a pattern now explains it); its leaf entry lapses."""
+        return self.templates.pop(template_id, None)

@@ -29,11 +29,13 @@ from agent.errors import ConfigError, ConfigErrors
 from agent.events import decode, spool_dropped
 from agent.model import SpoolItem
 from agent.state import Store
+from agent.unknown import wire_rows
 
 log = logging.getLogger("logmend.escalate")
 
 PERMANENT = frozenset({400, 413, 422})
 THROTTLED = frozenset({429, 503})
+UNKNOWN_BATCH = 200  # templates per POST /v1/unknown
 
 
 def tls_context(config: Escalation) -> ssl.SSLContext | bool:
@@ -60,10 +62,10 @@ def tls_context(config: Escalation) -> ssl.SSLContext | bool:
     return context
 
 
-def stats_url(url: str) -> str:
-    """Beside the escalations endpoint: .../v1/escalations -> .../v1/stats."""
+def stats_url(url: str, name: str = "stats") -> str:
+    """Beside the escalations endpoint: .../v1/escalations -> .../v1/stats (or `name`)."""
     base, found, _ = url.rpartition("/v1/escalations")
-    return f"{base}/v1/stats" if found else url.rstrip("/") + "/v1/stats"
+    return f"{base}/v1/{name}" if found else url.rstrip("/") + f"/v1/{name}"
 
 
 def retry_after(response: httpx.Response, now: float) -> float | None:
@@ -194,6 +196,7 @@ class Sender(Courier):
                 delay = self.send_due()
                 if self.clock() >= self._next_stats:
                     self.send_stats()
+                    self.send_unknown()
                 delay = min(delay, max(0.05, self._next_stats - self.clock()))
             except Exception:
                 log.exception("sender failed; retrying")
@@ -249,6 +252,33 @@ class Sender(Courier):
             log.debug("statistics not sent (%s); they are totals, the next send carries them", exc)
             return False
         return 200 <= response.status_code < 300
+
+    def send_unknown(self, batches: int = 10) -> bool:
+        """Post the templates of errors no pack knows yet that changed since the receiver
+        last took them, as cumulative counts keyed by host, owner and template: a post
+        that is lost or sent twice counts nothing twice. True when nothing is left."""
+        for _ in range(batches):
+            rows = self.store.unknown_unsent(UNKNOWN_BATCH)
+            if not rows:
+                return True
+            body = msgpack.packb(
+                {"host": self.agent_info["host"], "at": self.clock(), "templates": wire_rows(rows)},
+                use_bin_type=True,
+            )
+            try:
+                response = self.client.post(stats_url(self.config.url, "unknown"), content=body)
+            except httpx.HTTPError as exc:
+                log.debug("unknown errors not sent (%s); kept for the next send", exc)
+                return False
+            if not 200 <= response.status_code < 300:
+                log.warning(
+                    "the receiver did not take %d unknown error template(s), kept for the"
+                    " next send: HTTP %d: %s",
+                    len(rows), response.status_code, _refusal(response),
+                )  # fmt: skip
+                return False
+            self.store.unknown_acked(rows)
+        return False
 
     def send(self, items: list[SpoolItem], now: float) -> bool:
         """Post one batch; True when the receiver took it (or refused it for good)."""

@@ -20,7 +20,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from agent import hscompile
@@ -510,6 +510,16 @@ class Matcher:
     def ungated(self) -> tuple[Pattern, ...]:
         """The patterns no prefilter gates: confirmed by `regex` on every line."""
         return tuple(self.patterns[i] for i in self._always)
+
+    def explains(self, texts: Sequence[str]) -> list[Pattern | None]:
+        """The first pattern that matches each text, counted in no statistic: whether a
+        newly loaded pattern now explains an unknown error's samples."""
+        saved = [replace(s) for s in self.stats]
+        quarantined = list(self.quarantined)
+        try:
+            return [next((p for p, _ in self.match(t)), None) for t in texts]
+        finally:
+            self.stats, self.quarantined = saved, quarantined
 
     def pattern_stats(self) -> Iterator[tuple[Pattern, PatternStats]]:
         return zip(self.patterns, self.stats, strict=True)

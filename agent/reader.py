@@ -137,7 +137,7 @@ class Reader:
         self.pack_by_name = {p.name: p for p in packs}
         self.pattern_by_id = {(p.pack, p.id): p for pack in packs for p in pack.patterns}
         self.matchers = matchers_for(config, packs, self.memo)
-        self.unknowns.configure(config, packs)
+        self.unknowns.configure(config, packs, self.matchers)
         self.max_line = config.limits.max_line_bytes
         self.redactors = {p.name: Redactor(p.redact, entropy=p.redact_entropy) for p in packs}
         self._multiline = {

@@ -62,6 +62,9 @@ CREATE TABLE IF NOT EXISTS unknown_templates (
     owner TEXT NOT NULL, id INTEGER NOT NULL, tokens TEXT NOT NULL, count INTEGER NOT NULL,
     first_seen REAL NOT NULL, last_seen REAL NOT NULL, samples TEXT NOT NULL,
     PRIMARY KEY (owner, id));
+CREATE TABLE IF NOT EXISTS unknown_sent (
+    owner TEXT NOT NULL, id INTEGER NOT NULL, count INTEGER NOT NULL,
+    first_seen REAL NOT NULL, known TEXT NOT NULL DEFAULT '', PRIMARY KEY (owner, id));
 CREATE TABLE IF NOT EXISTS spool_drops (
     one INTEGER PRIMARY KEY CHECK (one = 1), events INTEGER NOT NULL,
     first REAL NOT NULL, last REAL NOT NULL);
@@ -403,6 +406,56 @@ class Store:
         with self._tx() as db:
             db.execute("DELETE FROM unknown_templates WHERE owner=?", (owner,))
             db.executemany("INSERT INTO unknown_templates VALUES (?,?,?,?,?,?,?)", rows)
+            db.execute(  # evicted templates: the receiver keeps what it last heard of them
+                "DELETE FROM unknown_sent WHERE owner = ? AND known = '' AND NOT EXISTS"
+                " (SELECT 1 FROM unknown_templates t WHERE t.owner = unknown_sent.owner"
+                " AND t.id = unknown_sent.id)",
+                (owner,),
+            )
+
+    def unknown_unsent(self, limit: int) -> list[sqlite3.Row]:
+        """Templates the receiver has not heard at their present count (a team's only:
+        owner "" is reported to nobody), then the ones a pattern now explains."""
+        return self._read(
+            "SELECT t.owner, t.id, t.tokens, t.count, t.first_seen, t.last_seen, t.samples,"
+            " '' AS known FROM unknown_templates t LEFT JOIN unknown_sent s"
+            " ON s.owner = t.owner AND s.id = t.id WHERE t.owner != '' AND (s.count IS NULL"
+            " OR s.count != t.count OR s.first_seen != t.first_seen) AND coalesce(s.known, '') = ''"
+            " UNION ALL SELECT owner, id, '[]', count, first_seen, 0, '[]', known"
+            " FROM unknown_sent WHERE known != '' ORDER BY 1, 2 LIMIT ?",
+            (limit,),
+        )
+
+    def unknown_acked(self, rows: list[sqlite3.Row]) -> None:
+        """The receiver took these: their counts are what it has; an explained one is told."""
+        with self._tx() as db:
+            for r in rows:
+                if r["known"]:
+                    db.execute(
+                        "DELETE FROM unknown_sent WHERE owner=? AND id=? AND known=?",
+                        (r["owner"], r["id"], r["known"]),
+                    )
+                    continue
+                db.execute(  # an explanation that came meanwhile is not overwritten
+                    "INSERT INTO unknown_sent VALUES (?,?,?,?,'') ON CONFLICT (owner, id)"
+                    " DO UPDATE SET count=excluded.count, first_seen=excluded.first_seen"
+                    " WHERE known = ''",
+                    (r["owner"], r["id"], r["count"], r["first_seen"]),
+                )
+
+    def retire_unknown(self, owner: str, explained: list[tuple[int, str]]) -> None:
+        """Templates a pattern now explains ((id, "pack/pattern")): gone from the host, and
+        the receiver is told (it ignores one it never heard of)."""
+        with self._tx() as db:
+            for template_id, known in explained:
+                db.execute(
+                    "DELETE FROM unknown_templates WHERE owner=? AND id=?", (owner, template_id)
+                )
+                if owner:
+                    db.execute(
+                        "INSERT OR REPLACE INTO unknown_sent VALUES (?,?,0,0,?)",
+                        (owner, template_id, known),
+                    )
 
     def meta(self, key: str) -> str | None:
         rows = self._read("SELECT value FROM meta WHERE key=?", (key,))

@@ -21,6 +21,7 @@ from agent.config import Config
 from agent.discover import ERROR_WORDS, ErrorGate
 from agent.drain import Drain, Template
 from agent.errors import StateError
+from agent.match import Matcher
 from agent.packs import Pack
 from agent.records import decode_line
 from agent.state import Store
@@ -47,16 +48,49 @@ class Unknowns:
         self._gates: dict[int, tuple[ErrorGate, str]] = {}  # source index -> (gate, owner)
         self._restore()
 
-    def configure(self, config: Config, packs: Sequence[Pack]) -> None:
-        """Which sources are mined, with which words, for whom (at start and reload)."""
+    def configure(
+        self, config: Config, packs: Sequence[Pack], matchers: Sequence[Matcher] = ()
+    ) -> None:
+        """Which sources are mined, with which words, for whom (at start and reload); and
+        the templates a pattern of the new packs now explains are retired."""
         gates: dict[tuple[str, ...], ErrorGate] = {}
         self._gates = {}
+        explainers: dict[str, dict[int, Matcher]] = {}
         for index, source in enumerate(config.sources):
             if not source.discover:
                 continue
             words = source.error_words or ERROR_WORDS
             gate = gates.setdefault(tuple(words), ErrorGate(words))
-            self._gates[index] = (gate, owner_of(source.owner, source.packs, packs))
+            owner = owner_of(source.owner, source.packs, packs)
+            self._gates[index] = (gate, owner)
+            if index < len(matchers):
+                explainers.setdefault(owner, {})[id(matchers[index])] = matchers[index]
+        for owner, mine in explainers.items():
+            self._retire(owner, list(mine.values()))
+
+    def _retire(self, owner: str, matchers: list[Matcher]) -> None:
+        """Drop the owner's templates whose samples a pattern of its sources now matches."""
+        drain = self.drains.get(owner)
+        if drain is None or not drain.templates:
+            return
+        explained: list[tuple[int, str]] = []
+        for template in list(drain.templates.values()):
+            for matcher in matchers:
+                found = next((p for p in matcher.explains(template.samples) if p), None)
+                if found is not None:
+                    explained.append((template.id, f"{found.pack}/{found.id}"))
+                    break
+        if not explained:
+            return
+        try:
+            self.store.retire_unknown(owner, explained)
+        except StateError as exc:
+            log.error("cannot retire the unknown errors a pattern now explains: %s", exc)
+            return
+        for template_id, known in explained:
+            drain.remove(template_id)
+            log.info("unknown error template %d of %r is now explained by %s",
+                     template_id, owner, known)  # fmt: skip
 
     def mines(self, source: int) -> bool:
         return source in self._gates
@@ -137,6 +171,31 @@ class Unknowns:
              "samples": t.samples}
             for owner, t in ranked[:limit]
         ]  # fmt: skip
+
+
+MAX_WIRE_TEXT = 2000  # characters of a template or sample as reported
+
+
+def _wire_text(value: str) -> str:
+    """Text a receiver can store: no lone surrogate, no NUL, clipped."""
+    value = value.encode("utf-8", "backslashreplace").decode("utf-8").replace("\0", "\ufffd")
+    return value if len(value) <= MAX_WIRE_TEXT else value[: MAX_WIRE_TEXT - 1] + "…"
+
+
+def wire_rows(rows: Sequence[Any]) -> list[dict[str, Any]]:
+    """State rows (Store.unknown_unsent) as POST /v1/unknown's templates."""
+    out: list[dict[str, Any]] = []
+    for r in rows:
+        if r["known"]:
+            out.append({"owner": r["owner"], "id": r["id"], "known": r["known"]})
+            continue
+        out.append({
+            "owner": r["owner"], "id": r["id"],
+            "template": _wire_text(" ".join(json.loads(r["tokens"]))),
+            "count": r["count"], "first_seen": r["first_seen"], "last_seen": r["last_seen"],
+            "samples": [_wire_text(x) for x in json.loads(r["samples"])],
+        })  # fmt: skip
+    return out
 
 
 def owner_of(declared: str, names: tuple[str, ...] | None, packs: Sequence[Pack]) -> str:

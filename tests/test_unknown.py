@@ -1,12 +1,17 @@
-"""Issue 19, items 1 and 2 on the host: a real agent groups the error lines no pattern
+"""Issue 19, items 1 to 3 on the host: a real agent groups the error lines no pattern
 matched into templates, per owner, redacted, bounded, and keeps them across a restart;
 matched lines and lines that look like no error are left alone."""
 
 from __future__ import annotations
 
+import signal
 import sqlite3
 
-from tests.helpers import agent_with_pack, append, status, wait_for
+import httpx
+
+from agent.receiver.scopes import Scope
+from agent.receiver.store import ReceiverStore
+from tests.helpers import agent_with_pack, append, make_receiver, status, wait_for
 
 PACK = """\
 [[pattern]]
@@ -117,3 +122,65 @@ def test_a_flood_of_distinct_errors_keeps_the_templates_bounded(tmp_path):
     rows = unknown(agent.config)
     assert 0 < len(rows) <= 1000
     assert sum(r["count"] for r in rows) <= 3000
+
+
+def test_hosts_report_to_the_team_across_restarts_and_a_shipped_pattern_ends_it(tmp_path):
+    """Item 3 end to end: two real agents, the real receiver; the drafted pattern shipped
+    (the pack changed, SIGHUP) makes the template leave the team's list."""
+    receiver = make_receiver(tmp_path).start()
+    store = ReceiverStore(receiver.db)
+    web = store.create_token(Scope.READ, "web", ("team-web",))
+    other = store.create_token(Scope.READ, "other", ("team-other",))
+    store.close()
+
+    def listing(token: str) -> list[dict]:
+        answer = httpx.get(f"{receiver.url}/v1/unknown",
+                           headers={"Authorization": f"Bearer {token}"}, timeout=10)  # fmt: skip
+        assert answer.status_code == 200, answer.text
+        return list(answer.json()["unknown"])
+
+    def counts() -> list[tuple[str, int, int]]:
+        return [(u["template"], u["count"], u["hosts"]) for u in listing(web)]
+
+    agents = []
+    try:
+        for host in ("web-1", "web-2"):
+            root = tmp_path / host
+            root.mkdir()
+            agent, log = agent_with_pack(
+                root, PACK, receiver=receiver, escalation='stats_interval = "200ms"\n'
+            )
+            text = agent.config.read_text().replace('host = "test-host"', f'host = "{host}"')
+            agent.config.write_text(
+                text.replace('packs = "*"\n', 'packs = "*"\ndiscover = true\nowner = "team-web"\n')
+            )
+            agents.append((agent.start(), log))
+        for n, (_, log) in enumerate(agents):
+            append(log, *(f"ERROR worker {w} crashed: exit {n}" for w in range(3 + n)))
+        template = "ERROR worker <NUM> crashed: exit <NUM>"
+        assert wait_for(lambda: counts() == [(template, 7, 2)]), counts()
+        assert listing(other) == []  # another team sees none of it
+
+        first, log = agents[0]
+        assert first.stop() == 0
+        first.start()  # a restart: the host's count goes on, nothing is counted twice
+        append(log, "ERROR worker 9 crashed: exit 0")
+        assert wait_for(lambda: counts() == [(template, 8, 2)]), counts()
+
+        ref = listing(web)[0]["ref"]
+        draft = httpx.get(f"{receiver.url}/v1/unknown/{ref}",
+                          headers={"Authorization": f"Bearer {web}"}, timeout=10).json()["draft"]  # fmt: skip
+        for n, (agent, _) in enumerate(agents):  # the pattern is shipped, host by host
+            pack = agent.config.parent / "packs" / "ops" / "pack.toml"
+            pack.write_text(pack.read_text() + "\n" + draft)
+            agent.proc.send_signal(signal.SIGHUP)
+            want = [(template, 4, 1)] if n == 0 else []  # web-2's 4 lines, then none
+            assert wait_for(lambda want=want: counts() == want, 30), (counts(), agent.log())
+        assert all(a.saw("is now explained by ops/") for a, _ in agents)
+        append(agents[1][1], "ERROR worker 5 crashed: exit 1")  # now matched: not unknown
+        assert read_to_end(agents[1][0], agents[1][1])
+        assert counts() == []
+    finally:
+        for agent, _ in agents:
+            agent.stop()
+        receiver.stop()

@@ -29,6 +29,9 @@ from agent.receiver.packstore import Conflict, params_request, sync_request
 from agent.receiver.schema import group_ref
 from agent.receiver.scopes import Action, Forbidden, Identity
 from agent.receiver.store import ReceiverStore
+from agent.receiver.storebase import is_ref
+from agent.receiver.unknown import SORTS as UNKNOWN_SORTS
+from agent.receiver.unknown import validate_unknown
 from agent.receiver.web import (
     BODY_TIMEOUT,
     FILTERS,
@@ -199,6 +202,41 @@ def create_app(
             return error(403, str(exc))
         store.store_stats(who, host, kept)
         return JSONResponse({"stored": len(kept), "skipped": len(rows) - len(kept)})
+
+    def ingest_unknown(who: Identity, body: bytes, request: Request) -> Response:
+        """A host's templates of errors no pack knows yet (agent/receiver/unknown.py)."""
+        try:
+            doc = decoded(body, request)
+        except InvalidBody as exc:
+            return error(400, str(exc))
+        try:
+            host, rows = validate_unknown(doc, time.time())
+        except InvalidEvent as exc:
+            return error(422 if isinstance(doc, dict) else 400, str(exc))
+        try:
+            stored = store.store_unknown(who, host, rows)
+        except Forbidden as exc:
+            return error(403, str(exc))
+        return JSONResponse({"stored": stored})
+
+    async def post_unknown(request: Request) -> Response:
+        return await upload(request, ingest_unknown)
+
+    def get_unknown(request: Request, who: Identity) -> Response:
+        """`?sort=count|hosts`: the team's errors no pack knows yet, a page at a time."""
+        sort = request.query_params.get("sort", "count")
+        if sort not in UNKNOWN_SORTS:
+            raise BadQuery(f"sort: one of {', '.join(UNKNOWN_SORTS)}")
+        limit, offset = paging(request)
+        found, more = store.unknown(who.visible_owners(), sort, limit, offset)
+        return JSONResponse(paged("unknown", found, more, offset))
+
+    def get_unknown_one(request: Request, who: Identity) -> Response:
+        ref = request.path_params["ref"]
+        found = store.unknown_one(who.visible_owners(), ref) if is_ref(ref) else None
+        if found is None:  # another team's is as absent as one never seen
+            return error(404, "no such unknown error")
+        return JSONResponse(found)
 
     async def post_escalations(request: Request) -> Response:
         return await upload(request, ingest_escalations)
@@ -482,6 +520,9 @@ def create_app(
             Route("/v1/escalations/{ref}", patch_escalation, methods=["PATCH"]),
             Route("/v1/stats", post_stats, methods=["POST"]),
             Route("/v1/stats", reading(get_stats), methods=["GET"]),
+            Route("/v1/unknown", post_unknown, methods=["POST"]),
+            Route("/v1/unknown", reading(get_unknown), methods=["GET"]),
+            Route("/v1/unknown/{ref}", reading(get_unknown_one), methods=["GET"]),
             Route("/v1/articles", put_articles, methods=["PUT"]),
             Route("/v1/articles", reading(get_articles), methods=["GET"]),
             Route("/v1/packs", post_pack, methods=["POST"]),
@@ -500,6 +541,8 @@ def create_app(
             Route("/hosts", html(console.hosts)),
             Route("/articles", html(console.articles)),
             Route("/packs", html(console.packs)),
+            Route("/unknown", html(console.unknown)),
+            Route("/unknown/{ref}", html(console.unknown_one)),
             Route("/admin/tokens", html(console.tokens), methods=["GET"]),
             Route("/admin/tokens", form(console.create_token), methods=["POST"]),
             Route("/admin/tokens/revoke", form(console.revoke_token), methods=["POST"]),

@@ -30,8 +30,10 @@ from agent.receiver.articles import MAX_QUERY
 from agent.receiver.inbox import BadView, InboxView
 from agent.receiver.scopes import Action, Forbidden, Identity, Scope
 from agent.receiver.store import ReceiverStore, token_hash
+from agent.receiver.storebase import is_ref
 from agent.receiver.tier1 import WINDOWS as TIER1_WINDOWS
 from agent.receiver.tier1 import added_up
+from agent.receiver.unknown import SORTS as UNKNOWN_SORTS
 from agent.receiver.workflow import Action as WorkflowAction
 from agent.receiver.workflow import BadAction, Group, State, Verb, WorkflowError
 
@@ -364,6 +366,39 @@ class Console:
             return who
         found = self.store.packs(who[0].visible_owners())
         return self._page("packs.html", request, who, packs=found)
+
+    def unknown(self, request: Request) -> Response:
+        """Errors no pack knows yet: the team's templates ranked by count or host spread,
+        each with its last days; and what a shipped pattern now explains."""
+        who = self._who(request, Action.READ)
+        if isinstance(who, Response):
+            return who
+        sort = request.query_params.get("sort", "count")
+        if sort not in UNKNOWN_SORTS:
+            message = f"sort: one of {', '.join(UNKNOWN_SORTS)}"
+            return self._page("error.html", request, who, 400, message=message)
+        owners = who[0].visible_owners()
+        found, more = self.store.unknown(owners, sort, SUMMARY_ROWS, 0, self.clock())
+        explained = self.store.explained(owners)
+        return self._page(
+            "unknown.html", request, who, found=found, more=more, sort=sort, explained=explained
+        )
+
+    def unknown_one(self, request: Request) -> Response:
+        """One template: where it is seen, its samples, its trend, and a drafted pattern
+        that `logmend test` proves as it is printed."""
+        who = self._who(request, Action.READ)
+        if isinstance(who, Response):
+            return who
+        ref = request.path_params["ref"]
+        found = (
+            self.store.unknown_one(who[0].visible_owners(), ref, self.clock())
+            if is_ref(ref)
+            else None
+        )
+        if found is None:  # another team's is as absent as one never seen
+            return self._page("error.html", request, who, 404, message="no such unknown error")
+        return self._page("unknown_one.html", request, who, u=found)
 
     def tokens(self, request: Request, created: str = "", message: str = "") -> Response:
         """The admin's page: every token (never the token itself), create, revoke; owners."""

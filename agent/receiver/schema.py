@@ -15,7 +15,7 @@ from collections.abc import Callable
 from agent.errors import StateError
 from agent.receiver.engine import Conn, Engine, SqliteConn, SqliteEngine
 
-LATEST = 6
+LATEST = 7
 
 # The tables as schema 2 made them; a new database starts from these and takes
 # every upgrade after, so a new and an upgraded database are the same.
@@ -229,7 +229,29 @@ def _to_6(db: Conn) -> list[str]:
     return []
 
 
-UPGRADES: dict[int, Callable[[Conn], list[str]]] = {3: _to_4, 4: _to_5, 5: _to_6}
+UNKNOWN = """
+CREATE TABLE unknown (
+    owner TEXT NOT NULL, host TEXT NOT NULL, id INTEGER NOT NULL, ref TEXT NOT NULL,
+    template TEXT NOT NULL, count INTEGER NOT NULL, first_seen REAL NOT NULL,
+    last_seen REAL NOT NULL, samples TEXT NOT NULL, known TEXT NOT NULL,
+    submitted_by TEXT NOT NULL, updated REAL NOT NULL, PRIMARY KEY (owner, host, id));
+CREATE INDEX unknown_ref ON unknown (ref);
+CREATE INDEX unknown_recent ON unknown (owner, last_seen);
+CREATE TABLE unknown_days (
+    owner TEXT NOT NULL, ref TEXT NOT NULL, day INTEGER NOT NULL, count INTEGER NOT NULL,
+    PRIMARY KEY (owner, ref, day));
+CREATE INDEX unknown_days_day ON unknown_days (day);
+"""
+
+
+def _to_7(db: Conn) -> list[str]:
+    """The errors no pack knows yet, per owner, host and template, and their daily
+    growth (issue 19)."""
+    _create(db, UNKNOWN)
+    return []
+
+
+UPGRADES: dict[int, Callable[[Conn], list[str]]] = {3: _to_4, 4: _to_5, 5: _to_6, 6: _to_7}
 """Upgrades from FIRST_POSTGRESQL on, version -> the step to the next: SQL both engines
 speak (see engine.py), run on both, in the migrating transaction."""
 

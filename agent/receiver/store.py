@@ -35,13 +35,14 @@ from agent.receiver.storebase import (
     rows_of,
     token_hash,
 )
+from agent.receiver.unknown import UnknownStore
 
 __all__ = ["PAGE_BYTES", "ReceiverStore", "token_hash"]
 
 Key = tuple[str, str, str, str]  # an escalation's: submitting name, owner, host, id
 
 
-class ReceiverStore(GroupStore, PackStore, ArticleStore):
+class ReceiverStore(GroupStore, PackStore, ArticleStore, UnknownStore):
     """Tokens, sessions and escalations; groups (GroupStore) and hosts (FleetStore) share
     its engine."""
 

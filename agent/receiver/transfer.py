@@ -35,6 +35,8 @@ TABLES = (
     "pack_channels",
     "pack_versions",
     "pack_params",
+    "unknown",
+    "unknown_days",
 )
 IDENTITIES = {"actions": "seq", "silences": "id"}  # their next value follows the copied rows
 BATCH = 5000
