@@ -14,7 +14,7 @@ import json
 import re
 from collections.abc import Sequence
 
-from agent.drain import PLACEHOLDERS, WILDCARD
+from agent.drain import DATE_WORDS, PLACEHOLDERS, WILDCARD
 from agent.redact import MASK
 
 SHAPES = {
@@ -41,6 +41,13 @@ def draft_regex(tokens: Sequence[str]) -> str:
     for token in tokens:
         if token == WILDCARD:
             words.append(group("field", r"\S+"))
+            continue
+        core = token.strip("[](),")
+        if core.lower() in DATE_WORDS:  # a month or a day: any other day is the same error
+            head = token.index(core)
+            words.append(
+                re.escape(token[:head]) + r"[A-Za-z]{3,9}" + re.escape(token[head + len(core) :])
+            )
             continue
         out, at = [], 0
         for piece in _PIECES.finditer(token):

@@ -80,6 +80,51 @@ def tokens_of(masked: str) -> list[str]:
     return masked.split()[:MAX_TOKENS]
 
 
+DATE_WORDS = frozenset(
+    "jan feb mar apr may jun jul aug sep oct nov dec mon tue wed thu fri sat sun".split()
+)
+LEVEL_WORDS = frozenset(
+    "trace debug info notice warn warning err error crit critical fatal severe alert emerg"
+    " panic v d i w e f".split()
+)
+MAX_HEADER = 8  # tokens a header may take; the message keeps at least one
+_PUNCTUATION = str.maketrans("", "", "[](){}<>|,;:.-_/=+*#")
+_PROGRAM = re.compile(r"[\w$.()/@-]*(?:\[<NUM>\]|[\w$]\.[A-Za-z_$][\w$]*):")
+_PLACEHOLDER_NAMES = tuple(name.strip("<>") for name in PLACEHOLDERS)
+
+
+def _header_word(token: str) -> bool:
+    """Whether a token is what log headers are made of: placeholders and punctuation
+    only (a time, a pid, "-"), a month or day name, or a level word."""
+    bare = token
+    for name in _PLACEHOLDER_NAMES:
+        bare = bare.replace(name, "")
+    bare = bare.translate(_PUNCTUATION).lower()
+    return not bare or bare in DATE_WORDS or bare in LEVEL_WORDS
+
+
+def header_length(tokens: list[str]) -> int:
+    """How many leading tokens are the line's header (time, pid, level ...): they are
+    kept in the template but neither route the line nor count toward its similarity,
+    so two messages are not one template because their headers agree, nor one
+    message two because it was logged on two days."""
+    most = min(MAX_HEADER, len(tokens) - 1)
+    n = gaps = 0
+    for at in range(most):  # a host may sit between a header's parts, once it has begun
+        if _header_word(tokens[at]):
+            n = at + 1
+        elif at < 2 or gaps == 2:
+            break
+        else:
+            gaps += 1
+    # then a host or a thread before the program or logger ("host sshd[42]:", "[main]
+    # a.b.C:"), which is part of the message: what logged it tells errors apart
+    for at in range(n, min(n + 3, len(tokens) - 1)):
+        if _PROGRAM.fullmatch(tokens[at]):
+            return at
+    return n
+
+
 @dataclass
 class Template:
     id: int
@@ -93,16 +138,17 @@ class Template:
     def text(self) -> str:
         return " ".join(self.tokens)
 
-    def similarity(self, tokens: list[str]) -> tuple[float, int]:
-        """(share of equal tokens, how many of the template's are wildcards)."""
+    def similarity(self, tokens: list[str], head: int = 0) -> tuple[float, int]:
+        """(share of equal tokens past the line's `head` header tokens, how many of the
+        template's are wildcards)."""
         same = wild = 0
-        for mine, theirs in zip(self.tokens, tokens, strict=True):
+        for mine, theirs in zip(self.tokens[head:], tokens[head:], strict=True):
             if mine == WILDCARD:
                 wild += 1
                 same += 1
             elif mine == theirs:
                 same += 1
-        return same / len(tokens), wild
+        return same / max(1, len(tokens) - head), wild
 
     def merge(self, tokens: list[str]) -> bool:
         """Generalise to cover `tokens`; whether the template changed."""
@@ -143,14 +189,15 @@ class Drain:
     def add(self, line: str, now: float = 0.0) -> Template:
         """Group `line`: its template, new or generalised."""
         tokens = tokens_of(mask(line))
-        leaf = self._leaf(tokens)
+        head = header_length(tokens)
+        leaf = self._leaf(tokens, head)
         best: Template | None = None
         best_key = (-1.0, -1)
         for template_id in leaf:
             template = self.templates.get(template_id)
             if template is None:
                 continue
-            share, wild = template.similarity(tokens)
+            share, wild = template.similarity(tokens, head)
             if (share, wild) > best_key:
                 best, best_key = template, (share, wild)
         if best is None or best_key[0] < self.similarity:
@@ -175,12 +222,14 @@ class Drain:
         leaf.append(template.id)
         return template
 
-    def _leaf(self, tokens: list[str]) -> list[int]:
-        """The leaf for a line of this length and these first tokens (made if new): a
-        token with a digit, or one past `max_children` at its node, routes as `<*>`."""
+    def _leaf(self, tokens: list[str], head: int) -> list[int]:
+        """The leaf for a line of this length and these first tokens past its header
+        (made if new): a token with a digit, or one past `max_children` at its node,
+        routes as `<*>`."""
         node: dict[str, object] = self._tree.setdefault(len(tokens), {})
-        for token in tokens[: self.prefix]:
-            key = WILDCARD if any(c.isdigit() for c in token) else token
+        for token in tokens[head : head + self.prefix]:
+            variable = "<" in token or any(c.isdigit() for c in token)  # masked or not
+            key = WILDCARD if variable else token
             if key not in node and len(node) >= self.max_children:
                 key = WILDCARD
             child = node.setdefault(key, {})
@@ -194,7 +243,7 @@ class Drain:
         """Put back a template kept from an earlier run (agent.discover's state)."""
         self._next_id = max(self._next_id, template.id + 1)
         self.templates[template.id] = template
-        leaf = self._leaf(template.tokens)
+        leaf = self._leaf(template.tokens, header_length(template.tokens))
         if template.id not in leaf:
             leaf.append(template.id)
 

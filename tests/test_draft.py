@@ -77,3 +77,10 @@ def test_discover_drafts_patterns_that_logmend_test_proves_as_printed(tmp_path):
     assert proven.returncode == 0, proven.stdout + proven.stderr
     assert f"{len(lines)} line(s), {200 + 120} match(es)" in proven.stdout
     assert "nothing gates it" not in proven.stdout  # each draft is gated by its words
+
+
+def test_a_month_or_a_day_in_the_header_is_any_month_or_day():
+    template = "[Sun Dec <NUM> <TIME> <NUM>] [error] child <*> in error state <NUM>"
+    source = draft_regex(template.split())
+    assert regex.match(source, "[Mon Jan 05 04:47:44 2006] [error] child w in error state 6")
+    assert not regex.match(source, "[Mon Jan 05 04:47:44 2006] [notice] child w in error state 6")

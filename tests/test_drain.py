@@ -7,7 +7,7 @@ import re
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from agent.drain import PLACEHOLDERS, WILDCARD, Drain, mask, tokens_of
+from agent.drain import PLACEHOLDERS, WILDCARD, Drain, header_length, mask, tokens_of
 
 WORDS = st.sampled_from(
     ["ERROR", "failed", "cannot", "open", "user", "job", "denied", "connection", "to", "for"]
@@ -118,3 +118,38 @@ def test_hostile_lines_are_cheap_and_bounded():
     assert len(drain.templates) <= 10
     assert all(len(t.tokens) <= 64 for t in drain.templates.values())
     assert re.fullmatch(r"[^\n]*", mask("a\x00b"))
+
+
+@given(st.lists(st.one_of(WORDS, VARIABLE, st.sampled_from(["Dec", "INFO", "[main]", "-"])),
+                min_size=1, max_size=20))  # fmt: skip
+def test_a_header_never_takes_the_whole_line(words):
+    tokens = tokens_of(mask(" ".join(words)))
+    assert 0 <= header_length(tokens) < max(1, len(tokens))
+
+
+def test_one_message_on_two_days_is_one_template_and_two_messages_are_two():
+    """The header (time, host, pid, level) neither routes a line nor makes two messages
+    alike: grouped on whole lines as they are logged (docs/performance.md: loghub)."""
+    drain = Drain()
+    lines = [
+        "Jun 15 02:04:59 combo sshd(pam_unix)[20884]: authentication failure for user root",
+        "Jul  7 08:09:10 combo sshd(pam_unix)[2421]: authentication failure for user admin",
+        "Jul  7 08:09:11 combo sshd(pam_unix)[2421]: session closed for user admin now",
+        "[Sun Dec 04 04:51:09 2005] [error] mod_jk child workerEnv in error state 6",
+        "[Mon Dec 05 11:02:13 2005] [error] mod_jk child workerEnv in error state 7",
+        "2026-11-30 07:00:00,123 ERROR [worker-3] com.app.Worker: job 7 failed",
+        "2026-11-30 07:00:01,456 ERROR [worker-9] com.app.Worker: job 8 failed",
+        "2026-11-30 07:00:01,456 ERROR [worker-9] com.app.Queue: job 8 failed",
+    ]
+    ids = [drain.add(line).id for line in lines]
+    assert ids[0] == ids[1] != ids[2]
+    assert ids[3] == ids[4] and ids[5] == ids[6] != ids[7]
+    assert drain.templates[ids[0]].text == (
+        "<*> <NUM> <TIME> combo sshd(pam_unix)[<NUM>]: authentication failure for user <*>"
+    )
+
+
+def test_a_level_word_alone_is_no_license_to_skip_the_words_after_it():
+    drain = Drain()
+    one = drain.add("ERROR worker 7 crashed: exit 1").id
+    assert drain.add("ERROR job 7 crashed: exit 1").id != one
