@@ -80,13 +80,14 @@ def tokens_of(masked: str) -> list[str]:
     return masked.split()[:MAX_TOKENS]
 
 
-DATE_WORDS = frozenset(
-    "jan feb mar apr may jun jul aug sep oct nov dec mon tue wed thu fri sat sun".split()
-)
-LEVEL_WORDS = frozenset(
-    "trace debug info notice warn warning err error crit critical fatal severe alert emerg"
-    " panic v d i w e f".split()
-)
+DATE_WORDS = frozenset({
+    "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+    "mon", "tue", "wed", "thu", "fri", "sat", "sun",
+})  # fmt: skip
+LEVEL_WORDS = frozenset({
+    "trace", "debug", "info", "notice", "warn", "warning", "err", "error", "crit",
+    "critical", "fatal", "severe", "alert", "emerg", "panic", "v", "d", "i", "w", "e", "f",
+})  # fmt: skip
 MAX_HEADER = 8  # tokens a header may take; the message keeps at least one
 _PUNCTUATION = str.maketrans("", "", "[](){}<>|,;:.-_/=+*#")
 _PROGRAM = re.compile(r"[\w$.()/@-]*(?:\[<NUM>\]|[\w$]\.[A-Za-z_$][\w$]*):")

@@ -173,6 +173,7 @@ class Sender(Courier):
         self.clock = clock
         self.owners = owners or {}
         self._next_stats = 0.0
+        self._told_older = False  # said once that the receiver takes no unknown errors
         self.heartbeat = monotonic()  # the loop is alive (not wedged) as of this
         self.grace = 3 * config.timeout + 10.0
         self.stats = SenderStats()
@@ -271,11 +272,14 @@ class Sender(Courier):
                 log.debug("unknown errors not sent (%s); kept for the next send", exc)
                 return False
             if not 200 <= response.status_code < 300:
-                log.warning(
+                older = response.status_code in (404, 405)  # a receiver from before them
+                (log.debug if older and self._told_older else log.warning)(
                     "the receiver did not take %d unknown error template(s), kept for the"
-                    " next send: HTTP %d: %s",
+                    " next send: HTTP %d: %s%s",
                     len(rows), response.status_code, _refusal(response),
+                    " (a receiver older than this agent?)" if older else "",
                 )  # fmt: skip
+                self._told_older = self._told_older or older
                 return False
             self.store.unknown_acked(rows)
         return False

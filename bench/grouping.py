@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import statistics
 import sys
 from collections import defaultdict
@@ -113,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         for column, value in zip(columns, found, strict=True):
             column.append(value)
         print(f"| {system} | " + " | ".join(f"{v:.3f}" for v in found) + " |")
-    means = [statistics.fmean(v for v in c if v == v) for c in columns]
+    means = [statistics.fmean(v for v in c if not math.isnan(v)) for c in columns]
     print("| **mean** | " + " | ".join(f"**{m:.3f}**" for m in means) + " |")
     return 0
 

@@ -180,3 +180,16 @@ def test_retired_templates_leave_the_miner(tmp_path):
         ]
     finally:
         store.close()
+
+
+def test_a_receiver_older_than_the_agent_is_said_once(rig, caplog):
+    store, sender, central = rig
+    templates(store, "team-web", (1, "ERROR a", 3))
+    central.plan = [404, 404, 404]
+    with caplog.at_level("DEBUG", logger="logmend.escalate"):
+        for _ in range(3):
+            assert sender.send_unknown() is False
+    warned = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "older than this agent" in warned[0].getMessage()
+    assert sender.send_unknown() is True  # an upgraded receiver takes what was kept
+    assert central.counts == {("team-web", 1): 3}
