@@ -23,6 +23,10 @@ from dataclasses import dataclass, field
 
 WILDCARD = "<*>"
 MAX_TOKENS = 64  # a longer line is grouped by its first tokens only
+MAX_SHAPE = 512  # characters of a line whose shape is remembered
+MAX_SHAPES = 2048  # shapes remembered (at most 1 MiB)
+_SHAPE = str.maketrans("23456789", "11111111")
+_DIGIT = re.compile(r"\d")
 _MASKS = [
     ("<UUID>", r"\b[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}\b"),
     (
@@ -94,9 +98,22 @@ _PROGRAM = re.compile(r"[\w$.()/@-]*(?:\[<NUM>\]|[\w$]\.[A-Za-z_$][\w$]*):")
 _PLACEHOLDER_NAMES = tuple(name.strip("<>") for name in PLACEHOLDERS)
 
 
+_HEADER_WORDS: dict[str, bool] = {}  # a memo: a log's header words repeat line after line
+_HEADER_MEMO = 4096
+
+
 def _header_word(token: str) -> bool:
     """Whether a token is what log headers are made of: placeholders and punctuation
     only (a time, a pid, "-"), a month or day name, or a level word."""
+    known = _HEADER_WORDS.get(token)
+    if known is None:
+        known = _is_header_word(token)
+        if len(_HEADER_WORDS) < _HEADER_MEMO and len(token) <= 64:
+            _HEADER_WORDS[token] = known
+    return known
+
+
+def _is_header_word(token: str) -> bool:
     bare = token
     for name in _PLACEHOLDER_NAMES:
         bare = bare.replace(name, "")
@@ -121,7 +138,7 @@ def header_length(tokens: list[str]) -> int:
     # then a host or a thread before the program or logger ("host sshd[42]:", "[main]
     # a.b.C:"), which is part of the message: what logged it tells errors apart
     for at in range(n, min(n + 3, len(tokens) - 1)):
-        if _PROGRAM.fullmatch(tokens[at]):
+        if tokens[at][-1] == ":" and _PROGRAM.fullmatch(tokens[at]):
             return at
     return n
 
@@ -186,9 +203,21 @@ class Drain:
         self.evicted = 0
         self._tree: dict[int, dict[str, object]] = {}
         self._next_id = 1
+        self._shapes: dict[str, int] = {}  # a line's shape -> the template it fits as is
 
     def add(self, line: str, now: float = 0.0) -> Template:
-        """Group `line`: its template, new or generalised."""
+        """Group `line`: its template, new or generalised.
+
+        A line whose shape (its text with each digit 1-9 read as 1) was grouped before
+        into a template that keeps no digit goes there at once: it masks to the same
+        tokens but where the template has `<*>`, so it fits as it is, without masking
+        or a search (the masks tell digits apart only in `0x`, which the shape keeps).
+        """
+        shape = line.translate(_SHAPE) if len(line) <= MAX_SHAPE else None
+        if shape is not None:
+            known = self._shapes.get(shape)
+            if known is not None and known in self.templates:
+                return self._seen(self.templates[known], line, now)
         tokens = tokens_of(mask(line))
         head = header_length(tokens)
         leaf = self._leaf(tokens, head)
@@ -206,11 +235,19 @@ class Drain:
         else:
             best.merge(tokens)
             self.templates.move_to_end(best.id)
-        best.count += 1
-        best.last_seen = now
-        if len(best.samples) < self.max_samples:
-            best.samples.append(self.redact(line) if self.redact is not None else line)
-        return best
+        if shape is not None and not _DIGIT.search(best.text):
+            if len(self._shapes) >= MAX_SHAPES:
+                self._shapes.clear()  # bounded; the shapes in use come back at once
+            self._shapes[shape] = best.id
+        return self._seen(best, line, now)
+
+    def _seen(self, template: Template, line: str, now: float) -> Template:
+        self.templates.move_to_end(template.id)
+        template.count += 1
+        template.last_seen = now
+        if len(template.samples) < self.max_samples:
+            template.samples.append(self.redact(line) if self.redact is not None else line)
+        return template
 
     def _new(self, tokens: list[str], leaf: list[int], now: float) -> Template:
         while len(self.templates) >= self.max_templates:
@@ -229,7 +266,7 @@ class Drain:
         routes as `<*>`."""
         node: dict[str, object] = self._tree.setdefault(len(tokens), {})
         for token in tokens[head : head + self.prefix]:
-            variable = "<" in token or any(c.isdigit() for c in token)  # masked or not
+            variable = "<" in token or _DIGIT.search(token) is not None  # masked or not
             key = WILDCARD if variable else token
             if key not in node and len(node) >= self.max_children:
                 key = WILDCARD

@@ -219,6 +219,24 @@ def site(tmp_path: Path) -> Iterator[tuple[Receiver, dict[str, str]]]:
         headers={"Authorization": f"Bearer {receiver.token}"},
         timeout=10,
     ).raise_for_status()
+    now = time.time()
+    unknown = {
+        "host": "db-01",
+        "templates": [
+            {"owner": "data-platform", "id": 1, "count": 31, "first_seen": now - 7200,
+             "last_seen": now, "template": "FATAL could not map shared segment <HEX>: <*>",
+             "samples": ["FATAL could not map shared segment 0x7f3a2c: ENOMEM"]},
+            {"owner": "web-platform", "id": 2, "count": 5, "first_seen": now - 60,
+             "last_seen": now, "template": "upstream cache <NUM> wedged",
+             "samples": ["upstream cache 3 wedged"]},
+        ],
+    }  # fmt: skip
+    httpx.post(
+        receiver.url + "/v1/unknown",
+        json=unknown,
+        headers={"Authorization": f"Bearer {receiver.token}"},
+        timeout=10,
+    ).raise_for_status()
     try:
         yield receiver, tokens
     finally:
@@ -286,6 +304,16 @@ def test_a_team_lead_works_an_escalation_in_a_real_browser(site, tmp_path):
         assert browser.reads("#failing", "db-01")  # where fixes fail most
         browser.shot("tier1")
 
+        # errors no pack knows yet: this team's, and a pattern drafted from one
+        browser.find("nav.pages a[href='/unknown']").click()
+        assert wait_for(lambda: browser.reads("#unknown", "could not map shared segment"))
+        assert "upstream cache" not in browser.text()  # web-platform's
+        assert browser.find("tr.unknown .count").text == "31"
+        browser.shot("unknown")
+        browser.find("tr.unknown a.draft").click()
+        assert wait_for(lambda: browser.reads("#draft", "[[pattern.example]]"))
+        assert "0x7f3a2c: ENOMEM" in browser.find("#draft").text
+
         # another team's escalation, by its URL, is refused
         browser.driver.delete_all_cookies()
         browser.open("/login")
@@ -304,4 +332,5 @@ def test_a_team_lead_works_an_escalation_in_a_real_browser(site, tmp_path):
         "inbox.png",
         "detail.png",
         "tier1.png",
+        "unknown.png",
     }

@@ -153,3 +153,29 @@ def test_a_level_word_alone_is_no_license_to_skip_the_words_after_it():
     drain = Drain()
     one = drain.add("ERROR worker 7 crashed: exit 1").id
     assert drain.add("ERROR job 7 crashed: exit 1").id != one
+
+
+def test_a_line_of_a_known_shape_still_fits_its_template_exactly():
+    """The shape shortcut (digits 1-9 read as 1) never puts a line where masking would
+    not: a digit kept literal, a digit where there was none, `0x` against `1x`."""
+    drain = Drain()
+    first = drain.add("ERROR module m17 failed")
+    assert drain.add("ERROR module m18 failed").id == first.id  # generalised by a merge
+    assert first.text == "ERROR module <*> failed"
+    assert drain.add("ERROR module m99 failed").text == "ERROR module <*> failed"
+    plain = drain.add("WARN x ab y")
+    assert drain.add("WARN x a1b y").id != plain.id and plain.count == 1  # not "ab"
+    hex_id = drain.add("FATAL bad handle 0x1f")
+    assert hex_id.text == "FATAL bad handle <HEX>"
+    assert drain.add("FATAL bad handle 1x1f").text == "FATAL bad handle <*>"  # merged
+
+
+@given(st.lists(LINES, min_size=1, max_size=80))
+@settings(max_examples=100, deadline=None)
+def test_the_shape_shortcut_groups_as_the_full_path_does(lines):
+    """Each line fits the template it is counted in, shortcut or not (as masked whole)."""
+    drain = Drain()
+    for line in lines:
+        template = drain.add(line)
+        tokens = tokens_of(mask(line))
+        assert all(t in (WILDCARD, mine) for t, mine in zip(template.tokens, tokens, strict=True))
