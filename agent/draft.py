@@ -10,12 +10,15 @@ group for a word, each placeholder a named group of its shape; words are joined 
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Sequence
 
-from agent.drain import DATE_WORDS, PLACEHOLDERS, WILDCARD
+import regex
+
+from agent.drain import DATE_WORDS, MAX_TOKENS, PLACEHOLDERS, WILDCARD, mask, tokens_of
 from agent.redact import MASK
+
+CLIPPED = "…"  # the end of a text clipped for the wire (agent.unknown)
 
 SHAPES = {
     "<UUID>": r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}",
@@ -37,6 +40,12 @@ def draft_regex(tokens: Sequence[str]) -> str:
         counts[kind] = counts.get(kind, 0) + 1
         return f"(?P<{kind}{counts[kind]}>{shape})"
 
+    tokens = list(tokens)
+    # a template of MAX_TOKENS tokens may have had more; one clipped for the wire ends
+    # with a partial word: either way the draft takes whatever follows
+    cut = len(tokens) >= MAX_TOKENS or bool(tokens and tokens[-1].endswith(CLIPPED))
+    if tokens and tokens[-1].endswith(CLIPPED):
+        tokens.pop()
     words = []
     for token in tokens:
         if token == WILDCARD:
@@ -60,23 +69,54 @@ def draft_regex(tokens: Sequence[str]) -> str:
             at = piece.end()
         out.append(re.escape(token[at:]))
         words.append("".join(out))
-    return "^\\s*" + r"\s+".join(words) + r"\s*$"
+    return "^\\s*" + r"\s+".join(words) + (r"(?:\s.*)?$" if cut else r"\s*$")
 
 
 def draft_toml(tokens: Sequence[str], samples: Sequence[str], pattern_id: str) -> str:
-    """A `[[pattern]]` block with its examples: paste it into a pack.toml."""
+    """A `[[pattern]]` block with its examples: paste it into a pack.toml.
+
+    Its examples are the samples it matches; when it matches none (a template and
+    samples redacted or clipped apart), it is drafted from the first sample alone, which
+    its own draft matches, so `logmend test` accepts the block as printed."""
     source = draft_regex(tokens)
+    examples = [s for s in samples if _matches(source, s)]
+    if samples and not examples:
+        tokens = tokens_of(mask(samples[0]))
+        source = draft_regex(tokens)
+        examples = [s for s in samples if _matches(source, s)] or list(samples[:1])
+    literal = "'''" not in source and not _CONTROL.search(source)
     lines = [
         "[[pattern]]",
-        f"id = {json.dumps(pattern_id)}",
-        f"match = '''{source}'''" if "'''" not in source else f"match = {json.dumps(source)}",
+        f"id = {toml_string(pattern_id)}",
+        f"match = '''{source}'''" if literal else f"match = {toml_string(source)}",
         'severity = "error"',
-        "# drafted from the template: " + " ".join(tokens).replace("\n", " "),
+        "# drafted from the template: " + _CONTROL.sub("?", " ".join(tokens)),
         "",
     ]
-    for sample in samples:
-        lines += ["[[pattern.example]]", f"line = {json.dumps(sample)}", ""]
+    for sample in examples:
+        lines += ["[[pattern.example]]", f"line = {toml_string(sample)}", ""]
     return "\n".join(lines)
+
+
+def _matches(source: str, line: str) -> bool:
+    try:
+        return regex.search(source, line, timeout=1.0) is not None
+    except (regex.error, TimeoutError):
+        return False
+
+
+_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\ud800-\udfff]")
+
+
+def toml_string(value: str) -> str:
+    """A TOML basic string: quotes and backslashes escaped, control characters as
+    \\uXXXX (TOML allows none raw), a lone surrogate (no Unicode scalar) as U+FFFD."""
+    out = value.replace("\\", "\\\\").replace('"', '\\"')
+    out = _CONTROL.sub(
+        lambda m: "\ufffd" if 0xD800 <= ord(m.group()) <= 0xDFFF else f"\\u{ord(m.group()):04X}",
+        out,
+    )
+    return f'"{out}"'
 
 
 def pattern_id(tokens: Sequence[str], taken: set[str]) -> str:

@@ -24,6 +24,7 @@ from agent.errors import StateError
 from agent.match import Matcher
 from agent.packs import Pack
 from agent.records import decode_line
+from agent.redact import MASK
 from agent.state import Store
 
 log = logging.getLogger("logmend")
@@ -69,17 +70,23 @@ class Unknowns:
             self._retire(owner, list(mine.values()))
 
     def _retire(self, owner: str, matchers: list[Matcher]) -> None:
-        """Drop the owner's templates whose samples a pattern of its sources now matches."""
+        """Drop the owner's templates whose samples a pattern now matches on every source
+        mined for the owner (a pattern one source loads leaves another's lines unknown).
+        A redacted secret is tried as the word `x` too: a pattern is written for the real
+        lines, whose secret a `\\w+` matches and `[REDACTED]` does not."""
         drain = self.drains.get(owner)
         if drain is None or not drain.templates:
             return
         explained: list[tuple[int, str]] = []
         for template in list(drain.templates.values()):
-            for matcher in matchers:
-                found = next((p for p in matcher.explains(template.samples) if p), None)
-                if found is not None:
-                    explained.append((template.id, f"{found.pack}/{found.id}"))
-                    break
+            texts = [
+                *template.samples,
+                *(s.replace(MASK, "x") for s in template.samples if MASK in s),
+            ]
+            found = [next((p for p in m.explains(texts) if p), None) for m in matchers]
+            first = found[0] if found and all(found) else None
+            if first is not None:
+                explained.append((template.id, f"{first.pack}/{first.id}"))
         if not explained:
             return
         try:

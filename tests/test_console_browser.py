@@ -305,7 +305,7 @@ def test_a_team_lead_works_an_escalation_in_a_real_browser(site, tmp_path):
         browser.shot("tier1")
 
         # errors no pack knows yet: this team's, and a pattern drafted from one
-        browser.find("nav.pages a[href='/unknown']").click()
+        browser.find("header a[href='/unknown']").click()
         assert wait_for(lambda: browser.reads("#unknown", "could not map shared segment"))
         assert "upstream cache" not in browser.text()  # web-platform's
         assert browser.find("tr.unknown .count").text == "31"

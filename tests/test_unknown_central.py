@@ -278,3 +278,13 @@ def test_a_bad_sort_is_a_400(receiver):
         timeout=10,
     )
     assert answer.status_code == 400 and "sort" in answer.json()["error"]
+
+
+def test_no_agent_files_under_the_central_teams_owner(receiver):
+    """Every ingest token may report the agent's own events (owner "logmend"); none may
+    fill, overwrite or explain that owner's templates."""
+    t = tokens(receiver)
+    answer = post(receiver, t["agent-web"], "web-1", [template(1, owner="logmend")])
+    assert answer.status_code == 403 and "templates[0].owner" in answer.json()["error"]
+    known = {"owner": "logmend", "id": 1, "known": "x/y"}
+    assert post(receiver, t["agent"], "web-1", [known]).status_code == 403

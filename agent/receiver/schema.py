@@ -233,13 +233,13 @@ UNKNOWN = """
 CREATE TABLE unknown (
     owner TEXT NOT NULL, host TEXT NOT NULL, id INTEGER NOT NULL, ref TEXT NOT NULL,
     template TEXT NOT NULL, count INTEGER NOT NULL, first_seen REAL NOT NULL,
-    last_seen REAL NOT NULL, samples TEXT NOT NULL, known TEXT NOT NULL,
+    last_seen REAL NOT NULL, samples TEXT NOT NULL, sample TEXT NOT NULL, known TEXT NOT NULL,
     submitted_by TEXT NOT NULL, updated REAL NOT NULL, PRIMARY KEY (owner, host, id));
-CREATE INDEX unknown_ref ON unknown (ref);
+CREATE INDEX unknown_ref ON unknown (ref, owner);
 CREATE INDEX unknown_recent ON unknown (owner, last_seen);
 CREATE TABLE unknown_days (
-    owner TEXT NOT NULL, ref TEXT NOT NULL, day INTEGER NOT NULL, count INTEGER NOT NULL,
-    PRIMARY KEY (owner, ref, day));
+    owner TEXT NOT NULL, host TEXT NOT NULL, id INTEGER NOT NULL, day INTEGER NOT NULL,
+    count INTEGER NOT NULL, PRIMARY KEY (owner, host, id, day));
 CREATE INDEX unknown_days_day ON unknown_days (day);
 """
 
