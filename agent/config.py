@@ -33,7 +33,7 @@ class Source:
     multiline: Multiline | None = None
     flush_after: float = 5.0
     owner: str = ""  # whose its unknown errors are (default: the one owner of its packs)
-    discover: bool = False  # group its unmatched error lines into templates (agent.unknown)
+    discover: bool = True  # group its unmatched error lines into templates (agent.unknown)
     error_words: tuple[str, ...] | None = None  # what makes a line look like an error
 
 
@@ -323,7 +323,7 @@ def _source(section: Section) -> Source | None:
     owner = section.string("owner", "")
     if owner and not valid_pack_name(owner):
         section.error("owner", f"{owner!r} is not a plain name (a team, as packs name owners)")
-    discover = section.boolean("discover", False)
+    discover = section.boolean("discover", True)
     words = section.strings("error_words", None)
     if words is not None and (not words or not all(w.strip() for w in words)):
         section.error("error_words", "a list of words (or leave it out for the built-in ones)")

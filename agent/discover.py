@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agent.derived import Memo
 from agent.drain import Drain, Template
 from agent.records import LineSplitter, decode_line
 
@@ -49,9 +50,9 @@ class ErrorGate:
     one caseless literal scan of the block (0.1 ms for 256 KiB); else `bytes.find` per
     word on the lowered block (4 ms)."""
 
-    def __init__(self, words: Iterable[str] = ERROR_WORDS) -> None:
+    def __init__(self, words: Iterable[str] = ERROR_WORDS, memo: Memo | None = None) -> None:
         self.words = tuple(sorted({w.lower().encode() for w in words if w}))
-        self._database = _caseless_database(self.words)
+        self._database = _caseless_database(self.words, memo)
 
     def lines(self, block: bytes) -> list[int]:
         if self._database is not None:
@@ -70,24 +71,44 @@ class ErrorGate:
         return sorted(starts)
 
     def _scanned(self, block: bytes) -> list[int]:
-        ends: list[int] = []
+        starts: list[int] = [-1]
+        line = [-1, -1, 0]  # the last line found, [start, end), and whether out of order
 
         def found(index: int, start: int, end: int, flags: int, context: object) -> None:
-            ends.append(end)
+            if line[0] < end <= line[1]:
+                return  # another word of the same line
+            line[0] = block.rfind(b"\n", 0, end) + 1
+            line[1] = block.find(b"\n", end - 1)
+            if line[1] < 0:
+                line[1] = len(block)
+            if line[0] <= starts[-1]:
+                line[2] = 1
+            starts.append(line[0])
 
         self._database.scan(block, match_event_handler=found)
-        starts = {block.rfind(b"\n", 0, end) + 1 for end in ends}
-        return sorted(starts)
+        # matches come in the order of their ends, so the starts do; were they not,
+        # nothing is lost or doubled
+        return sorted(set(starts[1:])) if line[2] else starts[1:]
 
 
-def _caseless_database(words: tuple[bytes, ...]) -> Any:
-    """The words as one Hyperscan literal database, caseless; None without Hyperscan."""
+def _caseless_database(words: tuple[bytes, ...], memo: Memo | None = None) -> Any:
+    """The words as one Hyperscan literal database, caseless; None without Hyperscan.
+    With the agent's memo, built apart and kept (agent.hscompile), as the matcher's
+    databases are: the agent's heap never holds the compiler's working memory."""
     try:
         import hyperscan
     except ImportError:  # pragma: no cover - exercised where the wheel is missing
         return None
     if not words:
         return None
+    if memo is not None:
+        from agent import hscompile
+
+        flags = [hyperscan.HS_FLAG_CASELESS] * len(words)
+        try:
+            return hscompile.kept_or_built(memo, list(words), flags, literal=True)
+        except (hscompile.Refused, OSError, hyperscan.error):
+            pass  # built here instead, as without a memo
     database = hyperscan.Database(mode=hyperscan.HS_MODE_BLOCK)
     database.compile(
         expressions=list(words),

@@ -98,7 +98,7 @@ class Reader:
         self.watched: Mapping[str, Any] = watched if watched is not None else {}
         self.exclude = exclude
         self._quarantined: set[tuple[str, str]] = set()
-        self.unknowns = Unknowns(store, Redactor())  # errors no pack knows yet
+        self.unknowns = Unknowns(store, Redactor(), memo=memo)  # errors no pack knows yet
         self._take(config, packs)
         self.trigger = Trigger(config.limits.max_samples, self.redactors)
         budget_window = max(

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from agent.config import Config
+from agent.derived import Memo
 from agent.discover import ERROR_WORDS, ErrorGate
 from agent.drain import Drain, Template
 from agent.errors import StateError
@@ -40,8 +41,10 @@ class Unknowns:
         store: Store,
         redact: Callable[[str], str],
         max_templates: int = MAX_TEMPLATES,
+        memo: Memo | None = None,
     ) -> None:
         self.store = store
+        self.memo = memo
         self.redact = redact
         self.max_templates = max_templates
         self.drains: dict[str, Drain] = {}
@@ -61,7 +64,9 @@ class Unknowns:
             if not source.discover:
                 continue
             words = source.error_words or ERROR_WORDS
-            gate = gates.setdefault(tuple(words), ErrorGate(words))
+            if tuple(words) not in gates:
+                gates[tuple(words)] = ErrorGate(words, self.memo)
+            gate = gates[tuple(words)]
             owner = owner_of(source.owner, source.packs, packs)
             self._gates[index] = (gate, owner)
             if index < len(matchers):

@@ -85,11 +85,16 @@ def logmend_test(base: Path, corpus: Path) -> tuple[float, float, int]:
 
 
 def logmend_agent(
-    base: Path, corpus: Path, warm: bool = False, source_extra: str = ""
+    base: Path,
+    corpus: Path,
+    warm: bool = False,
+    source_extra: str = "",
+    cpu: list[float] | None = None,
 ) -> tuple[float, float, int]:
     """The whole agent reading the file from its start to its end (no remedies run);
     `warm`: with the pattern memo an earlier run of the same set left (agent.derived);
-    `source_extra`: more keys of the [[source]] (`discover = false`)."""
+    `source_extra`: more keys of the [[source]] (`discover = false`); `cpu`: the agent's
+    CPU seconds (user and system, start to stop) are appended to it."""
     state = base / "agent-state"
     memo = state / "patterns.memo"
     kept = memo.read_bytes() if warm and memo.exists() else None
@@ -111,7 +116,7 @@ def logmend_agent(
         [
             "/usr/bin/time",
             "-f",
-            "%M",
+            "%U %S %M",
             "-o",
             str(rss_file),
             PY,
@@ -153,7 +158,10 @@ def logmend_agent(
         check=True,
     )
     matched = sum(p["matches"] for p in json.loads(status.stdout)["patterns"])
-    return done, int(rss_file.read_text().split()[-1]) / 1024, matched
+    user, system, peak = rss_file.read_text().split()[-3:]
+    if cpu is not None:
+        cpu.append(float(user) + float(system))
+    return done, int(peak) / 1024, matched
 
 
 def peers(base: Path, corpus: Path) -> dict[str, list[str] | None]:

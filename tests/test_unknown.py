@@ -104,8 +104,20 @@ def test_a_source_may_name_its_owner_and_words_or_opt_out(tmp_path):
     assert [r["count"] for r in unknown(agent.config)] == [2, 1]  # nothing more was mined
 
 
-def test_off_by_default(tmp_path):
+def test_on_by_default_and_off_with_discover_false(tmp_path):
     agent, log = agent_with_pack(tmp_path, PACK)
+    agent.start()
+    append(log, "ERROR worker 1 crashed", "FATAL cannot open /x/y")
+    assert read_to_end(agent, log), agent.log()
+    assert agent.stop() == 0
+    assert {r["template"] for r in unknown(agent.config)} == {
+        "ERROR worker <NUM> crashed", "FATAL cannot open <PATH>",
+    }  # fmt: skip
+    quiet = tmp_path / "quiet"
+    quiet.mkdir()
+    agent, log = agent_with_pack(quiet, PACK)
+    text = agent.config.read_text()
+    agent.config.write_text(text.replace('packs = "*"\n', 'packs = "*"\ndiscover = false\n'))
     agent.start()
     append(log, "ERROR worker 1 crashed", "FATAL cannot open /x/y")
     assert read_to_end(agent, log), agent.log()
