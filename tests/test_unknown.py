@@ -79,6 +79,7 @@ def test_unmatched_error_lines_become_templates_that_survive_a_restart(tmp_path)
         "ERROR worker 99 crashed: exit 1 password=x",
         "ERROR worker 98 crashed: exit 2 password=y",
     )
+    assert read_to_end(agent, log), agent.log()
     assert agent.stop() == 0
     again = {row["template"]: row["count"] for row in unknown(agent.config)}
     assert again["ERROR worker <NUM> crashed: exit <NUM> <*>"] == 22
