@@ -368,6 +368,7 @@ class Agent:
             spool=spool,
             packs_running=len(reader.packs),
             broken_packs=tuple(p.name for p in self.broken),
+            unknown=reader.unknowns.sizes(),
         )
 
     # reload ------------------------------------------------------------------------

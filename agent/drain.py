@@ -201,6 +201,7 @@ class Drain:
         self.redact = redact  # applied to the lines kept as samples (templates: the caller)
         self.templates: OrderedDict[int, Template] = OrderedDict()  # least recent first
         self.evicted = 0
+        self.lines = 0  # grouped by this process (a template's count survives restarts)
         self._tree: dict[int, dict[str, object]] = {}
         self._next_id = 1
         self._shapes: dict[bytes, int] = {}  # a line's shape -> the template it fits as is
@@ -246,6 +247,7 @@ class Drain:
         return self._seen(best, line, now)
 
     def _seen(self, template: Template, line: str, now: float) -> Template:
+        self.lines += 1
         self.templates.move_to_end(template.id)
         template.count += 1
         template.last_seen = now

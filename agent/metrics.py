@@ -75,6 +75,19 @@ class AgentCollector(Collector):
         for name in snap.broken_packs:
             broken.add_metric([name], 1)
         yield broken
+        templates = GaugeMetricFamily(
+            "logmend_unknown_templates",
+            "Templates of error lines no pattern matched, kept per owner",
+            labels=["owner"],
+        )
+        grouped = CounterMetricFamily(
+            "logmend_unknown_lines", "Error lines no pattern matched, grouped", labels=["owner"]
+        )
+        for owner, held, seen in snap.unknown:
+            templates.add_metric([owner], held)
+            grouped.add_metric([owner], seen)
+        yield templates
+        yield grouped
         lag = GaugeMetricFamily("logmend_file_lag_bytes", "Bytes behind the end", labels=["path"])
         for path, behind in snap.lag:
             lag.add_metric([path], behind)

@@ -171,6 +171,13 @@ class Unknowns:
                 continue  # a row this version cannot read: its template starts again
             self._drain(str(owner)).restore(template)
 
+    def sizes(self) -> list[tuple[str, int, int]]:
+        """(owner, templates, lines grouped) of each owner: the metrics (any thread)."""
+        return [
+            (owner, len(drain.templates), drain.lines)
+            for owner, drain in sorted(dict(self.drains).items())
+        ]
+
     def top(self, limit: int = 20) -> list[dict[str, Any]]:
         """The most frequent templates of every owner (for `status` and the metrics)."""
         ranked = sorted(

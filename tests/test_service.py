@@ -265,10 +265,11 @@ def test_metrics_endpoint_reports_what_the_test_drove(tmp_path):
     line = next(line for line in agent.lines if "metrics on http://" in line)
     url = line.split("metrics on ", 1)[1]
     assert url.startswith("http://127.0.0.1:")
-    append(log, *(f"noise {n}" for n in range(50)), "queue stuck q1", "queue stuck q1")
+    append(log, *(f"noise {n}" for n in range(50)), "queue stuck q1", "queue stuck q1",
+           "ERROR cache 1 wedged", "ERROR cache 2 wedged")  # fmt: skip
     assert wait_for(lambda: agent.saw("resolved ops/stuck"))
     source = (("source", str(log)),)
-    assert wait_for(lambda: scrape(url).get(("logmend_lines_read_total", source)) == 52)
+    assert wait_for(lambda: scrape(url).get(("logmend_lines_read_total", source)) == 54)
     metrics = scrape(url)
     assert metrics[("logmend_bytes_read_total", source)] == log.stat().st_size
     assert metrics[("logmend_matches_total", (("pack", "ops"), ("pattern", "stuck")))] == 2
@@ -276,6 +277,9 @@ def test_metrics_endpoint_reports_what_the_test_drove(tmp_path):
     assert metrics[("logmend_incidents", (("state", "resolved"),))] == 1
     assert metrics[("logmend_file_lag_bytes", (("path", str(log)),))] == 0
     assert metrics[("logmend_spool_depth", ())] == 0
+    owner = (("owner", "team-test"),)  # the pack's owner: errors no pattern matched
+    assert metrics[("logmend_unknown_templates", owner)] == 1
+    assert metrics[("logmend_unknown_lines_total", owner)] == 2
     assert agent.proc is not None
     agent.proc.send_signal(signal.SIGHUP)
     assert wait_for(lambda: scrape(url).get(("logmend_reloads_total", (("result", "ok"),))) == 1)
