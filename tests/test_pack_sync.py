@@ -270,17 +270,19 @@ def test_central_params_for_a_group_of_hosts_reach_the_fix_and_the_hosts_own_win
     assert f"redis params: out='{central / 'fix'}'" in status.stdout
     moved = tmp_path / "moved"
     moved.mkdir()
+    reloads = agent.saw("reloaded")
     set_out(moved)  # the team moves it: the host follows at its next sync
     assert wait_for(lambda: agent.saw("new central values of params") > 0, 15), agent.log()
-    assert wait_for(lambda: agent.saw("reloaded") > 0, 15), agent.log()
+    assert wait_for(lambda: agent.saw("reloaded") > reloads, 15), agent.log()
     append(log, "queue stuck c2")
     assert wait_for(lambda: (moved / "fix.0.argv").exists()), agent.log()
     # the host's own [params.redis] wins over the group's
     own = tmp_path / "own"
     own.mkdir()
     agent.config.write_text(agent.config.read_text() + f'[params.redis]\nout = "{own / "fix"}"\n')
+    reloads = agent.saw("reloaded")  # the syncs' reloads so far: wait for the SIGHUP's own
     agent.proc.send_signal(signal.SIGHUP)  # type: ignore[union-attr]
-    assert wait_for(lambda: agent.saw("reloaded") > 1, 15), agent.log()
+    assert wait_for(lambda: agent.saw("reloaded") > reloads, 15), agent.log()
     append(log, "queue stuck c3")
     assert wait_for(lambda: (own / "fix.0.argv").exists()), agent.log()
     assert agent.stop() == 0
