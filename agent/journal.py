@@ -1,0 +1,365 @@
+"""The systemd journal as a source: entries read through the journal's own reader.
+
+`journalctl --output=json --follow --all` (Vector's approach) reads the journal
+files as journald writes them, rotates and vacuums them; the agent builds no C
+extension and links no libsystemd. One follower per journal source runs it, and
+a thread turns its lines into entries in a bounded queue: when the reader falls
+behind, the queue fills, the thread waits, and journalctl waits on its pipe, so
+nothing is dropped and memory stays bounded. A quiet journal costs a blocked
+read. A journalctl that dies is started again after a backoff, from the cursor
+of the last entry read, and said in `status` and the metrics.
+
+Each entry carries its cursor; the reader commits the cursor of the last entry
+it processed in the same transaction as what the entries caused, so a restart
+resumes `--after-cursor` at the right entry. A cursor the journal no longer has
+(vacuumed) resumes at the oldest entry still there; the sequence numbers of the
+cursor and of that entry say how many were lost.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from agent.courier import Backoff
+
+log = logging.getLogger("logmend.journal")
+
+PRIORITIES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
+FIELDS = {  # journal field -> the name a pattern's key, template and escalation see
+    "_SYSTEMD_UNIT": "unit",
+    "SYSLOG_IDENTIFIER": "identifier",
+    "_PID": "pid",
+    "PRIORITY": "priority",
+    "_HOSTNAME": "hostname",
+}
+MAX_FIELD = 256  # characters of a unit, identifier ... (a field is attacker input too)
+QUEUE = 10_000  # entries read ahead of the reader
+JSON_SLACK = 64 * 1024  # a JSON line may be this much longer than its message
+
+
+@dataclass(frozen=True, slots=True)
+class JournalSpec:
+    """`[[source]] journal = {units, identifiers, priority, directory}`."""
+
+    units: tuple[str, ...] = ()
+    identifiers: tuple[str, ...] = ()
+    priority: str = ""  # the least urgent taken: a name in PRIORITIES or 0-7
+    directory: Path | None = None  # another journal than the system's (journalctl --directory)
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    cursor: str
+    message: str
+    fields: Mapping[str, str]
+    garbage: bool = False  # a MESSAGE that is binary or past the line limit, or no JSON
+
+
+def argv(spec: JournalSpec, cursor: str | None, from_start: bool, journalctl: str) -> list[str]:
+    """journalctl's arguments: follow from after `cursor`, else from the journal's start
+    (`from_start`) or its end."""
+    args = [journalctl, "--output=json", "--follow", "--all", "--no-pager", "--quiet"]
+    if spec.directory is not None:
+        args.append(f"--directory={spec.directory}")
+    args += [f"--unit={unit}" for unit in spec.units]
+    args += [f"--identifier={name}" for name in spec.identifiers]
+    if spec.priority:
+        args.append(f"--priority={spec.priority}")
+    if cursor:
+        args.append(f"--after-cursor={cursor}")
+    elif from_start:
+        args.append("--no-tail")
+    else:
+        args.append("--lines=0")
+    return args
+
+
+def parse(line: bytes, max_line: int) -> Entry | None:
+    """One line of journalctl's JSON as an entry; None when it names no cursor (then it
+    is no entry at all)."""
+    try:
+        doc = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get("__CURSOR"), str):
+        return None
+    message, garbage = _message(doc.get("MESSAGE"), max_line)
+    fields = {}
+    for name, key in FIELDS.items():
+        value = doc.get(name)
+        if isinstance(value, str) and value.isprintable():
+            fields[key] = value[:MAX_FIELD]
+    return Entry(doc["__CURSOR"], message, fields, garbage)
+
+
+def _message(value: Any, max_line: int) -> tuple[str, bool]:
+    """The MESSAGE as text: a string as it is, binary (a list of byte values) decoded
+    with replacement and marked garbage, as a line of a file that is no text would be;
+    past `max_line` bytes cut and marked."""
+    if isinstance(value, list):
+        try:
+            raw = bytes(v for v in value if isinstance(v, int) and 0 <= v < 256)
+        except ValueError:
+            raw = b""
+        return raw[:max_line].decode("utf-8", "replace"), True
+    if not isinstance(value, str):
+        return "", True  # absent or null: journalctl could not show it
+    if len(value) > max_line // 4 and len(value.encode("utf-8", "surrogatepass")) > max_line:
+        return value.encode("utf-8", "surrogatepass")[:max_line].decode("utf-8", "ignore"), True
+    return value, False
+
+
+def seqnum(cursor: str) -> tuple[str, int] | None:
+    """(sequence number id, sequence number) of a cursor, if it says them."""
+    parts = dict(p.split("=", 1) for p in cursor.split(";") if "=" in p)
+    try:
+        return parts["s"], int(parts["i"], 16)
+    except (KeyError, ValueError):
+        return None
+
+
+def lost_between(cursor: str, first: str) -> int | None:
+    """How many entries lie between a resumed cursor and the first entry read after it
+    (vacuumed); None when the two are of different sequences and no count is known."""
+    before, after = seqnum(cursor), seqnum(first)
+    if before is None or after is None or before[0] != after[0]:
+        return None
+    return max(0, after[1] - before[1] - 1)
+
+
+@dataclass
+class FollowerState:
+    """What `status` and the metrics say of a journal source."""
+
+    running: bool = False
+    starts: int = 0
+    exits: int = 0
+    last_error: str = ""
+    lost: int = 0  # entries vacuumed before they were read (when the journal can tell)
+    resumed_oldest: int = 0  # times the cursor was gone and reading began at the oldest
+    garbage: int = 0
+    lines: list[str] = field(default_factory=list)  # journalctl's last words on stderr
+
+
+class JournalFollower:
+    """One journal source: journalctl run, restarted, and read into a bounded queue."""
+
+    def __init__(
+        self,
+        spec: JournalSpec,
+        cursor: str | None,
+        from_start: bool,
+        max_line: int,
+        wake: threading.Event,
+        journalctl: str = "journalctl",
+        spawn: Callable[[Sequence[str]], subprocess.Popen[bytes]] | None = None,
+        backoff: Backoff | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.spec = spec
+        self.from_start = from_start
+        self.max_line = max_line
+        self.wake = wake
+        self.journalctl = journalctl
+        self.spawn = spawn or _spawn
+        self.backoff = backoff or Backoff(1.0, 60.0)
+        self.monotonic = monotonic
+        self.state = FollowerState()
+        self.entries: queue.Queue[Entry] = queue.Queue(QUEUE)
+        self._read_cursor = cursor  # of the last entry read from journalctl
+        self._resumed: str | None = cursor  # to count what was vacuumed after it
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._next_start = 0.0
+
+    # lifecycle ---------------------------------------------------------------------
+    def poll(self) -> None:
+        """Start journalctl if it is not running and its backoff has passed (the reader
+        calls this every pass; a quiet journal costs nothing here)."""
+        if self._stopping.is_set():
+            return
+        if self._proc is not None:
+            if self._proc.poll() is None or (self._thread and self._thread.is_alive()):
+                return  # running, or its last lines still on their way to the queue
+            self._ended()
+        if self.monotonic() < self._next_start:
+            return
+        self._start()
+
+    def _start(self) -> None:
+        cursor = self._read_cursor
+        if cursor and not self._still_there(cursor):
+            log.warning(
+                "journal source %s: its cursor is no longer in the journal (vacuumed or"
+                " rotated away); resuming at the oldest entry still there", self.name,
+            )  # fmt: skip
+            cursor = None  # and _resumed keeps the old one, to count what was lost
+            self.state.resumed_oldest += 1
+        args = argv(
+            self.spec,
+            cursor,
+            self.from_start or bool(self._read_cursor),  # a cursor gone: from the oldest
+            self.journalctl,
+        )
+        try:
+            proc = self.spawn(args)
+        except OSError as exc:
+            self._failed(f"cannot run {self.journalctl}: {exc}")
+            return
+        self._proc = proc
+        self._resumed = self._read_cursor  # the first entry read says what lies between
+        self.state.running = True
+        self.state.starts += 1
+        self._thread = threading.Thread(
+            target=self._read, args=(proc,), name="journal", daemon=True
+        )
+        self._thread.start()
+
+    def _ended(self) -> None:
+        """journalctl exited (or was killed): said, and started again after a backoff."""
+        proc, self._proc = self._proc, None
+        assert proc is not None
+        self.state.exits += 1
+        words = " ".join(self.state.lines[-3:])
+        self._failed(f"journalctl exited with {proc.returncode}" + (f": {words}" if words else ""))
+
+    def _failed(self, why: str) -> None:
+        self.state.running = False
+        self.state.last_error = why
+        self.backoff.fail()
+        wait = self.backoff.wait()
+        self._next_start = self.monotonic() + wait
+        log.error("journal source %s: %s; again in %.1fs", self.name, why, wait)
+
+    def _still_there(self, cursor: str) -> bool:
+        """Whether the journal still has the entry `cursor` names: journalctl, asked to
+        start at a cursor it no longer has, starts near it, not at the oldest entry, and
+        what lies between would be lost unsaid. A check that cannot run says yes."""
+        args = [self.journalctl, "--output=json", "--no-pager", "--quiet", f"--cursor={cursor}"]
+        if self.spec.directory is not None:
+            args.append(f"--directory={self.spec.directory}")
+        try:
+            proc = self.spawn(args)
+        except OSError:
+            return True
+        try:
+            assert proc.stdout is not None
+            first = parse(proc.stdout.readline(self.max_line + JSON_SLACK), self.max_line)
+        finally:
+            proc.kill()
+            proc.wait()
+        return first is None or first.cursor == cursor
+
+    @property
+    def name(self) -> str:
+        parts = [*self.spec.units, *self.spec.identifiers]
+        where = f" in {self.spec.directory}" if self.spec.directory else ""
+        return (",".join(parts) or "all units") + where
+
+    def stop(self) -> None:
+        self._stopping.set()
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if self._thread is not None:
+            while self._thread.is_alive():  # it may wait on a full queue
+                self._drain()
+                self._thread.join(timeout=0.05)
+
+    def _drain(self) -> None:
+        try:
+            while True:
+                self.entries.get_nowait()
+        except queue.Empty:
+            return
+
+    # reading -------------------------------------------------------------------------
+    def take(self, most: int) -> list[Entry]:
+        """Up to `most` entries, without waiting."""
+        out: list[Entry] = []
+        try:
+            while len(out) < most:
+                out.append(self.entries.get_nowait())
+        except queue.Empty:
+            pass
+        return out
+
+    def _read(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stdout is not None and proc.stderr is not None
+        threading.Thread(target=self._stderr, args=(proc.stderr,), daemon=True).start()
+        limit = self.max_line + JSON_SLACK
+        first = True
+        for line in _lines(proc.stdout, limit):
+            entry = parse(line, self.max_line) if line else None
+            if entry is None:
+                self.state.garbage += (
+                    1  # an oversized or unreadable line: the next cursor covers it
+                )
+                continue
+            if first and self._resumed and self._resumed != entry.cursor:
+                lost = lost_between(self._resumed, entry.cursor)
+                if lost:
+                    self.state.lost += lost
+                    log.warning(
+                        "journal source %s: %d entries were vacuumed before they were read;"
+                        " resumed at the oldest still there", self.name, lost,
+                    )  # fmt: skip
+            first = False
+            self.backoff.reset()
+            if entry.garbage:
+                self.state.garbage += 1
+            self._read_cursor = entry.cursor
+            while not self._stopping.is_set():
+                try:
+                    self.entries.put(entry, timeout=0.5)
+                    break
+                except queue.Full:
+                    continue
+            self.wake.set()
+
+    def _stderr(self, stream: IO[bytes]) -> None:
+        for raw in stream:
+            text = raw.decode("utf-8", "replace").strip()[:300]
+            if text:
+                self.state.lines = [*self.state.lines[-9:], text]
+
+
+def _lines(stream: IO[bytes], limit: int) -> Any:
+    """The stream's lines; one longer than `limit` is skipped whole and given as b""."""
+    while True:
+        line = stream.readline(limit)
+        if not line:
+            return
+        if not line.endswith(b"\n") and len(line) >= limit:
+            while True:  # the rest of the oversized line
+                rest = stream.readline(limit)
+                if not rest or rest.endswith(b"\n"):
+                    break
+            yield b""
+            continue
+        yield line
+
+
+def _spawn(args: Sequence[str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(
+        list(args),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # a SIGINT to the agent's group is the agent's to pass on
+    )
