@@ -82,13 +82,18 @@ class Unknowns:
         drain = self.drains.get(owner)
         if drain is None or not drain.templates:
             return
+        templates = list(drain.templates.values())
+        texts: list[str] = []
+        spans: list[tuple[int, int]] = []  # each template's texts, in one call per matcher
+        for template in templates:
+            start = len(texts)
+            texts += template.samples
+            texts += [s.replace(MASK, "x") for s in template.samples if MASK in s]
+            spans.append((start, len(texts)))
+        answers = [m.explains(texts) for m in matchers]
         explained: list[tuple[int, str]] = []
-        for template in list(drain.templates.values()):
-            texts = [
-                *template.samples,
-                *(s.replace(MASK, "x") for s in template.samples if MASK in s),
-            ]
-            found = [next((p for p in m.explains(texts) if p), None) for m in matchers]
+        for template, (start, end) in zip(templates, spans, strict=True):
+            found = [next((p for p in a[start:end] if p), None) for a in answers]
             first = found[0] if found and all(found) else None
             if first is not None:
                 explained.append((template.id, f"{first.pack}/{first.id}"))
