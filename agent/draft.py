@@ -15,7 +15,15 @@ from collections.abc import Sequence
 
 import regex
 
-from agent.drain import DATE_WORDS, MAX_TOKENS, PLACEHOLDERS, WILDCARD, mask, tokens_of
+from agent.drain import (
+    DATE_WORDS,
+    MAX_TOKENS,
+    PLACEHOLDERS,
+    WILDCARD,
+    header_length,
+    mask,
+    tokens_of,
+)
 from agent.redact import MASK
 
 CLIPPED = "…"  # the end of a text clipped for the wire (agent.unknown)
@@ -119,10 +127,16 @@ def toml_string(value: str) -> str:
     return f'"{out}"'
 
 
+_NAMED = re.compile(r"<[A-Z*]+>|\[REDACTED\]")  # placeholders: no part of a name
+
+
 def pattern_id(tokens: Sequence[str], taken: set[str]) -> str:
-    """A plain id from the template's first literal words, unique among `taken`."""
-    words = [re.sub(r"[^a-z0-9]+", "-", t.lower()).strip("-") for t in tokens]
-    base = "-".join(w for w in words if w and not w.isdigit() and w not in ("num", "field"))[:40]
+    """A plain id from the template's first literal words past its header (a date or a
+    host names no error), unique among `taken`."""
+    tokens = list(tokens)
+    message = tokens[header_length(tokens) :]
+    words = [re.sub(r"[^a-z0-9]+", "-", _NAMED.sub(" ", t).lower()).strip("-") for t in message]
+    base = "-".join(w for w in words if w and not w.isdigit())[:40]
     base = base.strip("-") or "unknown-error"
     name, n = base, 1
     while name in taken:

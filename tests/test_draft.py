@@ -44,8 +44,8 @@ def test_a_redacted_secret_is_a_group_so_the_real_lines_match():
 def test_ids_are_plain_and_unique():
     taken: set[str] = set()
     tokens = ["ERROR", "job", "<NUM>", "failed:", "<*>"]
-    assert pattern_id(tokens, taken) == "error-job-failed"
-    assert pattern_id(tokens, taken) == "error-job-failed-2"
+    assert pattern_id(tokens, taken) == "job-failed"  # the level word is header
+    assert pattern_id(tokens, taken) == "job-failed-2"
     assert pattern_id(["<NUM>", "<*>"], taken) == "unknown-error"
 
 
