@@ -10,6 +10,7 @@ from pathlib import Path
 import regex
 
 from agent.errors import ConfigError, ConfigErrors
+from agent.journal import PRIORITIES, JournalSpec
 from agent.params import HostParams, ParamValue, param_value, valid_pack_name
 from agent.tomlsrc import Doc, Section, read_bounded
 
@@ -35,6 +36,12 @@ class Source:
     owner: str = ""  # whose its unknown errors are (default: the one owner of its packs)
     discover: bool = True  # group its unmatched error lines into templates (agent.unknown)
     error_words: tuple[str, ...] | None = None  # what makes a line look like an error
+    journal: JournalSpec | None = None  # the systemd journal instead of files (path is "")
+
+    @property
+    def name(self) -> str:
+        """What logs and checkpoints call it: its path, or journal:UNITS."""
+        return self.path or f"journal:{self.journal.name if self.journal else ''}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -304,8 +311,31 @@ def _multiline(section: Section | None) -> Multiline | None:
     return multiline
 
 
+def _journal(section: Section | None) -> JournalSpec | None:
+    if section is None:
+        return None
+    units = section.strings("units", ())
+    identifiers = section.strings("identifiers", ())
+    priority = section.string("priority", None, choices=(*PRIORITIES, *map(str, range(8))))
+    directory = section.string("directory", "")
+    if directory and not Path(directory).is_absolute():
+        section.error("directory", "must be an absolute path")
+    section.finish()
+    return JournalSpec(
+        units=tuple(units or ()),
+        identifiers=tuple(identifiers or ()),
+        priority=priority or "",
+        directory=Path(directory) if directory else None,
+    )
+
+
 def _source(section: Section) -> Source | None:
-    path = section.string("path")
+    journal = _journal(section.table("journal"))
+    if "journal" in section.data and "path" in section.data:
+        section.error("journal", "a source reads files (path) or the journal, not both")
+    if "journal" not in section.data and "path" not in section.data:
+        section.error("path", "is required (the files to follow), or journal instead")
+    path = section.string("path", "")
     packs = section.strings("packs", None, allow_str=True)
     if "packs" not in section.data:
         section.error(
@@ -339,6 +369,7 @@ def _source(section: Section) -> Source | None:
         owner=owner or "",
         discover=bool(discover),
         error_words=tuple(words) if words else None,
+        journal=journal,
     )
 
 

@@ -126,6 +126,7 @@ class Agent:
             watched=self.remediator.watched,
             exclude=self.own_log,
             memo=self.memo,
+            wake=self.wake,
         )
         self._memo_tally = self.memo.finish()  # until a reload, the facts are in the file
         self._note_broken()
@@ -285,6 +286,7 @@ class Agent:
         if self.alerts is not None:
             self.alerts.stop(flush_seconds=max(0.5, deadline - self.monotonic()))
         self.reader.tailer.close()
+        self.reader.stop_journals()
         self.flush_stats()
         if fixes_ended:
             self.store.close()
@@ -430,6 +432,7 @@ class Agent:
         self.store.spool_limits = spool_limits(config)
         if tailer is not None:
             reader.retail(tailer)  # resumes at the committed checkpoints
+            reader.follow_journals(config)  # and cursors
             self._act(reader.housekeeping())
         self._swap_sinks(old, token)
         if resync:

@@ -97,6 +97,8 @@ def folders_of(sources: tuple[Source, ...]) -> set[Path]:
     """The folder each source's files appear in: a glob's first folder with no wildcard."""
     folders = set()
     for source in sources:
+        if not source.path:
+            continue  # the journal: its follower wakes the reader itself
         folder = Path(source.path).parent
         while any(ch in str(folder) for ch in "*?["):
             folder = folder.parent

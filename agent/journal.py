@@ -55,6 +55,11 @@ class JournalSpec:
     priority: str = ""  # the least urgent taken: a name in PRIORITIES or 0-7
     directory: Path | None = None  # another journal than the system's (journalctl --directory)
 
+    @property
+    def name(self) -> str:
+        where = f" in {self.directory}" if self.directory else ""
+        return (",".join((*self.units, *self.identifiers)) or "all units") + where
+
 
 @dataclass(frozen=True, slots=True)
 class Entry:
@@ -262,9 +267,7 @@ class JournalFollower:
 
     @property
     def name(self) -> str:
-        parts = [*self.spec.units, *self.spec.identifiers]
-        where = f" in {self.spec.directory}" if self.spec.directory else ""
-        return (",".join(parts) or "all units") + where
+        return self.spec.name
 
     def stop(self) -> None:
         self._stopping.set()

@@ -79,6 +79,7 @@ class Batch:
     """Everything one pass of the reader produced, committed atomically."""
 
     checkpoints: dict[tuple[int, int], Checkpoint] = field(default_factory=dict)
+    cursors: dict[str, str] = field(default_factory=dict)  # journal source -> last entry's
     incidents: dict[str, Incident] = field(default_factory=dict)
     runs: list[tuple[str, float]] = field(default_factory=list)
     counts: dict[str, CountUpdate] = field(default_factory=dict)
@@ -95,6 +96,7 @@ class Batch:
     def merge(self, later: Batch) -> None:
         """Fold a later batch into this one (while the database refuses writes)."""
         self.checkpoints.update(later.checkpoints)
+        self.cursors.update(later.cursors)
         self.incidents.update(later.incidents)
         self.runs.extend(later.runs)
         for incident_id, update in later.counts.items():
@@ -116,6 +118,7 @@ class Batch:
     def __bool__(self) -> bool:
         return bool(
             self.checkpoints
+            or self.cursors
             or self.incidents
             or self.runs
             or self.counts

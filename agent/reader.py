@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -23,6 +24,7 @@ from agent.config import Config
 from agent.derived import Memo
 from agent.errors import StateError
 from agent.fixes import FixJob
+from agent.journal import JournalFollower
 from agent.match import Hit, Matcher
 from agent.model import Batch, Incident
 from agent.observe import Observer
@@ -39,6 +41,7 @@ from agent.unknown import Unknowns
 log = logging.getLogger("logmend")
 
 STORE_ERROR_EVERY = 10.0  # seconds between two log lines about a refusing database
+JOURNAL_ENTRIES = 2000  # entries of a journal source a pass takes
 
 
 class _Reading(Protocol):
@@ -61,6 +64,18 @@ class _Recovered:
 
     def hold_from(self, offset: int) -> None:
         """Nothing to hold: the copy is read whole, once."""
+
+
+@dataclass
+class _Journal:
+    """A journal source where the pipeline expects a followed file: entries are whole."""
+
+    path: str
+    source: int
+    identity: tuple[int, int] = (-2, -2)
+
+    def hold_from(self, offset: int) -> None:
+        """Nothing to hold: an entry is a whole record."""
 
 
 @dataclass
@@ -88,8 +103,11 @@ class Reader:
         watched: Mapping[str, Any] | None = None,
         exclude: tuple[int, int] | None = None,
         memo: Memo | None = None,
+        wake: threading.Event | None = None,
     ) -> None:
         self.store = store
+        self.wake = wake or threading.Event()  # journal followers wake the reading loop
+        self.journals: dict[int, JournalFollower] = {}
         self.memo = memo
         self.clock = clock
         self.monotonic = monotonic
@@ -112,6 +130,7 @@ class Reader:
             {key: p.within for key, p in self.pattern_by_id.items()},
         )
         self.tailer = self.new_tailer()
+        self.follow_journals(config)
         self.lines_by_source: dict[str, int] = {}
         self.bytes_by_source: dict[str, int] = {}
         self.unsaved: Batch | None = None
@@ -176,6 +195,29 @@ class Reader:
             tailer.exclude.add(self.exclude)
         return tailer
 
+    def follow_journals(self, config: Config) -> None:
+        """A follower for each journal source, from its committed cursor (StateError if
+        the store cannot be read); the ones running are stopped first."""
+        self.stop_journals()
+        cursors = self.store.journal_cursors()
+        limits = config.limits
+        self.journals = {
+            index: JournalFollower(
+                source.journal,
+                cursors.get(source.name),
+                from_start=source.start == "beginning",
+                max_line=limits.max_line_bytes,
+                wake=self.wake,
+            )
+            for index, source in enumerate(config.sources)
+            if source.journal is not None
+        }
+
+    def stop_journals(self) -> None:
+        for follower in self.journals.values():
+            follower.stop()
+        self.journals = {}
+
     def retail(self, tailer: Tailer) -> None:
         """Sources or limits changed: follow with `tailer` (made before anything was swapped)."""
         self._joiners.clear()
@@ -222,6 +264,7 @@ class Reader:
             held = flushed
         batch = Batch()
         read_any = self.tailer.read_all(self.config.limits.read_chunk_bytes, self._sink(batch))
+        read_any |= self._read_journals(batch)
         batch.done.extend(self.tailer.take_finished())
         produced = self.commit(batch)
         produced.read_any = read_any
@@ -298,6 +341,35 @@ class Reader:
                 produced.fixes.append(FixJob(incident, pattern, pack))
         produced.escalated = bool(batch.escalations)
         return produced
+
+    def _read_journals(self, batch: Batch) -> bool:
+        """What each journal source's follower has read: matched as records, the last
+        entry's cursor committed with what they caused."""
+        read_any = False
+        now = self.clock()
+        for index, follower in self.journals.items():
+            follower.poll()
+            entries = follower.take(JOURNAL_ENTRIES)
+            if not entries:
+                continue
+            read_any = True
+            source = self.config.sources[index]
+            reading = _Journal(source.name, index)
+            self.lines_by_source[source.name] = self.lines_by_source.get(source.name, 0) + len(
+                entries
+            )
+            matcher = self.matchers[index]
+            for entry in entries:
+                hits = matcher.match(entry.message)
+                if hits:  # the journal's own fields, unless the pattern names the same
+                    hits = [(pattern, {**entry.fields, **fields}) for pattern, fields in hits]
+                    self._hits(reading, entry.message, hits, now, batch)
+                else:
+                    self.unknowns.feed_record(index, entry.message, now)
+            if matcher.quarantined:
+                self._quarantine(matcher, now, batch)
+            batch.cursors[source.name] = entries[-1].cursor
+        return read_any
 
     # the per-record path ---------------------------------------------------------------
     def _sink(self, batch: Batch) -> Sink:

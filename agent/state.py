@@ -65,6 +65,8 @@ CREATE TABLE IF NOT EXISTS unknown_templates (
 CREATE TABLE IF NOT EXISTS unknown_sent (
     owner TEXT NOT NULL, id INTEGER NOT NULL, count INTEGER NOT NULL,
     first_seen REAL NOT NULL, known TEXT NOT NULL DEFAULT '', PRIMARY KEY (owner, id));
+CREATE TABLE IF NOT EXISTS journal_cursors (
+    source TEXT PRIMARY KEY, cursor TEXT NOT NULL, updated REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS spool_drops (
     one INTEGER PRIMARY KEY CHECK (one = 1), events INTEGER NOT NULL,
     first REAL NOT NULL, last REAL NOT NULL);
@@ -191,6 +193,10 @@ class Store:
                 raise StateError(f"{self.path}: {exc}") from exc
 
     # checkpoints -----------------------------------------------------------
+    def journal_cursors(self) -> dict[str, str]:
+        """Each journal source's cursor (by Source.name): the last entry it committed."""
+        return {r[0]: r[1] for r in self._read("SELECT source, cursor FROM journal_cursors")}
+
     def checkpoints(self) -> dict[tuple[int, int], Checkpoint]:
         rows = self._read(
             "SELECT dev, ino, path, offset, marker, head_len, updated FROM checkpoints"
@@ -230,6 +236,10 @@ class Store:
                     (c.dev, c.ino, c.path, c.offset, c.marker, now, c.head_len)
                     for c in batch.checkpoints.values()
                 ],
+            )
+            db.executemany(  # a journal source's place, with what its entries caused
+                "INSERT OR REPLACE INTO journal_cursors VALUES (?,?,?)",
+                [(source, cursor, now) for source, cursor in batch.cursors.items()],
             )
             db.executemany(
                 "INSERT INTO incidents (id, fingerprint, pack, pattern, key, source, status, count,"
