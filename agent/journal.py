@@ -29,8 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from agent.courier import Backoff
-
 log = logging.getLogger("logmend.journal")
 
 PRIORITIES = ("emerg", "alert", "crit", "err", "warning", "notice", "info", "debug")
@@ -167,7 +165,7 @@ class JournalFollower:
         wake: threading.Event,
         journalctl: str = "journalctl",
         spawn: Callable[[Sequence[str]], subprocess.Popen[bytes]] | None = None,
-        backoff: Backoff | None = None,
+        backoff: tuple[float, float] = (1.0, 60.0),  # seconds: the first wait, the longest
         monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.spec = spec
@@ -176,7 +174,8 @@ class JournalFollower:
         self.wake = wake
         self.journalctl = journalctl
         self.spawn = spawn or _spawn
-        self.backoff = backoff or Backoff(1.0, 60.0)
+        self.backoff = backoff  # doubling, no jitter: one journalctl per source, no herd
+        self._failures = 0
         self.monotonic = monotonic
         self.state = FollowerState()
         self.entries: queue.Queue[Entry] = queue.Queue(QUEUE)
@@ -241,8 +240,9 @@ class JournalFollower:
     def _failed(self, why: str) -> None:
         self.state.running = False
         self.state.last_error = why
-        self.backoff.fail()
-        wait = self.backoff.wait()
+        self._failures += 1
+        first, longest = self.backoff
+        wait = min(longest, first * 2 ** min(self._failures - 1, 30))
         self._next_start = self.monotonic() + wait
         log.error("journal source %s: %s; again in %.1fs", self.name, why, wait)
 
@@ -323,7 +323,7 @@ class JournalFollower:
                         " resumed at the oldest still there", self.name, lost,
                     )  # fmt: skip
             first = False
-            self.backoff.reset()
+            self._failures = 0
             if entry.garbage:
                 self.state.garbage += 1
             self._read_cursor = entry.cursor

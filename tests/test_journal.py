@@ -18,7 +18,6 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from agent.courier import Backoff
 from agent.journal import (
     Entry,
     JournalFollower,
@@ -80,7 +79,7 @@ def follower(journal: Journal, cursor: str | None = None, **over) -> JournalFoll
     spec = over.pop("spec", JournalSpec(directory=journal.folder))
     made = JournalFollower(
         spec, cursor, from_start=over.pop("from_start", True), max_line=over.pop("max_line", 4096),
-        wake=threading.Event(), backoff=Backoff(0.05, 0.2), **over,
+        wake=threading.Event(), backoff=(0.05, 0.2), **over,
     )  # fmt: skip
     made.poll()
     return made
