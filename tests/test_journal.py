@@ -85,6 +85,17 @@ def follower(journal: Journal, cursor: str | None = None, **over) -> JournalFoll
     return made
 
 
+def has_journal_open(made: JournalFollower) -> bool:
+    """Whether the follower's journalctl holds a journal file open (it is reading)."""
+    if made._proc is None:
+        return False
+    fds = Path(f"/proc/{made._proc.pid}/fd")
+    try:
+        return any(os.readlink(fds / fd).endswith(".journal") for fd in os.listdir(fds))
+    except OSError:
+        return False
+
+
 def read(made: JournalFollower, count: int, timeout: float = 15) -> list[Entry]:
     got: list[Entry] = []
 
@@ -203,7 +214,7 @@ def test_a_restart_resumes_after_the_cursor_and_a_new_source_at_the_end(tmp_path
         again.stop()
     fresh = follower(journal, from_start=False)  # a new source: what comes from now on
     try:
-        time.sleep(0.5)  # let journalctl reach the end
+        assert wait_for(lambda: has_journal_open(fresh), 10)  # it has the journal open
         journal.write("e")
         assert [e.message for e in read(fresh, 1)] == ["e"]
     finally:
