@@ -67,9 +67,11 @@ class Entry:
     garbage: bool = False  # a MESSAGE that is binary or past the line limit, or no JSON
 
 
-def argv(spec: JournalSpec, cursor: str | None, from_start: bool, journalctl: str) -> list[str]:
-    """journalctl's arguments: follow from after `cursor`, else from the journal's start
-    (`from_start`) or its end."""
+def argv(
+    spec: JournalSpec, cursor: str | None, from_start: bool, journalctl: str, at: bool = False
+) -> list[str]:
+    """journalctl's arguments: follow from after `cursor` (or at it, `at`), else from the
+    journal's start (`from_start`) or its end."""
     args = [journalctl, "--output=json", "--follow", "--all", "--no-pager", "--quiet"]
     if spec.directory is not None:
         args.append(f"--directory={spec.directory}")
@@ -78,7 +80,7 @@ def argv(spec: JournalSpec, cursor: str | None, from_start: bool, journalctl: st
     if spec.priority:
         args.append(f"--priority={spec.priority}")
     if cursor:
-        args.append(f"--after-cursor={cursor}")
+        args.append(f"--cursor={cursor}" if at else f"--after-cursor={cursor}")
     elif from_start:
         args.append("--no-tail")
     else:
@@ -167,8 +169,10 @@ class JournalFollower:
         spawn: Callable[[Sequence[str]], subprocess.Popen[bytes]] | None = None,
         backoff: tuple[float, float] = (1.0, 60.0),  # seconds: the first wait, the longest
         monotonic: Callable[[], float] = time.monotonic,
+        at: bool = False,  # begin at `cursor`, not after it (a held event read again)
     ) -> None:
         self.spec = spec
+        self._at = at and bool(cursor)
         self.from_start = from_start
         self.max_line = max_line
         self.wake = wake
@@ -214,6 +218,7 @@ class JournalFollower:
             cursor,
             self.from_start or bool(self._read_cursor),  # a cursor gone: from the oldest
             self.journalctl,
+            self._at,
         )
         try:
             proc = self.spawn(args)
@@ -316,6 +321,8 @@ class JournalFollower:
                 continue
             if first and self._resumed and self._resumed != entry.cursor:
                 lost = lost_between(self._resumed, entry.cursor)
+                if lost is not None and self._at:
+                    lost += 1  # the entry it was to begin at is gone too
                 if lost:
                     self.state.lost += lost
                     log.warning(
@@ -324,6 +331,7 @@ class JournalFollower:
                     )  # fmt: skip
             first = False
             self._failures = 0
+            self._at = False  # from now on, after the last entry read
             if entry.garbage:
                 self.state.garbage += 1
             self._read_cursor = entry.cursor

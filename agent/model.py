@@ -74,12 +74,24 @@ class SpoolItem:
     tries: int
 
 
+@dataclass(frozen=True, slots=True)
+class JournalMark:
+    """Where a journal source resumes: after `cursor`, the last entry it read; or, while
+    multiline events are held, at `replay`, the first entry of the oldest one, joining
+    again only the entries of the held events (`held`: stream -> its event's first
+    entry) up to `cursor`, so each entry is matched once whatever is killed."""
+
+    cursor: str
+    replay: str = ""
+    held: tuple[tuple[str, str], ...] = ()
+
+
 @dataclass
 class Batch:
     """Everything one pass of the reader produced, committed atomically."""
 
     checkpoints: dict[tuple[int, int], Checkpoint] = field(default_factory=dict)
-    cursors: dict[str, str] = field(default_factory=dict)  # journal source -> last entry's
+    cursors: dict[str, JournalMark] = field(default_factory=dict)  # journal source -> mark
     incidents: dict[str, Incident] = field(default_factory=dict)
     runs: list[tuple[str, float]] = field(default_factory=list)
     counts: dict[str, CountUpdate] = field(default_factory=dict)

@@ -25,6 +25,7 @@ from agent.derived import Memo
 from agent.errors import StateError
 from agent.fixes import FixJob
 from agent.journal import JournalFollower
+from agent.journalstream import JournalStream, Record
 from agent.match import Hit, Matcher
 from agent.model import Batch, Incident
 from agent.observe import Observer
@@ -107,7 +108,7 @@ class Reader:
     ) -> None:
         self.store = store
         self.wake = wake or threading.Event()  # journal followers wake the reading loop
-        self.journals: dict[int, JournalFollower] = {}
+        self.journals: dict[int, JournalStream] = {}
         self.memo = memo
         self.clock = clock
         self.monotonic = monotonic
@@ -199,24 +200,52 @@ class Reader:
         """A follower for each journal source, from its committed cursor (StateError if
         the store cannot be read); the ones running are stopped first."""
         self.stop_journals()
-        cursors = self.store.journal_cursors()
+        marks = self.store.journal_marks()
         limits = config.limits
-        self.journals = {
-            index: JournalFollower(
+        self.journals = {}
+        for index, source in enumerate(config.sources):
+            if source.journal is None:
+                continue
+            mark = marks.get(source.name)
+            joins = source.multiline is not None
+            replay = bool(mark and mark.held and joins)
+            follower = JournalFollower(
                 source.journal,
-                cursors.get(source.name),
+                (mark.replay if replay else mark.cursor) if mark else None,
                 from_start=source.start == "beginning",
                 max_line=limits.max_line_bytes,
                 wake=self.wake,
+                at=replay,
             )
-            for index, source in enumerate(config.sources)
-            if source.journal is not None
-        }
+            self.journals[index] = JournalStream(
+                follower,
+                mark,
+                self._joiner_for(index) if joins else None,
+                source.flush_after,
+                self.monotonic,
+            )
 
     def stop_journals(self) -> None:
-        for follower in self.journals.values():
-            follower.stop()
+        for stream in self.journals.values():
+            stream.follower.stop()
         self.journals = {}
+
+    def _joiner_for(self, index: int) -> Callable[[], EventJoiner]:
+        """A new joiner by source `index`'s multiline rules, for each stream it joins."""
+        multiline = self.config.sources[index].multiline
+        assert multiline is not None
+
+        def joiner() -> EventJoiner:
+            start, continuation = self._multiline[index]
+            return EventJoiner(
+                start,
+                continuation,
+                multiline.max_lines,
+                multiline.max_bytes,
+                self.config.limits.regex_timeout,
+            )
+
+        return joiner
 
     def retail(self, tailer: Tailer) -> None:
         """Sources or limits changed: follow with `tailer` (made before anything was swapped)."""
@@ -304,6 +333,7 @@ class Reader:
                 batch.checkpoints[followed.identity] = followed.checkpoint()
         for checkpoint in self.tailer.new_checkpoints():
             batch.checkpoints[(checkpoint.dev, checkpoint.ino)] = checkpoint
+        self._flush_journals(now, batch)
         return self.commit(batch)
 
     def commit(self, batch: Batch) -> Produced:
@@ -347,29 +377,43 @@ class Reader:
         entry's cursor committed with what they caused."""
         read_any = False
         now = self.clock()
-        for index, follower in self.journals.items():
-            follower.poll()
-            entries = follower.take(JOURNAL_ENTRIES)
-            if not entries:
+        for index, stream in self.journals.items():
+            stream.follower.poll()
+            before = stream.entries
+            records = stream.take(JOURNAL_ENTRIES)
+            if stream.entries == before:
                 continue
             read_any = True
-            source = self.config.sources[index]
-            reading = _Journal(source.name, index)
-            self.lines_by_source[source.name] = self.lines_by_source.get(source.name, 0) + len(
-                entries
+            name = self.config.sources[index].name
+            self.lines_by_source[name] = self.lines_by_source.get(name, 0) + (
+                stream.entries - before
             )
-            matcher = self.matchers[index]
-            for entry in entries:
-                hits = matcher.match(entry.message)
-                if hits:  # the journal's own fields, unless the pattern names the same
-                    hits = [(pattern, {**entry.fields, **fields}) for pattern, fields in hits]
-                    self._hits(reading, entry.message, hits, now, batch)
-                else:
-                    self.unknowns.feed_record(index, entry.message, now)
-            if matcher.quarantined:
-                self._quarantine(matcher, now, batch)
-            batch.cursors[source.name] = entries[-1].cursor
+            self._match_entries(index, records, now, batch)
         return read_any
+
+    def _flush_journals(self, now: float, batch: Batch) -> None:
+        """The events held by streams gone quiet, matched; and every mark that moved."""
+        for index, stream in self.journals.items():
+            self._match_entries(index, stream.quiet(), now, batch)
+
+    def _match_entries(self, index: int, records: list[Record], now: float, batch: Batch) -> None:
+        """A journal source's records matched, with the journal's own fields (unless the
+        pattern names the same), and its mark committed with what they caused."""
+        source = self.config.sources[index]
+        reading = _Journal(source.name, index)
+        matcher = self.matchers[index]
+        for text, entry_fields in records:
+            hits = matcher.match(text)
+            if hits:
+                hits = [(pattern, {**entry_fields, **fields}) for pattern, fields in hits]
+                self._hits(reading, text, hits, now, batch)
+            else:
+                self.unknowns.feed_record(index, text, now)
+        if matcher.quarantined:
+            self._quarantine(matcher, now, batch)
+        mark = self.journals[index].mark()
+        if mark is not None:
+            batch.cursors[source.name] = mark
 
     # the per-record path ---------------------------------------------------------------
     def _sink(self, batch: Batch) -> Sink:

@@ -138,24 +138,28 @@ class EventJoiner:
         position = 0
         for raw in split_block(block):
             line = decode_line(raw, 0, len(raw), max_line)
-            offset = base + position
+            self.feed_line(line, base + position, events)
             position += len(raw) + 1
-            if not self.lines and not self.overflow:
-                self._begin(line, offset)
-            elif self._begins(line):
-                if self.lines:
-                    events.append(self._emit())
-                self.overflow = False
-                self._begin(line, offset)
-            elif self.overflow:
-                self.dropped += 1
-            else:
-                self.lines.append(line)
-                self.size += len(line) + 1
-                if len(self.lines) >= self.max_lines or self.size >= self.max_bytes:
-                    events.append(self._emit())
-                    self.overflow = True
         return events
+
+    def feed_line(self, line: str, offset: int, events: list[str]) -> None:
+        """One line (of a file, at `offset`; or a journal entry, numbered): the events it
+        completes appended to `events`."""
+        if not self.lines and not self.overflow:
+            self._begin(line, offset)
+        elif self._begins(line):
+            if self.lines:
+                events.append(self._emit())
+            self.overflow = False
+            self._begin(line, offset)
+        elif self.overflow:
+            self.dropped += 1
+        else:
+            self.lines.append(line)
+            self.size += len(line) + 1
+            if len(self.lines) >= self.max_lines or self.size >= self.max_bytes:
+                events.append(self._emit())
+                self.overflow = True
 
     def _begin(self, line: str, offset: int) -> None:
         self.lines = [line]

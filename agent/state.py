@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from agent.errors import StateError
-from agent.model import Batch, Checkpoint, Incident, Spoolable, SpoolItem
+from agent.model import Batch, Checkpoint, Incident, JournalMark, Spoolable, SpoolItem
 from agent.policy import OPEN, Outcome, Status
 from agent.statefile import APPLICATION_ID, check_file, check_owner, create, refused
 
@@ -66,7 +66,8 @@ CREATE TABLE IF NOT EXISTS unknown_sent (
     owner TEXT NOT NULL, id INTEGER NOT NULL, count INTEGER NOT NULL,
     first_seen REAL NOT NULL, known TEXT NOT NULL DEFAULT '', PRIMARY KEY (owner, id));
 CREATE TABLE IF NOT EXISTS journal_cursors (
-    source TEXT PRIMARY KEY, cursor TEXT NOT NULL, updated REAL NOT NULL);
+    source TEXT PRIMARY KEY, cursor TEXT NOT NULL, updated REAL NOT NULL,
+    replay TEXT NOT NULL DEFAULT '', held TEXT NOT NULL DEFAULT '[]');
 CREATE TABLE IF NOT EXISTS spool_drops (
     one INTEGER PRIMARY KEY CHECK (one = 1), events INTEGER NOT NULL,
     first REAL NOT NULL, last REAL NOT NULL);
@@ -86,6 +87,8 @@ MIGRATIONS = (
     ("pattern_stats", "escalated", "INTEGER NOT NULL DEFAULT 0"),
     ("cooldowns", "resolved", "REAL"),  # when its fix resolved (recurrences are counted)
     ("cooldowns", "recurred", "INTEGER NOT NULL DEFAULT 0"),
+    ("journal_cursors", "replay", "TEXT NOT NULL DEFAULT ''"),  # multiline events held
+    ("journal_cursors", "held", "TEXT NOT NULL DEFAULT '[]'"),
 )
 SPOOL_SIZE = "SELECT count(*), coalesce(sum(length(body)), 0) FROM spool"  # events, bytes
 MAX_DONE_FILES = 10_000
@@ -193,9 +196,12 @@ class Store:
                 raise StateError(f"{self.path}: {exc}") from exc
 
     # checkpoints -----------------------------------------------------------
-    def journal_cursors(self) -> dict[str, str]:
-        """Each journal source's cursor (by Source.name): the last entry it committed."""
-        return {r[0]: r[1] for r in self._read("SELECT source, cursor FROM journal_cursors")}
+    def journal_marks(self) -> dict[str, JournalMark]:
+        """Where each journal source (by Source.name) resumes: what it committed."""
+        rows = self._read("SELECT source, cursor, replay, held FROM journal_cursors")
+        return {
+            r[0]: JournalMark(r[1], r[2], tuple((k, v) for k, v in json.loads(r[3]))) for r in rows
+        }
 
     def checkpoints(self) -> dict[tuple[int, int], Checkpoint]:
         rows = self._read(
@@ -238,8 +244,11 @@ class Store:
                 ],
             )
             db.executemany(  # a journal source's place, with what its entries caused
-                "INSERT OR REPLACE INTO journal_cursors VALUES (?,?,?)",
-                [(source, cursor, now) for source, cursor in batch.cursors.items()],
+                "INSERT OR REPLACE INTO journal_cursors VALUES (?,?,?,?,?)",
+                [
+                    (source, m.cursor, now, m.replay, json.dumps(m.held))
+                    for source, m in batch.cursors.items()
+                ],
             )
             db.executemany(
                 "INSERT INTO incidents (id, fingerprint, pack, pattern, key, source, status, count,"

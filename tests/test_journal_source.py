@@ -27,28 +27,88 @@ line = "upstream timed out 1"
 """
 
 
-def journal_agent(tmp_path, journal: Journal) -> AgentProc:
+TRACEBACK = """\
+[[pattern]]
+id = "crash"
+match = '''(?s)^Traceback \\(most recent call last\\):\\n.*\\n(?P<error>\\w+Error): (?P<what>[^\\n]*)$'''
+key = "{error}"
+escalate = "never"
+
+[[pattern.example]]
+line = "Traceback (most recent call last):"
+matches = false
+"""
+
+
+def journal_agent(tmp_path, journal: Journal, pack: str = PACK, more: str = "") -> AgentProc:
     packs = tmp_path / "packs"
-    write_pack(packs, "web", PACK)
+    write_pack(packs, "web", pack)
     config = tmp_path / "agent.toml"
     config.write_text(
         f'[agent]\nhost = "web-1"\nstate_dir = "{tmp_path / "state"}"\npacks = ["{packs}"]\n'
         f'[[source]]\njournal = {{ units = ["nginx.service"], directory = "{journal.folder}" }}\n'
-        'packs = "*"\nstart = "beginning"\n[limits]\nsweep_interval = "100ms"\n'
+        f'packs = "*"\nstart = "beginning"\n{more}[limits]\nsweep_interval = "100ms"\n'
     )
     return AgentProc(config)
 
 
-def counted(tmp_path) -> dict[str, int]:
-    """Lines counted per unit the incidents' fields name (the entries' own fields)."""
+def query(tmp_path, sql: str) -> list[tuple]:
+    """Rows of the agent's state database, read while it runs ([] until it exists)."""
     db = tmp_path / "state" / "state.db"
     try:
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1) as conn:
-            rows = conn.execute("SELECT fields, count FROM incidents").fetchall()
+            return conn.execute(sql).fetchall()
     except sqlite3.Error:
-        return {}
+        return []
+
+
+def samples(tmp_path) -> list[tuple[str, str, list[str]]]:
+    """Each incident's key, PID and sample lines."""
+    rows = query(tmp_path, "SELECT key, fields, samples FROM incidents ORDER BY key")
+    return [(k, json.loads(f).get("pid", "?"), json.loads(s)) for k, f, s in rows]
+
+
+def held(tmp_path) -> str:
+    rows = query(tmp_path, "SELECT held FROM journal_cursors")
+    return rows[0][0] if rows else ""
+
+
+@needs_journal
+def test_a_traceback_logged_line_by_line_is_joined_per_process_and_held_through_a_kill(
+    tmp_path,
+):
+    journal = Journal(tmp_path / "journal")
+    more = "multiline = { continuation = '^(?:\\s|\\w+Error:)' }\nflush_after = \"2s\"\n"
+    agent = journal_agent(tmp_path, journal, TRACEBACK, more).start()
+    head = "Traceback (most recent call last):"
+    journal.write(head, _PID="10")
+    journal.write(head, _PID="20")
+    journal.write('  File "app.py", line 1, in main', _PID="10")
+    journal.write('  File "db.py", line 9, in connect', _PID="20")
+    # both events are held, one per process, and that is committed before the kill
+    assert wait_for(lambda: held(tmp_path).count("nginx.service[") == 2), agent.log()
+    assert agent.stop(signal.SIGKILL) == -signal.SIGKILL
+    journal.write("ValueError: bad input", _PID="10")
+    journal.write("ConnectionError: refused", _PID="20")
+    agent.start()
+    assert wait_for(lambda: len(samples(tmp_path)) == 2), (samples(tmp_path), agent.log())
+    assert samples(tmp_path) == [
+        ("ConnectionError", "20", [f'{head}\n  File "db.py", line 9, in connect\nConnectionError: refused']),
+        ("ValueError", "10", [f'{head}\n  File "app.py", line 1, in main\nValueError: bad input']),
+    ]  # fmt: skip
+    assert wait_for(lambda: held(tmp_path) == "[]"), agent.log()  # flushed when quiet
+    assert agent.stop() == 0
+    agent.start()  # nothing new: nothing matched again
+    journal.write(head, "  x", "KeyError: again", _PID="10")
+    assert wait_for(lambda: len(samples(tmp_path)) == 3), (samples(tmp_path), agent.log())
+    assert [count for count in counted(tmp_path).values()] == [3]
+    assert agent.stop() == 0
+
+
+def counted(tmp_path) -> dict[str, int]:
+    """Lines counted per unit the incidents' fields name (the entries' own fields)."""
     out: dict[str, int] = {}
-    for fields, count in rows:
+    for fields, count in query(tmp_path, "SELECT fields, count FROM incidents"):
         unit = json.loads(fields).get("unit", "?")
         out[unit] = out.get(unit, 0) + count
     return out
