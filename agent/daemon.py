@@ -341,9 +341,8 @@ class Agent:
             except OSError:
                 continue
         patterns = [
-            (pattern.pack, pattern.id, stats.matches, stats.timeouts)
-            for matcher in {id(m): m for m in reader.matchers}.values()
-            for pattern, stats in matcher.pattern_stats()
+            (pack, pattern, counts[0], counts[2])
+            for (pack, pattern), (counts, _) in reader.pattern_totals().items()
         ]
         deliveries = None
         if sender is not None:

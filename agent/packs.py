@@ -10,6 +10,7 @@ from __future__ import annotations
 import string
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Any
 
@@ -229,6 +230,12 @@ class Pack:
     redact: tuple[regex.Pattern[str], ...] = ()
     params: Mapping[str, ParamValue] = field(default_factory=dict)
     redact_entropy: float | None = None
+    units: tuple[str, ...] = ()  # journal entries of these units only (globs); () every unit
+
+    def applies_to(self, unit: str) -> bool:
+        """Whether a journal entry of `unit` (journald's `_SYSTEMD_UNIT`, which the
+        logging program cannot set) is matched against this pack's patterns."""
+        return not self.units or any(fnmatchcase(unit, glob) for glob in self.units)
 
 
 class PackErrors(ConfigErrors):
@@ -556,6 +563,27 @@ def _ignore(section: Section, memo: Memo, examples: tuple[Example, ...]) -> tupl
 
 
 NAME = PLAIN_NAME
+UNIT_GLOB = regex.compile(r"[A-Za-z0-9:_.@\\*?\[\]-]{1,256}")  # systemd's unit name characters
+MAX_UNITS = 64
+
+
+def _units(head: Section) -> tuple[str, ...]:
+    """`[pack] units`: the systemd units whose journal entries the pack's patterns see."""
+    units = head.strings("units", ())
+    if units is None:
+        return ()
+    if len(units) > MAX_UNITS:
+        head.error("units", f"names {len(units)} units; at most {MAX_UNITS}")
+        return ()
+    for glob in units:
+        if not UNIT_GLOB.fullmatch(glob):
+            head.error(
+                "units",
+                f"{glob[:80]!r} is not a unit name or glob (letters, digits, : _ . @ \\ - and"
+                " the wildcards * ? [ ])",
+            )
+            return ()
+    return tuple(units)
 
 
 def _name(head: Section, key: str, value: Any) -> Any:
@@ -597,6 +625,7 @@ def load_pack(
     root = doc.root()
     head = root.table("pack", required=True)
     name = version = owner = user = group = limit = None
+    units: tuple[str, ...] = ()
     params: dict[str, ParamValue] = {}
     entropy: float | None = None
     if head:
@@ -608,6 +637,7 @@ def load_pack(
         limit = head.integer("max_concurrent_fixes", None, minimum=1)
         params = parse_params(head.table("params"), name, host or HostParams(), doc, owner)
         entropy = head.number("redact_entropy", None, maximum=6.0)
+        units = _units(head)
         head.finish()
     seen: set[str] = set()
     memo = memo or Memo()
@@ -648,4 +678,5 @@ def load_pack(
         redact=tuple(redact),
         params=params,
         redact_entropy=entropy,
+        units=units,
     )

@@ -28,26 +28,55 @@ from agent.state import SpoolLimits
 log = logging.getLogger("logmend")
 
 
-def matchers_for(config: Config, packs: list[Pack], memo: Memo | None = None) -> list[Matcher]:
-    """One matcher per source, over the patterns of the packs that source names."""
+Shared = dict[tuple[str, ...], Matcher]  # one matcher per set of packs, whoever uses it
+
+
+def matchers_for(
+    config: Config, packs: list[Pack], memo: Memo | None = None, shared: Shared | None = None
+) -> list[Matcher]:
+    """One matcher per source, over the patterns of the packs that source names (for a
+    journal source, the entries of units that no pack of its claims)."""
+    shared = {} if shared is None else shared
     out = []
-    shared: dict[tuple[str, ...], Matcher] = {}
-    limits = config.limits
     for source in config.sources:
-        chosen = tuple(p.name for p in packs if source.packs is None or p.name in source.packs)
-        if chosen not in shared:
-            patterns = [
-                pattern for pack in packs if pack.name in chosen for pattern in pack.patterns
-            ]
-            shared[chosen] = Matcher(
-                patterns,
-                limits.regex_timeout,
-                limits.matcher,
-                limits.max_regex_timeouts,
-                memo=memo,
-            )
-        out.append(shared[chosen])
+        chosen = [p for p in packs if source.packs is None or p.name in source.packs]
+        if source.journal is not None:
+            chosen = [p for p in chosen if not p.units]
+        out.append(shared_matcher(config, chosen, shared, memo))
     return out
+
+
+def unit_matcher(
+    config: Config,
+    index: int,
+    unit: str,
+    packs: list[Pack],
+    shared: Shared,
+    memo: Memo | None = None,
+) -> Matcher:
+    """The matcher for journal source `index`'s entries of `unit`: its packs that name no
+    units, and those whose units include it."""
+    source = config.sources[index]
+    chosen = [
+        p for p in packs if (source.packs is None or p.name in source.packs) and p.applies_to(unit)
+    ]
+    return shared_matcher(config, chosen, shared, memo)
+
+
+def shared_matcher(
+    config: Config, chosen: list[Pack], shared: Shared, memo: Memo | None
+) -> Matcher:
+    names = tuple(p.name for p in chosen)
+    if names not in shared:
+        limits = config.limits
+        shared[names] = Matcher(
+            [pattern for pack in chosen for pattern in pack.patterns],
+            limits.regex_timeout,
+            limits.matcher,
+            limits.max_regex_timeouts,
+            memo=memo,
+        )
+    return shared[names]
 
 
 def unknown_packs(config: Config, present: Iterable[str]) -> list[ConfigError]:

@@ -31,7 +31,7 @@ from agent.model import Batch, Incident
 from agent.observe import Observer
 from agent.packs import Pack, Pattern
 from agent.policy import Status, Wire
-from agent.preflight import matchers_for
+from agent.preflight import Shared, matchers_for, unit_matcher
 from agent.records import EventJoiner
 from agent.redact import Redactor
 from agent.state import Store
@@ -43,6 +43,7 @@ log = logging.getLogger("logmend")
 
 STORE_ERROR_EVERY = 10.0  # seconds between two log lines about a refusing database
 JOURNAL_ENTRIES = 2000  # entries of a journal source a pass takes
+MAX_UNITS = 10_000  # units whose matcher is remembered (journald sets _SYSTEMD_UNIT, not a client)
 
 
 class _Reading(Protocol):
@@ -156,7 +157,16 @@ class Reader:
         self.packs = packs
         self.pack_by_name = {p.name: p for p in packs}
         self.pattern_by_id = {(p.pack, p.id): p for pack in packs for p in pack.patterns}
-        self.matchers = matchers_for(config, packs, self.memo)
+        self._shared: Shared = {}  # every matcher, by the packs it matches
+        self.matchers = matchers_for(config, packs, self.memo, self._shared)
+        # journal sources with a pack that names its units: a matcher per unit seen
+        self._by_unit: dict[tuple[int, str], Matcher] = {}
+        self._routed = {
+            index
+            for index, source in enumerate(config.sources)
+            if source.journal is not None
+            and any(p.units for p in packs if source.packs is None or p.name in source.packs)
+        }
         self.unknowns.configure(config, packs, self.matchers)
         self.max_line = config.limits.max_line_bytes
         self.redactors = {p.name: Redactor(p.redact, entropy=p.redact_entropy) for p in packs}
@@ -254,23 +264,39 @@ class Reader:
         self.tailer = tailer
         self.tailer.sweep()
 
+    def pattern_totals(self) -> dict[tuple[str, str], tuple[tuple[int, int, int, float], bool]]:
+        """Each pattern's (matches, confirms, timeouts, seconds) and whether it is
+        quarantined, summed over the matchers it is in (sources with other packs, units)."""
+        totals: dict[tuple[str, str], tuple[tuple[int, int, int, float], bool]] = {}
+        for matcher in self._shared.values():
+            for pattern, stats in matcher.pattern_stats():
+                key = (pattern.pack, pattern.id)
+                (hits, confirms, timeouts, seconds), quarantined = totals.get(
+                    key, ((0, 0, 0, 0.0), False)
+                )
+                totals[key] = (
+                    (
+                        hits + stats.matches,
+                        confirms + stats.confirms,
+                        timeouts + stats.timeouts,
+                        seconds + stats.seconds,
+                    ),
+                    quarantined or stats.quarantined,
+                )
+        return totals
+
     def flush_pattern_stats(self) -> None:
         """Store what each pattern cost since the last flush, and the unknown errors'
         templates; kept for the next try on error."""
         self.unknowns.save()
         rows = []
         flushed = {}
-        for matcher in {id(m): m for m in self.matchers}.values():
-            for pattern, stats in matcher.pattern_stats():
-                key = (pattern.pack, pattern.id)
-                last = self._flushed.get(key, (0, 0, 0, 0.0))
-                now = (stats.matches, stats.confirms, stats.timeouts, stats.seconds)
-                if now != last:
-                    deltas = (now[0] - last[0], now[1] - last[1], now[2] - last[2])
-                    rows.append(
-                        (pattern.pack, pattern.id, *deltas, now[3] - last[3], stats.quarantined)
-                    )
-                    flushed[key] = now
+        for key, (now, quarantined) in self.pattern_totals().items():
+            last = self._flushed.get(key, (0, 0, 0, 0.0))
+            if now != last:
+                deltas = (now[0] - last[0], now[1] - last[1], now[2] - last[2])
+                rows.append((*key, *deltas, now[3] - last[3], quarantined))
+                flushed[key] = now
         if not rows:
             return
         try:
@@ -391,6 +417,15 @@ class Reader:
             self._match_entries(index, records, now, batch)
         return read_any
 
+    def _unit_matcher(self, index: int, unit: str) -> Matcher:
+        """Journal source `index`'s matcher for entries of `unit` (the packs naming it)."""
+        matcher = self._by_unit.get((index, unit))
+        if matcher is None:
+            matcher = unit_matcher(self.config, index, unit, self.packs, self._shared, self.memo)
+            if len(self._by_unit) < MAX_UNITS:
+                self._by_unit[(index, unit)] = matcher
+        return matcher
+
     def _flush_journals(self, now: float, batch: Batch) -> None:
         """The events held by streams gone quiet, matched; and every mark that moved."""
         for index, stream in self.journals.items():
@@ -402,15 +437,19 @@ class Reader:
         source = self.config.sources[index]
         reading = _Journal(source.name, index)
         matcher = self.matchers[index]
+        routed = index in self._routed
         for text, entry_fields in records:
+            if routed:
+                matcher = self._unit_matcher(index, entry_fields.get("unit", ""))
             hits = matcher.match(text)
             if hits:
                 hits = [(pattern, {**entry_fields, **fields}) for pattern, fields in hits]
                 self._hits(reading, text, hits, now, batch)
             else:
                 self.unknowns.feed_record(index, text, now)
-        if matcher.quarantined:
-            self._quarantine(matcher, now, batch)
+        for used in self._shared.values() if routed else (matcher,):
+            if used.quarantined:
+                self._quarantine(used, now, batch)
         mark = self.journals[index].mark()
         if mark is not None:
             batch.cursors[source.name] = mark

@@ -5,16 +5,21 @@ caused is committed with the cursor, so a kill and a restart count each entry on
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import sqlite3
+import subprocess
+from pathlib import Path
 
 import pytest
 
 from agent.config import load_config
 from agent.errors import ConfigErrors
+from agent.packs import load_pack
 from tests.helpers import AgentProc, wait_for, write_pack
 from tests.test_journal import Journal, needs_journal
 
+SHIPPED = Path(__file__).resolve().parent.parent / "patterns"
 PACK = """\
 [[pattern]]
 id = "upstream"
@@ -156,3 +161,67 @@ def test_a_bad_journal_source_is_an_error_naming_its_place(tmp_path, source, wor
     with pytest.raises(ConfigErrors) as caught:
         load_config(config)
     assert words in str(caught.value) and "source[0]" in str(caught.value)
+
+
+@needs_journal
+def test_shipped_packs_see_only_the_entries_of_the_units_they_name(tmp_path):
+    """The nginx and PostgreSQL packs on a host that logs to the journal: each matches its
+    own units' entries; the same text logged by another unit triggers nothing of theirs
+    (journald sets the unit from the process's cgroup; the program cannot)."""
+    journal = Journal(tmp_path / "journal")
+    packs = tmp_path / "packs"
+    for name in ("nginx", "postgresql"):
+        shutil.copytree(SHIPPED / name, packs / name)
+    config = tmp_path / "agent.toml"
+    config.write_text(
+        f'[agent]\nhost = "web-1"\nstate_dir = "{tmp_path / "state"}"\npacks = ["{packs}"]\n'
+        f'[[source]]\njournal = {{ directory = "{journal.folder}" }}\n'
+        'packs = ["nginx", "postgresql"]\nstart = "beginning"\n'
+        '[limits]\nsweep_interval = "100ms"\n'
+    )
+    nginx = (
+        "2024/03/01 12:00:02 [error] 2471#2471: *12 upstream timed out (110: Connection timed"
+        " out) while reading response header from upstream, client: 10.1.2.3, server: shop,"
+        ' request: "GET / HTTP/1.1", upstream: "http://127.0.0.1:8080/"'
+    )
+    postgres = "2024-03-01 12:00:01.001 UTC [5150] FATAL:  sorry, too many clients already"
+    journal.write(nginx, unit="nginx.service")
+    journal.write(nginx, unit="evil.service")
+    journal.write(postgres, unit="postgresql@15-main.service")
+    journal.write(postgres, unit="nginx.service")
+    journal.write(postgres, _SYSTEMD_UNIT="")  # no unit at all (a kernel or remote entry)
+    last = subprocess.run(
+        ["journalctl", f"--directory={journal.folder}", "-o", "json", "-n", "1"],
+        capture_output=True, check=True, timeout=30,
+    )  # fmt: skip
+    cursor = json.loads(last.stdout)["__CURSOR"]
+    agent = AgentProc(config).start()
+    assert wait_for(lambda: query(tmp_path, "SELECT cursor FROM journal_cursors") == [(cursor,)]), (
+        agent.log()
+    )
+    rows = query(tmp_path, "SELECT pack, pattern, fields, count FROM incidents ORDER BY pack")
+    assert [(p, i, json.loads(f)["unit"], n) for p, i, f, n in rows] == [
+        ("nginx", "upstream-timeout", "nginx.service", 1),
+        ("postgresql", "too-many-clients", "postgresql@15-main.service", 1),
+    ]
+    assert agent.stop() == 0
+    stats = query(tmp_path, "SELECT pack, pattern, matches FROM pattern_stats WHERE matches > 0")
+    assert sorted(stats) == [
+        ("nginx", "upstream-timeout", 1),
+        ("postgresql", "too-many-clients", 1),
+    ]
+
+
+def test_a_packs_units_are_unit_names_or_globs(tmp_path):
+    for units, words in [
+        ('["nginx.service; rm -rf /"]', "is not a unit name or glob"),
+        ('"nginx.service"', "must be a list of strings"),
+        (str([f"u{n}.service" for n in range(65)]).replace("'", '"'), "at most 64"),
+    ]:
+        pack = tmp_path / "packs" / "web" / "pack.toml"
+        pack.parent.mkdir(parents=True, exist_ok=True)
+        pack.write_text(f'[pack]\nname = "web"\nowner = "t"\nunits = {units}\n\n' + PACK)
+        with pytest.raises(ConfigErrors) as caught:
+            load_pack(pack.parent, trust=False)
+        assert f"{pack}" in str(caught.value) and ": pack.units: " in str(caught.value)
+        assert words in str(caught.value)
