@@ -286,8 +286,8 @@ class Agent:
         if self.alerts is not None:
             self.alerts.stop(flush_seconds=max(0.5, deadline - self.monotonic()))
         self.reader.tailer.close()
+        self.flush_stats()  # the journal sources as they ran, for `logmend status`
         self.reader.stop_journals()
-        self.flush_stats()
         if fixes_ended:
             self.store.close()
         log.info("stopped")
@@ -296,6 +296,12 @@ class Agent:
         """Persist what each pattern cost since the last flush (for `logmend status`)."""
         self._last_stats = self.monotonic()
         self.reader.flush_pattern_stats()
+        journals = self.reader.journal_status()
+        if journals:  # for `logmend status`, which reads the state file
+            try:
+                self.store.set_meta("journals", json.dumps({"at": self.clock(), **journals}))
+            except StateError as exc:
+                log.error("cannot write the journal sources' status: %s", exc)
 
     # health, for systemd and Prometheus --------------------------------------------
     def status_line(self) -> str:
@@ -370,6 +376,7 @@ class Agent:
             packs_running=len(reader.packs),
             broken_packs=tuple(p.name for p in self.broken),
             unknown=reader.unknowns.sizes(),
+            journals=reader.journal_status(),
         )
 
     # reload ------------------------------------------------------------------------

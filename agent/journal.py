@@ -152,6 +152,8 @@ class FollowerState:
     lost: int = 0  # entries vacuumed before they were read (when the journal can tell)
     resumed_oldest: int = 0  # times the cursor was gone and reading began at the oldest
     garbage: int = 0
+    entries: int = 0
+    bytes: int = 0  # of journalctl's JSON read
     lines: list[str] = field(default_factory=list)  # journalctl's last words on stderr
 
 
@@ -313,6 +315,7 @@ class JournalFollower:
         limit = self.max_line + JSON_SLACK
         first = True
         for line in _lines(proc.stdout, limit):
+            self.state.bytes += len(line)
             entry = parse(line, self.max_line) if line else None
             if entry is None:
                 self.state.garbage += (
@@ -335,6 +338,7 @@ class JournalFollower:
             if entry.garbage:
                 self.state.garbage += 1
             self._read_cursor = entry.cursor
+            self.state.entries += 1
             while not self._stopping.is_set():
                 try:
                     self.entries.put(entry, timeout=0.5)

@@ -149,8 +149,21 @@ class JournalStream:
             self._last, pending[0][2], tuple((stream, first) for _, stream, first in pending)
         )
 
-    def status(self) -> Mapping[str, Any]:
-        return {"held": sum(1 for h in self._held.values() if h.joiner.lines)}
+    def status(self) -> dict[str, Any]:
+        """What `logmend status` and the metrics say of this source."""
+        state = self.follower.state
+        return {
+            "running": state.running,
+            "starts": state.starts,
+            "restarts": state.exits,
+            "last_error": state.last_error,
+            "lost": state.lost,
+            "resumed_oldest": state.resumed_oldest,
+            "garbage": state.garbage,
+            "entries": self.entries,
+            "bytes": state.bytes,
+            "held": sum(1 for h in self._held.values() if h.joiner.lines),
+        }
 
 
 def _beyond(cursor: str, last: str) -> bool:

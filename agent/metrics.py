@@ -24,6 +24,17 @@ log = logging.getLogger("logmend.metrics")
 LOOPBACK = ("127.", "::1", "localhost", "[::1]")
 
 
+JOURNAL_METRICS: dict[str, tuple[Any, str, str]] = {  # status key -> family, name, help
+    "running": (GaugeMetricFamily, "running", "1 while the source's journalctl runs"),
+    "restarts": (CounterMetricFamily, "restarts", "journalctl exits, each restarted"),
+    "entries": (CounterMetricFamily, "entries", "Journal entries read"),
+    "bytes": (CounterMetricFamily, "read_bytes", "Bytes of journalctl output read"),
+    "lost": (CounterMetricFamily, "lost_entries", "Entries vacuumed before they were read"),
+    "garbage": (CounterMetricFamily, "garbage_entries", "Entries binary or past the limit"),
+    "held": (GaugeMetricFamily, "held_events", "Multiline events waiting for their end"),
+}
+
+
 class AgentCollector(Collector):
     def __init__(self, snapshot: Callable[[], Snapshot]) -> None:
         self.snapshot = snapshot
@@ -88,11 +99,23 @@ class AgentCollector(Collector):
             grouped.add_metric([owner], seen)
         yield templates
         yield grouped
+        yield from self._journals(snap)
         lag = GaugeMetricFamily("logmend_file_lag_bytes", "Bytes behind the end", labels=["path"])
         for path, behind in snap.lag:
             lag.add_metric([path], behind)
         yield lag
         yield from self._from_state(snap)
+
+    def _journals(self, snap: Snapshot) -> Iterator[Metric]:
+        """Each journal source: its journalctl up or not, restarted, read, lost."""
+        families = {
+            key: kind(f"logmend_journal_{name}", text, labels=["source"])
+            for key, (kind, name, text) in JOURNAL_METRICS.items()
+        }
+        for source, status in snap.journals.items():
+            for key, family in families.items():
+                family.add_metric([source], float(status[key]))
+        yield from families.values()
 
     def _from_state(self, snap: Snapshot) -> Iterator[Metric]:
         if snap.incidents_by_status is None:

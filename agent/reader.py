@@ -235,6 +235,11 @@ class Reader:
                 self.monotonic,
             )
 
+    def journal_status(self) -> dict[str, dict[str, Any]]:
+        """Each journal source's follower and held events, by source name."""
+        sources = self.config.sources
+        return {sources[index].name: stream.status() for index, stream in self.journals.items()}
+
     def stop_journals(self) -> None:
         for stream in self.journals.values():
             stream.follower.stop()

@@ -29,3 +29,4 @@ class Snapshot:
     packs_running: int = 0
     broken_packs: tuple[str, ...] = ()  # packs that do not run here (agent.examples.admit)
     unknown: list[tuple[str, int, int]] = field(default_factory=list)  # owner, templates, lines
+    journals: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # by source name

@@ -37,6 +37,7 @@ def show_status(args: argparse.Namespace) -> int:
     running = json.loads(store.meta("packs") or "{}")
     params = json.loads(store.meta("params") or "{}")
     unknown = _unknown_of(store)
+    journals = json.loads(store.meta("journals") or "{}")
     articles = _articles_of(config)
 
     def shown(incident: Any) -> dict[str, Any]:
@@ -57,6 +58,7 @@ def show_status(args: argparse.Namespace) -> int:
                 "packs": running,
                 "params": params,
                 "unknown": unknown,
+                "journals": journals,
             },
             sys.stdout,
             default=str,
@@ -91,6 +93,8 @@ def show_status(args: argparse.Namespace) -> int:
         print(escape_controls(f"  {pack} params: {facts}"))
     if synced is not None:
         _print_sync(synced)
+    if journals:
+        _print_journals(journals)
     if unknown:
         print(f"errors no pack knows yet: {len(unknown)} template(s), most seen first")
         for row in unknown[:10]:
@@ -181,3 +185,28 @@ def _print_sync(synced: dict[str, Any]) -> None:
     for refused in synced["refused"]:
         said = f"  REFUSED {refused['pack']} {refused['version']}: {refused['reason']}"
         print(escape_controls(said))
+
+
+def _print_journals(journals: dict[str, Any]) -> None:
+    """Each journal source as its last stats flush saw it."""
+    at = journals.pop("at", None)
+    print(f"journal sources (as of {local_time(at) if at else '?'}):")
+    for name, s in journals.items():
+        said = [
+            "running" if s["running"] else "NOT RUNNING",
+            f"{s['entries']} entries ({s['bytes']} bytes) read",
+        ]
+        if s["restarts"]:
+            said.append(f"journalctl restarted {s['restarts']} time(s), last: {s['last_error']}")
+        elif s["last_error"]:
+            said.append(f"last error: {s['last_error']}")
+        if s["lost"] or s["resumed_oldest"]:
+            said.append(
+                f"{s['lost']} entries lost to vacuuming (resumed at the oldest"
+                f" {s['resumed_oldest']} time(s))"
+            )
+        if s["garbage"]:
+            said.append(f"{s['garbage']} binary or oversized")
+        if s["held"]:
+            said.append(f"{s['held']} multiline event(s) held")
+        print(escape_controls(f"  {name}: " + "; ".join(said)))

@@ -5,10 +5,12 @@ caused is committed with the cursor, so a kill and a restart count each entry on
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -45,7 +47,9 @@ matches = false
 """
 
 
-def journal_agent(tmp_path, journal: Journal, pack: str = PACK, more: str = "") -> AgentProc:
+def journal_agent(
+    tmp_path, journal: Journal, pack: str = PACK, more: str = "", metrics: bool = False
+) -> AgentProc:
     packs = tmp_path / "packs"
     write_pack(packs, "web", pack)
     config = tmp_path / "agent.toml"
@@ -53,6 +57,7 @@ def journal_agent(tmp_path, journal: Journal, pack: str = PACK, more: str = "") 
         f'[agent]\nhost = "web-1"\nstate_dir = "{tmp_path / "state"}"\npacks = ["{packs}"]\n'
         f'[[source]]\njournal = {{ units = ["nginx.service"], directory = "{journal.folder}" }}\n'
         f'packs = "*"\nstart = "beginning"\n{more}[limits]\nsweep_interval = "100ms"\n'
+        + ('[metrics]\nlisten = "127.0.0.1:0"\n' if metrics else "")
     )
     return AgentProc(config)
 
@@ -225,3 +230,54 @@ def test_a_packs_units_are_unit_names_or_globs(tmp_path):
             load_pack(pack.parent, trust=False)
         assert f"{pack}" in str(caught.value) and ": pack.units: " in str(caught.value)
         assert words in str(caught.value)
+
+
+def journalctl_of(pid: int) -> int | None:
+    """The PID of the agent's journalctl --follow (a child of the agent), if running."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        parent = int(stat.rpartition(")")[2].split()[1])
+        if parent == pid and b"journalctl" in cmdline and b"--follow" in cmdline:
+            return int(entry.name)
+    return None
+
+
+@needs_journal
+def test_a_journalctl_that_dies_is_restarted_and_said_in_metrics_and_status(tmp_path):
+    from tests.test_service import scrape
+
+    journal = Journal(tmp_path / "journal")
+    journal.write(*(f"upstream timed out {n}" for n in range(3)))
+    agent = journal_agent(tmp_path, journal, more="", metrics=True).start()
+    line = next(line for line in agent.lines if "metrics on http://" in line)
+    url = line.split("metrics on ", 1)[1]
+    source = (("source", f"journal:nginx.service in {journal.folder}"),)
+    assert wait_for(lambda: scrape(url).get(("logmend_journal_entries_total", source)) == 3)
+    assert agent.proc is not None
+    first = journalctl_of(agent.proc.pid)
+    assert first is not None
+    os.kill(first, signal.SIGKILL)
+    assert wait_for(lambda: scrape(url).get(("logmend_journal_restarts_total", source)) == 1)
+    assert wait_for(lambda: journalctl_of(agent.proc.pid) not in (None, first), timeout=20)
+    journal.write("upstream timed out 3")
+    assert wait_for(lambda: counted(tmp_path) == {"nginx.service": 4}), agent.log()
+    metrics = scrape(url)
+    assert metrics[("logmend_journal_running", source)] == 1
+    assert metrics[("logmend_journal_entries_total", source)] == 4
+    assert metrics[("logmend_journal_read_bytes_total", source)] > 4 * 100  # JSON per entry
+    assert metrics[("logmend_journal_lost_entries_total", source)] == 0
+    assert agent.saw("journalctl exited with -9")
+    assert agent.stop() == 0
+    shown = subprocess.run(
+        [sys.executable, "-m", "agent", "status", "-c", str(tmp_path / "agent.toml")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    said = next(s for s in shown.stdout.splitlines() if s.startswith("  journal:nginx.service"))
+    assert "running; 4 entries" in said and "restarted 1 time(s), last: journalctl exited" in said
