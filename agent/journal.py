@@ -68,13 +68,26 @@ class Entry:
 
 
 def argv(
-    spec: JournalSpec, cursor: str | None, from_start: bool, journalctl: str, at: bool = False
+    spec: JournalSpec,
+    cursor: str | None,
+    from_start: bool,
+    journalctl: str,
+    at: bool = False,
+    machine: str = "",
 ) -> list[str]:
     """journalctl's arguments: follow from after `cursor` (or at it, `at`), else from the
-    journal's start (`from_start`) or its end."""
-    args = [journalctl, "--output=json", "--follow", "--all", "--no-pager", "--quiet"]
+    journal's start (`from_start`) or its end.
+
+    `--merge`: since systemd 250, `--follow` alone implies `--boot` (this boot only),
+    so a cursor of the boot before would skip what was logged between the agent's
+    stop and the reboot, and the new boot's first entry (Vector #18068, systemd
+    #38912). Merged, the system journal would take other machines' journals too
+    (journal-remote's): `machine` keeps it to this host's."""
+    args = [journalctl, "--output=json", "--follow", "--merge", "--all", "--no-pager", "--quiet"]
     if spec.directory is not None:
         args.append(f"--directory={spec.directory}")
+    elif machine:
+        args.append(f"_MACHINE_ID={machine}")
     args += [f"--unit={unit}" for unit in spec.units]
     args += [f"--identifier={name}" for name in spec.identifiers]
     if spec.priority:
@@ -175,6 +188,7 @@ class JournalFollower:
     ) -> None:
         self.spec = spec
         self._at = at and bool(cursor)
+        self.machine = "" if spec.directory is not None else machine_id()
         self.from_start = from_start
         self.max_line = max_line
         self.wake = wake
@@ -221,6 +235,7 @@ class JournalFollower:
             self.from_start or bool(self._read_cursor),  # a cursor gone: from the oldest
             self.journalctl,
             self._at,
+            self.machine,
         )
         try:
             proc = self.spawn(args)
@@ -368,6 +383,15 @@ def _lines(stream: IO[bytes], limit: int) -> Any:
             yield b""
             continue
         yield line
+
+
+def machine_id(path: Path = Path("/etc/machine-id")) -> str:
+    """This host's machine id (its journal's files are named by it), or "" if unknown."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return ""
+    return text if len(text) == 32 and all(c in "0123456789abcdef" for c in text) else ""
 
 
 def _spawn(args: Sequence[str]) -> subprocess.Popen[bytes]:

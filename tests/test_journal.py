@@ -24,6 +24,7 @@ from agent.journal import (
     JournalSpec,
     argv,
     lost_between,
+    machine_id,
     parse,
     seqnum,
 )
@@ -49,7 +50,13 @@ class Journal:
         folder.mkdir(parents=True, exist_ok=True)
         self.n = 0
 
-    def write(self, *messages: str | bytes, unit: str = "nginx.service", **extra: str) -> None:
+    def write(
+        self,
+        *messages: str | bytes,
+        unit: str = "nginx.service",
+        file: str = "test.journal",  # another name: a new file, as journald's rotation makes
+        **extra: str,
+    ) -> None:
         out = bytearray()
         for message in messages:
             self.n += 1
@@ -69,7 +76,7 @@ class Journal:
             out += b"\n"
         assert REMOTE is not None
         done = subprocess.run(
-            [REMOTE, f"--output={self.folder / 'test.journal'}", "-"],
+            [REMOTE, f"--output={self.folder / file}", "-"],
             input=bytes(out), capture_output=True, timeout=30,
         )  # fmt: skip
         assert done.returncode == 0, done.stderr
@@ -114,11 +121,23 @@ def read(made: JournalFollower, count: int, timeout: float = 15) -> list[Entry]:
 def test_argv_follows_from_a_cursor_the_start_or_the_end():
     spec = JournalSpec(("nginx.service",), ("sshd",), "warning", Path("/j"))
     assert argv(spec, "s=1;i=2", True, "journalctl")[1:] == [
-        "--output=json", "--follow", "--all", "--no-pager", "--quiet", "--directory=/j",
+        "--output=json", "--follow", "--merge", "--all", "--no-pager", "--quiet", "--directory=/j",
         "--unit=nginx.service", "--identifier=sshd", "--priority=warning", "--after-cursor=s=1;i=2",
     ]  # fmt: skip
     assert argv(JournalSpec(), None, True, "journalctl")[-1] == "--no-tail"
     assert argv(JournalSpec(), None, False, "journalctl")[-1] == "--lines=0"
+    assert argv(spec, "s=1;i=2", True, "journalctl", at=True)[-1] == "--cursor=s=1;i=2"
+    # the system's journal, merged (or --follow would read this boot only): this host's
+    mine = "0123456789abcdef0123456789abcdef"
+    assert f"_MACHINE_ID={mine}" in argv(JournalSpec(), None, True, "journalctl", machine=mine)
+    assert not any("_MACHINE_ID" in a for a in argv(spec, None, True, "journalctl", machine=mine))
+
+
+def test_the_machine_id_is_read_or_left_out(tmp_path):
+    (tmp_path / "id").write_text("0123456789abcdef0123456789abcdef\n")
+    (tmp_path / "bad").write_text("0123456789abcdef0123456789abcdef --unit=x\n")
+    assert machine_id(tmp_path / "id") == "0123456789abcdef0123456789abcdef"
+    assert machine_id(tmp_path / "bad") == machine_id(tmp_path / "none") == ""
 
 
 def test_an_entry_carries_its_message_cursor_and_the_fields_keys_may_use():

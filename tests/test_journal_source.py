@@ -281,3 +281,40 @@ def test_a_journalctl_that_dies_is_restarted_and_said_in_metrics_and_status(tmp_
     assert shown.returncode == 0, shown.stderr
     said = next(s for s in shown.stdout.splitlines() if s.startswith("  journal:nginx.service"))
     assert "running; 4 entries" in said and "restarted 1 time(s), last: journalctl exited" in said
+
+
+@needs_journal
+def test_rotation_a_new_boot_and_vacuuming_with_a_real_agent(tmp_path):
+    """journald rotates while the agent reads (a new file beside the archived one); the
+    host reboots while the agent is stopped (SIGTERM; a new boot id, a new file); then
+    the oldest files are vacuumed while it is stopped again, unread entries with them:
+    every entry still there is counted once, and what was lost is said."""
+    journal = Journal(tmp_path / "journal")
+    journal.write(*(f"upstream timed out {n}" for n in range(3)))
+    agent = journal_agent(tmp_path, journal).start()
+    assert wait_for(lambda: counted(tmp_path) == {"nginx.service": 3}), agent.log()
+    archived = journal.folder / "test@0001.journal"
+    (journal.folder / "test.journal").rename(archived)  # rotated while followed
+    journal.write(*(f"upstream timed out {n}" for n in range(3, 5)), file="second.journal")
+    assert wait_for(lambda: counted(tmp_path) == {"nginx.service": 5}), agent.log()
+    assert agent.stop() == 0  # SIGTERM
+    reboot = "fedcba9876543210fedcba9876543210"
+    journal.write("upstream timed out 5", "upstream timed out 6", file="boot2.journal",
+                  _BOOT_ID=reboot)  # fmt: skip
+    agent.start()
+    assert wait_for(lambda: counted(tmp_path) == {"nginx.service": 7}), agent.log()
+    assert agent.stop(signal.SIGKILL) == -signal.SIGKILL
+    journal.write("upstream timed out 7", file="boot2.journal", _BOOT_ID=reboot)  # unread
+    journal.write("upstream timed out 8", file="boot3.journal", _BOOT_ID=reboot)
+    for gone in (archived, journal.folder / "second.journal", journal.folder / "boot2.journal"):
+        gone.unlink()  # vacuumed: the cursor's file and an unread entry go
+    agent.start()
+    assert wait_for(lambda: counted(tmp_path) == {"nginx.service": 8}), agent.log()
+    assert agent.saw("its cursor is no longer in the journal")
+    assert agent.stop() == 0
+    shown = subprocess.run(
+        [sys.executable, "-m", "agent", "status", "--json", "-c", str(tmp_path / "agent.toml")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    (status,) = [v for k, v in json.loads(shown.stdout)["journals"].items() if k != "at"]
+    assert status["resumed_oldest"] == 1 and status["entries"] == 1
