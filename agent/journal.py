@@ -200,10 +200,10 @@ class JournalFollower:
         self.state = FollowerState()
         self.entries: queue.Queue[Entry] = queue.Queue(QUEUE)
         self._read_cursor = cursor  # of the last entry read from journalctl
-        self._resumed: str | None = cursor  # to count what was vacuumed after it
         self._proc: subprocess.Popen[bytes] | None = None
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._gone = False  # the cursor was vacuumed: read from the oldest entry
         self._next_start = 0.0
 
     # lifecycle ---------------------------------------------------------------------
@@ -222,17 +222,22 @@ class JournalFollower:
 
     def _start(self) -> None:
         cursor = self._read_cursor
-        if cursor and not self._still_there(cursor):
-            log.warning(
-                "journal source %s: its cursor is no longer in the journal (vacuumed or"
-                " rotated away); resuming at the oldest entry still there", self.name,
-            )  # fmt: skip
-            cursor = None  # and _resumed keeps the old one, to count what was lost
-            self.state.resumed_oldest += 1
+        if cursor:
+            self._check_still_there(cursor)
+            cursor = self._read_cursor  # None if it was gone: from the oldest entry
+        elif not self.from_start and not self._gone:
+            # "from now on": after the journal's last entry now, so a restart or an
+            # empty journal's first entries lose nothing (journalctl --lines=0 would
+            # show none of what arrives with the file it waits for)
+            last = self._probe("--lines=1")
+            if last is None:
+                self.from_start = True  # empty: everything in it will be new
+            else:
+                self._read_cursor = cursor = last.cursor
         args = argv(
             self.spec,
             cursor,
-            self.from_start or bool(self._read_cursor),  # a cursor gone: from the oldest
+            self.from_start or self._gone,  # a cursor gone: from the oldest
             self.journalctl,
             self._at,
             self.machine,
@@ -243,7 +248,6 @@ class JournalFollower:
             self._failed(f"cannot run {self.journalctl}: {exc}")
             return
         self._proc = proc
-        self._resumed = self._read_cursor  # the first entry read says what lies between
         self.state.running = True
         self.state.starts += 1
         self._thread = threading.Thread(
@@ -268,24 +272,48 @@ class JournalFollower:
         self._next_start = self.monotonic() + wait
         log.error("journal source %s: %s; again in %.1fs", self.name, why, wait)
 
-    def _still_there(self, cursor: str) -> bool:
+    def _check_still_there(self, cursor: str) -> None:
         """Whether the journal still has the entry `cursor` names: journalctl, asked to
-        start at a cursor it no longer has, starts near it, not at the oldest entry, and
-        what lies between would be lost unsaid. A check that cannot run says yes."""
-        args = [self.journalctl, "--output=json", "--no-pager", "--quiet", f"--cursor={cursor}"]
+        follow after a cursor it no longer has, starts near it, not at the oldest entry,
+        and what lies between would be lost unsaid. Gone: reading starts at the oldest
+        entry, and the sequence numbers say how many were vacuumed unread (of every unit:
+        the journal does not say whose they were)."""
+        first = self._probe(f"--cursor={cursor}")
+        if first is None or first.cursor == cursor:
+            return  # there (or the check could not run)
+        lost = lost_between(cursor, first.cursor)
+        if lost is not None and self._at:
+            lost += 1  # the entry it was to begin at is gone too
+        self.state.lost += lost or 0
+        self.state.resumed_oldest += 1
+        self._read_cursor, self._at, self._gone = None, False, True
+        log.warning(
+            "journal source %s: its cursor is no longer in the journal (vacuumed or rotated"
+            " away); resuming at the oldest entry still there; %s",
+            self.name,
+            f"{lost} entries (of every unit) were vacuumed unread"
+            if lost is not None
+            else "how many were vacuumed unread is not known (another sequence)",
+        )
+
+    def _probe(self, *where: str) -> Entry | None:
+        """The first entry `journalctl <where>` shows (not following), of any unit; None
+        if none, or if it cannot run."""
+        args = [self.journalctl, "--output=json", "--no-pager", "--quiet", "--merge", *where]
         if self.spec.directory is not None:
             args.append(f"--directory={self.spec.directory}")
+        elif self.machine:
+            args.append(f"_MACHINE_ID={self.machine}")
         try:
             proc = self.spawn(args)
         except OSError:
-            return True
+            return None
         try:
             assert proc.stdout is not None
-            first = parse(proc.stdout.readline(self.max_line + JSON_SLACK), self.max_line)
+            return parse(proc.stdout.readline(self.max_line + JSON_SLACK), self.max_line)
         finally:
             proc.kill()
             proc.wait()
-        return first is None or first.cursor == cursor
 
     @property
     def name(self) -> str:
@@ -328,7 +356,6 @@ class JournalFollower:
         assert proc.stdout is not None and proc.stderr is not None
         threading.Thread(target=self._stderr, args=(proc.stderr,), daemon=True).start()
         limit = self.max_line + JSON_SLACK
-        first = True
         for line in _lines(proc.stdout, limit):
             self.state.bytes += len(line)
             entry = parse(line, self.max_line) if line else None
@@ -337,17 +364,6 @@ class JournalFollower:
                     1  # an oversized or unreadable line: the next cursor covers it
                 )
                 continue
-            if first and self._resumed and self._resumed != entry.cursor:
-                lost = lost_between(self._resumed, entry.cursor)
-                if lost is not None and self._at:
-                    lost += 1  # the entry it was to begin at is gone too
-                if lost:
-                    self.state.lost += lost
-                    log.warning(
-                        "journal source %s: %d entries were vacuumed before they were read;"
-                        " resumed at the oldest still there", self.name, lost,
-                    )  # fmt: skip
-            first = False
             self._failures = 0
             self._at = False  # from now on, after the last entry read
             if entry.garbage:

@@ -317,3 +317,18 @@ def test_a_cursor_the_journal_no_longer_has_resumes_at_the_oldest_entry(tmp_path
         assert again.state.resumed_oldest == 1
     finally:
         again.stop()
+
+
+@needs_journal
+def test_an_empty_journal_is_followed_until_its_first_entries(tmp_path):
+    """No entry yet (a fresh host, a new container): journalctl --follow alone would exit
+    with "No such boot ID in journal" (it implies --boot) and be restarted forever."""
+    journal = Journal(tmp_path / "journal")
+    made = follower(journal, from_start=False)
+    try:
+        assert wait_for(lambda: made._proc is not None and made._proc.poll() is None, 5)
+        journal.write("first", "second")
+        assert [e.message for e in read(made, 2)] == ["first", "second"]
+        assert made.state.exits == 0 and made.state.starts == 1
+    finally:
+        made.stop()
