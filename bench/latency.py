@@ -111,7 +111,7 @@ def main() -> int:
             for n in range(args.trials):
                 with target.open("a") as handle:
                     sent[str(n)] = time.time()
-                    handle.write(f"app: LATENCY TRIGGER {n}\n")
+                    handle.write(f"LATENCY TRIGGER {n}\n")
                 time.sleep(0.05)
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
