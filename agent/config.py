@@ -329,6 +329,22 @@ def _journal(section: Section | None) -> JournalSpec | None:
     )
 
 
+def _distinct_journals(root: Section, sources: tuple[Source, ...]) -> None:
+    """Two journal sources with the same settings would share one cursor (its name keys
+    it): the second would skip what the first had read, or lose its held events."""
+    seen: dict[str, int] = {}
+    for index, source in enumerate(sources):
+        if source.journal is None:
+            continue
+        first = seen.setdefault(source.name, index)
+        if first != index:
+            root.doc.error(
+                ("source", index, "journal"),
+                f"reads the same entries as source[{first}] ({source.name}): one source"
+                " per set of units, identifiers, priority and directory",
+            )
+
+
 def _source(section: Section) -> Source | None:
     journal = _journal(section.table("journal"))
     if "journal" in section.data and "path" in section.data:
@@ -417,6 +433,7 @@ def parse_config(file: Path, text: str) -> Config:
         allow_root = agent.strings("allow_root", (), allow_str=True) or ()
         agent.finish()
     sources = tuple(s for s in (_source(sec) for sec in root.tables("source")) if s)
+    _distinct_journals(root, sources)
     if not sources and "source" not in root.data:
         root.error("source", "at least one [[source]] is needed")
     escalation = _escalation(root.table("escalation"), base)

@@ -25,7 +25,9 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from enum import StrEnum
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import IO, Any
 
@@ -55,8 +57,30 @@ class JournalSpec:
 
     @property
     def name(self) -> str:
+        """What keys its cursor, status and metrics: every setting that chooses entries."""
+        parts = [",".join(self.units)] if self.units else []
+        if self.identifiers:
+            parts.append("identifier=" + ",".join(self.identifiers))
+        if self.priority:
+            parts.append(f"priority={self.priority}")
         where = f" in {self.directory}" if self.directory else ""
-        return (",".join((*self.units, *self.identifiers)) or "all units") + where
+        return (" ".join(parts) or "all units") + where
+
+    @property
+    def globbed(self) -> bool:
+        """Whether a unit is a glob: journalctl expands `--unit` globs once, at its start,
+        against the units already in the journal (an instance started later would never
+        be read, one not there yet makes it exit); such units are matched here instead."""
+        return any(set(unit) & set("*?[") for unit in self.units)
+
+    def wants(self, entry: Entry) -> bool:
+        """Whether a globbed source takes an entry: of one of its units, or about one
+        (systemd's own messages, PID 1's UNIT=), as journalctl's --unit would."""
+        return any(
+            fnmatchcase(entry.fields.get("unit", ""), glob)
+            or (entry.about and fnmatchcase(entry.about, glob))
+            for glob in self.units
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +89,8 @@ class Entry:
     message: str
     fields: Mapping[str, str]
     garbage: bool = False  # a MESSAGE that is binary or past the line limit, or no JSON
+    about: str = ""  # the unit systemd (PID 1) speaks of, its UNIT= field
+    wanted: bool = True  # False: read (its cursor counts) but not the source's
 
 
 def argv(
@@ -82,22 +108,29 @@ def argv(
     so a cursor of the boot before would skip what was logged between the agent's
     stop and the reboot, and the new boot's first entry (Vector #18068, systemd
     #38912). Merged, the system journal would take other machines' journals too
-    (journal-remote's): `machine` keeps it to this host's."""
+    (journal-remote's): the follower names this host's folder as `directory`, or, with
+    none, `machine` keeps it to this host's entries."""
     args = [journalctl, "--output=json", "--follow", "--merge", "--all", "--no-pager", "--quiet"]
     if spec.directory is not None:
         args.append(f"--directory={spec.directory}")
     elif machine:
         args.append(f"_MACHINE_ID={machine}")
-    args += [f"--unit={unit}" for unit in spec.units]
-    args += [f"--identifier={name}" for name in spec.identifiers]
-    if spec.priority:
-        args.append(f"--priority={spec.priority}")
+    args += filters(spec)
     if cursor:
         args.append(f"--cursor={cursor}" if at else f"--after-cursor={cursor}")
     elif from_start:
         args.append("--no-tail")
     else:
         args.append("--lines=0")
+    return args
+
+
+def filters(spec: JournalSpec) -> list[str]:
+    """journalctl's arguments that choose the source's entries (not globbed units)."""
+    args = [] if spec.globbed else [f"--unit={unit}" for unit in spec.units]
+    args += [f"--identifier={name}" for name in spec.identifiers]
+    if spec.priority:
+        args.append(f"--priority={spec.priority}")
     return args
 
 
@@ -116,7 +149,9 @@ def parse(line: bytes, max_line: int) -> Entry | None:
         value = doc.get(name)
         if isinstance(value, str) and value.isprintable():
             fields[key] = value[:MAX_FIELD]
-    return Entry(doc["__CURSOR"], message, fields, garbage)
+    about = doc.get("UNIT") if doc.get("_PID") == "1" else None
+    about = about[:MAX_FIELD] if isinstance(about, str) and about.isprintable() else ""
+    return Entry(doc["__CURSOR"], message, fields, garbage, about)
 
 
 def _message(value: Any, max_line: int) -> tuple[str, bool]:
@@ -154,6 +189,13 @@ def lost_between(cursor: str, first: str) -> int | None:
     return max(0, after[1] - before[1] - 1)
 
 
+class ProbeResult(StrEnum):
+    ENTRY = "entry"
+    EMPTY = "empty"  # journalctl ran and showed nothing
+    REFUSED = "refused"  # journalctl would not take the cursor
+    FAILED = "failed"  # journalctl could not run, or failed otherwise
+
+
 @dataclass
 class FollowerState:
     """What `status` and the metrics say of a journal source."""
@@ -185,10 +227,17 @@ class JournalFollower:
         backoff: tuple[float, float] = (1.0, 60.0),  # seconds: the first wait, the longest
         monotonic: Callable[[], float] = time.monotonic,
         at: bool = False,  # begin at `cursor`, not after it (a held event read again)
+        committed: str = "",  # with `at`: the last entry committed (lost counts after it)
     ) -> None:
         self.spec = spec
         self._at = at and bool(cursor)
-        self.machine = "" if spec.directory is not None else machine_id()
+        self._committed = committed
+        if spec.directory is None:  # this host's own journal folder (see argv)
+            self.machine = machine_id()
+            self.spec = replace(spec, directory=system_journal(self.machine))
+        else:
+            self.machine = ""
+        self.anchor: str | None = None  # "from now on", resolved: the cursor, "" if empty
         self.from_start = from_start
         self.max_line = max_line
         self.wake = wake
@@ -223,17 +272,23 @@ class JournalFollower:
     def _start(self) -> None:
         cursor = self._read_cursor
         if cursor:
-            self._check_still_there(cursor)
+            if not self._check_still_there(cursor):
+                return  # journalctl cannot run: again after the backoff
             cursor = self._read_cursor  # None if it was gone: from the oldest entry
         elif not self.from_start and not self._gone:
-            # "from now on": after the journal's last entry now, so a restart or an
-            # empty journal's first entries lose nothing (journalctl --lines=0 would
-            # show none of what arrives with the file it waits for)
-            last = self._probe("--lines=1")
-            if last is None:
-                self.from_start = True  # empty: everything in it will be new
+            # "from now on": after the journal's last entry now, resolved once (and
+            # committed: `anchor`), so a restart or an empty journal's first entries
+            # lose nothing (journalctl --lines=0 shows none of a file that appears later)
+            # of the source's own entries: journalctl --after-cursor of an entry its
+            # filters leave out skips the first one they take (systemd 252)
+            found, last = self._probe("--lines=1", *filters(self.spec))
+            if found in (ProbeResult.FAILED, ProbeResult.REFUSED):
+                self._failed(f"cannot find the journal's end: {last}")
+                return
+            if isinstance(last, Entry):
+                self._read_cursor = cursor = self.anchor = last.cursor
             else:
-                self._read_cursor = cursor = last.cursor
+                self.from_start, self.anchor = True, ""  # empty: everything to come is new
         args = argv(
             self.spec,
             cursor,
@@ -272,48 +327,74 @@ class JournalFollower:
         self._next_start = self.monotonic() + wait
         log.error("journal source %s: %s; again in %.1fs", self.name, why, wait)
 
-    def _check_still_there(self, cursor: str) -> None:
-        """Whether the journal still has the entry `cursor` names: journalctl, asked to
-        follow after a cursor it no longer has, starts near it, not at the oldest entry,
-        and what lies between would be lost unsaid. Gone: reading starts at the oldest
-        entry, and the sequence numbers say how many were vacuumed unread (of every unit:
-        the journal does not say whose they were)."""
-        first = self._probe(f"--cursor={cursor}")
-        if first is None or first.cursor == cursor:
-            return  # there (or the check could not run)
-        lost = lost_between(cursor, first.cursor)
-        if lost is not None and self._at:
+    def _check_still_there(self, cursor: str) -> bool:
+        """Whether the journal still has the entry `cursor` names (False: journalctl
+        cannot run). journalctl, asked to follow after a cursor it no longer has, starts
+        near it, not at the oldest entry, and what lies between would be lost unsaid;
+        one it cannot read makes it exit, again at every restart. Either way reading
+        starts at the oldest entry, and the sequence numbers say how many were vacuumed
+        unread (of every unit: the journal does not say whose they were)."""
+        found, first = self._probe(f"--cursor={cursor}")
+        if found == ProbeResult.FAILED:
+            self._failed(f"cannot look the cursor up: {first}")
+            return False
+        if isinstance(first, Entry) and first.cursor == cursor:
+            return True
+        since = self._committed if self._at and self._committed else cursor
+        lost = lost_between(since, first.cursor) if isinstance(first, Entry) else None
+        if lost is not None and self._at and since == cursor:
             lost += 1  # the entry it was to begin at is gone too
         self.state.lost += lost or 0
         self.state.resumed_oldest += 1
         self._read_cursor, self._at, self._gone = None, False, True
-        log.warning(
-            "journal source %s: its cursor is no longer in the journal (vacuumed or rotated"
-            " away); resuming at the oldest entry still there; %s",
-            self.name,
-            f"{lost} entries (of every unit) were vacuumed unread"
-            if lost is not None
-            else "how many were vacuumed unread is not known (another sequence)",
-        )
+        if found == ProbeResult.REFUSED:
+            why = f"journalctl cannot read its cursor ({first}): resuming at the oldest entry"
+        else:
+            why = (
+                "its cursor is no longer in the journal (vacuumed or rotated away); resuming"
+                " at the oldest entry still there; "
+                + (
+                    f"{lost} entries (of every unit) were vacuumed unread"
+                    if lost is not None
+                    else "how many were vacuumed unread is not known (another sequence)"
+                )
+            )
+        self.state.last_error = why
+        log.warning("journal source %s: %s", self.name, why)
+        return True
 
-    def _probe(self, *where: str) -> Entry | None:
-        """The first entry `journalctl <where>` shows (not following), of any unit; None
-        if none, or if it cannot run."""
-        args = [self.journalctl, "--output=json", "--no-pager", "--quiet", "--merge", *where]
+    def _probe(self, *where: str) -> tuple[ProbeResult, Entry | str | None]:
+        """The first entry `journalctl <where>` shows, not following, of any unit (only
+        its cursor: a huge entry is no longer line), or what went wrong."""
+        args = [self.journalctl, "--output=json", "--output-fields=_BOOT_ID", "--no-pager"]
+        args += ["--quiet", "--merge", *where]
         if self.spec.directory is not None:
             args.append(f"--directory={self.spec.directory}")
         elif self.machine:
             args.append(f"_MACHINE_ID={self.machine}")
         try:
             proc = self.spawn(args)
-        except OSError:
-            return None
+        except OSError as exc:
+            return ProbeResult.FAILED, f"cannot run {self.journalctl}: {exc}"
+        assert proc.stdout is not None and proc.stderr is not None
         try:
-            assert proc.stdout is not None
-            return parse(proc.stdout.readline(self.max_line + JSON_SLACK), self.max_line)
+            entry = parse(proc.stdout.readline(JSON_SLACK), self.max_line)
+            if entry is not None:
+                return ProbeResult.ENTRY, entry
+            code = proc.wait(timeout=60)
+            words = proc.stderr.read(2000).decode("utf-8", "replace").strip()
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return ProbeResult.FAILED, f"journalctl: {exc}"
         finally:
             proc.kill()
             proc.wait()
+            proc.stdout.close()
+            proc.stderr.close()
+        if code == 0:
+            return ProbeResult.EMPTY, None
+        if "cursor" in words.lower():
+            return ProbeResult.REFUSED, words[:300]
+        return ProbeResult.FAILED, f"journalctl exited with {code}: {words[:300]}"
 
     @property
     def name(self) -> str:
@@ -364,6 +445,8 @@ class JournalFollower:
                     1  # an oversized or unreadable line: the next cursor covers it
                 )
                 continue
+            if self.spec.globbed and not self.spec.wants(entry):
+                entry = replace(entry, wanted=False)  # its cursor moves the mark on
             self._failures = 0
             self._at = False  # from now on, after the last entry read
             if entry.garbage:
@@ -408,6 +491,18 @@ def machine_id(path: Path = Path("/etc/machine-id")) -> str:
     except OSError:
         return ""
     return text if len(text) == 32 and all(c in "0123456789abcdef" for c in text) else ""
+
+
+def system_journal(
+    machine: str, roots: tuple[Path, ...] = (Path("/var/log/journal"), Path("/run/log/journal"))
+) -> Path | None:
+    """This host's journal folder: the persistent one if the host keeps one, else the
+    volatile one; None when neither is there (then `_MACHINE_ID=` keeps to this host).
+    Not the system journal as a whole: merged, that is every machine's folder, and a
+    container's, linked in, is written by the container's root, _MACHINE_ID and all."""
+    if not machine:
+        return None
+    return next((root / machine for root in roots if (root / machine).is_dir()), None)
 
 
 def _spawn(args: Sequence[str]) -> subprocess.Popen[bytes]:

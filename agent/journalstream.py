@@ -12,6 +12,7 @@ again, and every other entry up to the last one committed is skipped.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -58,10 +59,11 @@ class JournalStream:
         self.new_joiner = joiner
         self.flush_after = flush_after
         self.monotonic = monotonic
-        self._held: dict[str, _Held] = {}
+        self._held: OrderedDict[str, _Held] = OrderedDict()  # least recently fed first
         self._number = 0
         self._last = mark.cursor if mark else ""
         self._changed = False
+        self._anchored = mark is not None  # else "from now on" is committed once resolved
         # replaying: (the last entry committed, the held streams' first entries, those begun)
         self._replay: tuple[str, dict[str, str], set[str]] | None = None
         if mark and mark.held and joiner is not None:
@@ -76,14 +78,23 @@ class JournalStream:
             return []
         self.entries += len(entries)
         self._changed = True
-        self._last = entries[-1].cursor
         if self.new_joiner is None:
-            return [(entry.message, entry.fields) for entry in entries]
+            self._last = entries[-1].cursor
+            return [(entry.message, entry.fields) for entry in entries if entry.wanted]
         records: list[Record] = []
         for entry in entries:
-            if self._replay is not None and self._skipped(entry, self._replay):
-                continue
-            self._feed(entry, records)
+            if self._replay is not None:
+                skipped = self._skipped(entry, self._replay)
+                if self._replay is not None:
+                    if not skipped and entry.wanted:
+                        self._feed(entry, records)  # the held event, as it was
+                    continue  # the mark stays where it was committed until past it
+                if skipped:
+                    self._last = entry.cursor
+                    continue
+            self._last = entry.cursor
+            if entry.wanted:
+                self._feed(entry, records)
         return records
 
     def _skipped(self, entry: Entry, replay: tuple[str, dict[str, str], set[str]]) -> bool:
@@ -106,10 +117,11 @@ class JournalStream:
     def _feed(self, entry: Entry, records: list[Record]) -> None:
         stream = stream_of(entry)
         held = self._held.get(stream)
-        if held is None:
+        if held is not None:
+            self._held.move_to_end(stream)
+        else:
             if len(self._held) >= MAX_STREAMS:
-                oldest = min(self._held, key=lambda s: self._held[s].fed)
-                self._flush(oldest, records)
+                self._flush(next(iter(self._held)), records)  # the least recently fed
             assert self.new_joiner is not None
             held = self._held[stream] = _Held(self.new_joiner())
         self._number += 1
@@ -124,6 +136,8 @@ class JournalStream:
     def quiet(self) -> list[Record]:
         """The held events of streams quiet for `flush_after` seconds, as records."""
         records: list[Record] = []
+        if self._replay is not None:
+            return records  # nothing moves until the replay is past the mark
         now = self.monotonic()
         for stream in [s for s, h in self._held.items() if now - h.fed >= self.flush_after]:
             self._flush(stream, records)
@@ -137,6 +151,12 @@ class JournalStream:
     # the mark --------------------------------------------------------------------------
     def mark(self) -> JournalMark | None:
         """Where to resume, if it moved since the last call (to commit with the batch)."""
+        if self._replay is not None:
+            return None  # replaying: what was committed still holds
+        if not self._anchored and self.follower.anchor is not None:
+            self._anchored = True
+            if not self._last:  # nothing read yet: where "from now on" began
+                return JournalMark(self.follower.anchor)
         if not self._changed or not self._last:
             return None
         self._changed = False
@@ -171,5 +191,5 @@ def _beyond(cursor: str, last: str) -> bool:
     sequence (another journal) is taken as beyond, so a replay never skips forever."""
     here, there = seqnum(cursor), seqnum(last)
     if here is None or there is None:
-        return False
+        return True  # a cursor that says no sequence (edited by hand): stop replaying
     return here[0] != there[0] or here[1] > there[1]

@@ -221,11 +221,13 @@ class Reader:
             replay = bool(mark and mark.held and joins)
             follower = JournalFollower(
                 source.journal,
-                (mark.replay if replay else mark.cursor) if mark else None,
-                from_start=source.start == "beginning",
+                ((mark.replay if replay else mark.cursor) or None) if mark else None,
+                # "" committed: the journal was empty when the source began
+                from_start=source.start == "beginning" or (mark is not None and not mark.cursor),
                 max_line=limits.max_line_bytes,
                 wake=self.wake,
                 at=replay,
+                committed=mark.cursor if mark else "",
             )
             self.journals[index] = JournalStream(
                 follower,
@@ -273,7 +275,7 @@ class Reader:
         """Each pattern's (matches, confirms, timeouts, seconds) and whether it is
         quarantined, summed over the matchers it is in (sources with other packs, units)."""
         totals: dict[tuple[str, str], tuple[tuple[int, int, int, float], bool]] = {}
-        for matcher in self._shared.values():
+        for matcher in list(self._shared.values()):  # the scrape's thread: a copy
             for pattern, stats in matcher.pattern_stats():
                 key = (pattern.pack, pattern.id)
                 (hits, confirms, timeouts, seconds), quarantined = totals.get(

@@ -199,9 +199,22 @@ class Store:
     def journal_marks(self) -> dict[str, JournalMark]:
         """Where each journal source (by Source.name) resumes: what it committed."""
         rows = self._read("SELECT source, cursor, replay, held FROM journal_cursors")
-        return {
-            r[0]: JournalMark(r[1], r[2], tuple((k, v) for k, v in json.loads(r[3]))) for r in rows
-        }
+        marks = {}
+        for source, cursor, replay, held in rows:
+            try:
+                pairs = json.loads(held)
+                if not isinstance(pairs, list) or not all(
+                    isinstance(p, list) and len(p) == 2 and all(isinstance(v, str) for v in p)
+                    for p in pairs
+                ):
+                    raise ValueError("not a list of [stream, cursor] pairs")
+            except ValueError as exc:
+                raise StateError(
+                    f"{self.path}: journal_cursors, source {source!r}: held is unreadable"
+                    f" ({exc}); delete that row to read the source again from its end"
+                ) from exc
+            marks[source] = JournalMark(cursor, replay, tuple((k, v) for k, v in pairs))
+        return marks
 
     def checkpoints(self) -> dict[tuple[int, int], Checkpoint]:
         rows = self._read(

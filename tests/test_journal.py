@@ -27,6 +27,7 @@ from agent.journal import (
     machine_id,
     parse,
     seqnum,
+    system_journal,
 )
 from tests.helpers import wait_for
 
@@ -332,3 +333,17 @@ def test_an_empty_journal_is_followed_until_its_first_entries(tmp_path):
         assert made.state.exits == 0 and made.state.starts == 1
     finally:
         made.stop()
+
+
+def test_this_hosts_journal_folder_is_the_persistent_one_else_the_volatile_one(tmp_path):
+    """Not the whole system journal: merged (--merge), that is every machine folder
+    under it, and a container's, linked in, is written by the container's root."""
+    mine = "0123456789abcdef0123456789abcdef"
+    persistent, volatile = tmp_path / "var", tmp_path / "run"
+    roots = (persistent, volatile)
+    assert system_journal(mine, roots) is None
+    (volatile / mine).mkdir(parents=True)
+    assert system_journal(mine, roots) == volatile / mine
+    (persistent / mine).mkdir(parents=True)
+    assert system_journal(mine, roots) == persistent / mine
+    assert system_journal("", roots) is None

@@ -29,6 +29,7 @@ class Feed:
 
     entries: list[Entry]
     at: int = 0
+    anchor: str | None = None  # the follower's "from now on", never resolved here
     taken: list[int] = field(default_factory=list)
 
     def take(self, most: int) -> list[Entry]:
@@ -187,3 +188,14 @@ def test_a_kill_after_any_committed_pass_matches_each_event_once(
     again = stream(entries, mark, clock)
     after = run(again, sizes_after + [10_000], clock)
     assert records_of(committed) + records_of(after) == whole
+
+
+def test_a_replay_from_a_cursor_that_says_no_sequence_ends_rather_than_skip_forever():
+    entries = [entry(1, "Traceback A", pid="1"), entry(2, "plain B", pid="2")]
+    mark = JournalMark(
+        "edited-by-hand", entries[0].cursor, (("app.service[1]", entries[0].cursor),)
+    )
+    made = stream(entries, mark)
+    assert made.take(10) == []  # A joined again; B not skipped: the replay is over
+    moved = made.mark()
+    assert moved is not None and [s for s, _ in moved.held] == ["app.service[1]", "app.service[2]"]

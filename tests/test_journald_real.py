@@ -200,7 +200,7 @@ def test_rotated_and_vacuumed_unread_entries_are_counted_as_lost(tmp_path, journ
         line = next(line for line in agent.lines if "metrics on http://" in line)
         from tests.test_service import scrape
 
-        source = (("source", f"journal:shop in {journald.directory}"),)
+        source = (("source", f"journal:identifier=shop in {journald.directory}"),)
         lost = scrape(line.split("metrics on ", 1)[1])[
             ("logmend_journal_lost_entries_total", source)
         ]
