@@ -10,6 +10,7 @@ whether anything escalated; the wiring (`daemon.Agent`) acts on that.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import threading
 import time
@@ -78,6 +79,18 @@ class _Journal:
 
     def hold_from(self, offset: int) -> None:
         """Nothing to hold: an entry is a whole record."""
+
+
+def _with_journal(
+    pattern: Pattern, journal: Mapping[str, str], captured: dict[str, str]
+) -> dict[str, str]:
+    """A hit's fields with the journal's own (unit, pid, ...) where the pattern has no
+    group of that name: a group of the pattern is the pattern's alone, so an optional
+    one that did not take part is not filled by the journal (and so cannot reach a fix
+    its constraint was written for)."""
+    fields = {k: v for k, v in journal.items() if k not in pattern.lazy.groups}
+    fields.update(captured)
+    return fields
 
 
 @dataclass
@@ -232,7 +245,7 @@ class Reader:
             self.journals[index] = JournalStream(
                 follower,
                 mark,
-                self._joiner_for(index) if joins else None,
+                functools.partial(self._new_joiner, index) if joins else None,
                 source.flush_after,
                 self.monotonic,
             )
@@ -247,22 +260,18 @@ class Reader:
             stream.follower.stop()
         self.journals = {}
 
-    def _joiner_for(self, index: int) -> Callable[[], EventJoiner]:
-        """A new joiner by source `index`'s multiline rules, for each stream it joins."""
+    def _new_joiner(self, index: int) -> EventJoiner:
+        """A joiner by source `index`'s multiline rules (a file's, a journal stream's)."""
         multiline = self.config.sources[index].multiline
         assert multiline is not None
-
-        def joiner() -> EventJoiner:
-            start, continuation = self._multiline[index]
-            return EventJoiner(
-                start,
-                continuation,
-                multiline.max_lines,
-                multiline.max_bytes,
-                self.config.limits.regex_timeout,
-            )
-
-        return joiner
+        start, continuation = self._multiline[index]
+        return EventJoiner(
+            start,
+            continuation,
+            multiline.max_lines,
+            multiline.max_bytes,
+            self.config.limits.regex_timeout,
+        )
 
     def retail(self, tailer: Tailer) -> None:
         """Sources or limits changed: follow with `tailer` (made before anything was swapped)."""
@@ -450,7 +459,10 @@ class Reader:
                 matcher = self._unit_matcher(index, entry_fields.get("unit", ""))
             hits = matcher.match(text)
             if hits:
-                hits = [(pattern, {**entry_fields, **fields}) for pattern, fields in hits]
+                hits = [
+                    (pattern, _with_journal(pattern, entry_fields, fields))
+                    for pattern, fields in hits
+                ]
                 self._hits(reading, text, hits, now, batch)
             else:
                 self.unknowns.feed_record(index, text, now)
@@ -487,14 +499,7 @@ class Reader:
         if multiline is not None:
             joiner = self._joiners.get(followed.identity)
             if joiner is None:
-                start, continuation = self._multiline[followed.source]
-                joiner = self._joiners[followed.identity] = EventJoiner(
-                    start,
-                    continuation,
-                    multiline.max_lines,
-                    multiline.max_bytes,
-                    self.config.limits.regex_timeout,
-                )
+                joiner = self._joiners[followed.identity] = self._new_joiner(followed.source)
             self._match_records(followed, joiner.feed(block, base, self.max_line), now, batch)
             if joiner.pending_start is not None:
                 followed.hold_from(joiner.pending_start)

@@ -48,14 +48,20 @@ matches = false
 
 
 def journal_agent(
-    tmp_path, journal: Journal, pack: str = PACK, more: str = "", metrics: bool = False
+    tmp_path,
+    folder: Path,
+    pack: str = PACK,
+    more: str = "",
+    metrics: bool = False,
+    select: str = 'units = ["nginx.service"]',
 ) -> AgentProc:
+    """An agent with one pack and one journal source on the journal in `folder`."""
     packs = tmp_path / "packs"
     write_pack(packs, "web", pack)
     config = tmp_path / "agent.toml"
     config.write_text(
         f'[agent]\nhost = "web-1"\nstate_dir = "{tmp_path / "state"}"\npacks = ["{packs}"]\n'
-        f'[[source]]\njournal = {{ units = ["nginx.service"], directory = "{journal.folder}" }}\n'
+        f'[[source]]\njournal = {{ {select}, directory = "{folder}" }}\n'
         f'packs = "*"\nstart = "beginning"\n{more}[limits]\nsweep_interval = "100ms"\n'
         + ('[metrics]\nlisten = "127.0.0.1:0"\n' if metrics else "")
     )
@@ -89,7 +95,7 @@ def test_a_traceback_logged_line_by_line_is_joined_per_process_and_held_through_
 ):
     journal = Journal(tmp_path / "journal")
     more = "multiline = { continuation = '^(?:\\s|\\w+Error:)' }\nflush_after = \"2s\"\n"
-    agent = journal_agent(tmp_path, journal, TRACEBACK, more).start()
+    agent = journal_agent(tmp_path, journal.folder, TRACEBACK, more).start()
     head = "Traceback (most recent call last):"
     journal.write(head, _PID="10")
     journal.write(head, _PID="20")
@@ -129,7 +135,7 @@ def test_entries_are_matched_with_their_unit_and_counted_once_through_a_kill(tmp
     journal = Journal(tmp_path / "journal")
     journal.write(*(f"upstream timed out {n}" for n in range(3)))
     journal.write("upstream timed out 9", unit="postgresql.service")  # another unit: not read
-    agent = journal_agent(tmp_path, journal).start()
+    agent = journal_agent(tmp_path, journal.folder).start()
     assert wait_for(lambda: counted(tmp_path) == {"nginx.service": 3}), (
         counted(tmp_path),
         agent.log(),
@@ -254,7 +260,7 @@ def test_a_journalctl_that_dies_is_restarted_and_said_in_metrics_and_status(tmp_
 
     journal = Journal(tmp_path / "journal")
     journal.write(*(f"upstream timed out {n}" for n in range(3)))
-    agent = journal_agent(tmp_path, journal, more="", metrics=True).start()
+    agent = journal_agent(tmp_path, journal.folder, more="", metrics=True).start()
     line = next(line for line in agent.lines if "metrics on http://" in line)
     url = line.split("metrics on ", 1)[1]
     source = (("source", f"journal:nginx.service in {journal.folder}"),)
@@ -291,7 +297,7 @@ def test_rotation_a_new_boot_and_vacuuming_with_a_real_agent(tmp_path):
     every entry still there is counted once, and what was lost is said."""
     journal = Journal(tmp_path / "journal")
     journal.write(*(f"upstream timed out {n}" for n in range(3)))
-    agent = journal_agent(tmp_path, journal).start()
+    agent = journal_agent(tmp_path, journal.folder).start()
     assert wait_for(lambda: counted(tmp_path) == {"nginx.service": 3}), agent.log()
     archived = journal.folder / "test@0001.journal"
     (journal.folder / "test.journal").rename(archived)  # rotated while followed
@@ -318,3 +324,29 @@ def test_rotation_a_new_boot_and_vacuuming_with_a_real_agent(tmp_path):
     )  # fmt: skip
     (status,) = [v for k, v in json.loads(shown.stdout)["journals"].items() if k != "at"]
     assert status["resumed_oldest"] == 1 and status["entries"] == 1
+
+
+OPTIONAL_UNIT = """\
+[[pattern]]
+id = "crash"
+match = '''^crash(?: in (?P<unit>[a-z]+\\.service))?$'''
+key = "k"
+escalate = "never"
+
+[[pattern.example]]
+line = "crash in a.service"
+"""
+
+
+@needs_journal
+def test_the_journal_never_fills_a_group_of_the_pattern_that_did_not_take_part(tmp_path):
+    """A field the pattern captures is the pattern's alone: its optional group that did
+    not match is not filled with the entry's own unit (which would then reach what the
+    pattern's constraint was written for); fields it has no group for still come."""
+    journal = Journal(tmp_path / "journal")
+    journal.write("crash")
+    agent = journal_agent(tmp_path, journal.folder, OPTIONAL_UNIT).start()
+    assert wait_for(lambda: len(query(tmp_path, "SELECT fields FROM incidents")) == 1), agent.log()
+    ((fields,),) = query(tmp_path, "SELECT fields FROM incidents")
+    assert "unit" not in json.loads(fields) and json.loads(fields)["pid"] == "4242"
+    assert agent.stop() == 0
