@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import AgentProc, wait_for, write_pack
-from tests.test_journal_source import counted, held, samples
+from tests.helpers import AgentProc, wait_for
+from tests.test_journal_source import counted, held, journal_agent, samples
 
 JOURNALD = Path("/lib/systemd/systemd-journald")
 SETUP = """set -e
@@ -128,21 +128,19 @@ ValueError: order 7 has no lines
 """
 
 
+def shop_agent(tmp_path, journald: Journald, more: str = "", metrics: bool = False) -> AgentProc:
+    """An agent on the real journald's entries of the `shop` identifier."""
+    return journal_agent(
+        tmp_path, journald.directory, PACK, more, metrics, select='identifiers = ["shop"]'
+    )
+
+
 @needs_journald
 def test_a_real_journald_read_joined_and_counted_once_through_a_kill(tmp_path, journald):
-    packs = tmp_path / "packs"
-    write_pack(packs, "shop", PACK)
-    config = tmp_path / "agent.toml"
-    config.write_text(
-        f'[agent]\nhost = "web-1"\nstate_dir = "{tmp_path / "state"}"\npacks = ["{packs}"]\n'
-        f'[[source]]\njournal = {{ identifiers = ["shop"], directory = "{journald.directory}" }}\n'
-        'packs = "*"\nstart = "beginning"\nflush_after = "2s"\n'
-        "multiline = { continuation = '^(?:\\s|\\w+Error:)' }\n"
-        '[limits]\nsweep_interval = "100ms"\n'
-    )
+    more = "flush_after = \"2s\"\nmultiline = { continuation = '^(?:\\s|\\w+Error:)' }\n"
     journald.log("payment gateway refused order 1\npayment gateway refused order 2\n")
     journald.log("not ours: payment gateway refused order 3\n", identifier="other")
-    agent = AgentProc(config).start()
+    agent = shop_agent(tmp_path, journald, more).start()
     service = None
     try:
         assert wait_for(lambda: sum(counted(tmp_path).values()) == 2), agent.log()
@@ -175,16 +173,8 @@ def test_rotated_and_vacuumed_unread_entries_are_counted_as_lost(tmp_path, journ
     entries the agent never read, is vacuumed: the agent resumes at the oldest entry
     still there and says how many were lost (journald's sequence numbers go on across
     its files)."""
-    packs = tmp_path / "packs"
-    write_pack(packs, "shop", PACK)
-    config = tmp_path / "agent.toml"
-    config.write_text(
-        f'[agent]\nhost = "web-1"\nstate_dir = "{tmp_path / "state"}"\npacks = ["{packs}"]\n'
-        f'[[source]]\njournal = {{ identifiers = ["shop"], directory = "{journald.directory}" }}\n'
-        'packs = "*"\nstart = "beginning"\n[metrics]\nlisten = "127.0.0.1:0"\n'
-    )
     journald.log("payment gateway refused order 1\n")
-    agent = AgentProc(config).start()
+    agent = shop_agent(tmp_path, journald, metrics=True).start()
     try:
         assert wait_for(lambda: sum(counted(tmp_path).values()) == 1), agent.log()
         assert agent.stop() == 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import sqlite3
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +14,14 @@ from agent.errors import ConfigErrors, StateError
 from agent.journal import JournalSpec
 from agent.state import Store
 from tests.helpers import AgentProc, wait_for, write_pack
-from tests.test_journal import Journal, follower, has_journal_open, needs_journal, read
+from tests.test_journal import (
+    Journal,
+    follower,
+    has_journal_open,
+    needs_journal,
+    read,
+    read_until,
+)
 from tests.test_journal_source import PACK
 from tests.test_journal_stream import Clock, entry, records_of, run, stream
 
@@ -38,10 +44,7 @@ def test_an_oversized_last_entry_does_not_make_start_end_read_the_whole_history(
     try:
         assert wait_for(lambda: has_journal_open(made), 10)
         journal.write("new")
-        got = read(made, 1)
-        time.sleep(0.5)
-        got += made.take(100)
-        assert [e.message for e in got] == ["new"]  # got the whole history first
+        assert read_until(made, "new") == ["new"]  # not the whole history first
     finally:
         made.stop()
 
@@ -64,10 +67,7 @@ def test_a_journalctl_missing_at_the_first_start_does_not_turn_end_into_beginnin
         )
         assert wait_for(lambda: (made.poll(), has_journal_open(made))[1], 10)
         journal.write("new")
-        got = read(made, 1)
-        time.sleep(0.5)
-        got += made.take(100)
-        assert [e.message for e in got] == ["new"]
+        assert read_until(made, "new") == ["new"]
     finally:
         made.stop()
 
@@ -265,9 +265,8 @@ def test_a_unit_glob_takes_instances_that_appear_after_journalctl_started(tmp_pa
         assert [e.message for e in read(made, 1)] == ["a1"]
         journal.write("b1", unit="pg@b.service")  # a new instance
         journal.write("a2", unit="pg@a.service")
-        got = read(made, 1)
-        time.sleep(1)
-        got += made.take(100)
-        assert sorted(e.message for e in got) == ["a2", "b1"]
+        journal.write("end", unit="other.service")  # not the source's: read, not taken
+        journal.write("end", unit="pg@a.service")
+        assert read_until(made, "end") == ["b1", "a2", "end"]
     finally:
         made.stop()
